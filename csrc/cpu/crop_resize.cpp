@@ -1,0 +1,450 @@
+// crop_resize on the CPU: forward, backward wrt images, backward wrt boxes.
+//
+// The op is separable: an output pixel (i, j) reads rows iy[i][a] with weights wy[i][a] and
+// columns ix[j][k] with weights wx[j][k]. Taps are computed once per output row and column
+// (tables below); each output row is then a vertical pass (combine the few source rows it
+// reads over the box's column span, a contiguous, vectorisable loop) followed by a short
+// horizontal pass over the taps. Work is split over (box, output row) for the forward, over
+// image planes for the backward wrt images (each thread owns its planes: deterministic, no
+// atomics) and over boxes for the backward wrt boxes.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../crop_resize.h"
+
+namespace gfkernels {
+namespace {
+
+template <typename T>
+using acc_type_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Taps of every output column (or row) of every box, stored flat: [box][out][tap].
+template <typename acc_t>
+struct AxisTable {
+  int64_t out = 0, taps = 0;
+  std::vector<int64_t> index;
+  std::vector<acc_t> weight, dweight;
+  std::vector<int64_t> lo, hi;  // per box: the span [lo, hi] of indices its taps read
+  std::vector<uint8_t> exact;   // per box: this axis is an exact integer copy
+
+  const int64_t* index_at(int64_t b, int64_t o) const { return &index[(b * out + o) * taps]; }
+  const acc_t* weight_at(int64_t b, int64_t o) const { return &weight[(b * out + o) * taps]; }
+  const acc_t* dweight_at(int64_t b, int64_t o) const { return &dweight[(b * out + o) * taps]; }
+};
+
+// Builds the taps along one axis; `lo_col`/`hi_col` pick the box coordinates of that axis.
+template <typename acc_t, typename box_t>
+AxisTable<acc_t> build_axis_table(const box_t* boxes, int64_t num_boxes, int lo_col, int hi_col,
+                                  int64_t out, int64_t size, Mode mode, Padding padding,
+                                  bool align_corners) {
+  AxisTable<acc_t> t;
+  t.out = out;
+  t.taps = taps_of(mode);
+  t.index.resize(num_boxes * out * t.taps);
+  t.weight.resize(t.index.size());
+  t.dweight.resize(t.index.size());
+  t.lo.resize(num_boxes);
+  t.hi.resize(num_boxes);
+  t.exact.resize(num_boxes);
+  at::parallel_for(0, num_boxes, 16, [&](int64_t begin, int64_t end) {
+    Taps taps;
+    for (int64_t b = begin; b < end; ++b) {
+      const double lo = static_cast<double>(boxes[b * 4 + lo_col]);
+      const double hi = static_cast<double>(boxes[b * 4 + hi_col]);
+      int64_t span_lo = size, span_hi = -1;
+      for (int64_t o = 0; o < out; ++o) {
+        make_taps(source_position(lo, hi, o, out, align_corners), size, mode, padding, taps);
+        const int64_t base = (b * out + o) * t.taps;
+        for (int64_t k = 0; k < t.taps; ++k) {
+          t.index[base + k] = taps.index[k];
+          t.weight[base + k] = static_cast<acc_t>(taps.weight[k]);
+          t.dweight[base + k] = static_cast<acc_t>(taps.dweight[k]);
+          span_lo = std::min(span_lo, taps.index[k]);
+          span_hi = std::max(span_hi, taps.index[k]);
+        }
+      }
+      t.lo[b] = span_lo;
+      t.hi[b] = span_hi;
+      t.exact[b] = is_exact_copy(lo, hi, out, size);
+    }
+  });
+  return t;
+}
+
+struct Geometry {
+  int64_t C, H, W;
+  int64_t sN, sC, sH, sW;  // image strides, in elements
+};
+
+Geometry geometry_of(const at::Tensor& images) {
+  return {images.size(1), images.size(2), images.size(3), images.stride(0),
+          images.stride(1), images.stride(2), images.stride(3)};
+}
+
+// dst[x] = sum_a w[a] * src_a[x] over `len` columns: the vertical pass. Taps of weight 0
+// (exact rows, zero padding) are skipped.
+template <typename scalar_t, typename acc_t>
+void combine_rows(const scalar_t* const* rows, const acc_t* w, int64_t taps, int64_t len,
+                  int64_t stride, acc_t* __restrict dst) {
+  bool first = true;
+  for (int64_t a = 0; a < taps; ++a) {
+    if (w[a] == acc_t(0)) continue;
+    const scalar_t* __restrict src = rows[a];
+    const acc_t wa = w[a];
+    if (stride == 1) {
+      if (first) {
+        for (int64_t x = 0; x < len; ++x) dst[x] = wa * static_cast<acc_t>(src[x]);
+      } else {
+        for (int64_t x = 0; x < len; ++x) dst[x] += wa * static_cast<acc_t>(src[x]);
+      }
+    } else {
+      if (first) {
+        for (int64_t x = 0; x < len; ++x) dst[x] = wa * static_cast<acc_t>(src[x * stride]);
+      } else {
+        for (int64_t x = 0; x < len; ++x) dst[x] += wa * static_cast<acc_t>(src[x * stride]);
+      }
+    }
+    first = false;
+  }
+  if (first) std::fill(dst, dst + len, acc_t(0));
+}
+
+// out[j] = sum_k w[j][k] * src[idx[j][k] - offset]: the horizontal pass.
+template <int TAPS, typename acc_t>
+inline acc_t horizontal_tap(const int64_t* idx, const acc_t* w, const acc_t* src, int64_t offset) {
+  acc_t v = 0;
+  for (int k = 0; k < TAPS; ++k) v += w[k] * src[idx[k] - offset];
+  return v;
+}
+
+template <typename image_t, typename out_t, typename acc_t, int TAPS>
+void forward_impl(const at::Tensor& images, const at::Tensor& boxes, const int64_t* batch_index,
+                  at::Tensor& out, Mode mode, Padding padding, bool align_corners,
+                  const ChannelAffine& affine) {
+  const Geometry g = geometry_of(images);
+  const int64_t B = boxes.size(0), h = out.size(2), w = out.size(3);
+  AxisTable<acc_t> xt, yt;
+  AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "crop_resize_boxes", [&] {
+    const scalar_t* bx = boxes.data_ptr<scalar_t>();
+    xt = build_axis_table<acc_t>(bx, B, 0, 2, w, g.W, mode, padding, align_corners);
+    yt = build_axis_table<acc_t>(bx, B, 1, 3, h, g.H, mode, padding, align_corners);
+  });
+  const image_t* img = images.data_ptr<image_t>();
+  out_t* dst = out.data_ptr<out_t>();
+  const int64_t C = g.C;
+
+  at::parallel_for(0, B * h, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, w * C)),
+                   [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> row(g.W);
+    const image_t* rows[kMaxTaps];
+    for (int64_t bi = begin; bi < end; ++bi) {
+      const int64_t b = bi / h, i = bi % h;
+      const int64_t n = batch_index ? batch_index[b] : b;
+      const bool exact = xt.exact[b] && yt.exact[b];
+      const int64_t* iy = yt.index_at(b, i);
+      const acc_t* wy = yt.weight_at(b, i);
+      const int64_t xlo = xt.lo[b], span = xt.hi[b] - xt.lo[b] + 1;
+      for (int64_t c = 0; c < C; ++c) {
+        const image_t* plane = img + n * g.sN + c * g.sC;
+        out_t* o = dst + ((b * C + c) * h + i) * w;
+        const acc_t sc = static_cast<acc_t>(affine.scale[c]), sh = static_cast<acc_t>(affine.shift[c]);
+        if (exact) {
+          // Fast path: an integer box of the output's size is a strided row copy.
+          const image_t* src = plane + iy[0] * g.sH + xlo * g.sW;
+          for (int64_t j = 0; j < w; ++j)
+            o[j] = static_cast<out_t>(static_cast<acc_t>(src[j * g.sW]) * sc + sh);
+          continue;
+        }
+        for (int64_t a = 0; a < yt.taps; ++a) rows[a] = plane + iy[a] * g.sH + xlo * g.sW;
+        combine_rows<image_t, acc_t>(rows, wy, yt.taps, span, g.sW, row.data());
+        for (int64_t j = 0; j < w; ++j) {
+          const acc_t v = horizontal_tap<TAPS, acc_t>(xt.index_at(b, j), xt.weight_at(b, j),
+                                                      row.data(), xlo);
+          o[j] = static_cast<out_t>(v * sc + sh);
+        }
+      }
+    }
+  });
+}
+
+template <typename Fn>
+void with_taps(Mode mode, Fn&& fn) {
+  switch (mode) {
+    case Mode::Nearest: return fn(std::integral_constant<int, 1>{});
+    case Mode::Bilinear: return fn(std::integral_constant<int, 2>{});
+    case Mode::Bicubic: return fn(std::integral_constant<int, 4>{});
+  }
+}
+
+#define GFK_DISPATCH_IMAGE_TYPES(TYPE, NAME, ...)                                     \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE_FLOATING_TYPES_AND2(                \
+                                     at::kHalf, at::kBFloat16, __VA_ARGS__)           \
+                                     AT_DISPATCH_CASE(at::kByte, __VA_ARGS__))
+
+std::vector<int64_t> copy_batch_index(const std::optional<at::Tensor>& batch_index) {
+  if (!batch_index.has_value()) return {};
+  const at::Tensor bi = batch_index->contiguous();
+  const int64_t* p = bi.data_ptr<int64_t>();
+  return std::vector<int64_t>(p, p + bi.numel());
+}
+
+at::Tensor crop_resize_cpu(const at::Tensor& images, const at::Tensor& boxes_in,
+                           const std::optional<at::Tensor>& batch_index, at::IntArrayRef size,
+                           c10::string_view mode_name, bool align_corners,
+                           c10::string_view padding_name,
+                           std::optional<c10::ArrayRef<double>> mean,
+                           std::optional<c10::ArrayRef<double>> std, at::ScalarType out_dtype) {
+  TORCH_CHECK(size.size() == 2, "crop_resize: size must be (h, w), got ", size);
+  const Mode mode = parse_mode(mode_name);
+  const Padding padding = parse_padding(padding_name);
+  check_crop_resize_args(images, boxes_in, batch_index, size[0], size[1], mode, align_corners,
+                         mean, std, /*check_values=*/true);
+  check_out_dtype(out_dtype);
+  const at::Tensor boxes = boxes_in.contiguous();
+  const std::vector<int64_t> bi = copy_batch_index(batch_index);
+  const ChannelAffine affine = channel_affine(images.size(1), images.scalar_type() == at::kByte,
+                                              mean, std);
+  at::Tensor out = at::empty({boxes.size(0), images.size(1), size[0], size[1]},
+                             images.options().dtype(out_dtype));
+  if (out.numel() == 0) return out;
+  GFK_DISPATCH_IMAGE_TYPES(images.scalar_type(), "crop_resize_cpu", [&] {
+    using in_t = scalar_t;
+    using acc_t = acc_type_of<in_t>;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "crop_resize_out", [&] {
+      using out_t = scalar_t;
+      with_taps(mode, [&](auto taps) {
+        forward_impl<in_t, out_t, acc_t, decltype(taps)::value>(
+            images, boxes, bi.empty() ? nullptr : bi.data(), out, mode, padding, align_corners,
+            affine);
+      });
+    });
+  });
+  return out;
+}
+
+// Groups boxes by the image they read, keeping box order inside a group, so the thread that
+// owns an image plane visits its contributions in a fixed order (deterministic sums).
+std::vector<std::vector<int64_t>> boxes_per_image(const std::vector<int64_t>& bi, int64_t B,
+                                                  int64_t N) {
+  std::vector<std::vector<int64_t>> groups(N);
+  for (int64_t b = 0; b < B; ++b) groups[bi.empty() ? b : bi[b]].push_back(b);
+  return groups;
+}
+
+template <typename grad_t, typename acc_t, int TAPS>
+void backward_images_impl(const at::Tensor& grad, const at::Tensor& boxes,
+                          const std::vector<int64_t>& bi, at::Tensor& grad_images, Mode mode,
+                          Padding padding, bool align_corners, const ChannelAffine& affine) {
+  const int64_t B = grad.size(0), C = grad.size(1), h = grad.size(2), w = grad.size(3);
+  const int64_t N = grad_images.size(0), H = grad_images.size(2), W = grad_images.size(3);
+  AxisTable<acc_t> xt, yt;
+  AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "crop_resize_boxes", [&] {
+    const scalar_t* bx = boxes.data_ptr<scalar_t>();
+    xt = build_axis_table<acc_t>(bx, B, 0, 2, w, W, mode, padding, align_corners);
+    yt = build_axis_table<acc_t>(bx, B, 1, 3, h, H, mode, padding, align_corners);
+  });
+  const auto groups = boxes_per_image(bi, B, N);
+  const grad_t* g = grad.data_ptr<grad_t>();
+  acc_t* gi = grad_images.data_ptr<acc_t>();
+
+  at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> row(W);
+    for (int64_t nc = begin; nc < end; ++nc) {
+      const int64_t n = nc / C, c = nc % C;
+      acc_t* plane = gi + nc * H * W;
+      const acc_t sc = static_cast<acc_t>(affine.scale[c]);
+      for (const int64_t b : groups[n]) {
+        const int64_t xlo = xt.lo[b], span = xt.hi[b] - xt.lo[b] + 1;
+        for (int64_t i = 0; i < h; ++i) {
+          const grad_t* go = g + ((b * C + c) * h + i) * w;
+          // Transposed horizontal pass: spread the output row over the column span.
+          std::fill(row.begin(), row.begin() + span, acc_t(0));
+          for (int64_t j = 0; j < w; ++j) {
+            const acc_t v = static_cast<acc_t>(go[j]) * sc;
+            const int64_t* ix = xt.index_at(b, j);
+            const acc_t* wx = xt.weight_at(b, j);
+            for (int k = 0; k < TAPS; ++k) row[ix[k] - xlo] += wx[k] * v;
+          }
+          // Transposed vertical pass.
+          const int64_t* iy = yt.index_at(b, i);
+          const acc_t* wy = yt.weight_at(b, i);
+          for (int64_t a = 0; a < yt.taps; ++a) {
+            if (wy[a] == acc_t(0)) continue;
+            acc_t* __restrict dst = plane + iy[a] * W + xlo;
+            const acc_t wa = wy[a];
+            for (int64_t x = 0; x < span; ++x) dst[x] += wa * row[x];
+          }
+        }
+      }
+    }
+  });
+}
+
+at::Tensor crop_resize_backward_images_cpu(const at::Tensor& grad_in, const at::Tensor& boxes_in,
+                                           const std::optional<at::Tensor>& batch_index,
+                                           at::IntArrayRef image_size, at::ScalarType image_dtype,
+                                           c10::string_view mode_name, bool align_corners,
+                                           c10::string_view padding_name,
+                                           std::optional<c10::ArrayRef<double>> std) {
+  TORCH_CHECK(image_size.size() == 4, "crop_resize_backward_images: image_size must be (N, C, H, W)");
+  TORCH_CHECK(at::isFloatingType(image_dtype),
+              "crop_resize_backward_images: images must be floating to have a gradient, got ",
+              image_dtype);
+  TORCH_CHECK(grad_in.dim() == 4 && grad_in.size(1) == image_size[1],
+              "crop_resize_backward_images: grad must be (B, C, h, w) with C = ", image_size[1],
+              ", got ", grad_in.sizes());
+  const Mode mode = parse_mode(mode_name);
+  const Padding padding = parse_padding(padding_name);
+  const at::Tensor grad = grad_in.contiguous();
+  const at::Tensor boxes = boxes_in.contiguous();
+  const std::vector<int64_t> bi = copy_batch_index(batch_index);
+  const ChannelAffine affine = channel_affine(image_size[1], false, std::nullopt, std);
+  const at::ScalarType acc_dtype = image_dtype == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor grad_images = at::zeros(image_size, grad.options().dtype(acc_dtype));
+  if (grad.numel() == 0) return grad_images.to(image_dtype);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
+                                  "crop_resize_backward_images_cpu", [&] {
+    using grad_t = scalar_t;
+    auto run = [&](auto acc_tag) {
+      using acc_t = decltype(acc_tag);
+      with_taps(mode, [&](auto taps) {
+        backward_images_impl<grad_t, acc_t, decltype(taps)::value>(
+            grad, boxes, bi, grad_images, mode, padding, align_corners, affine);
+      });
+    };
+    if (acc_dtype == at::kDouble) run(double{}); else run(float{});
+  });
+  return grad_images.to(image_dtype);
+}
+
+template <typename image_t, typename grad_t, typename acc_t, int TAPS>
+void backward_boxes_impl(const at::Tensor& grad, const at::Tensor& images, const at::Tensor& boxes,
+                         const std::vector<int64_t>& bi, at::Tensor& grad_boxes, Mode mode,
+                         Padding padding, bool align_corners, const ChannelAffine& affine) {
+  const Geometry geo = geometry_of(images);
+  const int64_t B = grad.size(0), C = grad.size(1), h = grad.size(2), w = grad.size(3);
+  AxisTable<acc_t> xt, yt;
+  AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "crop_resize_boxes", [&] {
+    const scalar_t* bx = boxes.data_ptr<scalar_t>();
+    xt = build_axis_table<acc_t>(bx, B, 0, 2, w, geo.W, mode, padding, align_corners);
+    yt = build_axis_table<acc_t>(bx, B, 1, 3, h, geo.H, mode, padding, align_corners);
+  });
+  const image_t* img = images.data_ptr<image_t>();
+  const grad_t* g = grad.data_ptr<grad_t>();
+  std::vector<double> result(B * 4);
+
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> value_row(geo.W), slope_row(geo.W);
+    std::vector<double> gx(w), gy(h);
+    const image_t* rows[kMaxTaps];
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t n = bi.empty() ? b : bi[b];
+      const int64_t xlo = xt.lo[b], span = xt.hi[b] - xt.lo[b] + 1;
+      std::fill(gx.begin(), gx.end(), 0.0);
+      std::fill(gy.begin(), gy.end(), 0.0);
+      for (int64_t c = 0; c < C; ++c) {
+        const image_t* plane = img + n * geo.sN + c * geo.sC;
+        const acc_t sc = static_cast<acc_t>(affine.scale[c]);
+        for (int64_t i = 0; i < h; ++i) {
+          const int64_t* iy = yt.index_at(b, i);
+          for (int64_t a = 0; a < yt.taps; ++a) rows[a] = plane + iy[a] * geo.sH + xlo * geo.sW;
+          // value_row: the sampled row; slope_row: its derivative wrt the row position.
+          combine_rows<image_t, acc_t>(rows, yt.weight_at(b, i), yt.taps, span, geo.sW,
+                                        value_row.data());
+          combine_rows<image_t, acc_t>(rows, yt.dweight_at(b, i), yt.taps, span, geo.sW,
+                                        slope_row.data());
+          const grad_t* go = g + ((b * C + c) * h + i) * w;
+          double row_sum = 0.0;
+          for (int64_t j = 0; j < w; ++j) {
+            const acc_t gv = static_cast<acc_t>(go[j]) * sc;
+            if (gv == acc_t(0)) continue;
+            const int64_t* ix = xt.index_at(b, j);
+            gx[j] += static_cast<double>(
+                gv * horizontal_tap<TAPS, acc_t>(ix, xt.dweight_at(b, j), value_row.data(), xlo));
+            row_sum += static_cast<double>(
+                gv * horizontal_tap<TAPS, acc_t>(ix, xt.weight_at(b, j), slope_row.data(), xlo));
+          }
+          gy[i] += row_sum;
+        }
+      }
+      // Chain rule through the (affine) map from box coordinates to sample positions.
+      double dx1 = 0, dx2 = 0, dy1 = 0, dy2 = 0;
+      for (int64_t j = 0; j < w; ++j) {
+        const double f = source_position_dhi(j, w, align_corners);
+        dx1 += gx[j] * (1.0 - f);
+        dx2 += gx[j] * f;
+      }
+      for (int64_t i = 0; i < h; ++i) {
+        const double f = source_position_dhi(i, h, align_corners);
+        dy1 += gy[i] * (1.0 - f);
+        dy2 += gy[i] * f;
+      }
+      result[b * 4 + 0] = dx1;
+      result[b * 4 + 1] = dy1;
+      result[b * 4 + 2] = dx2;
+      result[b * 4 + 3] = dy2;
+    }
+  });
+  AT_DISPATCH_FLOATING_TYPES(grad_boxes.scalar_type(), "crop_resize_grad_boxes", [&] {
+    scalar_t* gb = grad_boxes.data_ptr<scalar_t>();
+    for (int64_t k = 0; k < B * 4; ++k) gb[k] = static_cast<scalar_t>(result[k]);
+  });
+}
+
+at::Tensor crop_resize_backward_boxes_cpu(const at::Tensor& grad_in, const at::Tensor& images,
+                                          const at::Tensor& boxes_in,
+                                          const std::optional<at::Tensor>& batch_index,
+                                          c10::string_view mode_name, bool align_corners,
+                                          c10::string_view padding_name,
+                                          std::optional<c10::ArrayRef<double>> std) {
+  const Mode mode = parse_mode(mode_name);
+  const Padding padding = parse_padding(padding_name);
+  TORCH_CHECK(grad_in.dim() == 4, "crop_resize_backward_boxes: grad must be (B, C, h, w), got ",
+              grad_in.sizes());
+  check_crop_resize_args(images, boxes_in, batch_index, grad_in.size(2), grad_in.size(3), mode,
+                         align_corners, std::nullopt, std, /*check_values=*/true);
+  TORCH_CHECK(grad_in.size(0) == boxes_in.size(0) && grad_in.size(1) == images.size(1),
+              "crop_resize_backward_boxes: grad must be (", boxes_in.size(0), ", ", images.size(1),
+              ", h, w), got ", grad_in.sizes());
+  const at::Tensor grad = grad_in.contiguous();
+  const at::Tensor boxes = boxes_in.contiguous();
+  const std::vector<int64_t> bi = copy_batch_index(batch_index);
+  const ChannelAffine affine = channel_affine(images.size(1), images.scalar_type() == at::kByte,
+                                              std::nullopt, std);
+  at::Tensor grad_boxes = at::zeros_like(boxes, at::MemoryFormat::Contiguous);
+  if (grad.numel() == 0) return grad_boxes;
+  GFK_DISPATCH_IMAGE_TYPES(images.scalar_type(), "crop_resize_backward_boxes_cpu", [&] {
+    using in_t = scalar_t;
+    // Box gradients sum many products of (value differences x gradients); accumulate them in
+    // double whatever the image dtype, as the reference does, so float32 stays tight.
+    using acc_t = double;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
+                                    "crop_resize_backward_boxes_grad", [&] {
+      using grad_t = scalar_t;
+      with_taps(mode, [&](auto taps) {
+        backward_boxes_impl<in_t, grad_t, acc_t, decltype(taps)::value>(
+            grad, images, boxes, bi, grad_boxes, mode, padding, align_corners, affine);
+      });
+    });
+  });
+  return grad_boxes;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gfkernels, CPU, m) {
+  m.impl("crop_resize", &crop_resize_cpu);
+  m.impl("crop_resize_backward_images", &crop_resize_backward_images_cpu);
+  m.impl("crop_resize_backward_boxes", &crop_resize_backward_boxes_cpu);
+}
+
+}  // namespace gfkernels

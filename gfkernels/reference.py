@@ -1,0 +1,159 @@
+"""Pure-PyTorch definitions of every gfkernels op: the specification the kernels are tested
+against. Written for clarity, not speed; differentiable through autograd.
+
+See ARCHITECTURE.md ("Op semantics") for the prose version of each definition.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+
+MODES = ("bilinear", "bicubic", "nearest")
+PADDING_MODES = ("border", "zeros")
+TAPS = {"nearest": 1, "bilinear": 2, "bicubic": 4}
+CUBIC_A = -0.75  # Keys' constant, as PyTorch's bicubic
+
+
+# ----------------------------------------------------------------------------------------
+# crop_resize
+# ----------------------------------------------------------------------------------------
+
+
+def source_positions(lo: torch.Tensor, hi: torch.Tensor, out: int, align_corners: bool):
+    """Source position of each output index along one axis: (B,) box edges -> (B, out).
+
+    align_corners=False: lo + (j + 0.5) * (hi - lo) / out - 0.5
+    align_corners=True:  lo + j * (hi - lo - 1) / (out - 1)   (out == 1: lo + (hi - lo - 1) / 2)
+    """
+    j = torch.arange(out, dtype=torch.float64, device=lo.device)
+    extent = (hi - lo)[:, None]
+    if align_corners:
+        if out == 1:
+            return lo[:, None] + (extent - 1.0) * 0.5
+        return lo[:, None] + j * (extent - 1.0) / (out - 1)
+    return lo[:, None] + (j + 0.5) * extent / out - 0.5
+
+
+def cubic_weights(t: torch.Tensor) -> torch.Tensor:
+    """Keys' cubic convolution weights of the taps floor(x)-1 .. floor(x)+2, t = frac(x)."""
+    a = CUBIC_A
+
+    def near(d):  # |d| < 1
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+
+    def far(d):  # 1 <= |d| < 2
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+    return torch.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], dim=-1)
+
+
+def axis_taps(x: torch.Tensor, size: int, mode: str, padding_mode: str):
+    """Taps read by source positions x (any shape) along an axis of `size` pixels.
+
+    Returns (index, weight), each of shape x.shape + (taps,). Border padding clamps each tap
+    to the image; zeros padding gives taps outside the image weight 0. Indices are always
+    valid. Positions are first clamped to [-4, size + 4], which changes no result (every tap
+    is outside the image there either way) but keeps indices small for huge boxes.
+    """
+    x = x.clamp(-4.0, size + 4.0)
+    if mode == "nearest":
+        first = torch.floor(x + 0.5)
+        weight = torch.ones_like(x)[..., None]
+    else:
+        f = torch.floor(x)
+        t = x - f  # carries the gradient wrt the position
+        if mode == "bilinear":
+            first = f
+            weight = torch.stack([1 - t, t], dim=-1)
+        else:
+            first = f - 1
+            weight = cubic_weights(t)
+    index = first.long()[..., None] + torch.arange(TAPS[mode], device=x.device)
+    if padding_mode == "zeros":
+        weight = weight * ((index >= 0) & (index < size)).to(weight.dtype)
+    return index.clamp(0, size - 1), weight
+
+
+def crop_resize(
+    images: torch.Tensor,
+    boxes: torch.Tensor,
+    size,
+    *,
+    batch_index: Optional[torch.Tensor] = None,
+    mode: str = "bilinear",
+    align_corners: bool = False,
+    padding_mode: str = "border",
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    out_dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """Crops box b of image batch_index[b] and resizes it to `size`: (B, C, h, w).
+
+    Computed in float64, then cast to out_dtype (default: images.dtype if floating, else
+    float32). uint8 values are divided by 255; then out = (v - mean) / std per channel.
+    """
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    N, C, H, W = images.shape
+    if out_dtype is None:
+        out_dtype = images.dtype if images.is_floating_point() else torch.float32
+    boxes64 = boxes.to(torch.float64)
+    if batch_index is None:
+        batch_index = torch.arange(N, device=images.device)
+
+    ix, wx = axis_taps(source_positions(boxes64[:, 0], boxes64[:, 2], w, align_corners), W,
+                       mode, padding_mode)  # (B, w, Kx)
+    iy, wy = axis_taps(source_positions(boxes64[:, 1], boxes64[:, 3], h, align_corners), H,
+                       mode, padding_mode)  # (B, h, Ky)
+
+    values = images.to(torch.float64)
+    if not images.is_floating_point():
+        values = values / 255.0
+    src = values[batch_index]  # (B, C, H, W)
+    B = src.shape[0]
+    Ky, Kx = iy.shape[-1], ix.shape[-1]
+    # Vertical: the rows each output row reads, weighted.
+    rows = torch.gather(src, 2, iy.reshape(B, 1, h * Ky, 1).expand(B, C, h * Ky, W))
+    rows = (rows.reshape(B, C, h, Ky, W) * wy[:, None, :, :, None]).sum(dim=3)  # (B, C, h, W)
+    # Horizontal: the columns each output column reads, weighted.
+    cols = torch.gather(rows, 3, ix.reshape(B, 1, 1, w * Kx).expand(B, C, h, w * Kx))
+    out = (cols.reshape(B, C, h, w, Kx) * wx[:, None, None, :, :]).sum(dim=4)  # (B, C, h, w)
+
+    if mean is not None:
+        out = out - _per_channel(mean, C, out)
+    if std is not None:
+        out = out / _per_channel(std, C, out)
+    return out.to(out_dtype)
+
+
+def _per_channel(values: Sequence[float], channels: int, like: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(list(values), dtype=torch.float64, device=like.device)
+    return t.expand(channels).reshape(1, channels, 1, 1) if t.numel() == 1 else t.reshape(
+        1, channels, 1, 1)
+
+
+def focus_boxes(actions: torch.Tensor, image_size, patch_size: int) -> torch.Tensor:
+    """GFNet's focus boxes: top-left = floor(a * (H - P)), a[:, 0] the row, a[:, 1] the column.
+
+    actions (B, 2) in [0, 1] -> integer P x P boxes (B, 4) as float (x1, y1, x2, y2).
+    """
+    H, W = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    a = actions.detach().to(torch.float64).clamp(0.0, 1.0)
+    top = torch.floor(a[:, 0] * (H - patch_size))
+    left = torch.floor(a[:, 1] * (W - patch_size))
+    return torch.stack([left, top, left + patch_size, top + patch_size], dim=1).to(
+        actions.dtype if actions.is_floating_point() else torch.float32)
+
+
+def per_sample_crop(images: torch.Tensor, actions: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """The official GFNet patch extraction: a Python loop slicing one patch per sample (a host
+    sync per sample). Kept as the baseline the kernels are measured and checked against."""
+    H, W = images.shape[-2:]
+    patches = []
+    for b in range(images.shape[0]):
+        top = int(math.floor(float(actions[b, 0]) * (H - patch_size)))
+        left = int(math.floor(float(actions[b, 1]) * (W - patch_size)))
+        patches.append(images[b, :, top:top + patch_size, left:left + patch_size])
+    return torch.stack(patches)

@@ -1,0 +1,102 @@
+"""Builds gfkernels._C (C++ CPU kernels, plus CUDA kernels when a matching toolkit is found).
+
+Switches (environment variables):
+  GFKERNELS_CUDA=0|1    force the CUDA kernels off, or on (an error if no toolkit matches torch)
+  TORCH_CUDA_ARCH_LIST  GPU architectures; defaults to the visible GPUs, else "8.0;9.0"
+  MAX_JOBS              parallel compile jobs for ninja
+  GFKERNELS_BUILD_TEMP  where object files are kept (default build/temp, for incremental builds)
+Metadata, dependencies and the console script live in pyproject.toml.
+"""
+
+import glob
+import os
+import re
+import subprocess
+
+from setuptools import find_packages, setup
+
+import torch
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "8.0;9.0"
+
+
+def _nvcc_version(cuda_home):
+    nvcc = os.path.join(cuda_home, "bin", "nvcc")
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    match = re.search(r"release (\d+)\.(\d+)", out)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _want_cuda():
+    """True when the CUDA kernels should be compiled; explains itself when they are not."""
+    switch = os.environ.get("GFKERNELS_CUDA", "").strip()
+    if switch == "0":
+        print("gfkernels: GFKERNELS_CUDA=0, building CPU kernels only")
+        return False
+    problem = None
+    cuda_home = cpp_extension.CUDA_HOME
+    if torch.version.cuda is None:
+        problem = f"torch {torch.__version__} is a CPU-only build"
+    elif cuda_home is None:
+        problem = "no CUDA toolkit found (set CUDA_HOME)"
+    else:
+        found = _nvcc_version(cuda_home)
+        wanted = tuple(int(x) for x in torch.version.cuda.split(".")[:2])
+        if found is None:
+            problem = f"cannot run nvcc under CUDA_HOME={cuda_home}"
+        elif found[0] != wanted[0]:
+            problem = f"nvcc {found[0]}.{found[1]} does not match torch's CUDA {torch.version.cuda}"
+    if problem is None:
+        return True
+    if switch == "1":
+        raise RuntimeError(f"GFKERNELS_CUDA=1 but the CUDA kernels cannot be built: {problem}")
+    print(f"gfkernels: building CPU kernels only ({problem})")
+    return False
+
+
+def _extension():
+    sources = ["csrc/gfkernels.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    cxx_flags = ["-O3", "-fno-math-errno"]
+    macros = []
+    with_cuda = _want_cuda()
+    if with_cuda:
+        # torch's own arch detection fails with zero visible GPUs: pick a sensible default.
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
+        arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "native")
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        macros += [("GFK_WITH_CUDA", None), ("GFK_CUDA_ARCH_LIST", f'"{arch_list}"')]
+        return cpp_extension.CUDAExtension(
+            "gfkernels._C",
+            sources,
+            define_macros=macros,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+        )
+    return cpp_extension.CppExtension(
+        "gfkernels._C", sources, define_macros=macros, extra_compile_args={"cxx": cxx_flags}
+    )
+
+
+class BuildExtension(cpp_extension.BuildExtension):
+    """torch's BuildExtension (ninja) with object files kept under build/ in the source tree,
+    so that repeated `pip install -e .` runs recompile only what changed (pip's editable
+    builds otherwise use a fresh temporary directory every time)."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = os.environ.get("GFKERNELS_BUILD_TEMP") or os.path.join(ROOT, "build", "temp")
+
+
+setup(
+    # gfkernels lives at the top, gfnet under python/.
+    packages=find_packages(include=["gfkernels", "gfkernels.*"])
+    + find_packages("python", include=["gfnet", "gfnet.*"]),
+    package_dir={"gfkernels": "gfkernels", "gfnet": "python/gfnet"},
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
