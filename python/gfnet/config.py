@@ -1,0 +1,419 @@
+"""Configuration: nested dataclasses, named presets, YAML files and ``key=value`` overrides.
+
+A config is built in three layers, later ones winning::
+
+    preset (``get_preset("resnet50-p96")``) -> YAML file (``--config f.yaml``) -> ``--set k=v``
+
+Keys are dotted (``model.patch_size=128``); a bare key (``patch_size=128``) is accepted when
+exactly one section has a field of that name.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet50"
+    num_classes: int = 1000
+    in_channels: int = 3
+    image_size: int = 224  # full-resolution input (square); the digits canvas size
+    patch_size: int = 96  # P: glance size and focus patch size
+    max_steps: int = 5  # T: one glance + (T - 1) focus steps
+    glance_mode: str = "bicubic"  # interpolation of the whole image down to P
+    glance_align_corners: bool = True
+    classifier: str = "gru"  # "gru" (GRU + per-step heads) or "concat" (concat features)
+    classifier_hidden: int = 1024  # GRU hidden size
+    policy_state: str = "mlp"  # "mlp" (flatten -> MLP) or "conv" (1x1 conv -> MLP)
+    policy_mlp_width: int = 1024  # first layer width of the "mlp" state encoder
+    policy_conv_channels: int = 32  # channels of the "conv" state encoder's 1x1 conv
+    policy_hidden: int = 1024  # state embedding and policy GRU cell size
+    action_std: float = 0.1  # fixed std of the Gaussian policy
+    mean: tuple[float, ...] = IMAGENET_MEAN  # normalisation fused into crop_resize
+    std: tuple[float, ...] = IMAGENET_STD
+    pretrained: bool = False  # torchvision weights for both encoders (downloads if needed)
+    width: int = 32  # base width of the small "digitnet" backbone (ignored by others)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "imagefolder"  # "digits" | "imagefolder" | "cifar10" | "cifar100"
+    root: str = ""  # data folder (imagefolder: holds train/ and val/ class folders)
+    train_dir: str = "train"
+    val_dir: str = "val"
+    test_dir: str = ""  # imagefolder: optional separate test split ("" = use val)
+    download: bool = False  # CIFAR: download only when asked
+    num_workers: int = 0
+    val_fraction: float = 0.0  # imagefolder/cifar: held-out part of train used as val
+    # cluttered digits
+    digit_size: int = 28
+    digit_size_jitter: int = 4  # digit side drawn uniformly in [size - j, size + j]
+    num_clutter: int = 8  # fragments of other digits per canvas
+    fragment_size: int = 12  # side of a fragment cut out of another (scaled) digit
+    train_samples: int = 6000  # canvases per training epoch (freshly sampled per epoch)
+    val_samples: int = 1000
+    test_samples: int = 2000
+    split_seed: int = 0  # fixes the split by digit instance and the val/test canvases
+
+
+@dataclass
+class OptimConfig:
+    batch_size: int = 256  # global batch (divided over ranks under torchrun)
+    epochs_stage1: int = 60
+    epochs_stage2: int = 60
+    epochs_stage3: int = 60
+    lr_backbone: float = 0.01
+    lr_classifier_stage1: float = 0.1
+    lr_classifier_stage3: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    head_loss_weight: float = 1.0  # r: weight of the backbones' own heads in the loss
+    freeze_global_stage1: bool = False  # keep the global encoder frozen in stage 1
+    schedule_unit: str = "epoch"  # cosine schedule stepped per "epoch" or per "step"
+    grad_clip: float = 0.0  # 0 = off
+
+
+@dataclass
+class PPOConfig:
+    lr: float = 3e-4
+    gamma: float = 0.7
+    clip: float = 0.2
+    ppo_epochs: int = 1  # PPO epochs per mini-batch
+    value_coef: float = 0.5
+    entropy_coef: float = 0.01
+    normalize_returns: bool = True
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    amp: str = "auto"  # "auto" (bf16 on GPU, off on CPU) | "bf16" | "fp16" | "off"
+    deterministic: bool = False
+    progress: bool = True  # tqdm bars (rank 0 only)
+    threads: int = 0  # torch.set_num_threads (0 = leave as is)
+    max_train_batches: int = 0  # cap batches per epoch (0 = all): smoke runs and tests
+    max_eval_batches: int = 0
+    eval_batch_size: int = 0  # 0 = optim.batch_size
+    patch_backend: str = ""  # gfkernels backend ("" = its default choice)
+
+
+@dataclass
+class Config:
+    preset: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    # ------------------------------------------------------------------ conversion
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        cfg = cls()
+        apply_dict(cfg, d)
+        return cfg
+
+    def copy(self) -> "Config":
+        return copy.deepcopy(self)
+
+    def validate(self) -> "Config":
+        m, d, o = self.model, self.data, self.optim
+        from .models.backbones import BACKBONES  # late import: registry fills on import
+
+        if m.backbone not in BACKBONES:
+            raise ConfigError(
+                f"unknown backbone {m.backbone!r}; known: {', '.join(sorted(BACKBONES))}"
+            )
+        if m.patch_size <= 0 or m.image_size <= 0:
+            raise ConfigError("model.image_size and model.patch_size must be positive")
+        if m.image_size < m.patch_size:
+            raise ConfigError(
+                f"image size {m.image_size} is smaller than the patch size {m.patch_size}; "
+                "a focus patch must fit inside the image"
+            )
+        if m.max_steps < 1:
+            raise ConfigError("model.max_steps must be >= 1")
+        if m.classifier not in ("gru", "concat"):
+            raise ConfigError(f"model.classifier must be 'gru' or 'concat', not {m.classifier!r}")
+        if m.policy_state not in ("mlp", "conv"):
+            raise ConfigError(f"model.policy_state must be 'mlp' or 'conv', not {m.policy_state!r}")
+        if m.glance_mode not in ("bilinear", "bicubic", "nearest"):
+            raise ConfigError(f"model.glance_mode {m.glance_mode!r} is not bilinear|bicubic|nearest")
+        if len(m.mean) != m.in_channels or len(m.std) != m.in_channels:
+            raise ConfigError(
+                f"model.mean/std need {m.in_channels} values (model.in_channels), "
+                f"got {len(m.mean)} and {len(m.std)}"
+            )
+        if any(s <= 0 for s in m.std):
+            raise ConfigError("model.std values must be positive")
+        if m.num_classes < 2:
+            raise ConfigError("model.num_classes must be >= 2")
+        if d.dataset not in ("digits", "imagefolder", "cifar10", "cifar100"):
+            raise ConfigError(
+                f"unknown data.dataset {d.dataset!r}; known: digits, imagefolder, cifar10, cifar100"
+            )
+        if o.batch_size < 1:
+            raise ConfigError("optim.batch_size must be >= 1")
+        if o.schedule_unit not in ("epoch", "step"):
+            raise ConfigError("optim.schedule_unit must be 'epoch' or 'step'")
+        if self.run.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ConfigError("run.amp must be auto|bf16|fp16|off")
+        for k in (1, 2, 3):
+            if getattr(o, f"epochs_stage{k}") < 0:
+                raise ConfigError(f"optim.epochs_stage{k} must be >= 0")
+        return self
+
+
+def _to_plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_plain(v) for v in x]
+    return x
+
+
+# ---------------------------------------------------------------------- overrides
+_SECTIONS = ("model", "data", "optim", "ppo", "run")
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    origin = typing.get_origin(typ)
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+                return False
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError(value)
+        if typ is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if typ is str:
+            return "" if value is None else str(value)
+        if origin is tuple:
+            if isinstance(value, str):
+                value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)):
+                value = [value]
+            (inner, *_rest) = typing.get_args(typ) or (float,)
+            return tuple(_coerce(v, inner, key) for v in value)
+    except (ValueError, TypeError):
+        raise ConfigError(f"bad value {value!r} for {key} (expected {getattr(typ, '__name__', typ)})") from None
+    return value
+
+
+def _resolve_key(cfg: Config, key: str) -> tuple[Any, str]:
+    parts = key.split(".")
+    if len(parts) == 1:
+        if key == "preset":
+            return cfg, key
+        owners = [s for s in _SECTIONS if key in _field_types(getattr(cfg, s))]
+        if len(owners) == 1:
+            return getattr(cfg, owners[0]), key
+        if not owners:
+            raise ConfigError(f"unknown config key {key!r}")
+        raise ConfigError(f"ambiguous config key {key!r}: use one of {[f'{o}.{key}' for o in owners]}")
+    if len(parts) == 2 and parts[0] in _SECTIONS:
+        section = getattr(cfg, parts[0])
+        if parts[1] in _field_types(section):
+            return section, parts[1]
+    raise ConfigError(f"unknown config key {key!r}")
+
+
+def set_value(cfg: Config, key: str, value: Any) -> None:
+    owner, name = _resolve_key(cfg, key)
+    typ = _field_types(owner)[name]
+    setattr(owner, name, _coerce(value, typ, key))
+
+
+def apply_dict(cfg: Config, d: dict[str, Any], prefix: str = "") -> Config:
+    if not isinstance(d, dict):
+        raise ConfigError("a config file must hold a mapping of keys to values")
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and (k in _SECTIONS) and not prefix:
+            apply_dict(cfg, v, prefix=f"{k}.")
+        else:
+            set_value(cfg, key, v)
+    return cfg
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+        except yaml.YAMLError:
+            out[k.strip()] = v
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        d = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+    return d or {}
+
+
+def build_config(preset: str | None = None, yaml_file: str | None = None,
+                 overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Preset -> YAML -> overrides, validated."""
+    cfg = get_preset(preset) if preset else Config()
+    if yaml_file:
+        d = load_yaml(yaml_file)
+        if not preset and "preset" in d:
+            cfg = get_preset(d["preset"])
+        apply_dict(cfg, {k: v for k, v in d.items() if k != "preset"})
+    if overrides:
+        if isinstance(overrides, list):
+            overrides = parse_overrides(overrides)
+        apply_dict(cfg, overrides)
+    return cfg.validate()
+
+
+# ---------------------------------------------------------------------- presets
+PRESETS: dict[str, Callable[[], Config]] = {}
+
+
+def register_preset(name: str) -> Callable[[Callable[[], Config]], Callable[[], Config]]:
+    def deco(fn: Callable[[], Config]) -> Callable[[], Config]:
+        if name in PRESETS:
+            raise ValueError(f"preset {name!r} registered twice")
+        PRESETS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_presets() -> list[str]:
+    return sorted(PRESETS)
+
+
+def get_preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(list_presets())}")
+    cfg = PRESETS[name]()
+    cfg.preset = name
+    return cfg
+
+
+# The paper's per-family settings (see GFNET_FACTS.md). One table, no if-chains.
+_FAMILY: dict[str, dict[str, dict[str, Any]]] = {
+    "resnet": dict(
+        model=dict(max_steps=5, glance_mode="bicubic", classifier="gru", classifier_hidden=1024,
+                   policy_state="mlp", policy_mlp_width=1024, policy_hidden=1024),
+        optim=dict(lr_backbone=0.01, weight_decay=1e-4, head_loss_weight=1.0,
+                   freeze_global_stage1=False, epochs_stage1=60, epochs_stage2=60, epochs_stage3=60),
+    ),
+    "densenet": dict(
+        model=dict(max_steps=5, glance_mode="bilinear", classifier="gru", classifier_hidden=1024,
+                   policy_state="mlp", policy_mlp_width=1024, policy_hidden=1024),
+        optim=dict(lr_backbone=0.01, weight_decay=1e-4, head_loss_weight=1.0,
+                   freeze_global_stage1=False, epochs_stage1=60, epochs_stage2=60, epochs_stage3=60),
+    ),
+    "regnet": dict(
+        model=dict(max_steps=5, glance_mode="bilinear", classifier="gru", classifier_hidden=1024,
+                   policy_state="conv", policy_conv_channels=32, policy_hidden=256),
+        optim=dict(lr_backbone=0.02, weight_decay=5e-5, head_loss_weight=1.0,
+                   freeze_global_stage1=False, epochs_stage1=60, epochs_stage2=60, epochs_stage3=60),
+    ),
+    "mobilenet": dict(
+        model=dict(max_steps=3, glance_mode="bicubic", classifier="concat",
+                   policy_state="conv", policy_conv_channels=32, policy_hidden=256),
+        optim=dict(lr_backbone=0.005, weight_decay=1e-4, head_loss_weight=5.0,
+                   freeze_global_stage1=True, epochs_stage1=90, epochs_stage2=90, epochs_stage3=90),
+    ),
+    "efficientnet": dict(
+        model=dict(max_steps=4, glance_mode="bicubic", classifier="concat",
+                   policy_state="conv", policy_conv_channels=32, policy_hidden=256),
+        optim=dict(lr_backbone=0.005, weight_decay=1e-4, head_loss_weight=5.0,
+                   freeze_global_stage1=True, epochs_stage1=30, epochs_stage2=30, epochs_stage3=30),
+    ),
+}
+
+
+def _paper_preset(backbone: str, family: str, patch: int, image: int = 224) -> Callable[[], Config]:
+    def make() -> Config:
+        cfg = Config()
+        apply_dict(cfg, copy.deepcopy(_FAMILY[family]))
+        apply_dict(cfg, dict(model=dict(backbone=backbone, patch_size=patch, image_size=image,
+                                        num_classes=1000),
+                             data=dict(dataset="imagefolder", num_workers=8),
+                             optim=dict(batch_size=256)))
+        return cfg
+
+    return make
+
+
+for _bb, _fam, _patches, _img in [
+    ("resnet50", "resnet", (96, 128), 224),
+    ("densenet121", "densenet", (96,), 224),
+    ("regnet_y_600mf", "regnet", (96,), 224),
+    ("regnet_y_800mf", "regnet", (96,), 224),
+    ("regnet_y_1_6gf", "regnet", (96,), 224),
+    ("mobilenet_v3_large", "mobilenet", (96, 128), 224),
+    ("efficientnet_b2", "efficientnet", (128,), 260),
+    ("efficientnet_b3", "efficientnet", (128, 144), 300),
+]:
+    for _p in _patches:
+        register_preset(f"{_bb}-p{_p}")(_paper_preset(_bb, _fam, _p, _img))
+
+
+@register_preset("digits")
+def _digits() -> Config:
+    """Cluttered digits on a 2-core CPU: 128x128 canvas, 32x32 patches, 4 steps."""
+    cfg = Config()
+    apply_dict(cfg, dict(
+        model=dict(backbone="digitnet", num_classes=10, in_channels=1, image_size=128,
+                   patch_size=32, max_steps=4, glance_mode="bicubic", classifier="gru",
+                   classifier_hidden=128, policy_state="conv", policy_conv_channels=16,
+                   policy_hidden=128, mean=(0.1,), std=(0.25,), width=32),
+        data=dict(dataset="digits", num_workers=0),
+        optim=dict(batch_size=64, epochs_stage1=6, epochs_stage2=4, epochs_stage3=3,
+                   lr_backbone=0.05, lr_classifier_stage1=0.05, lr_classifier_stage3=0.01,
+                   weight_decay=5e-5, head_loss_weight=1.0, schedule_unit="step"),
+        ppo=dict(lr=1e-3),
+    ))
+    return cfg

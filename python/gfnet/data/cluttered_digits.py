@@ -1,0 +1,132 @@
+"""Cluttered digits: the embedded default data set (no download).
+
+Each sample is a canvas (128 x 128 by default, one channel, uint8) holding one handwritten digit
+from scikit-learn's ``load_digits`` (8 x 8 originals, scaled to about 28 px) at a random
+position, among fragments cut out of other digits. The glance (the whole canvas shrunk to the
+patch size) sees the digit at a few pixels and cannot tell it from the clutter reliably; a
+full-resolution patch on the digit can.
+
+Splits are by digit instance: each of the 1797 originals belongs to exactly one of
+train / val / test (fixed by ``split_seed``), and canvases only use digits (main and clutter)
+of their own split. Val and test canvases are fixed by the seed; train canvases are sampled
+afresh each epoch (``set_epoch``), deterministically from (seed, epoch, index), so a resumed
+or data-parallel run sees exactly the same data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+SPLITS = ("train", "val", "test")
+_SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
+_CACHE: dict = {}
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    if "digits" not in _CACHE:
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        _CACHE["digits"] = (d.images.astype(np.float32) / 16.0, d.target.astype(np.int64))
+    return _CACHE["digits"]
+
+
+def split_indices(split: str, split_seed: int = 0) -> np.ndarray:
+    """Indices (into load_digits) of the digit instances of one split."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    images, _ = _load_digits()
+    n = len(images)
+    perm = np.random.default_rng(split_seed).permutation(n)
+    n_train = int(round(_SPLIT_FRACTIONS[0] * n))
+    n_val = int(round(_SPLIT_FRACTIONS[1] * n))
+    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+    lo, hi = bounds[split]
+    return np.sort(perm[lo:hi])
+
+
+def _render(images: np.ndarray, sizes: range) -> dict[int, np.ndarray]:
+    """Every digit at every side length in ``sizes``: {s: (n, s, s) float32 in [0, 1]}."""
+    x = torch.from_numpy(images)[:, None]
+    return {s: F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)[:, 0]
+            .clamp_(0, 1).numpy() for s in sizes}
+
+
+class ClutteredDigits(Dataset):
+    """Cluttered-digits canvases of one split: ``ds[i] -> (uint8 (1, H, W), label)``."""
+
+    def __init__(self, split: str = "train", *, canvas_size: int = 128, digit_size: int = 28,
+                 digit_size_jitter: int = 4, num_clutter: int = 8, fragment_size: int = 12,
+                 length: int = 6000, split_seed: int = 0, seed: int = 0):
+        if canvas_size < digit_size + digit_size_jitter:
+            raise ValueError(f"canvas {canvas_size} cannot hold digits of up to "
+                             f"{digit_size + digit_size_jitter} px")
+        if digit_size - digit_size_jitter < 4:
+            raise ValueError("digit_size - digit_size_jitter must be >= 4")
+        self.split = split
+        self.canvas_size = canvas_size
+        self.sizes = range(digit_size - digit_size_jitter, digit_size + digit_size_jitter + 1)
+        self.num_clutter = num_clutter
+        self.fragment_size = fragment_size
+        self.length = length
+        self.seed = seed
+        self.split_seed = split_seed
+        self.epoch = 0
+        images, labels = _load_digits()
+        self.instances = split_indices(split, split_seed)
+        self.labels = labels[self.instances]
+        key = (split, split_seed, self.sizes.start, self.sizes.stop)
+        if key not in _CACHE:
+            _CACHE[key] = _render(images[self.instances], self.sizes)
+        self.rendered = _CACHE[key]
+        self._split_id = SPLITS.index(split)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Train canvases depend on the epoch; val/test are fixed."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _rng(self, index: int) -> np.random.Generator:
+        epoch = self.epoch if self.split == "train" else 0
+        seed = self.seed if self.split == "train" else self.split_seed
+        return np.random.default_rng([seed, self._split_id, epoch, index, 0x6F])
+
+    def sample(self, index: int) -> tuple[np.ndarray, int, tuple[int, int, int, int]]:
+        """-> (canvas float32 (H, W) in [0, 1], label, digit box (x1, y1, x2, y2))."""
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        rng = self._rng(index)
+        H = self.canvas_size
+        canvas = np.zeros((H, H), dtype=np.float32)
+        n = len(self.instances)
+        k = int(rng.integers(n))
+        s = int(rng.integers(self.sizes.start, self.sizes.stop))
+        top, left = (int(v) for v in rng.integers(0, H - s + 1, size=2))
+        # clutter: fragments of other digits of the same split, kept off the digit itself
+        fs = self.fragment_size
+        for _ in range(self.num_clutter):
+            j = int(rng.integers(n))
+            sj = int(rng.integers(self.sizes.start, self.sizes.stop))
+            f = min(fs, sj)
+            fy, fx = (int(v) for v in rng.integers(0, sj - f + 1, size=2))
+            frag = self.rendered[sj][j, fy:fy + f, fx:fx + f]
+            for _try in range(8):
+                py, px = (int(v) for v in rng.integers(0, H - f + 1, size=2))
+                cy, cx = py + f / 2, px + f / 2
+                if not (top - 2 <= cy <= top + s + 2 and left - 2 <= cx <= left + s + 2):
+                    break
+            region = canvas[py:py + f, px:px + f]
+            np.maximum(region, frag, out=region)
+        region = canvas[top:top + s, left:left + s]
+        np.maximum(region, self.rendered[s][k], out=region)
+        return canvas, int(self.labels[k]), (left, top, left + s, top + s)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        canvas, label, _ = self.sample(index)
+        img = torch.from_numpy(np.rint(canvas * 255.0).astype(np.uint8))[None]
+        return img, label

@@ -1,0 +1,220 @@
+"""The GFNet module: glance, focus, classifier and policy, as explicit steps on explicit state.
+
+Step 1 (glance): whole image -> P x P (crop_resize) -> global encoder -> classifier -> logits.
+Step t > 1 (focus): policy(previous feature map, policy hidden) -> location -> P x P crop at full
+resolution (crop_resize, integer box) -> local encoder -> classifier -> logits.
+
+The per-sample state between steps is a :class:`GFState` of plain tensors (classifier state,
+policy hidden, last feature map), so an inference engine can keep only the rows still active
+(``state.select(rows)``) and pass ``batch_index`` to read their images in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .backbones import Backbone, build_backbone
+from .patches import focus_patches, glance_patches
+from .policy import ActorCritic
+
+
+@dataclass
+class GFState:
+    """Per-sample state after ``step`` steps. Every tensor has the batch in dim 0."""
+
+    cls: torch.Tensor  # GRU hidden (n, H), or concatenated features so far (n, step * D)
+    policy_h: torch.Tensor  # policy GRU hidden (n, Hp)
+    fmap: torch.Tensor  # last step's feature map, detached (n, C, h, w): the policy's input
+    step: int
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.cls, self.policy_h, self.fmap]
+
+    @classmethod
+    def from_tensors(cls, tensors: list[torch.Tensor], step: int) -> "GFState":
+        c, h, f = tensors
+        return cls(c, h, f, step)
+
+    def select(self, rows: torch.Tensor) -> "GFState":
+        return GFState(self.cls.index_select(0, rows), self.policy_h.index_select(0, rows),
+                       self.fmap.index_select(0, rows), self.step)
+
+    def __len__(self) -> int:
+        return self.cls.shape[0]
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor  # (n, K) classifier output at this step
+    head_logits: torch.Tensor  # (n, K) the encoder's own head on this step's features
+    state: GFState  # state after this step
+    action: torch.Tensor | None = None  # (n, 2) location used (focus steps)
+    log_prob: torch.Tensor | None = None  # (n,) policy log-prob of action ("sample" mode)
+    value: torch.Tensor | None = None  # (n,) critic value
+    policy_input: torch.Tensor | None = None  # fmap the policy decided on (PPO memory)
+
+
+class GRUClassifier(nn.Module):
+    """GRU over the steps' features + one linear head per step (ResNet/DenseNet/RegNet)."""
+
+    def __init__(self, feature_dim: int, hidden: int, num_classes: int, steps: int):
+        super().__init__()
+        self.gru = nn.GRUCell(feature_dim, hidden)
+        self.heads = nn.ModuleList(nn.Linear(hidden, num_classes) for _ in range(steps))
+        self.hidden = hidden
+
+    def init_state(self, n: int, device, dtype) -> torch.Tensor:
+        return torch.zeros(n, self.hidden, device=device, dtype=dtype)
+
+    def forward(self, feat: torch.Tensor, state: torch.Tensor, step: int, glance_head: nn.Module):
+        h = self.gru(feat, state.to(feat.dtype))
+        return self.heads[step](h), h
+
+
+class ConcatClassifier(nn.Module):
+    """Concatenated features of all steps so far -> per-step linear head (MobileNet/EfficientNet).
+
+    Step 1 uses the global encoder's own classifier (passed in as ``glance_head``).
+    """
+
+    def __init__(self, feature_dim: int, num_classes: int, steps: int):
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(feature_dim * (t + 1), num_classes)
+                                   for t in range(1, steps))
+        self.feature_dim = feature_dim
+
+    def init_state(self, n: int, device, dtype) -> torch.Tensor:
+        return torch.zeros(n, 0, device=device, dtype=dtype)
+
+    def forward(self, feat: torch.Tensor, state: torch.Tensor, step: int, glance_head: nn.Module):
+        cat = torch.cat([state.to(feat.dtype), feat], dim=1)
+        logits = glance_head(feat) if step == 0 else self.heads[step - 1](cat)
+        return logits, cat
+
+
+class GFNet(nn.Module):
+    def __init__(self, cfg: ModelConfig, *, patch_backend: str | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_size = cfg.patch_size
+        self.max_steps = cfg.max_steps
+        self.patch_backend = patch_backend or None
+        kw = dict(num_classes=cfg.num_classes, in_channels=cfg.in_channels,
+                  pretrained=cfg.pretrained, width=cfg.width)
+        self.global_encoder: Backbone = build_backbone(cfg.backbone, **kw)
+        self.local_encoder: Backbone = build_backbone(cfg.backbone, **kw)
+        fmap_shape = self.local_encoder.fmap_shape(cfg.in_channels, cfg.patch_size)
+        self.fmap_shape = fmap_shape
+        d = self.local_encoder.feature_dim
+        if cfg.classifier == "gru":
+            self.classifier: nn.Module = GRUClassifier(d, cfg.classifier_hidden, cfg.num_classes,
+                                                       cfg.max_steps)
+        else:
+            self.classifier = ConcatClassifier(d, cfg.num_classes, cfg.max_steps)
+        self.policy = ActorCritic(fmap_shape, state=cfg.policy_state, mlp_width=cfg.policy_mlp_width,
+                                  conv_channels=cfg.policy_conv_channels, hidden=cfg.policy_hidden,
+                                  action_std=cfg.action_std)
+        self.register_buffer("_mean", torch.tensor(cfg.mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("_std", torch.tensor(cfg.std, dtype=torch.float32), persistent=False)
+
+    # ------------------------------------------------------------------ patches
+    def glance_input(self, images: torch.Tensor, batch_index: torch.Tensor | None = None) -> torch.Tensor:
+        return glance_patches(images, self.patch_size, batch_index=batch_index,
+                              mode=self.cfg.glance_mode, align_corners=self.cfg.glance_align_corners,
+                              mean=self.cfg.mean, std=self.cfg.std, backend=self.patch_backend)
+
+    def focus_input(self, images: torch.Tensor, actions: torch.Tensor,
+                    batch_index: torch.Tensor | None = None) -> torch.Tensor:
+        if images.shape[-1] < self.patch_size or images.shape[-2] < self.patch_size:
+            raise ValueError(f"image {tuple(images.shape[-2:])} is smaller than the patch size "
+                             f"{self.patch_size}")
+        return focus_patches(images, actions, self.patch_size, batch_index=batch_index,
+                             mean=self.cfg.mean, std=self.cfg.std, backend=self.patch_backend)
+
+    # ------------------------------------------------------------------ steps
+    def _n(self, images: torch.Tensor, batch_index: torch.Tensor | None) -> int:
+        return images.shape[0] if batch_index is None else batch_index.shape[0]
+
+    def glance_step(self, images: torch.Tensor, batch_index: torch.Tensor | None = None) -> StepOutput:
+        """Step 1 on ``images`` (or the rows ``batch_index`` of it)."""
+        n = self._n(images, batch_index)
+        x = self.glance_input(images, batch_index)
+        feat, fmap = self.global_encoder(x)
+        cls0 = self.classifier.init_state(n, feat.device, feat.dtype)
+        logits, cls = self.classifier(feat, cls0, 0, self.global_encoder.head)
+        head_logits = self.global_encoder.head(feat)
+        h0 = self.policy.init_hidden(n, feat.device, self.policy.actor.weight.dtype)
+        return StepOutput(logits, head_logits, GFState(cls, h0, fmap.detach(), 1))
+
+    def focus_step(self, images: torch.Tensor, state: GFState, *, batch_index: torch.Tensor | None = None,
+                   policy: str = "mean", action: torch.Tensor | None = None,
+                   generator: torch.Generator | None = None) -> StepOutput:
+        """One focus step: policy action -> crop -> local encoder -> classifier.
+
+        policy: "mean" (deterministic, inference), "sample" (Gaussian exploration, PPO),
+        "random" (uniform locations; the policy is not run) or "given" (use ``action``).
+        """
+        step = state.step
+        if step >= self.max_steps:
+            raise ValueError(f"all {self.max_steps} steps already taken")
+        n = len(state)
+        log_prob = value = None
+        policy_h = state.policy_h
+        if policy == "random":
+            action = torch.rand(n, 2, generator=generator,
+                                device=generator.device if generator is not None else state.fmap.device)
+            action = action.to(state.fmap.device)
+        elif policy == "given":
+            if action is None:
+                raise ValueError("policy='given' needs an action")
+        else:
+            train_policy = torch.is_grad_enabled() and any(p.requires_grad for p in self.policy.parameters())
+            # the policy is tiny and its log-probs feed PPO ratios: always run it in float32
+            with torch.set_grad_enabled(train_policy), \
+                    torch.autocast(state.fmap.device.type, enabled=False):
+                action, log_prob, value, policy_h = self.policy.act(state.fmap.float(), state.policy_h,
+                                                                    policy, generator)
+        x = self.focus_input(images, action, batch_index)
+        feat, fmap = self.local_encoder(x)
+        logits, cls = self.classifier(feat, state.cls, step, self.global_encoder.head)
+        head_logits = self.local_encoder.head(feat)
+        new_state = GFState(cls, policy_h, fmap.detach(), step + 1)
+        return StepOutput(logits, head_logits, new_state, action, log_prob, value, state.fmap)
+
+    def rollout(self, images: torch.Tensor, *, policy: str = "mean", actions: list[torch.Tensor] | None = None,
+                steps: int | None = None, generator: torch.Generator | None = None) -> list[StepOutput]:
+        """All steps on the whole batch; ``actions`` (T-1 tensors) forces the focus locations."""
+        steps = self.max_steps if steps is None else steps
+        outs = [self.glance_step(images)]
+        for t in range(1, steps):
+            if actions is not None:
+                outs.append(self.focus_step(images, outs[-1].state, policy="given", action=actions[t - 1]))
+            else:
+                outs.append(self.focus_step(images, outs[-1].state, policy=policy, generator=generator))
+        return outs
+
+    def forward(self, images: torch.Tensor, policy: str = "mean",
+                generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """Anytime prediction: the logits of every step, [(B, K)] * T."""
+        return [o.logits for o in self.rollout(images, policy=policy, generator=generator)]
+
+    # ------------------------------------------------------------------ parameter groups
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named parts, each trained or frozen as a whole by the stages."""
+        return {
+            "global_encoder": list(self.global_encoder.parameters()),
+            "local_encoder": list(self.local_encoder.parameters()),
+            "classifier": list(self.classifier.parameters()),
+            "policy": list(self.policy.parameters()),
+        }
+
+
+def build_model(cfg: ModelConfig, patch_backend: str | None = None) -> GFNet:
+    return GFNet(cfg, patch_backend=patch_backend)
+
+
+__all__ = ["GFNet", "GFState", "StepOutput", "build_model", "replace"]

@@ -1,0 +1,81 @@
+"""Glance and focus patches, both through ``gfkernels.crop_resize`` (one batched call each).
+
+- glance: the whole image box (0, 0, W, H) resized to P x P;
+- focus: the integer P x P box whose top-left is ``floor(a * (H - P))`` (row from a[0],
+  column from a[1]), an exact copy of those pixels.
+
+Normalisation (``(v / 255 - mean) / std`` for uint8 input) is fused into the same pass.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+_WARNED = False
+
+
+def _crop_resize():
+    import gfkernels
+
+    return gfkernels.crop_resize
+
+
+def _backend(backend: str | None, device: torch.device) -> str | None:
+    """The gfkernels backend to use: the given one, else gfkernels' default; when the compiled
+    extension is missing (source tree not built), its pure-PyTorch reference, with one warning."""
+    global _WARNED
+    if backend:
+        return backend
+    from gfkernels import ops
+
+    if device.type == "cpu" and getattr(ops, "_C", None) is None:
+        if not _WARNED:
+            import warnings
+
+            warnings.warn("gfkernels._C is not built: patch extraction falls back to the slow "
+                          "pure-PyTorch reference (pip install --no-build-isolation -e .)",
+                          RuntimeWarning, stacklevel=3)
+            _WARNED = True
+        return "reference"
+    return None
+
+
+def whole_image_boxes(images: torch.Tensor, n: int) -> torch.Tensor:
+    h, w = images.shape[-2:]
+    box = torch.tensor([0.0, 0.0, float(w), float(h)], device=images.device)
+    return box.expand(n, 4).contiguous()
+
+
+def focus_boxes(actions: torch.Tensor, image_hw: tuple[int, int], patch: int) -> torch.Tensor:
+    """(B, 2) actions in [0, 1] (row, col) -> (B, 4) float boxes (x1, y1, x2, y2), integer-valued."""
+    h, w = image_hw
+    a = actions.detach().float().clamp(0.0, 1.0)
+    top = torch.floor(a[:, 0] * (h - patch))
+    left = torch.floor(a[:, 1] * (w - patch))
+    return torch.stack([left, top, left + patch, top + patch], dim=1)
+
+
+def glance_patches(images: torch.Tensor, patch: int, *, batch_index: torch.Tensor | None = None,
+                   mode: str = "bicubic", align_corners: bool = True,
+                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                   out_dtype: torch.dtype | None = torch.float32, backend: str | None = None
+                   ) -> torch.Tensor:
+    n = images.shape[0] if batch_index is None else batch_index.shape[0]
+    boxes = whole_image_boxes(images, n)
+    return _crop_resize()(images, boxes, patch, batch_index=batch_index, mode=mode,
+                          align_corners=align_corners, padding_mode="border", mean=mean, std=std,
+                          out_dtype=out_dtype, backend=_backend(backend, images.device))
+
+
+def focus_patches(images: torch.Tensor, actions: torch.Tensor, patch: int, *,
+                  batch_index: torch.Tensor | None = None,
+                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                  out_dtype: torch.dtype | None = torch.float32, backend: str | None = None
+                  ) -> torch.Tensor:
+    boxes = focus_boxes(actions, tuple(images.shape[-2:]), patch)
+    return _crop_resize()(images, boxes.to(images.device), patch, batch_index=batch_index,
+                          mode="bilinear", align_corners=False, padding_mode="border",
+                          mean=mean, std=std, out_dtype=out_dtype, backend=_backend(backend, images.device))

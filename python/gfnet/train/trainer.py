@@ -1,0 +1,478 @@
+"""The three training stages of GFNet, data-parallel, with atomic checkpoints and exact resume.
+
+Stage 1 (warm-up): random focus locations; encoders + classifier learn
+    loss = (sum_t CE(classifier_t) + r * sum_t CE(encoder head on step t's features)) / T.
+Stage 2 (policy): encoders + classifier frozen (eval, no grad); PPO on the actor-critic.
+Stage 3 (fine-tune): policy frozen (mean actions); encoders + classifier learn on its patches.
+
+Files under the output folder: ``stage{k}.pt`` (latest checkpoint of stage k, rewritten
+atomically after every epoch; ``done`` once the stage is complete), ``metrics.jsonl`` (one
+JSON object per epoch), ``results.json`` (test accuracy per step after each stage).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from ..config import Config
+from ..data import build_datasets
+from ..errors import CheckpointError, ConfigError
+from ..models import GFNet, build_model
+from . import checkpoint as ckpt
+from .distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, setup, teardown
+from .ppo import PolicyEvaluator, RolloutMemory, ppo_update, true_class_prob
+
+STAGES = (1, 2, 3)
+
+
+def trained_parts(cfg: Config, stage: int) -> tuple[str, ...]:
+    """Which parts of the model (GFNet.param_groups keys) a stage trains."""
+    if stage == 1:
+        enc = ("local_encoder",) if cfg.optim.freeze_global_stage1 else ("global_encoder", "local_encoder")
+        return enc + ("classifier",)
+    if stage == 2:
+        return ("policy",)
+    if stage == 3:
+        return ("global_encoder", "local_encoder", "classifier")
+    raise ConfigError(f"stage must be 1, 2 or 3, not {stage!r}")
+
+
+def set_trainable(model: GFNet, parts: Iterable[str]) -> None:
+    """requires_grad and train/eval mode per part: frozen parts are eval (BN stats fixed)."""
+    parts = set(parts)
+    modules = {"global_encoder": model.global_encoder, "local_encoder": model.local_encoder,
+               "classifier": model.classifier, "policy": model.policy}
+    for name, mod in modules.items():
+        on = name in parts
+        mod.train(on)
+        for p in mod.parameters():
+            p.requires_grad_(on)
+
+
+def stage_loss(outs, labels: torch.Tensor, head_weight: float) -> torch.Tensor:
+    loss = sum(F.cross_entropy(o.logits.float(), labels) for o in outs)
+    if head_weight:
+        loss = loss + head_weight * sum(F.cross_entropy(o.head_logits.float(), labels) for o in outs)
+    return loss / len(outs)
+
+
+class _ClassifierStage(nn.Module):
+    """forward(images, labels) -> (loss, per-step logits): the module DDP wraps in stages 1, 3."""
+
+    def __init__(self, model: GFNet, policy: str, head_weight: float):
+        super().__init__()
+        self.model = model
+        self.policy = policy
+        self.head_weight = head_weight
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor):
+        outs = self.model.rollout(images, policy=self.policy)
+        return stage_loss(outs, labels, self.head_weight), [o.logits.detach() for o in outs]
+
+
+def _cosine(progress: float) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+class Trainer:
+    def __init__(self, cfg: Config, out_dir: str | Path, *, resume: bool = False,
+                 dist_info: DistInfo | None = None):
+        cfg.validate()
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.resume = resume
+        if cfg.run.threads > 0:
+            torch.set_num_threads(cfg.run.threads)
+        if cfg.run.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=False)
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        self.dist = dist_info or setup(cfg.run.device)
+        self.device = self.dist.device
+        self.datasets = build_datasets(cfg)  # data errors surface before anything is written
+        torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
+        self.model: GFNet = build_model(cfg.model, cfg.run.patch_backend or None).to(self.device)
+        amp = cfg.run.amp
+        if amp == "auto":
+            amp = "bf16" if self.device.type == "cuda" else "off"
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+        self.results: dict[str, Any] = {}
+        self._last_log = 0.0
+
+    # ------------------------------------------------------------------ helpers
+    def log(self, msg: str) -> None:
+        if self.dist.is_main:
+            print(msg, file=sys.stderr, flush=True)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _seed_stage(self, stage: int) -> None:
+        torch.manual_seed(self.cfg.run.seed * 7919 + 1000 * self.dist.rank + stage)
+
+    def _per_rank_batch(self, bs: int) -> int:
+        return max(1, bs // self.dist.world_size)
+
+    def train_loader(self, epoch: int) -> DataLoader:
+        ds = self.datasets["train"]
+        if hasattr(ds, "set_epoch"):
+            ds.set_epoch(epoch)
+        sampler = DistributedSampler(ds, num_replicas=self.dist.world_size, rank=self.dist.rank,
+                                     shuffle=True, seed=self.cfg.run.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        bs = self._per_rank_batch(self.cfg.optim.batch_size)
+        return DataLoader(ds, batch_size=bs, sampler=sampler, num_workers=self.cfg.data.num_workers,
+                          drop_last=len(sampler) >= bs, pin_memory=self.device.type == "cuda")
+
+    def eval_loader(self, split: str) -> DataLoader:
+        ds: Dataset = self.datasets[split]
+        shard = Subset(ds, range(self.dist.rank, len(ds), self.dist.world_size))  # type: ignore[arg-type]
+        bs = self._per_rank_batch(self.cfg.run.eval_batch_size or self.cfg.optim.batch_size)
+        return DataLoader(shard, batch_size=bs, shuffle=False, num_workers=self.cfg.data.num_workers,
+                          pin_memory=self.device.type == "cuda")
+
+    def _iters(self, loader: DataLoader, cap: int) -> int:
+        n = len(loader)
+        return min(n, cap) if cap > 0 else n
+
+    def _progress(self, it, total: int, desc: str):
+        if not (self.cfg.run.progress and self.dist.is_main):
+            return it
+        from tqdm import tqdm
+
+        return tqdm(it, total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, split: str, modes: tuple[str, ...] = ("mean", "random")) -> dict[str, list[float]]:
+        """Accuracy per step on a split, for each focus mode ("mean" = the policy)."""
+        model = self.model
+        was = {n: m.training for n, m in model.named_children()}
+        model.eval()
+        T = model.max_steps
+        out: dict[str, list[float]] = {}
+        loader = self.eval_loader(split)
+        cap = self.cfg.run.max_eval_batches
+        for mode in modes:
+            gen = None
+            if mode == "random":
+                gen = torch.Generator(device=self.device).manual_seed(self.cfg.run.seed + 4242 + self.dist.rank)
+            correct = torch.zeros(T + 1, dtype=torch.float64, device=self.device)
+            for i, (x, y) in enumerate(loader):
+                if cap and i >= cap:
+                    break
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                with self.autocast():
+                    logits = model(x, policy=mode, generator=gen)
+                for t, lg in enumerate(logits):
+                    correct[t] += (lg.argmax(1) == y).sum()
+                correct[T] += y.numel()
+            all_reduce_sum(correct, self.dist)
+            n = max(float(correct[T]), 1.0)
+            out["policy" if mode == "mean" else mode] = [round(float(c) / n, 5) for c in correct[:T]]
+        for name, m in model.named_children():
+            m.train(was[name])
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def _rng_state(self) -> list[dict[str, torch.Tensor]]:
+        st = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            st["cuda"] = torch.cuda.get_rng_state(self.device)
+        return all_gather_object(st, self.dist)
+
+    def _set_rng_state(self, states: list[dict[str, torch.Tensor]]) -> None:
+        if len(states) != self.dist.world_size:
+            self.log(f"note: checkpoint RNG state is for {len(states)} ranks, running "
+                     f"{self.dist.world_size}; random streams reseeded")
+            return
+        st = states[self.dist.rank]
+        torch.set_rng_state(st["torch"].cpu())
+        if "cuda" in st and self.device.type == "cuda":
+            torch.cuda.set_rng_state(st["cuda"].cpu(), self.device)
+
+    def _save(self, stage: int, epoch: int, epochs: int, done: bool, opt, sched, scaler,
+              extra: dict[str, Any]) -> None:
+        rng = self._rng_state()  # collective: every rank takes part
+        if self.dist.is_main:
+            obj = {
+                "format": ckpt.FORMAT, "stage": stage, "epoch": epoch, "epochs": epochs, "done": done,
+                "world_size": self.dist.world_size, "config": self.cfg.to_dict(),
+                "model": self.model.state_dict(),
+                "optimizer": opt.state_dict() if opt is not None else None,
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng": rng, **extra,
+            }
+            ckpt.save_atomic(obj, ckpt.stage_path(self.out, stage))
+        barrier(self.dist)
+        kill = os.environ.get("GFNET_KILL_AFTER_EPOCH", "")
+        if kill and kill == f"{stage}:{epoch}":  # test hook: die like a killed job would
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _load(self, stage: int) -> dict[str, Any]:
+        path = ckpt.stage_path(self.out, stage)
+        ck = ckpt.load(path, map_location="cpu")
+        ckpt.check_compatible(ck, self.cfg.to_dict()["model"], path)
+        if ck.get("stage") != stage:
+            raise CheckpointError(f"checkpoint {str(path)!r} is for stage {ck.get('stage')}, not {stage}")
+        return ck
+
+    def _write_json(self, name: str, obj: Any) -> None:
+        if self.dist.is_main:
+            tmp = self.out / f".{name}.tmp"
+            tmp.write_text(json.dumps(obj, indent=2))
+            os.replace(tmp, self.out / name)
+
+    def _metrics(self, rec: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    # ------------------------------------------------------------------ the run
+    def preflight(self, stages: list[int]) -> dict[int, dict[str, Any] | None]:
+        """Check the output folder and checkpoints before anything is written.
+
+        Returns, per stage, its checkpoint to resume from (or None).
+        """
+        found = {s: ckpt.stage_path(self.out, s) for s in STAGES if ckpt.stage_path(self.out, s).exists()}
+        if found and not self.resume:
+            raise CheckpointError(
+                f"output folder {str(self.out)!r} already holds checkpoints "
+                f"({', '.join(p.name for p in found.values())}); pass --resume to continue it "
+                "or choose another --out (nothing was overwritten)")
+        loaded: dict[int, dict[str, Any] | None] = {}
+        for s in stages:
+            loaded[s] = self._load(s) if s in found else None
+        first = stages[0]
+        if first > 1 and loaded.get(first) is None:
+            prev = ckpt.stage_path(self.out, first - 1)
+            ck = self._load(first - 1)
+            if not ck.get("done"):
+                raise CheckpointError(f"stage {first - 1} checkpoint {str(prev)!r} is not finished "
+                                      f"(epoch {ck.get('epoch')}/{ck.get('epochs')}); run "
+                                      f"--stage {first - 1} --resume first")
+            loaded[first - 1] = ck
+        return loaded
+
+    def run(self, stages: list[int]) -> dict[str, Any]:
+        stages = sorted(set(stages))
+        if any(s not in STAGES for s in stages):
+            raise ConfigError(f"stages must be among 1, 2, 3; got {stages}")
+        loaded = self.preflight(stages)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        barrier(self.dist)
+        res_path = self.out / "results.json"
+        if self.resume and res_path.exists():
+            try:
+                self.results = json.loads(res_path.read_text())
+            except json.JSONDecodeError:
+                self.results = {}
+        first = stages[0]
+        if first > 1 and loaded.get(first) is None:
+            ckpt.load_model_state(self.model, loaded[first - 1]["model"], ckpt.stage_path(self.out, first - 1))
+        for s in stages:
+            ck = loaded.get(s)
+            if ck is not None and ck.get("done"):
+                ckpt.load_model_state(self.model, ck["model"], ckpt.stage_path(self.out, s))
+                self.log(f"stage {s}: already complete in {ckpt.stage_path(self.out, s)}, skipped")
+                continue
+            self.train_stage(s, ck)
+        dump = os.environ.get("GFNET_DUMP_PARAMS", "")
+        if dump:  # test hook: every rank's final parameters
+            Path(dump).mkdir(parents=True, exist_ok=True)
+            torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                       Path(dump) / f"rank{self.dist.rank}.pt")
+        return self.results
+
+    def _optimizer(self, stage: int):
+        o = self.cfg.optim
+        groups = self.model.param_groups()
+        parts = trained_parts(self.cfg, stage)
+        if stage == 2:
+            return torch.optim.Adam(groups["policy"], lr=self.cfg.ppo.lr)
+        cls_lr = o.lr_classifier_stage1 if stage == 1 else o.lr_classifier_stage3
+        pg = []
+        enc = [p for name in ("global_encoder", "local_encoder") if name in parts for p in groups[name]]
+        if enc:
+            pg.append({"params": enc, "lr": o.lr_backbone, "name": "backbone"})
+        pg.append({"params": groups["classifier"], "lr": cls_lr, "name": "classifier"})
+        return torch.optim.SGD(pg, lr=cls_lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
+                               weight_decay=o.weight_decay)
+
+    def train_stage(self, stage: int, ck: dict[str, Any] | None) -> None:
+        cfg = self.cfg
+        epochs = getattr(cfg.optim, f"epochs_stage{stage}")
+        parts = trained_parts(cfg, stage)
+        self._seed_stage(stage)
+        set_trainable(self.model, parts)
+        opt = self._optimizer(stage)
+        iters = self._iters(self.train_loader(0), cfg.run.max_train_batches)
+        unit_total = max(1, epochs if cfg.optim.schedule_unit == "epoch" else epochs * iters)
+        sched = None
+        if stage != 2:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _cosine(i / unit_total))
+        scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+        start = 0
+        if ck is not None:
+            path = ckpt.stage_path(self.out, stage)
+            ckpt.load_model_state(self.model, ck["model"], path)
+            try:
+                if ck.get("optimizer") is not None:
+                    opt.load_state_dict(ck["optimizer"])
+                if sched is not None and ck.get("scheduler") is not None:
+                    sched.load_state_dict(ck["scheduler"])
+                if scaler is not None and ck.get("scaler") is not None:
+                    scaler.load_state_dict(ck["scaler"])
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise CheckpointError(f"checkpoint {str(path)!r}: optimiser state does not fit ({e})") from None
+            start = int(ck["epoch"])
+            self._set_rng_state(ck["rng"])
+            self.log(f"stage {stage}: resuming after epoch {start}/{epochs} from {path}")
+        if stage == 2:
+            runner: nn.Module = PolicyEvaluator(self.model.policy)
+        else:
+            runner = _ClassifierStage(self.model, "random" if stage == 1 else "mean",
+                                      cfg.optim.head_loss_weight)
+        if self.dist.enabled:
+            runner = DDP(runner, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                         find_unused_parameters=stage != 2 and not cfg.optim.head_loss_weight)
+        for epoch in range(start, epochs):
+            t0 = time.time()
+            set_trainable(self.model, parts)
+            if stage == 2:
+                rec = self._epoch_ppo(runner, opt, epoch, epochs)
+            else:
+                rec = self._epoch_classifier(stage, runner, opt, sched, scaler, epoch, epochs)
+            if cfg.optim.schedule_unit == "epoch" and sched is not None:
+                sched.step()
+            val = self.evaluate("val", ("mean", "random") if stage > 1 else ("random",))
+            rec.update(stage=stage, epoch=epoch + 1, epochs=epochs, val=val,
+                       epoch_time_s=round(time.time() - t0, 2), time=time.time())
+            self._metrics(rec)
+            acc = val.get("policy", val.get("random"))
+            self.log(f"stage {stage} epoch {epoch + 1}/{epochs}: loss {rec['loss']:.4f} "
+                     f"val acc/step {' '.join(f'{a:.3f}' for a in acc)} "
+                     f"({rec['images_per_s']:.0f} img/s, {rec['epoch_time_s']:.0f}s)")
+            done = epoch + 1 == epochs
+            extra = {}
+            if done:
+                extra["test"] = self._test(stage)
+            self._save(stage, epoch + 1, epochs, done, opt, sched, scaler, extra)
+        if epochs == 0 or start >= epochs:
+            self._save(stage, epochs, epochs, True, opt, sched, scaler, {"test": self._test(stage)})
+
+    def _test(self, stage: int) -> dict[str, list[float]]:
+        test = self.evaluate("test", ("mean", "random"))
+        self.results[f"stage{stage}"] = test
+        self._write_json("results.json", self.results)
+        self.log(f"stage {stage} test accuracy per step: policy {test['policy']} random {test['random']}")
+        return test
+
+    def _epoch_classifier(self, stage, runner, opt, sched, scaler, epoch, epochs) -> dict[str, Any]:
+        cfg = self.cfg
+        loader = self.train_loader(epoch)
+        cap = cfg.run.max_train_batches
+        total = self._iters(loader, cap)
+        T = self.model.max_steps
+        correct = torch.zeros(T, dtype=torch.float64)
+        loss_sum, seen, t0 = 0.0, 0, time.time()
+        params = [p for g in opt.param_groups for p in g["params"]]
+        bar = self._progress(loader, total, f"stage {stage} epoch {epoch + 1}/{epochs}")
+        for i, (x, y) in enumerate(bar):
+            if i >= total:
+                break
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self.autocast():
+                loss, logits = runner(x, y)
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
+                loss.backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            if cfg.optim.schedule_unit == "step" and sched is not None:
+                sched.step()
+            loss_sum += float(loss.detach()) * y.numel()
+            seen += y.numel()
+            for t, lg in enumerate(logits):
+                correct[t] += float((lg.argmax(1) == y).sum())
+            if bar is not loader:
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct[-1] / seen:.3f}")
+        stats = torch.tensor([loss_sum, seen, *correct.tolist()], dtype=torch.float64, device=self.device)
+        all_reduce_sum(stats, self.dist)
+        n = max(float(stats[1]), 1.0)
+        dt = time.time() - t0
+        return {"loss": float(stats[0]) / n, "train_acc": [round(float(c) / n, 5) for c in stats[2:]],
+                "lr": {g.get("name", str(k)): g["lr"] for k, g in enumerate(opt.param_groups)},
+                "images_per_s": float(stats[1]) / max(dt, 1e-9), "train_time_s": round(dt, 2)}
+
+    def _epoch_ppo(self, runner, opt, epoch, epochs) -> dict[str, Any]:
+        cfg = self.cfg
+        model = self.model
+        loader = self.train_loader(epoch)
+        total = self._iters(loader, cfg.run.max_train_batches)
+        T = model.max_steps
+        sums = torch.zeros(4, dtype=torch.float64)  # policy loss, value loss, reward, batches
+        seen, t0 = 0, time.time()
+        memory = RolloutMemory()
+        bar = self._progress(loader, total, f"stage 2 epoch {epoch + 1}/{epochs}")
+        for i, (x, y) in enumerate(bar):
+            if i >= total:
+                break
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            memory.clear()
+            with torch.no_grad(), self.autocast():
+                out = model.glance_step(x)
+                p_prev = true_class_prob(out.logits, y)
+                state = out.state
+                for _ in range(1, T):
+                    out = model.focus_step(x, state, policy="sample")
+                    p = true_class_prob(out.logits, y)
+                    memory.add(out.policy_input, out.action, out.log_prob, p - p_prev)
+                    p_prev, state = p, out.state
+            if len(memory) == 0:
+                break
+            st = ppo_update(runner, opt, memory, cfg.ppo)
+            sums += torch.tensor([st["policy_loss"], st["value_loss"], st["reward"], 1.0], dtype=torch.float64)
+            seen += y.numel()
+            if bar is not loader:
+                bar.set_postfix(reward=f"{sums[2] / sums[3]:.3f}")
+        stats = torch.tensor([*sums.tolist(), seen], dtype=torch.float64, device=self.device)
+        all_reduce_sum(stats, self.dist)
+        nb = max(float(stats[3]), 1.0)
+        dt = time.time() - t0
+        return {"loss": float(stats[0]) / nb, "value_loss": float(stats[1]) / nb,
+                "reward": float(stats[2]) / nb, "lr": {"policy": opt.param_groups[0]["lr"]},
+                "images_per_s": float(stats[4]) / max(dt, 1e-9), "train_time_s": round(dt, 2)}
+
+
+def train(cfg: Config, out_dir: str | Path, stages: list[int], resume: bool = False) -> dict[str, Any]:
+    info = setup(cfg.run.device)
+    try:
+        return Trainer(cfg, out_dir, resume=resume, dist_info=info).run(stages)
+    finally:
+        teardown(info)
