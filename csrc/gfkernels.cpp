@@ -136,6 +136,13 @@ TORCH_LIBRARY(gfkernels, m) {
   m.def(
       "crop_resize_backward_boxes(Tensor grad, Tensor images, Tensor boxes, Tensor? batch_index, "
       "str mode, bool align_corners, str padding_mode, float[]? std) -> Tensor");
+  // Early exit: threshold is a 0-dim floating tensor (on the CPU, or on the logits' device);
+  // out_logits and exit_step are written in place. keep (n,) int64, num_keep 0-dim int64.
+  m.def(
+      "early_exit(Tensor logits, Tensor threshold, Tensor active, Tensor(a!) out_logits, "
+      "Tensor(b!) exit_step, int step) -> (Tensor, Tensor)");
+  // n is a host int (the caller read num_keep once): outputs are contiguous (n, ...).
+  m.def("gather_rows(Tensor[] tensors, Tensor index, SymInt n) -> Tensor[]");
 }
 
 }  // namespace gfkernels

@@ -97,7 +97,7 @@ def check_crop_resize_args(images, boxes, batch_index, mode, align_corners, padd
     under torch.compile); the kernels check values (finite boxes, batch_index range)."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"crop_resize: images must be a 4-D tensor (N, C, H, W), got {shape}")
+        raise ValueError(f"crop_resize: images must be 4-D (N, C, H, W), got shape {shape}")
     if images.dtype not in _IMAGE_DTYPES:
         raise TypeError(f"crop_resize: images must be uint8, float16, bfloat16, float32 or "
                         f"float64, got {images.dtype}")

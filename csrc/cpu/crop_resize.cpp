@@ -24,9 +24,6 @@
 namespace gfkernels {
 namespace {
 
-template <typename T>
-using acc_type_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
-
 // Taps of every output column (or row) of every box, stored flat: [box][out][tap].
 template <typename acc_t>
 struct AxisTable {
@@ -34,7 +31,8 @@ struct AxisTable {
   std::vector<int64_t> index;
   std::vector<acc_t> weight, dweight;
   std::vector<int64_t> lo, hi;  // per box: the span [lo, hi] of indices its taps read
-  std::vector<uint8_t> exact;   // per box: this axis is an exact integer copy
+  std::vector<uint8_t> exact;   // per box: this axis is an exact integer copy...
+  std::vector<int64_t> start;   // ...starting at this index
 
   const int64_t* index_at(int64_t b, int64_t o) const { return &index[(b * out + o) * taps]; }
   const acc_t* weight_at(int64_t b, int64_t o) const { return &weight[(b * out + o) * taps]; }
@@ -55,6 +53,7 @@ AxisTable<acc_t> build_axis_table(const box_t* boxes, int64_t num_boxes, int lo_
   t.lo.resize(num_boxes);
   t.hi.resize(num_boxes);
   t.exact.resize(num_boxes);
+  t.start.resize(num_boxes);
   at::parallel_for(0, num_boxes, 16, [&](int64_t begin, int64_t end) {
     Taps taps;
     for (int64_t b = begin; b < end; ++b) {
@@ -75,6 +74,7 @@ AxisTable<acc_t> build_axis_table(const box_t* boxes, int64_t num_boxes, int lo_
       t.lo[b] = span_lo;
       t.hi[b] = span_hi;
       t.exact[b] = is_exact_copy(lo, hi, out, size);
+      t.start[b] = t.exact[b] ? static_cast<int64_t>(lo) : 0;
     }
   });
   return t;
@@ -159,7 +159,7 @@ void forward_impl(const at::Tensor& images, const at::Tensor& boxes, const int64
         const acc_t sc = static_cast<acc_t>(affine.scale[c]), sh = static_cast<acc_t>(affine.shift[c]);
         if (exact) {
           // Fast path: an integer box of the output's size is a strided row copy.
-          const image_t* src = plane + iy[0] * g.sH + xlo * g.sW;
+          const image_t* src = plane + (yt.start[b] + i) * g.sH + xt.start[b] * g.sW;
           for (int64_t j = 0; j < w; ++j)
             o[j] = static_cast<out_t>(static_cast<acc_t>(src[j * g.sW]) * sc + sh);
           continue;
@@ -218,9 +218,11 @@ at::Tensor crop_resize_cpu(const at::Tensor& images, const at::Tensor& boxes_in,
   if (out.numel() == 0) return out;
   GFK_DISPATCH_IMAGE_TYPES(images.scalar_type(), "crop_resize_cpu", [&] {
     using in_t = scalar_t;
-    using acc_t = acc_type_of<in_t>;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "crop_resize_out", [&] {
       using out_t = scalar_t;
+      // float64 in or out: accumulate in double; otherwise float.
+      using acc_t = std::conditional_t<std::is_same_v<in_t, double> || std::is_same_v<out_t, double>,
+                                       double, float>;
       with_taps(mode, [&](auto taps) {
         forward_impl<in_t, out_t, acc_t, decltype(taps)::value>(
             images, boxes, bi.empty() ? nullptr : bi.data(), out, mode, padding, align_corners,

@@ -1,0 +1,384 @@
+// early_exit and gather_rows on the CPU, plus the argument checks the CUDA kernels share
+// (declared again in cuda/early_exit.cu; this file is always compiled).
+//
+// early_exit: pass 1 runs over blocks of rows in parallel: each row's confidence (max softmax
+// probability = 1 / sum_j exp(x_j - max x), float32 for 16/32-bit logits with a vectorisable
+// exp, float64 for float64 logits), the exiting rows' logits and step written to their place
+// in the full batch, and a survivor count per block. Pass 2 is the stable compaction: an
+// exclusive scan of the block counts, then every block writes its survivors (and, after all
+// survivors, its exiting rows) in order. With one block (small n) both passes are serial.
+//
+// gather_rows: one parallel pass over the kept rows; for each row, every tensor's row is
+// copied (memcpy for rows whose trailing dims are contiguous, a strided loop otherwise).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace gfkernels {
+
+// ---------------------------------------------------------------------------------------
+// Argument checks (metadata only; values are checked by the CPU kernels below)
+// ---------------------------------------------------------------------------------------
+
+void check_early_exit_args(const at::Tensor& logits, const at::Tensor& threshold,
+                           const at::Tensor& active, const at::Tensor& out_logits,
+                           const at::Tensor& exit_step) {
+  TORCH_CHECK_VALUE(logits.dim() == 2, "early_exit: logits must be 2-D (n, K), got shape ",
+                    logits.sizes());
+  const at::ScalarType t = logits.scalar_type();
+  TORCH_CHECK_TYPE(t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble,
+                   "early_exit: logits must be float16, bfloat16, float32 or float64, got ", t);
+  TORCH_CHECK_VALUE(logits.size(1) > 0, "early_exit: logits must have K > 0 classes, got shape ",
+                    logits.sizes());
+  TORCH_CHECK_VALUE(threshold.dim() == 0, "early_exit: threshold must be a 0-dim tensor, got shape ",
+                    threshold.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(threshold.scalar_type()),
+                   "early_exit: threshold must be a floating tensor, got ",
+                   threshold.scalar_type());
+  TORCH_CHECK_VALUE(threshold.device() == logits.device() || threshold.device().is_cpu(),
+                    "early_exit: threshold must be on the CPU or on the logits' device ",
+                    logits.device(), ", got ", threshold.device());
+  TORCH_CHECK_TYPE(active.scalar_type() == at::kLong, "early_exit: active must be int64, got ",
+                   active.scalar_type());
+  TORCH_CHECK_VALUE(active.dim() == 1 && active.size(0) == logits.size(0),
+                    "early_exit: active must be (n,) with n = ", logits.size(0),
+                    " rows of logits, got shape ", active.sizes());
+  TORCH_CHECK_VALUE(out_logits.dim() == 2 && out_logits.size(1) == logits.size(1),
+                    "early_exit: out_logits must be (B, K) with K = ", logits.size(1),
+                    ", got shape ", out_logits.sizes());
+  TORCH_CHECK_TYPE(out_logits.scalar_type() == t, "early_exit: out_logits must have the logits' "
+                   "dtype ", t, ", got ", out_logits.scalar_type());
+  TORCH_CHECK_TYPE(exit_step.scalar_type() == at::kLong, "early_exit: exit_step must be int64, got ",
+                   exit_step.scalar_type());
+  TORCH_CHECK_VALUE(exit_step.dim() == 1 && exit_step.size(0) == out_logits.size(0),
+                    "early_exit: exit_step must be (B,) with B = ", out_logits.size(0),
+                    " rows of out_logits, got shape ", exit_step.sizes());
+  for (const auto& [name, other] :
+       {std::pair<const char*, const at::Tensor*>{"active", &active},
+        {"out_logits", &out_logits},
+        {"exit_step", &exit_step}}) {
+    TORCH_CHECK_VALUE(other->device() == logits.device(), "early_exit: ", name,
+                      " must be on the logits' device ", logits.device(), ", got ",
+                      other->device());
+  }
+}
+
+void check_gather_rows_args(at::TensorList tensors, const at::Tensor& index, int64_t n) {
+  TORCH_CHECK_TYPE(index.scalar_type() == at::kLong, "gather_rows: index must be int64, got ",
+                   index.scalar_type());
+  TORCH_CHECK_VALUE(index.dim() == 1, "gather_rows: index must be 1-D, got shape ",
+                    index.sizes());
+  TORCH_CHECK_VALUE(n >= 0 && n <= index.size(0), "gather_rows: n must lie in [0, ",
+                    index.size(0), "] (the length of index), got ", n);
+  for (const auto i : c10::irange(tensors.size())) {
+    const at::Tensor& t = tensors[i];
+    TORCH_CHECK_VALUE(t.dim() >= 1, "gather_rows: tensors[", i,
+                      "] must have a leading (batch) dimension, got a 0-dim tensor");
+    TORCH_CHECK_VALUE(t.size(0) == tensors[0].size(0), "gather_rows: tensors[", i,
+                      "] has leading size ", t.size(0), " but tensors[0] has ",
+                      tensors[0].size(0), " (all must share the batch dimension)");
+    TORCH_CHECK_VALUE(t.device() == index.device(), "gather_rows: tensors[", i,
+                      "] must be on the index's device ", index.device(), ", got ", t.device());
+  }
+}
+
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// early_exit
+// ---------------------------------------------------------------------------------------
+
+// exp(x) for x <= 0 (or NaN, which it propagates): Cephes' expf (range reduction by ln 2 and
+// a degree-5 polynomial, within 2 ulp), written without calls or branches so that the loops
+// using it vectorise. exp(0) == 1 exactly; below -87 it returns 0 (the true value, < 2^-125,
+// cannot change a sum that holds a 1).
+inline float exp_nonpositive(float x) {
+  const float fx = x * 1.44269504088896341f;
+  const float n = (fx + 12582912.0f) - 12582912.0f;  // round to nearest (|fx| < 2^22)
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  const uint32_t bits = (static_cast<uint32_t>(static_cast<int32_t>(n)) + 127u) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return x < -87.0f ? 0.0f : y * scale;
+}
+
+constexpr int kLanes = 16;
+
+// 1 / sum_j exp(x_j - max x): NaN when a logit is NaN, when the max is +inf, or when every
+// logit is -inf (x - max is NaN there), as torch.softmax(x).max() gives.
+float confidence(const float* __restrict x, int64_t K) {
+  float mv[kLanes];
+  for (int l = 0; l < kLanes; ++l) mv[l] = -std::numeric_limits<float>::infinity();
+  int64_t j = 0;
+  for (; j + kLanes <= K; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) mv[l] = x[j + l] > mv[l] ? x[j + l] : mv[l];
+  float m = -std::numeric_limits<float>::infinity();
+  for (int l = 0; l < kLanes; ++l) m = mv[l] > m ? mv[l] : m;
+  for (int64_t t = j; t < K; ++t) m = x[t] > m ? x[t] : m;
+  float sv[kLanes] = {};
+  j = 0;
+  for (; j + kLanes <= K; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) sv[l] += exp_nonpositive(x[j + l] - m);
+  float sum = 0.0f;
+  for (int l = 0; l < kLanes; ++l) sum += sv[l];
+  for (int64_t t = j; t < K; ++t) sum += exp_nonpositive(x[t] - m);
+  return 1.0f / sum;
+}
+
+double confidence(const double* x, int64_t K) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < K; ++j) m = x[j] > m ? x[j] : m;
+  double sum = 0.0;
+  for (int64_t j = 0; j < K; ++j) sum += std::exp(x[j] - m);
+  return 1.0 / sum;
+}
+
+template <typename T>
+using acc_type_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Rows per block of pass 1 / the compaction; n <= kSerialRows runs as one block.
+constexpr int64_t kSerialRows = 1 << 14;
+
+template <typename scalar_t>
+void early_exit_impl(const at::Tensor& logits, double threshold, const int64_t* active,
+                     at::Tensor& out_logits, at::Tensor& exit_step, int64_t step,
+                     int64_t* keep, int64_t* num_keep_out) {
+  using acc_t = acc_type_of<scalar_t>;
+  const int64_t n = logits.size(0), K = logits.size(1);
+  const bool all_exit = std::isinf(threshold) && threshold < 0;
+  const acc_t thr = static_cast<acc_t>(threshold);
+  const scalar_t* src = logits.const_data_ptr<scalar_t>();
+  const int64_t sn = logits.stride(0), sk = logits.stride(1);
+  scalar_t* dst = out_logits.mutable_data_ptr<scalar_t>();
+  const int64_t dn = out_logits.stride(0), dk = out_logits.stride(1);
+  int64_t* steps = exit_step.mutable_data_ptr<int64_t>();
+  const int64_t ds = exit_step.stride(0);
+  const bool direct = std::is_same_v<scalar_t, acc_t> && sk == 1;
+
+  // Blocks of rows: each counts its survivors in pass 1.
+  const int64_t block = n <= kSerialRows ? std::max<int64_t>(n, 1)
+                                         : (n + 4 * at::get_num_threads() - 1) /
+                                               (4 * at::get_num_threads());
+  const int64_t num_blocks = (n + block - 1) / block;
+  std::vector<uint8_t> exits(n);
+  std::vector<int64_t> survivors(num_blocks + 1, 0);
+
+  auto pass1 = [&](int64_t b0, int64_t b1) {
+    std::vector<acc_t> row(direct || all_exit ? 0 : K);
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t count = 0;
+      for (int64_t i = b * block; i < std::min(n, (b + 1) * block); ++i) {
+        const scalar_t* x = src + i * sn;
+        bool exit = all_exit;
+        if (!exit) {
+          const acc_t* xr = reinterpret_cast<const acc_t*>(x);  // used only when direct
+          if (!direct) {
+            for (int64_t j = 0; j < K; ++j) row[j] = static_cast<acc_t>(x[j * sk]);
+            xr = row.data();
+          }
+          exit = confidence(xr, K) >= thr;  // false for NaN
+        }
+        exits[i] = exit;
+        count += !exit;
+        if (exit) {
+          const int64_t a = active[i];
+          scalar_t* y = dst + a * dn;
+          if (sk == 1 && dk == 1) {
+            std::memcpy(y, x, K * sizeof(scalar_t));
+          } else {
+            for (int64_t j = 0; j < K; ++j) y[j * dk] = x[j * sk];
+          }
+          steps[a * ds] = step;
+        }
+      }
+      survivors[b + 1] = count;
+    }
+  };
+  const int64_t rows_per_task = std::max<int64_t>(1, 32768 / K);
+  at::parallel_for(0, num_blocks, std::max<int64_t>(1, rows_per_task / block), pass1);
+
+  for (int64_t b = 0; b < num_blocks; ++b) survivors[b + 1] += survivors[b];
+  const int64_t num_keep = survivors[num_blocks];
+  auto pass2 = [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t kept = survivors[b];                   // survivors before this block
+      int64_t gone = num_keep + b * block - kept;    // exiting rows before it, after survivors
+      for (int64_t i = b * block; i < std::min(n, (b + 1) * block); ++i) {
+        if (exits[i]) {
+          keep[gone++] = i;
+        } else {
+          keep[kept++] = i;
+        }
+      }
+    }
+  };
+  at::parallel_for(0, num_blocks, 1, pass2);
+  *num_keep_out = num_keep;
+}
+
+std::tuple<at::Tensor, at::Tensor> early_exit_cpu(const at::Tensor& logits,
+                                                  const at::Tensor& threshold,
+                                                  const at::Tensor& active,
+                                                  at::Tensor& out_logits, at::Tensor& exit_step,
+                                                  int64_t step) {
+  check_early_exit_args(logits, threshold, active, out_logits, exit_step);
+  TORCH_CHECK_VALUE(threshold.device().is_cpu(), "early_exit: threshold must be on the CPU for "
+                    "CPU logits, got ", threshold.device());
+  const int64_t n = logits.size(0), B = out_logits.size(0);
+  const at::Tensor act = active.contiguous();
+  const int64_t* a = act.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK_INDEX(a[i] >= 0 && a[i] < B, "early_exit: active values must lie in [0, B) with "
+                      "B = ", B, " rows of out_logits, got active[", i, "] = ", a[i]);
+  }
+  const double thr = threshold.item<double>();
+  at::Tensor keep = at::empty({n}, logits.options().dtype(at::kLong));
+  at::Tensor num_keep = at::empty({}, logits.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "early_exit",
+                                  [&] {
+    early_exit_impl<scalar_t>(logits, thr, a, out_logits, exit_step, step,
+                              keep.mutable_data_ptr<int64_t>(),
+                              num_keep.mutable_data_ptr<int64_t>());
+  });
+  return {keep, num_keep};
+}
+
+// ---------------------------------------------------------------------------------------
+// gather_rows
+// ---------------------------------------------------------------------------------------
+
+// The layout of one row of a tensor: its trailing dims with size-1 dims dropped and
+// mergeable dims merged (outermost first), strides in elements.
+struct RowLayout {
+  std::vector<int64_t> sizes, strides;
+  bool contiguous() const { return sizes.empty() || (sizes.size() == 1 && strides[0] == 1); }
+};
+
+RowLayout row_layout(const at::Tensor& t) {
+  RowLayout r;
+  for (int64_t d = 1; d < t.dim(); ++d) {
+    if (t.size(d) == 1) continue;
+    if (!r.sizes.empty() && r.strides.back() == t.stride(d) * t.size(d)) {
+      r.sizes.back() *= t.size(d);
+      r.strides.back() = t.stride(d);
+    } else {
+      r.sizes.push_back(t.size(d));
+      r.strides.push_back(t.stride(d));
+    }
+  }
+  return r;
+}
+
+// Copies one strided row into contiguous `dst`, element by element (element size E bytes).
+template <int E>
+void copy_strided_row(const char* src, char* dst, const RowLayout& L) {
+  struct alignas(1) Elem {
+    char b[E];
+  };
+  const int64_t nd = static_cast<int64_t>(L.sizes.size());
+  const int64_t inner = L.sizes[nd - 1], inner_stride = L.strides[nd - 1] * E;
+  int64_t outer = 1;
+  for (int64_t d = 0; d + 1 < nd; ++d) outer *= L.sizes[d];
+  std::vector<int64_t> counter(std::max<int64_t>(nd - 1, 0), 0);
+  const char* s = src;
+  Elem* o = reinterpret_cast<Elem*>(dst);
+  for (int64_t k = 0; k < outer; ++k) {
+    for (int64_t j = 0; j < inner; ++j) {
+      std::memcpy(o++, s + j * inner_stride, E);
+    }
+    // advance the outer counter (odometer), updating the source offset
+    for (int64_t d = nd - 2; d >= 0; --d) {
+      s += L.strides[d] * E;
+      if (++counter[d] < L.sizes[d]) break;
+      s -= L.strides[d] * E * L.sizes[d];
+      counter[d] = 0;
+    }
+  }
+}
+
+void copy_row(const char* src, char* dst, const RowLayout& L, int64_t elem, int64_t row_bytes) {
+  if (L.contiguous()) {
+    std::memcpy(dst, src, row_bytes);
+    return;
+  }
+  switch (elem) {
+    case 1: return copy_strided_row<1>(src, dst, L);
+    case 2: return copy_strided_row<2>(src, dst, L);
+    case 4: return copy_strided_row<4>(src, dst, L);
+    case 8: return copy_strided_row<8>(src, dst, L);
+    case 16: return copy_strided_row<16>(src, dst, L);
+    default: TORCH_CHECK(false, "gather_rows: unsupported element size ", elem);
+  }
+}
+
+std::vector<at::Tensor> gather_rows_cpu(at::TensorList tensors, const at::Tensor& index,
+                                        int64_t n) {
+  check_gather_rows_args(tensors, index, n);
+  const at::Tensor idx = index.slice(0, 0, n).contiguous();
+  const int64_t* rows = idx.const_data_ptr<int64_t>();
+  const int64_t N = tensors.empty() ? 0 : tensors[0].size(0);
+  for (int64_t i = 0; i < (tensors.empty() ? 0 : n); ++i) {
+    TORCH_CHECK_INDEX(rows[i] >= 0 && rows[i] < N, "gather_rows: index values must lie in "
+                      "[0, N) with N = ", N, " rows, got index[", i, "] = ", rows[i]);
+  }
+  const int64_t T = static_cast<int64_t>(tensors.size());
+  std::vector<at::Tensor> outs;
+  std::vector<RowLayout> layouts;
+  std::vector<const char*> srcs;
+  std::vector<char*> dsts;
+  std::vector<int64_t> elems, row_bytes, src_row_stride;
+  int64_t total_row_bytes = 0;
+  for (const at::Tensor& t : tensors) {
+    std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
+    shape[0] = n;
+    outs.push_back(at::empty(shape, t.options()));
+    layouts.push_back(row_layout(t));
+    const int64_t elem = static_cast<int64_t>(t.element_size());
+    elems.push_back(elem);
+    int64_t row_numel = 1;
+    for (int64_t d = 1; d < t.dim(); ++d) row_numel *= t.size(d);
+    row_bytes.push_back(row_numel * elem);
+    srcs.push_back(static_cast<const char*>(t.const_data_ptr()));
+    dsts.push_back(static_cast<char*>(outs.back().data_ptr()));
+    src_row_stride.push_back(t.stride(0) * elem);
+    total_row_bytes += row_bytes.back();
+  }
+  if (n == 0 || total_row_bytes == 0) return outs;
+  const int64_t grain = std::max<int64_t>(1, (64 << 10) / total_row_bytes);
+  at::parallel_for(0, n, grain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t t = 0; t < T; ++t) {
+        if (row_bytes[t] == 0) continue;
+        copy_row(srcs[t] + rows[r] * src_row_stride[t], dsts[t] + r * row_bytes[t], layouts[t],
+                 elems[t], row_bytes[t]);
+      }
+    }
+  });
+  return outs;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gfkernels, CPU, m) {
+  m.impl("early_exit", &early_exit_cpu);
+  m.impl("gather_rows", &gather_rows_cpu);
+}
+
+}  // namespace gfkernels

@@ -1,0 +1,780 @@
+// crop_resize on CUDA: forward, backward wrt images (atomics, or a deterministic gather when
+// torch.use_deterministic_algorithms(True)), backward wrt boxes (block reductions).
+//
+// Layout of the work. Every kernel that walks the output maps one thread to one output pixel
+// (b, i, j) of one box: blockIdx.y picks the box (a grid-stride loop covers B > 65535) and
+// blockIdx.x * blockDim.x + threadIdx.x the pixel p = i * w + j. The thread computes its row
+// and column taps once (sampling.h, in double) and reuses them for every channel, so
+// consecutive threads store consecutive addresses of each (b, c) output plane (coalesced).
+// Integer boxes of the output's size take a plain-copy path that computes no taps at all.
+//
+// No host syncs: arguments are checked without reading values (check_values=false); positions
+// are clamped to [-4, size + 4] before make_taps (NaN -> -4), which changes no result (every
+// tap is outside the image there either way, as in gfkernels.reference) and keeps every
+// index inside the image; batch_index values are checked by a device assert and clamped.
+#include <ATen/Context.h>
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+
+#include "../crop_resize.h"
+
+namespace gfkernels {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxGridY = 65535;
+constexpr int kAffineSlots = 64;  // channels whose affine map travels in the kernel arguments
+
+// ---------------------------------------------------------------------------------------
+// Small device helpers
+// ---------------------------------------------------------------------------------------
+
+// Per-channel affine map out = v * scale[c] + shift[c]. Up to kAffineSlots channels travel
+// by value (read through __grid_constant__, no copy); more channels use a device table.
+struct Affine {
+  double scale[kAffineSlots];
+  double shift[kAffineSlots];
+  const double* table;  // [scale(C), shift(C)] on the device, or nullptr
+  int64_t channels;
+  __device__ __forceinline__ double scale_of(int64_t c) const {
+    return table != nullptr ? table[c] : scale[c];
+  }
+  __device__ __forceinline__ double shift_of(int64_t c) const {
+    return table != nullptr ? table[channels + c] : shift[c];
+  }
+};
+
+// Builds the Affine argument; keeps the device table (if any) alive while in scope.
+struct AffineArg {
+  Affine value;
+  at::Tensor table;
+  AffineArg(const ChannelAffine& a, const at::Device& device) {
+    std::memset(&value, 0, sizeof(value));
+    const int64_t C = static_cast<int64_t>(a.scale.size());
+    value.channels = C;
+    value.table = nullptr;
+    if (C <= kAffineSlots) {
+      for (int64_t c = 0; c < C; ++c) {
+        value.scale[c] = a.scale[c];
+        value.shift[c] = a.shift[c];
+      }
+    } else {
+      // Pinned staging buffer: the copy is asynchronous (no host sync).
+      at::Tensor host = at::empty({2 * C}, at::TensorOptions().dtype(at::kDouble).pinned_memory(true));
+      double* h = host.data_ptr<double>();
+      for (int64_t c = 0; c < C; ++c) {
+        h[c] = a.scale[c];
+        h[C + c] = a.shift[c];
+      }
+      table = host.to(device, /*non_blocking=*/true);
+      value.table = table.data_ptr<double>();
+    }
+  }
+};
+
+// A read-only pointer to float16/bfloat16/float32/float64 data whose type is known at run
+// time only: the gradients' dtype then costs no extra template instantiations.
+struct AnyFloat {
+  const void* ptr;
+  int kind;  // 0 float16, 1 bfloat16, 2 float32, 3 float64
+  template <typename T>
+  __device__ __forceinline__ T load(int64_t i) const {
+    switch (kind) {
+      case 0: return static_cast<T>(static_cast<float>(static_cast<const c10::Half*>(ptr)[i]));
+      case 1: return static_cast<T>(static_cast<float>(static_cast<const c10::BFloat16*>(ptr)[i]));
+      case 2: return static_cast<T>(static_cast<const float*>(ptr)[i]);
+      default: return static_cast<T>(static_cast<const double*>(ptr)[i]);
+    }
+  }
+};
+
+AnyFloat any_float(const at::Tensor& t) {
+  int kind;
+  switch (t.scalar_type()) {
+    case at::kHalf: kind = 0; break;
+    case at::kBFloat16: kind = 1; break;
+    case at::kFloat: kind = 2; break;
+    case at::kDouble: kind = 3; break;
+    default: TORCH_CHECK_TYPE(false, "crop_resize: grad must be floating, got ", t.scalar_type());
+  }
+  return {t.data_ptr(), kind};
+}
+
+struct Geometry {
+  int64_t N, C, H, W;
+  int64_t sN, sC, sH, sW;  // image strides, in elements
+};
+
+Geometry geometry_of(const at::Tensor& images) {
+  return {images.size(0),   images.size(1),   images.size(2),   images.size(3),
+          images.stride(0), images.stride(1), images.stride(2), images.stride(3)};
+}
+
+__device__ __forceinline__ double clamp_position(double x, int64_t size) {
+  // fmax(NaN, -4) is -4: NaN boxes read the border, never out of bounds.
+  return fmin(fmax(x, -4.0), static_cast<double>(size) + 4.0);
+}
+
+// make_taps with the mode as a compile-time constant in each branch, so that its loops
+// unroll and the Taps arrays stay in registers.
+__device__ __forceinline__ void device_taps(double x, int64_t size, Mode mode, Padding padding,
+                                            Taps& t) {
+  x = clamp_position(x, size);
+  switch (mode) {
+    case Mode::Nearest: make_taps(x, size, Mode::Nearest, padding, t); break;
+    case Mode::Bilinear: make_taps(x, size, Mode::Bilinear, padding, t); break;
+    default: make_taps(x, size, Mode::Bicubic, padding, t); break;
+  }
+}
+
+__device__ __forceinline__ int64_t image_of(const int64_t* batch_index, int64_t b, int64_t N) {
+  if (batch_index == nullptr) return b;
+  const int64_t n = batch_index[b];
+  CUDA_KERNEL_ASSERT_MSG(n >= 0 && n < N, "crop_resize: batch_index values must lie in [0, N)");
+  return n < 0 ? 0 : (n >= N ? N - 1 : n);
+}
+
+struct Box {
+  double x1, y1, x2, y2;
+};
+
+__device__ __forceinline__ Box load_box(const double* boxes, int64_t b) {
+  return {boxes[b * 4 + 0], boxes[b * 4 + 1], boxes[b * 4 + 2], boxes[b * 4 + 3]};
+}
+
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+
+// ---------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------
+
+template <typename in_t, typename out_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    forward_kernel(const in_t* __restrict__ img, const double* __restrict__ boxes,
+                   const int64_t* __restrict__ batch_index, out_t* __restrict__ out, Geometry g,
+                   int64_t B, int h, int w, Mode mode, Padding padding, bool align_corners,
+                   const __grid_constant__ Affine affine) {
+  const int hw = h * w;
+  const int p = blockIdx.x * blockDim.x + threadIdx.x;
+  if (p >= hw) return;
+  const int i = p / w, j = p - i * w;
+  const int nt = taps_of(mode);
+  for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
+    const int64_t n = image_of(batch_index, b, g.N);
+    const Box box = load_box(boxes, b);
+    const in_t* plane = img + n * g.sN;
+    out_t* dst = out + b * g.C * hw + p;
+    if (is_exact_copy(box.x1, box.x2, w, g.W) && is_exact_copy(box.y1, box.y2, h, g.H)) {
+      // Fast path: one read per channel, no taps.
+      const int64_t off = (static_cast<int64_t>(box.y1) + i) * g.sH +
+                          (static_cast<int64_t>(box.x1) + j) * g.sW;
+#pragma unroll 4
+      for (int64_t c = 0; c < g.C; ++c) {
+        const acc_t v = static_cast<acc_t>(plane[c * g.sC + off]);
+        dst[c * hw] = static_cast<out_t>(v * static_cast<acc_t>(affine.scale_of(c)) +
+                                         static_cast<acc_t>(affine.shift_of(c)));
+      }
+      continue;
+    }
+    Taps ty, tx;
+    device_taps(source_position(box.y1, box.y2, i, h, align_corners), g.H, mode, padding, ty);
+    device_taps(source_position(box.x1, box.x2, j, w, align_corners), g.W, mode, padding, tx);
+    int64_t offy[kMaxTaps], offx[kMaxTaps];
+    acc_t wy[kMaxTaps], wx[kMaxTaps];
+#pragma unroll
+    for (int k = 0; k < kMaxTaps; ++k) {
+      offy[k] = (k < nt ? ty.index[k] : ty.index[0]) * g.sH;
+      offx[k] = (k < nt ? tx.index[k] : tx.index[0]) * g.sW;
+      wy[k] = k < nt ? static_cast<acc_t>(ty.weight[k]) : acc_t(0);
+      wx[k] = k < nt ? static_cast<acc_t>(tx.weight[k]) : acc_t(0);
+    }
+    for (int64_t c = 0; c < g.C; ++c) {
+      const in_t* src = plane + c * g.sC;
+      acc_t v = 0;
+#pragma unroll
+      for (int a = 0; a < kMaxTaps; ++a) {
+        if (a < nt) {
+          const in_t* row = src + offy[a];
+          acc_t r = 0;
+#pragma unroll
+          for (int k = 0; k < kMaxTaps; ++k) {
+            if (k < nt) r += wx[k] * static_cast<acc_t>(row[offx[k]]);
+          }
+          v += wy[a] * r;
+        }
+      }
+      dst[c * hw] = static_cast<out_t>(v * static_cast<acc_t>(affine.scale_of(c)) +
+                                       static_cast<acc_t>(affine.shift_of(c)));
+    }
+  }
+}
+
+dim3 pixel_block(int64_t hw) {
+  // Small outputs: one block of just enough warps per box.
+  const int64_t t = std::min<int64_t>(kThreads, ((hw + 31) / 32) * 32);
+  return dim3(static_cast<unsigned>(t));
+}
+
+dim3 pixel_grid(int64_t hw, int64_t B, const dim3& block) {
+  return dim3(static_cast<unsigned>((hw + block.x - 1) / block.x),
+              static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(B, 1), kMaxGridY)));
+}
+
+#define GFK_CUDA_DISPATCH_IMAGE_TYPES(TYPE, NAME, ...)                      \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                                            \
+                     AT_DISPATCH_CASE_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, \
+                                                          __VA_ARGS__)      \
+                         AT_DISPATCH_CASE(at::kByte, __VA_ARGS__))
+
+void check_sizes(int64_t h, int64_t w) {
+  TORCH_CHECK_VALUE(h * w <= INT_MAX, "crop_resize: output size (", h, ", ", w,
+                    ") is too large for the CUDA kernels (h * w must be < 2^31)");
+}
+
+std::optional<at::Tensor> contiguous_index(const std::optional<at::Tensor>& batch_index) {
+  if (!batch_index.has_value()) return std::nullopt;
+  return batch_index->contiguous();
+}
+
+at::Tensor crop_resize_cuda(const at::Tensor& images, const at::Tensor& boxes_in,
+                            const std::optional<at::Tensor>& batch_index_in,
+                            at::IntArrayRef size, c10::string_view mode_name, bool align_corners,
+                            c10::string_view padding_name,
+                            std::optional<c10::ArrayRef<double>> mean,
+                            std::optional<c10::ArrayRef<double>> std, at::ScalarType out_dtype) {
+  TORCH_CHECK_VALUE(size.size() == 2, "crop_resize: size must be (h, w), got ", size);
+  const Mode mode = parse_mode(mode_name);
+  const Padding padding = parse_padding(padding_name);
+  check_crop_resize_args(images, boxes_in, batch_index_in, size[0], size[1], mode, align_corners,
+                         mean, std, /*check_values=*/false);
+  check_out_dtype(out_dtype);
+  TORCH_CHECK_VALUE(images.is_cuda(), "crop_resize: images must be a CUDA tensor here, got ",
+                    images.device());
+  const int64_t h = size[0], w = size[1], B = boxes_in.size(0);
+  check_sizes(h, w);
+  c10::cuda::CUDAGuard guard(images.device());
+  at::Tensor out = at::empty({B, images.size(1), h, w}, images.options().dtype(out_dtype));
+  if (out.numel() == 0) return out;
+  TORCH_CHECK_INDEX(images.size(0) > 0, "crop_resize: batch_index values must lie in [0, N) "
+                    "with N = 0 images");
+  const at::Tensor boxes = boxes_in.to(at::kDouble).contiguous();
+  const std::optional<at::Tensor> batch_index = contiguous_index(batch_index_in);
+  const AffineArg affine(channel_affine(images.size(1), images.scalar_type() == at::kByte, mean,
+                                        std),
+                         images.device());
+  const Geometry g = geometry_of(images);
+  const dim3 block = pixel_block(h * w), grid = pixel_grid(h * w, B, block);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t* bi = batch_index ? batch_index->data_ptr<int64_t>() : nullptr;
+  GFK_CUDA_DISPATCH_IMAGE_TYPES(images.scalar_type(), "crop_resize_cuda", [&] {
+    using in_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "crop_resize_cuda_out",
+                                    [&] {
+      using out_t = scalar_t;
+      using acc_t = std::conditional_t<std::is_same_v<in_t, double> || std::is_same_v<out_t, double>,
+                                       double, float>;
+      forward_kernel<in_t, out_t, acc_t><<<grid, block, 0, stream>>>(
+          images.const_data_ptr<in_t>(), boxes.const_data_ptr<double>(), bi,
+          out.mutable_data_ptr<out_t>(), g, B, static_cast<int>(h), static_cast<int>(w), mode,
+          padding, align_corners, affine.value);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward wrt images, atomics: every output pixel scatters into the taps it read.
+// ---------------------------------------------------------------------------------------
+
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    backward_images_atomic_kernel(AnyFloat grad, const double* __restrict__ boxes,
+                                  const int64_t* __restrict__ batch_index,
+                                  acc_t* __restrict__ grad_images, Geometry g, int64_t B, int h,
+                                  int w, Mode mode, Padding padding, bool align_corners,
+                                  const __grid_constant__ Affine affine) {
+  const int hw = h * w;
+  const int p = blockIdx.x * blockDim.x + threadIdx.x;
+  if (p >= hw) return;
+  const int i = p / w, j = p - i * w;
+  const int nt = taps_of(mode);
+  const int64_t plane_size = g.H * g.W;
+  for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
+    const int64_t n = image_of(batch_index, b, g.N);
+    const Box box = load_box(boxes, b);
+    acc_t* planes = grad_images + n * g.C * plane_size;
+    const int64_t gbase = b * g.C * hw + p;
+    if (is_exact_copy(box.x1, box.x2, w, g.W) && is_exact_copy(box.y1, box.y2, h, g.H)) {
+      const int64_t off = (static_cast<int64_t>(box.y1) + i) * g.W + static_cast<int64_t>(box.x1) + j;
+      for (int64_t c = 0; c < g.C; ++c) {
+        const acc_t gv = grad.load<acc_t>(gbase + c * hw) * static_cast<acc_t>(affine.scale_of(c));
+        if (gv != acc_t(0)) atomicAdd(planes + c * plane_size + off, gv);
+      }
+      continue;
+    }
+    Taps ty, tx;
+    device_taps(source_position(box.y1, box.y2, i, h, align_corners), g.H, mode, padding, ty);
+    device_taps(source_position(box.x1, box.x2, j, w, align_corners), g.W, mode, padding, tx);
+    for (int64_t c = 0; c < g.C; ++c) {
+      const acc_t gv = grad.load<acc_t>(gbase + c * hw) * static_cast<acc_t>(affine.scale_of(c));
+      if (gv == acc_t(0)) continue;
+      acc_t* plane = planes + c * plane_size;
+#pragma unroll
+      for (int a = 0; a < kMaxTaps; ++a) {
+        if (a < nt) {
+          const acc_t wy = static_cast<acc_t>(ty.weight[a]);
+          if (wy == acc_t(0)) continue;
+          acc_t* row = plane + ty.index[a] * g.W;
+#pragma unroll
+          for (int k = 0; k < kMaxTaps; ++k) {
+            if (k < nt) {
+              const acc_t wv = wy * static_cast<acc_t>(tx.weight[k]);
+              if (wv != acc_t(0)) atomicAdd(row + tx.index[k], wv * gv);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward wrt images, deterministic: a gather. Each image pixel (n, c, y, x) loops, in a
+// fixed order, over the boxes that read image n (a CSR built by a stable sort of
+// batch_index), over the output rows whose taps touch row y and the output columns whose
+// taps touch column x. Those index ranges are contiguous (positions are monotone in the
+// output index, and so are their clamped taps) and are found once per (box, row) and
+// (box, column) by binary search over tap tables.
+// ---------------------------------------------------------------------------------------
+
+// Taps of every output index of every box along one axis: index[B][out][4] (-1 for unused
+// taps), weight[B][out][4], span[B][out][2] = (smallest, largest) index read.
+template <typename acc_t>
+__global__ void axis_table_kernel(const double* __restrict__ boxes, int64_t B, int lo_col,
+                                  int hi_col, int64_t out, int64_t size, Mode mode,
+                                  Padding padding, bool align_corners, int* __restrict__ index,
+                                  acc_t* __restrict__ weight, int* __restrict__ span) {
+  const int nt = taps_of(mode);
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < B * out;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = t / out, o = t - b * out;
+    Taps taps;
+    device_taps(source_position(boxes[b * 4 + lo_col], boxes[b * 4 + hi_col], o, out,
+                                align_corners),
+                size, mode, padding, taps);
+    int lo = INT_MAX, hi = -1;
+#pragma unroll
+    for (int k = 0; k < kMaxTaps; ++k) {
+      const bool used = k < nt;
+      const int idx = used ? static_cast<int>(taps.index[k]) : -1;
+      index[t * kMaxTaps + k] = idx;
+      weight[t * kMaxTaps + k] = used ? static_cast<acc_t>(taps.weight[k]) : acc_t(0);
+      if (used) {
+        lo = min(lo, idx);
+        hi = max(hi, idx);
+      }
+    }
+    span[t * 2 + 0] = lo;
+    span[t * 2 + 1] = hi;
+  }
+}
+
+// For each box b and pixel x along one axis: range[b][x] = (first, last) output indices whose
+// taps touch x (first > last: none).
+__global__ void axis_range_kernel(const double* __restrict__ boxes, int64_t B, int lo_col,
+                                  int hi_col, int64_t out, int64_t size, bool align_corners,
+                                  const int* __restrict__ span, int* __restrict__ range) {
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < B * size;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = t / size;
+    const int x = static_cast<int>(t - b * size);
+    const double lo = boxes[b * 4 + lo_col], hi = boxes[b * 4 + hi_col];
+    const double p0 = clamp_position(source_position(lo, hi, 0, out, align_corners), size);
+    const double p1 = clamp_position(source_position(lo, hi, out - 1, out, align_corners), size);
+    const bool increasing = !(p1 < p0);
+    const int* s = span + b * out * 2;
+    // Smallest o in [0, out] for which a monotone (false..true) predicate holds.
+    auto first_true = [&](auto pred) {
+      int64_t a = 0, z = out;
+      while (a < z) {
+        const int64_t m = (a + z) / 2;
+        if (pred(m)) z = m; else a = m + 1;
+      }
+      return static_cast<int>(a);
+    };
+    int first, last;
+    if (increasing) {
+      first = first_true([&](int64_t o) { return s[o * 2 + 1] >= x; });
+      last = first_true([&](int64_t o) { return s[o * 2] > x; }) - 1;
+    } else {
+      first = first_true([&](int64_t o) { return s[o * 2] <= x; });
+      last = first_true([&](int64_t o) { return s[o * 2 + 1] < x; }) - 1;
+    }
+    range[t * 2 + 0] = first;
+    range[t * 2 + 1] = last;
+  }
+}
+
+// offsets[n] = first position of image n in the sorted batch_index (n in [0, N]).
+__global__ void image_offsets_kernel(const int64_t* __restrict__ sorted, int64_t B, int64_t N,
+                                     int64_t* __restrict__ offsets) {
+  const int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (n > N) return;
+  int64_t a = 0, z = B;
+  while (a < z) {
+    const int64_t m = (a + z) / 2;
+    if (sorted[m] >= n) z = m; else a = m + 1;
+  }
+  offsets[n] = a;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t weight_at(const int* index, const acc_t* weight, int pixel) {
+  acc_t v = 0;
+#pragma unroll
+  for (int k = 0; k < kMaxTaps; ++k) {
+    if (index[k] == pixel) v += weight[k];  // clamped taps may repeat a pixel: sum them
+  }
+  return v;
+}
+
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    backward_images_gather_kernel(AnyFloat grad, const int64_t* __restrict__ order,
+                                  const int64_t* __restrict__ offsets, int64_t N, int64_t C,
+                                  int64_t H, int64_t W, int h, int w,
+                                  const int* __restrict__ yindex, const acc_t* __restrict__ yweight,
+                                  const int* __restrict__ yrange, const int* __restrict__ xindex,
+                                  const acc_t* __restrict__ xweight,
+                                  const int* __restrict__ xrange, acc_t* __restrict__ grad_images,
+                                  const __grid_constant__ Affine affine) {
+  const int64_t total = N * C * H * W;
+  for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t x = t % W, y = (t / W) % H, c = (t / (W * H)) % C, n = t / (W * H * C);
+    const int64_t k0 = order != nullptr ? offsets[n] : n;
+    const int64_t k1 = order != nullptr ? offsets[n + 1] : n + 1;
+    acc_t acc = 0;
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t b = order != nullptr ? order[k] : k;
+      const int i0 = yrange[(b * H + y) * 2], i1 = yrange[(b * H + y) * 2 + 1];
+      const int j0 = xrange[(b * W + x) * 2], j1 = xrange[(b * W + x) * 2 + 1];
+      if (i0 > i1 || j0 > j1) continue;
+      const int64_t gplane = (b * C + c) * h;
+      for (int i = i0; i <= i1; ++i) {
+        const int64_t yt = (b * h + i) * kMaxTaps;
+        const acc_t wy = weight_at(yindex + yt, yweight + yt, static_cast<int>(y));
+        if (wy == acc_t(0)) continue;
+        const int64_t grow = (gplane + i) * w;
+        acc_t r = 0;
+        for (int j = j0; j <= j1; ++j) {
+          const int64_t xt = (b * w + j) * kMaxTaps;
+          const acc_t wx = weight_at(xindex + xt, xweight + xt, static_cast<int>(x));
+          if (wx != acc_t(0)) r += wx * grad.load<acc_t>(grow + j);
+        }
+        acc += wy * r;
+      }
+    }
+    grad_images[t] = acc * static_cast<acc_t>(affine.scale_of(c));
+  }
+}
+
+unsigned blocks_for(int64_t n) {
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, sms * 32)));
+}
+
+template <typename acc_t>
+void backward_images_deterministic(const at::Tensor& grad, const at::Tensor& boxes,
+                                   const std::optional<at::Tensor>& batch_index,
+                                   at::Tensor& grad_images, Mode mode, Padding padding,
+                                   bool align_corners, const AffineArg& affine) {
+  const int64_t B = grad.size(0), C = grad.size(1), h = grad.size(2), w = grad.size(3);
+  const int64_t N = grad_images.size(0), H = grad_images.size(2), W = grad_images.size(3);
+  TORCH_CHECK_VALUE(H <= INT_MAX && W <= INT_MAX, "crop_resize: image too large");
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const auto iopt = grad.options().dtype(at::kInt);
+  const auto aopt = grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  at::Tensor yindex = at::empty({B, h, kMaxTaps}, iopt), xindex = at::empty({B, w, kMaxTaps}, iopt);
+  at::Tensor yweight = at::empty({B, h, kMaxTaps}, aopt), xweight = at::empty({B, w, kMaxTaps}, aopt);
+  at::Tensor yspan = at::empty({B, h, 2}, iopt), xspan = at::empty({B, w, 2}, iopt);
+  at::Tensor yrange = at::empty({B, H, 2}, iopt), xrange = at::empty({B, W, 2}, iopt);
+  const double* bx = boxes.const_data_ptr<double>();
+  axis_table_kernel<acc_t><<<blocks_for(B * h), kThreads, 0, stream>>>(
+      bx, B, 1, 3, h, H, mode, padding, align_corners, yindex.mutable_data_ptr<int>(),
+      yweight.mutable_data_ptr<acc_t>(), yspan.mutable_data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  axis_table_kernel<acc_t><<<blocks_for(B * w), kThreads, 0, stream>>>(
+      bx, B, 0, 2, w, W, mode, padding, align_corners, xindex.mutable_data_ptr<int>(),
+      xweight.mutable_data_ptr<acc_t>(), xspan.mutable_data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  axis_range_kernel<<<blocks_for(B * H), kThreads, 0, stream>>>(
+      bx, B, 1, 3, h, H, align_corners, yspan.const_data_ptr<int>(), yrange.mutable_data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  axis_range_kernel<<<blocks_for(B * W), kThreads, 0, stream>>>(
+      bx, B, 0, 2, w, W, align_corners, xspan.const_data_ptr<int>(), xrange.mutable_data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  at::Tensor order, offsets;
+  if (batch_index.has_value()) {
+    auto sorted = at::sort(*batch_index, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+    const at::Tensor values = std::get<0>(sorted).contiguous();
+    order = std::get<1>(sorted).contiguous();
+    offsets = at::empty({N + 1}, batch_index->options());
+    image_offsets_kernel<<<static_cast<unsigned>((N + 1 + kThreads - 1) / kThreads), kThreads, 0,
+                           stream>>>(values.const_data_ptr<int64_t>(), B, N,
+                                     offsets.mutable_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  backward_images_gather_kernel<acc_t><<<blocks_for(grad_images.numel()), kThreads, 0, stream>>>(
+      any_float(grad), order.defined() ? order.const_data_ptr<int64_t>() : nullptr,
+      offsets.defined() ? offsets.const_data_ptr<int64_t>() : nullptr, N, C, H, W,
+      static_cast<int>(h), static_cast<int>(w), yindex.const_data_ptr<int>(),
+      yweight.const_data_ptr<acc_t>(), yrange.const_data_ptr<int>(), xindex.const_data_ptr<int>(),
+      xweight.const_data_ptr<acc_t>(), xrange.const_data_ptr<int>(),
+      grad_images.mutable_data_ptr<acc_t>(), affine.value);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor crop_resize_backward_images_cuda(const at::Tensor& grad_in, const at::Tensor& boxes_in,
+                                            const std::optional<at::Tensor>& batch_index_in,
+                                            at::IntArrayRef image_size, at::ScalarType image_dtype,
+                                            c10::string_view mode_name, bool align_corners,
+                                            c10::string_view padding_name,
+                                            std::optional<c10::ArrayRef<double>> std) {
+  TORCH_CHECK_VALUE(image_size.size() == 4,
+                    "crop_resize_backward_images: image_size must be (N, C, H, W)");
+  TORCH_CHECK_TYPE(at::isFloatingType(image_dtype),
+                   "crop_resize_backward_images: images must be floating to have a gradient, got ",
+                   image_dtype);
+  TORCH_CHECK_VALUE(grad_in.dim() == 4 && grad_in.size(1) == image_size[1] &&
+                        grad_in.size(0) == boxes_in.size(0),
+                    "crop_resize_backward_images: grad must be (B, C, h, w) with B = ",
+                    boxes_in.size(0), " and C = ", image_size[1], ", got ", grad_in.sizes());
+  TORCH_CHECK_VALUE(image_size[2] > 0 && image_size[3] > 0,
+                    "crop_resize_backward_images: image_size must have H > 0 and W > 0");
+  TORCH_CHECK_VALUE(boxes_in.dim() == 2 && boxes_in.size(1) == 4 &&
+                        at::isFloatingType(boxes_in.scalar_type()),
+                    "crop_resize_backward_images: boxes must be floating (B, 4)");
+  TORCH_CHECK_VALUE(grad_in.is_cuda() && boxes_in.device() == grad_in.device(),
+                    "crop_resize_backward_images: grad and boxes must be on one CUDA device");
+  const Mode mode = parse_mode(mode_name);
+  const Padding padding = parse_padding(padding_name);
+  if (batch_index_in.has_value()) {
+    TORCH_CHECK_VALUE(batch_index_in->scalar_type() == at::kLong && batch_index_in->dim() == 1 &&
+                          batch_index_in->size(0) == boxes_in.size(0) &&
+                          batch_index_in->device() == grad_in.device(),
+                      "crop_resize_backward_images: batch_index must be int64 (B,) on the "
+                      "grad's device");
+  } else {
+    TORCH_CHECK_VALUE(boxes_in.size(0) == image_size[0],
+                      "crop_resize_backward_images: without batch_index, B must equal N");
+  }
+  const int64_t h = grad_in.size(2), w = grad_in.size(3);
+  check_sizes(h, w);
+  c10::cuda::CUDAGuard guard(grad_in.device());
+  const at::ScalarType acc_dtype = image_dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
+  at::Tensor grad_images = deterministic ? at::empty(image_size, grad_in.options().dtype(acc_dtype))
+                                         : at::zeros(image_size, grad_in.options().dtype(acc_dtype));
+  if (grad_images.numel() == 0) return grad_images.to(image_dtype);
+  if (grad_in.numel() == 0) return grad_images.zero_().to(image_dtype);
+  const at::Tensor grad = grad_in.contiguous();
+  const at::Tensor boxes = boxes_in.to(at::kDouble).contiguous();
+  const std::optional<at::Tensor> batch_index = contiguous_index(batch_index_in);
+  const AffineArg affine(channel_affine(image_size[1], false, std::nullopt, std), grad.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  auto run = [&](auto acc_tag) {
+    using acc_t = decltype(acc_tag);
+    if (deterministic) {
+      backward_images_deterministic<acc_t>(grad, boxes, batch_index, grad_images, mode, padding,
+                                           align_corners, affine);
+      return;
+    }
+    Geometry g{image_size[0], image_size[1], image_size[2], image_size[3], 0, 0, 0, 0};
+    const int64_t B = grad.size(0);
+    const dim3 block = pixel_block(h * w), grid = pixel_grid(h * w, B, block);
+    backward_images_atomic_kernel<acc_t><<<grid, block, 0, stream>>>(
+        any_float(grad), boxes.const_data_ptr<double>(),
+        batch_index ? batch_index->const_data_ptr<int64_t>() : nullptr,
+        grad_images.mutable_data_ptr<acc_t>(), g, B, static_cast<int>(h), static_cast<int>(w),
+        mode, padding, align_corners, affine.value);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  };
+  if (acc_dtype == at::kDouble) run(double{}); else run(float{});
+  return grad_images.to(image_dtype);
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward wrt boxes: blocks (s, b) sum their pixels' contributions in registers, reduce them
+// in the block (warp shuffles, then shared memory) and write one partial per block; the
+// partials are summed in a fixed order. Deterministic, no atomics.
+// ---------------------------------------------------------------------------------------
+
+constexpr int kBoxSums = 4;
+
+__device__ __forceinline__ void block_reduce(double (&v)[kBoxSums], double* shared) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int warps = (blockDim.x + 31) >> 5;
+#pragma unroll
+  for (int k = 0; k < kBoxSums; ++k) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v[k] += __shfl_down_sync(0xffffffffu, v[k], off);
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int k = 0; k < kBoxSums; ++k) shared[k * 32 + warp] = v[k];
+  }
+  __syncthreads();
+  if (warp == 0) {
+#pragma unroll
+    for (int k = 0; k < kBoxSums; ++k) {
+      v[k] = lane < warps ? shared[k * 32 + lane] : 0.0;
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) v[k] += __shfl_down_sync(0xffffffffu, v[k], off);
+    }
+  }
+  __syncthreads();  // `shared` is reused by the next box
+}
+
+template <typename in_t>
+__global__ void __launch_bounds__(kThreads)
+    backward_boxes_kernel(AnyFloat grad, const in_t* __restrict__ img,
+                          const double* __restrict__ boxes, const int64_t* __restrict__ batch_index,
+                          Geometry g, int64_t B, int h, int w, Mode mode, Padding padding,
+                          bool align_corners, const __grid_constant__ Affine affine,
+                          double* __restrict__ partial) {
+  __shared__ double shared[kBoxSums * 32];
+  const int hw = h * w;
+  const int nt = taps_of(mode);
+  const int S = gridDim.x;
+  for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
+    const int64_t n = image_of(batch_index, b, g.N);
+    const Box box = load_box(boxes, b);
+    const in_t* plane = img + n * g.sN;
+    double sums[kBoxSums] = {0.0, 0.0, 0.0, 0.0};  // dx1, dy1, dx2, dy2
+    for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < hw; p += S * blockDim.x) {
+      const int i = p / w, j = p - i * w;
+      Taps ty, tx;
+      device_taps(source_position(box.y1, box.y2, i, h, align_corners), g.H, mode, padding, ty);
+      device_taps(source_position(box.x1, box.x2, j, w, align_corners), g.W, mode, padding, tx);
+      double gx = 0.0, gy = 0.0;  // d loss / d (column position), d loss / d (row position)
+      for (int64_t c = 0; c < g.C; ++c) {
+        const double gv = grad.load<double>((b * g.C + c) * hw + p) * affine.scale_of(c);
+        if (gv == 0.0) continue;
+        const in_t* src = plane + c * g.sC;
+        double dvx = 0.0, dvy = 0.0;
+#pragma unroll
+        for (int a = 0; a < kMaxTaps; ++a) {
+          if (a < nt) {
+            const in_t* row = src + ty.index[a] * g.sH;
+            double r = 0.0, dr = 0.0;
+#pragma unroll
+            for (int k = 0; k < kMaxTaps; ++k) {
+              if (k < nt) {
+                const double v = static_cast<double>(row[tx.index[k] * g.sW]);
+                r += tx.weight[k] * v;
+                dr += tx.dweight[k] * v;
+              }
+            }
+            dvx += ty.weight[a] * dr;
+            dvy += ty.dweight[a] * r;
+          }
+        }
+        gx += gv * dvx;
+        gy += gv * dvy;
+      }
+      const double fx = source_position_dhi(j, w, align_corners);
+      const double fy = source_position_dhi(i, h, align_corners);
+      sums[0] += gx * (1.0 - fx);
+      sums[2] += gx * fx;
+      sums[1] += gy * (1.0 - fy);
+      sums[3] += gy * fy;
+    }
+    block_reduce(sums, shared);
+    if (threadIdx.x == 0) {
+#pragma unroll
+      for (int k = 0; k < kBoxSums; ++k) partial[(b * S + blockIdx.x) * kBoxSums + k] = sums[k];
+    }
+  }
+}
+
+at::Tensor crop_resize_backward_boxes_cuda(const at::Tensor& grad_in, const at::Tensor& images,
+                                           const at::Tensor& boxes_in,
+                                           const std::optional<at::Tensor>& batch_index_in,
+                                           c10::string_view mode_name, bool align_corners,
+                                           c10::string_view padding_name,
+                                           std::optional<c10::ArrayRef<double>> std) {
+  const Mode mode = parse_mode(mode_name);
+  const Padding padding = parse_padding(padding_name);
+  TORCH_CHECK_VALUE(grad_in.dim() == 4,
+                    "crop_resize_backward_boxes: grad must be (B, C, h, w), got ", grad_in.sizes());
+  check_crop_resize_args(images, boxes_in, batch_index_in, grad_in.size(2), grad_in.size(3), mode,
+                         align_corners, std::nullopt, std, /*check_values=*/false);
+  TORCH_CHECK_VALUE(grad_in.size(0) == boxes_in.size(0) && grad_in.size(1) == images.size(1),
+                    "crop_resize_backward_boxes: grad must be (", boxes_in.size(0), ", ",
+                    images.size(1), ", h, w), got ", grad_in.sizes());
+  TORCH_CHECK_VALUE(grad_in.device() == images.device(),
+                    "crop_resize_backward_boxes: grad must be on the images' device");
+  const int64_t h = grad_in.size(2), w = grad_in.size(3), B = boxes_in.size(0);
+  check_sizes(h, w);
+  c10::cuda::CUDAGuard guard(images.device());
+  if (grad_in.numel() == 0) return at::zeros_like(boxes_in, at::MemoryFormat::Contiguous);
+  TORCH_CHECK_INDEX(images.size(0) > 0, "crop_resize: batch_index values must lie in [0, N) "
+                    "with N = 0 images");
+  const at::Tensor grad = grad_in.contiguous();
+  const at::Tensor boxes = boxes_in.to(at::kDouble).contiguous();
+  const std::optional<at::Tensor> batch_index = contiguous_index(batch_index_in);
+  const AffineArg affine(channel_affine(images.size(1), images.scalar_type() == at::kByte,
+                                        std::nullopt, std),
+                         images.device());
+  const Geometry g = geometry_of(images);
+  const int64_t hw = h * w;
+  // Enough blocks per box to fill the GPU when boxes are few, few partials when they are many.
+  const int64_t per_block = kThreads * 4;
+  const int64_t S = std::max<int64_t>(
+      1, std::min<int64_t>({(hw + per_block - 1) / per_block, 64,
+                            std::max<int64_t>(1, 1024 / std::max<int64_t>(B, 1))}));
+  at::Tensor partial = at::empty({B, S, kBoxSums}, grad.options().dtype(at::kDouble));
+  const dim3 block(kThreads), grid(static_cast<unsigned>(S),
+                                   static_cast<unsigned>(std::min<int64_t>(B, kMaxGridY)));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  GFK_CUDA_DISPATCH_IMAGE_TYPES(images.scalar_type(), "crop_resize_backward_boxes_cuda", [&] {
+    backward_boxes_kernel<scalar_t><<<grid, block, 0, stream>>>(
+        any_float(grad), images.const_data_ptr<scalar_t>(), boxes.const_data_ptr<double>(),
+        batch_index ? batch_index->const_data_ptr<int64_t>() : nullptr, g, B, static_cast<int>(h),
+        static_cast<int>(w), mode, padding, align_corners, affine.value,
+        partial.mutable_data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return partial.sum(1).to(boxes_in.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gfkernels, CUDA, m) {
+  m.impl("crop_resize", &crop_resize_cuda);
+  m.impl("crop_resize_backward_images", &crop_resize_backward_images_cuda);
+  m.impl("crop_resize_backward_boxes", &crop_resize_backward_boxes_cuda);
+}
+
+}  // namespace gfkernels
