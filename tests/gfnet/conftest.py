@@ -1,0 +1,49 @@
+"""Fixtures for the gfnet tests: tiny configs, source-tree imports, one CPU thread."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+for p in (REPO / "python", REPO):  # source tree without an install
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+torch.set_num_threads(1)
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for `python -m gfnet` / torchrun children: the source tree on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "python"), str(REPO), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    env.pop("GFNET_KILL_AFTER_EPOCH", None)
+    env.pop("GFNET_DUMP_PARAMS", None)
+    return env
+
+
+TINY = [
+    "run.threads=1", "run.progress=false", "run.max_eval_batches=0",
+    "data.train_samples=16", "data.val_samples=8", "data.test_samples=8",
+    "optim.batch_size=8", "model.width=8", "model.classifier_hidden=16",
+    "model.policy_hidden=16", "model.policy_conv_channels=4",
+]
+
+
+def tiny_overrides(**extra) -> list[str]:
+    return TINY + [f"{k}={v}" for k, v in extra.items()]
+
+
+@pytest.fixture
+def tiny_cfg():
+    from gfnet.config import build_config
+
+    def make(**extra):
+        return build_config("digits", overrides=tiny_overrides(**extra))
+
+    return make

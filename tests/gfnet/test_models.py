@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gfnet.config import build_config, get_preset, list_presets
+from gfnet.models import GFNet, build_model, list_backbones
+from gfnet.models.backbones import build_backbone
+from gfnet.errors import ConfigError
+
+
+def _reduced(name: str):
+    """The preset at reduced input size: P = 32, image 48, 10 classes, random weights."""
+    return build_config(name, overrides=["model.patch_size=32", "model.image_size=48",
+                                         "model.num_classes=10", "model.pretrained=false"])
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_preset_builds_forward_backward(name):
+    cfg = _reduced(name)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    assert model.max_steps == get_preset(name).model.max_steps
+    B, C, S = 2, cfg.model.in_channels, cfg.model.image_size
+    images = torch.randint(0, 256, (B, C, S, S), dtype=torch.uint8)
+    model.train()
+    outs = model.rollout(images, policy="sample")
+    assert len(outs) == cfg.model.max_steps
+    for t, o in enumerate(outs):
+        assert o.logits.shape == (B, 10) and o.head_logits.shape == (B, 10)
+        assert o.state.step == t + 1
+        assert o.state.fmap.shape == (B, *model.fmap_shape)
+        if t > 0:
+            assert o.action.shape == (B, 2) and o.log_prob.shape == (B,) and o.value.shape == (B,)
+    loss = sum(F.cross_entropy(o.logits, torch.tensor([1, 2])) for o in outs)
+    loss = loss + sum(o.log_prob.sum() + o.value.sum() for o in outs[1:])
+    loss.backward()
+    for part in ("local_encoder", "classifier", "policy"):
+        grads = [p.grad for p in model.param_groups()[part]]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), part
+    assert model.global_encoder.body[0].weight.grad is not None or any(
+        p.grad is not None for p in model.global_encoder.parameters())
+
+
+def test_registry():
+    assert {"resnet50", "densenet121", "regnet_y_600mf", "regnet_y_800mf", "regnet_y_1_6gf",
+            "mobilenet_v3_large", "efficientnet_b2", "efficientnet_b3", "digitnet"} <= set(list_backbones())
+    with pytest.raises(ConfigError, match="unknown backbone"):
+        build_backbone("alexnet2", num_classes=10)
+    bb = build_backbone("digitnet", num_classes=10, in_channels=1, width=8)
+    pooled, fmap = bb(torch.zeros(2, 1, 32, 32))
+    assert pooled.shape == (2, 16) and fmap.shape == (2, 16, 8, 8)
+
+
+def test_patches_are_gfkernels_glance_and_exact_focus(tiny_cfg):
+    from gfkernels.reference import per_sample_crop
+
+    cfg = tiny_cfg()
+    model = build_model(cfg.model)
+    x = torch.randint(0, 256, (3, 1, 128, 128), dtype=torch.uint8)
+    m, s = cfg.model.mean[0], cfg.model.std[0]
+    glance = model.glance_input(x)
+    ref = (F.interpolate(x.float() / 255, size=32, mode="bicubic", align_corners=True) - m) / s
+    torch.testing.assert_close(glance, ref, atol=1e-4, rtol=0)
+    a = torch.tensor([[0.0, 1.0], [0.5, 0.25], [0.999, 0.3]])
+    focus = model.focus_input(x, a)
+    torch.testing.assert_close(focus, (per_sample_crop(x, a, 32).float() / 255 - m) / s, atol=1e-5, rtol=0)
+    # row from a[0], column from a[1]: top-left = floor(a * (H - P))
+    torch.testing.assert_close(focus[1], (x[1, :, 48:80, 24:56].float() / 255 - m) / s, atol=1e-5, rtol=0)
+
+
+def test_step_api_on_active_rows_matches_full_batch(tiny_cfg):
+    """glance_step / focus_step on a subset of rows (batch_index + state.select) give the same
+    logits as the full-batch rollout: what the dynamic inference engine relies on."""
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    model: GFNet = build_model(cfg.model).eval()
+    x = torch.randint(0, 256, (5, 1, 128, 128), dtype=torch.uint8)
+    with torch.no_grad():
+        full = model(x)  # anytime: every step's logits
+        assert len(full) == cfg.model.max_steps
+        out = model.glance_step(x)
+        torch.testing.assert_close(out.logits, full[0])
+        active = torch.tensor([0, 2, 4])
+        state = out.state.select(active)
+        for t in range(1, cfg.model.max_steps):
+            step = model.focus_step(x, state, batch_index=active)
+            torch.testing.assert_close(step.logits, full[t][active], atol=1e-5, rtol=1e-5)
+            state = step.state
+            active, state = active[1:], state.select(torch.arange(1, len(state)))
+
+
+def test_concat_classifier_state_grows():
+    cfg = build_config("mobilenet_v3_large-p96", overrides=["model.patch_size=32", "model.image_size=40",
+                                                           "model.num_classes=5"])
+    model = build_model(cfg.model).eval()
+    x = torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8)
+    with torch.no_grad():
+        outs = model.rollout(x)
+    d = model.local_encoder.feature_dim
+    assert [o.state.cls.shape[1] for o in outs] == [d, 2 * d, 3 * d]

@@ -1,0 +1,77 @@
+"""Subprocess tests: exact resume after a kill, and torchrun data parallelism on CPU (gloo)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from .conftest import subprocess_env, tiny_overrides
+
+
+def _sets(**extra) -> list[str]:
+    args = []
+    for s in tiny_overrides(**extra):
+        args += ["--set", s]
+    return args
+
+
+def _train(out, *extra_args, env=None, **sets):
+    cmd = [sys.executable, "-m", "gfnet", "train", "--preset", "digits", "--out", str(out),
+           *_sets(**sets), *extra_args]
+    return subprocess.run(cmd, env=env or subprocess_env(), capture_output=True, text=True, timeout=300)
+
+
+def _model(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    sets = {"optim.epochs_stage1": 2, "optim.epochs_stage2": 2, "optim.epochs_stage3": 2,
+            "run.deterministic": "true", "data.train_samples": 24}
+    ref = _train(tmp_path / "ref", **sets)
+    assert ref.returncode == 0, ref.stderr
+    # killed (SIGKILL, as by the OOM killer or a pre-empted job) after stage 2, epoch 1
+    env = subprocess_env()
+    env["GFNET_KILL_AFTER_EPOCH"] = "2:1"
+    killed = _train(tmp_path / "run", env=env, **sets)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (tmp_path / "run" / "stage3.pt").exists()
+    ck = torch.load(tmp_path / "run" / "stage2.pt", weights_only=True)
+    assert ck["epoch"] == 1 and not ck["done"]
+    # a plain rerun refuses to overwrite; --resume continues where it stopped
+    again = _train(tmp_path / "run", **sets)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    resumed = _train(tmp_path / "run", "--resume", **sets)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "stage 1: already complete" in resumed.stderr
+    assert "resuming after epoch 1/2" in resumed.stderr
+    a, b = _model(tmp_path / "ref" / "stage3.pt"), _model(tmp_path / "run" / "stage3.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 6  # 2 epochs x 3 stages, none repeated
+
+
+def test_torchrun_two_ranks_identical_parameters(tmp_path):
+    env = subprocess_env()
+    env["GFNET_DUMP_PARAMS"] = str(tmp_path / "dump")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+           "-m", "gfnet", "train", "--preset", "digits", "--out", str(tmp_path / "ddp"),
+           *_sets(**{"optim.epochs_stage1": 1, "optim.epochs_stage2": 1, "optim.epochs_stage3": 1,
+                     "data.train_samples": 32, "run.max_train_batches": 2})]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = torch.load(tmp_path / "dump" / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "dump" / "rank1.pt", weights_only=True)
+    init = _model(tmp_path / "ddp" / "stage1.pt")
+    assert r0.keys() == r1.keys()
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    for stage in (1, 2, 3):
+        assert (tmp_path / "ddp" / f"stage{stage}.pt").exists()
+    assert any(not torch.equal(r0[k], init[k]) for k in r0 if k.startswith("policy."))
