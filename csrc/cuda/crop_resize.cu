@@ -8,6 +8,10 @@
 // consecutive threads store consecutive addresses of each (b, c) output plane (coalesced).
 // Integer boxes of the output's size take a plain-copy path that computes no taps at all.
 //
+// Includes stay clear of ATen/cuda/CUDAContext.h, which needs the cuSPARSE/cuBLAS headers
+// (not every toolkit install has them); c10::cuda::getCurrentCUDAStream is the same stream
+// as at::cuda::getCurrentCUDAStream.
+//
 // No host syncs: arguments are checked without reading values (check_values=false); positions
 // are clamped to [-4, size + 4] before make_taps (NaN -> -4), which changes no result (every
 // tap is outside the image there either way, as in gfkernels.reference) and keeps every
@@ -15,13 +19,14 @@
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/sort.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -283,7 +288,7 @@ at::Tensor crop_resize_cuda(const at::Tensor& images, const at::Tensor& boxes_in
                          images.device());
   const Geometry g = geometry_of(images);
   const dim3 block = pixel_block(h * w), grid = pixel_grid(h * w, B, block);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t* bi = batch_index ? batch_index->data_ptr<int64_t>() : nullptr;
   GFK_CUDA_DISPATCH_IMAGE_TYPES(images.scalar_type(), "crop_resize_cuda", [&] {
     using in_t = scalar_t;
@@ -500,8 +505,10 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 unsigned blocks_for(int64_t n) {
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, sms * 32)));
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount,
+                                        c10::cuda::current_device()));
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t{sms} * 32)));
 }
 
 template <typename acc_t>
@@ -512,7 +519,7 @@ void backward_images_deterministic(const at::Tensor& grad, const at::Tensor& box
   const int64_t B = grad.size(0), C = grad.size(1), h = grad.size(2), w = grad.size(3);
   const int64_t N = grad_images.size(0), H = grad_images.size(2), W = grad_images.size(3);
   TORCH_CHECK_VALUE(H <= INT_MAX && W <= INT_MAX, "crop_resize: image too large");
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto iopt = grad.options().dtype(at::kInt);
   const auto aopt = grad.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
   at::Tensor yindex = at::empty({B, h, kMaxTaps}, iopt), xindex = at::empty({B, w, kMaxTaps}, iopt);
@@ -602,7 +609,7 @@ at::Tensor crop_resize_backward_images_cuda(const at::Tensor& grad_in, const at:
   const at::Tensor boxes = boxes_in.to(at::kDouble).contiguous();
   const std::optional<at::Tensor> batch_index = contiguous_index(batch_index_in);
   const AffineArg affine(channel_affine(image_size[1], false, std::nullopt, std), grad.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   auto run = [&](auto acc_tag) {
     using acc_t = decltype(acc_tag);
     if (deterministic) {
@@ -757,7 +764,7 @@ at::Tensor crop_resize_backward_boxes_cuda(const at::Tensor& grad_in, const at::
   at::Tensor partial = at::empty({B, S, kBoxSums}, grad.options().dtype(at::kDouble));
   const dim3 block(kThreads), grid(static_cast<unsigned>(S),
                                    static_cast<unsigned>(std::min<int64_t>(B, kMaxGridY)));
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   GFK_CUDA_DISPATCH_IMAGE_TYPES(images.scalar_type(), "crop_resize_backward_boxes_cuda", [&] {
     backward_boxes_kernel<scalar_t><<<grid, block, 0, stream>>>(
         any_float(grad), images.const_data_ptr<scalar_t>(), boxes.const_data_ptr<double>(),

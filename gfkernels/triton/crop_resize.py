@@ -1,0 +1,775 @@
+"""crop_resize as Triton kernels: forward, backward wrt images (atomics, or a deterministic
+gather under torch.use_deterministic_algorithms(True)) and backward wrt boxes.
+
+The same op as the compiled kernels (see ARCHITECTURE.md, "crop_resize", and
+csrc/sampling.h, whose maths these kernels restate: source positions and Keys' cubic weights
+are computed in float64 with the same expressions, so taps agree bit for bit). Registered
+with torch.library.triton_op + wrap_triton where torch has them (>= 2.6), so torch.compile
+sees the kernels; otherwise a plain autograd.Function launches them. Runs on CUDA tensors,
+and on CPU tensors under TRITON_INTERPRET=1.
+
+No host syncs: positions are clamped to [-4, size + 4] (NaN -> -4) and batch_index values
+to [0, N), so nothing is read out of bounds whatever the values.
+"""
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from . import interpreting
+
+_MODES = {"nearest": 0, "bilinear": 1, "bicubic": 2}
+_TAPS = {0: 1, 1: 2, 2: 4}
+_CUBIC_A = -0.75
+_NUM_WARPS = 4
+
+
+# ----------------------------------------------------------------------------------------
+# Shared device maths (mirrors csrc/sampling.h)
+# ----------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _position(lo, hi, of, out, ALIGN: tl.constexpr):
+    """Source position of output index `of` (float64, any shape) for the box edges lo, hi
+    (float64), with sampling.h's expressions (so the same rounding). Written with arithmetic
+    only, so that integer arguments Triton specialises to constants work too."""
+    extent = hi - lo
+    if ALIGN:
+        single = out == 1
+        den = (out - 1 + single) * 1.0
+        # out == 1 (then of == 0): lo + (extent - 1) / 2; else lo + of * (extent - 1) / (out - 1)
+        x = lo + of * (extent - 1.0) / den + (extent - 1.0) * (single * 0.5)
+    else:
+        x = lo + (of + 0.5) * extent / out - 0.5
+    return x
+
+
+@triton.jit
+def _position_dhi(of, out, ALIGN: tl.constexpr):
+    """d position / d hi (d / d lo is one minus this)."""
+    if ALIGN:
+        single = out == 1
+        f = of / ((out - 1 + single) * 1.0) + single * 0.5
+    else:
+        f = (of + 0.5) / out
+    return f
+
+
+@triton.jit
+def _clamp_position(x, size):
+    x = tl.where(x == x, x, -4.0)  # NaN reads the border, never out of bounds
+    return tl.minimum(tl.maximum(x, -4.0), size + 4.0)
+
+
+@triton.jit
+def _tap(first, k: tl.constexpr, size, w, dw, ZEROS: tl.constexpr):
+    i = first + k
+    if ZEROS:
+        inside = (i >= 0) & (i < size)
+        w = tl.where(inside, w, 0.0)
+        dw = tl.where(inside, dw, 0.0)
+    i = tl.minimum(tl.maximum(i, 0), size - 1)
+    return i, w, dw
+
+
+@triton.jit
+def _taps(x, size, MODE: tl.constexpr, ZEROS: tl.constexpr):
+    """Taps of positions x (f64): indices (int32, inside the image), weights and
+    d weight / d position (f64). Unused taps (k >= taps of the mode) have weight 0."""
+    x = _clamp_position(x, size)
+    zero = tl.zeros_like(x)
+    if MODE == 0:
+        first = tl.floor(x + 0.5).to(tl.int32)
+        w0 = zero + 1.0
+        w1 = zero
+        w2 = zero
+        w3 = zero
+        d0 = zero
+        d1 = zero
+        d2 = zero
+        d3 = zero
+    elif MODE == 1:
+        f = tl.floor(x)
+        t = x - f
+        first = f.to(tl.int32)
+        w0 = 1.0 - t
+        w1 = t
+        w2 = zero
+        w3 = zero
+        d0 = zero - 1.0
+        d1 = zero + 1.0
+        d2 = zero
+        d3 = zero
+    else:
+        a = -0.75
+        f = tl.floor(x)
+        t = x - f
+        first = f.to(tl.int32) - 1
+        t1 = t + 1.0
+        s = 1.0 - t
+        s1 = 2.0 - t
+        w0 = ((a * t1 - 5.0 * a) * t1 + 8.0 * a) * t1 - 4.0 * a
+        w1 = ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0
+        w2 = ((a + 2.0) * s - (a + 3.0)) * s * s + 1.0
+        w3 = ((a * s1 - 5.0 * a) * s1 + 8.0 * a) * s1 - 4.0 * a
+        d0 = (3.0 * a * t1 - 10.0 * a) * t1 + 8.0 * a
+        d1 = (3.0 * (a + 2.0) * t - 2.0 * (a + 3.0)) * t
+        d2 = -((3.0 * (a + 2.0) * s - 2.0 * (a + 3.0)) * s)
+        d3 = -((3.0 * a * s1 - 10.0 * a) * s1 + 8.0 * a)
+    i0, w0, d0 = _tap(first, 0, size, w0, d0, ZEROS)
+    i1, w1, d1 = _tap(first, 1, size, w1, d1, ZEROS)
+    i2, w2, d2 = _tap(first, 2, size, w2, d2, ZEROS)
+    i3, w3, d3 = _tap(first, 3, size, w3, d3, ZEROS)
+    return i0, i1, i2, i3, w0, w1, w2, w3, d0, d1, d2, d3
+
+
+@triton.jit
+def _row(ptr, o0, o1, o2, o3, w0, w1, w2, w3, mask, NT: tl.constexpr, ACC: tl.constexpr):
+    """sum_k w_k * ptr[o_k] over the NT column taps."""
+    r = w0 * tl.load(ptr + o0, mask=mask, other=0).to(ACC)
+    if NT > 1:
+        r += w1 * tl.load(ptr + o1, mask=mask, other=0).to(ACC)
+    if NT > 2:
+        r += w2 * tl.load(ptr + o2, mask=mask, other=0).to(ACC)
+        r += w3 * tl.load(ptr + o3, mask=mask, other=0).to(ACC)
+    return r
+
+
+@triton.jit
+def _sample(plane, oy0, oy1, oy2, oy3, wy0, wy1, wy2, wy3, ox0, ox1, ox2, ox3, wx0, wx1, wx2,
+            wx3, mask, NT: tl.constexpr, ACC: tl.constexpr):
+    v = wy0 * _row(plane + oy0, ox0, ox1, ox2, ox3, wx0, wx1, wx2, wx3, mask, NT, ACC)
+    if NT > 1:
+        v += wy1 * _row(plane + oy1, ox0, ox1, ox2, ox3, wx0, wx1, wx2, wx3, mask, NT, ACC)
+    if NT > 2:
+        v += wy2 * _row(plane + oy2, ox0, ox1, ox2, ox3, wx0, wx1, wx2, wx3, mask, NT, ACC)
+        v += wy3 * _row(plane + oy3, ox0, ox1, ox2, ox3, wx0, wx1, wx2, wx3, mask, NT, ACC)
+    return v
+
+
+@triton.jit
+def _image_of(batch_index, b, N, HAS_BI: tl.constexpr):
+    if HAS_BI:
+        n = tl.load(batch_index + b)
+        n = tl.minimum(tl.maximum(n, 0), N - 1)
+    else:
+        n = b
+    return n.to(tl.int64)
+
+
+@triton.jit
+def _is_exact(lo, hi, out, size):
+    return (lo == tl.floor(lo)) & (hi - lo == out) & (lo >= 0.0) & (hi <= size)
+
+
+# ----------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _forward_kernel(img, boxes, batch_index, out, affine, N, C, H, W, sN, sC, sH, sW, h, w,
+                    HAS_BI: tl.constexpr, MODE: tl.constexpr, NT: tl.constexpr,
+                    ZEROS: tl.constexpr, ALIGN: tl.constexpr, ACC: tl.constexpr,
+                    BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    hw = h * w
+    nblk = tl.cdiv(hw, BLOCK)
+    b = pid // nblk
+    p = (pid % nblk) * BLOCK + tl.arange(0, BLOCK)
+    mask = p < hw
+    i = p // w
+    j = p % w
+    n = _image_of(batch_index, b, N, HAS_BI)
+    x1 = tl.load(boxes + b * 4 + 0)
+    y1 = tl.load(boxes + b * 4 + 1)
+    x2 = tl.load(boxes + b * 4 + 2)
+    y2 = tl.load(boxes + b * 4 + 3)
+    plane0 = img + n * sN
+    dst = out + b.to(tl.int64) * C * hw + p
+    exact = _is_exact(x1, x2, w, W) & _is_exact(y1, y2, h, H)
+    if exact:
+        # Fast path: an integer box of the output's size is a copy.
+        off = (y1.to(tl.int64) + i) * sH + (x1.to(tl.int64) + j) * sW
+        for c in range(C):
+            v = tl.load(plane0 + c * sC + off, mask=mask, other=0).to(ACC)
+            sc = tl.load(affine + c).to(ACC)
+            sh = tl.load(affine + C + c).to(ACC)
+            tl.store(dst + c * hw, (v * sc + sh).to(out.dtype.element_ty), mask=mask)
+    else:
+        iy0, iy1, iy2, iy3, wy0, wy1, wy2, wy3, _d0, _d1, _d2, _d3 = _taps(
+            _position(y1, y2, i.to(tl.float64), h, ALIGN), H, MODE, ZEROS)
+        ix0, ix1, ix2, ix3, wx0, wx1, wx2, wx3, _e0, _e1, _e2, _e3 = _taps(
+            _position(x1, x2, j.to(tl.float64), w, ALIGN), W, MODE, ZEROS)
+        oy0 = iy0.to(tl.int64) * sH
+        oy1 = iy1.to(tl.int64) * sH
+        oy2 = iy2.to(tl.int64) * sH
+        oy3 = iy3.to(tl.int64) * sH
+        ox0 = ix0.to(tl.int64) * sW
+        ox1 = ix1.to(tl.int64) * sW
+        ox2 = ix2.to(tl.int64) * sW
+        ox3 = ix3.to(tl.int64) * sW
+        wy0 = wy0.to(ACC)
+        wy1 = wy1.to(ACC)
+        wy2 = wy2.to(ACC)
+        wy3 = wy3.to(ACC)
+        wx0 = wx0.to(ACC)
+        wx1 = wx1.to(ACC)
+        wx2 = wx2.to(ACC)
+        wx3 = wx3.to(ACC)
+        for c in range(C):
+            v = _sample(plane0 + c * sC, oy0, oy1, oy2, oy3, wy0, wy1, wy2, wy3, ox0, ox1, ox2,
+                        ox3, wx0, wx1, wx2, wx3, mask, NT, ACC)
+            sc = tl.load(affine + c).to(ACC)
+            sh = tl.load(affine + C + c).to(ACC)
+            tl.store(dst + c * hw, (v * sc + sh).to(out.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _scatter_row(ptr, o0, o1, o2, o3, w0, w1, w2, w3, g, mask, NT: tl.constexpr):
+    tl.atomic_add(ptr + o0, w0 * g, mask=mask & (w0 != 0))
+    if NT > 1:
+        tl.atomic_add(ptr + o1, w1 * g, mask=mask & (w1 != 0))
+    if NT > 2:
+        tl.atomic_add(ptr + o2, w2 * g, mask=mask & (w2 != 0))
+        tl.atomic_add(ptr + o3, w3 * g, mask=mask & (w3 != 0))
+
+
+@triton.jit
+def _backward_images_atomic_kernel(grad, boxes, batch_index, grad_images, affine, N, C, H, W, h,
+                                   w, HAS_BI: tl.constexpr, MODE: tl.constexpr,
+                                   NT: tl.constexpr, ZEROS: tl.constexpr, ALIGN: tl.constexpr,
+                                   ACC: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    hw = h * w
+    nblk = tl.cdiv(hw, BLOCK)
+    b = pid // nblk
+    p = (pid % nblk) * BLOCK + tl.arange(0, BLOCK)
+    mask = p < hw
+    i = p // w
+    j = p % w
+    n = _image_of(batch_index, b, N, HAS_BI)
+    x1 = tl.load(boxes + b * 4 + 0)
+    y1 = tl.load(boxes + b * 4 + 1)
+    x2 = tl.load(boxes + b * 4 + 2)
+    y2 = tl.load(boxes + b * 4 + 3)
+    planes = grad_images + n * C * H * W
+    src = grad + b.to(tl.int64) * C * hw + p
+    iy0, iy1, iy2, iy3, wy0, wy1, wy2, wy3, _d0, _d1, _d2, _d3 = _taps(
+        _position(y1, y2, i.to(tl.float64), h, ALIGN), H, MODE, ZEROS)
+    ix0, ix1, ix2, ix3, wx0, wx1, wx2, wx3, _e0, _e1, _e2, _e3 = _taps(
+        _position(x1, x2, j.to(tl.float64), w, ALIGN), W, MODE, ZEROS)
+    wy0 = wy0.to(ACC)
+    wy1 = wy1.to(ACC)
+    wy2 = wy2.to(ACC)
+    wy3 = wy3.to(ACC)
+    wx0 = wx0.to(ACC)
+    wx1 = wx1.to(ACC)
+    wx2 = wx2.to(ACC)
+    wx3 = wx3.to(ACC)
+    for c in range(C):
+        g = tl.load(src + c * hw, mask=mask, other=0).to(ACC) * tl.load(affine + c).to(ACC)
+        m = mask & (g != 0)
+        plane = planes + c * H * W
+        _scatter_row(plane + iy0.to(tl.int64) * W, ix0, ix1, ix2, ix3, wy0 * wx0, wy0 * wx1,
+                     wy0 * wx2, wy0 * wx3, g, m, NT)
+        if NT > 1:
+            _scatter_row(plane + iy1.to(tl.int64) * W, ix0, ix1, ix2, ix3, wy1 * wx0, wy1 * wx1,
+                         wy1 * wx2, wy1 * wx3, g, m, NT)
+        if NT > 2:
+            _scatter_row(plane + iy2.to(tl.int64) * W, ix0, ix1, ix2, ix3, wy2 * wx0, wy2 * wx1,
+                         wy2 * wx2, wy2 * wx3, g, m, NT)
+            _scatter_row(plane + iy3.to(tl.int64) * W, ix0, ix1, ix2, ix3, wy3 * wx0, wy3 * wx1,
+                         wy3 * wx2, wy3 * wx3, g, m, NT)
+
+
+@triton.jit
+def _axis_table_kernel(boxes, lo_col, hi_col, total, out, size, index, weight, span,
+                       MODE: tl.constexpr, NT: tl.constexpr, ZEROS: tl.constexpr,
+                       ALIGN: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Taps of every (box, output index) along one axis: index[.,4] (-1 unused), weight[.,4],
+    span[.,2] = (smallest, largest) index read."""
+    t = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = t < total
+    b = t // out
+    o = t % out
+    lo = tl.load(boxes + b * 4 + lo_col, mask=mask, other=0.0)
+    hi = tl.load(boxes + b * 4 + hi_col, mask=mask, other=0.0)
+    i0, i1, i2, i3, w0, w1, w2, w3, _d0, _d1, _d2, _d3 = _taps(_position(lo, hi, o.to(tl.float64), out, ALIGN),
+                                                               size, MODE, ZEROS)
+    base = t.to(tl.int64) * 4
+    tl.store(index + base + 0, i0, mask=mask)
+    tl.store(weight + base + 0, w0.to(ACC), mask=mask)
+    smallest = i0
+    largest = i0
+    if NT > 1:
+        tl.store(index + base + 1, i1, mask=mask)
+        tl.store(weight + base + 1, w1.to(ACC), mask=mask)
+        smallest = tl.minimum(smallest, i1)
+        largest = tl.maximum(largest, i1)
+    else:
+        tl.store(index + base + 1, i1 * 0 - 1, mask=mask)
+        tl.store(weight + base + 1, w1.to(ACC) * 0, mask=mask)
+    if NT > 2:
+        tl.store(index + base + 2, i2, mask=mask)
+        tl.store(weight + base + 2, w2.to(ACC), mask=mask)
+        tl.store(index + base + 3, i3, mask=mask)
+        tl.store(weight + base + 3, w3.to(ACC), mask=mask)
+        smallest = tl.minimum(tl.minimum(smallest, i2), i3)
+        largest = tl.maximum(tl.maximum(largest, i2), i3)
+    else:
+        tl.store(index + base + 2, i2 * 0 - 1, mask=mask)
+        tl.store(weight + base + 2, w2.to(ACC) * 0, mask=mask)
+        tl.store(index + base + 3, i3 * 0 - 1, mask=mask)
+        tl.store(weight + base + 3, w3.to(ACC) * 0, mask=mask)
+    tl.store(span + t.to(tl.int64) * 2 + 0, smallest, mask=mask)
+    tl.store(span + t.to(tl.int64) * 2 + 1, largest, mask=mask)
+
+
+@triton.jit
+def _first_true(span, x, out, FIELD: tl.constexpr, KIND: tl.constexpr, steps, mask):
+    """Smallest o in [0, out] with pred(span[o, FIELD], x) (monotone false..true), per lane.
+    KIND: 0 ">= x", 1 "> x", 2 "<= x", 3 "< x"."""
+    a = tl.zeros_like(x)
+    z = a + out
+    for _ in range(steps):
+        m = (a + z) // 2
+        active = mask & (a < z)
+        v = tl.load(span + m.to(tl.int64) * 2 + FIELD, mask=active & (m < out), other=0)
+        if KIND == 0:
+            pred = v >= x
+        elif KIND == 1:
+            pred = v > x
+        elif KIND == 2:
+            pred = v <= x
+        else:
+            pred = v < x
+        z = tl.where(active & pred, m, z)
+        a = tl.where(active & (pred == 0), m + 1, a)
+    return a
+
+
+@triton.jit
+def _axis_range_kernel(boxes, lo_col, hi_col, B, out, size, span, rng, steps,
+                       ALIGN: tl.constexpr, BLOCK: tl.constexpr):
+    """rng[b, x] = (first, last) output indices whose taps touch pixel x (first > last: none).
+    Positions, hence clamped taps, are monotone in the output index."""
+    b = tl.program_id(1)
+    x = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = x < size
+    lo = tl.load(boxes + b * 4 + lo_col)
+    hi = tl.load(boxes + b * 4 + hi_col)
+    p0 = _clamp_position(_position(lo, hi, 0.0, out, ALIGN), size)
+    p1 = _clamp_position(_position(lo, hi, (out - 1) * 1.0, out, ALIGN), size)
+    s = span + b.to(tl.int64) * out * 2
+    if p1 < p0:
+        first = _first_true(s, x, out, 0, 2, steps, mask)
+        last = _first_true(s, x, out, 1, 3, steps, mask) - 1
+    else:
+        first = _first_true(s, x, out, 1, 0, steps, mask)
+        last = _first_true(s, x, out, 0, 1, steps, mask) - 1
+    base = (b.to(tl.int64) * size + x) * 2
+    tl.store(rng + base, first, mask=mask)
+    tl.store(rng + base + 1, last, mask=mask)
+
+
+@triton.jit
+def _match(index, weight, base, pixel, ACC: tl.constexpr):
+    """Weight with which the taps at base read `pixel` (clamped taps may repeat: summed)."""
+    v = tl.where(tl.load(index + base) == pixel, tl.load(weight + base), 0.0).to(ACC)
+    v += tl.where(tl.load(index + base + 1) == pixel, tl.load(weight + base + 1), 0.0).to(ACC)
+    v += tl.where(tl.load(index + base + 2) == pixel, tl.load(weight + base + 2), 0.0).to(ACC)
+    v += tl.where(tl.load(index + base + 3) == pixel, tl.load(weight + base + 3), 0.0).to(ACC)
+    return v
+
+
+@triton.jit
+def _backward_images_gather_kernel(grad, order, offsets, grad_images, affine, C, H, W, h, w,
+                                   yindex, yweight, yrange, xindex, xweight, xrange,
+                                   HAS_BI: tl.constexpr, ACC: tl.constexpr, BY: tl.constexpr,
+                                   BX: tl.constexpr, BJ: tl.constexpr):
+    """One program per (n, c, BY x BX tile of the image plane): a fixed-order sum over the
+    boxes of image n (CSR), over the output rows i whose taps touch the tile's rows and over
+    chunks of BJ output columns touching its columns:
+        acc[y, x] += wy[i, y] * sum_j g[b, c, i, j] * wx[j, x]
+    with wx of a chunk held as a (BJ, BX) tile and wy from the row tap table."""
+    pid = tl.program_id(0)
+    nxb = tl.cdiv(W, BX)
+    nyb = tl.cdiv(H, BY)
+    xb = pid % nxb
+    rest = pid // nxb
+    yb = rest % nyb
+    nc = rest // nyb
+    c = nc % C
+    n = nc // C
+    ys = yb * BY + tl.arange(0, BY)
+    xs = xb * BX + tl.arange(0, BX)
+    ymask = ys < H
+    xmask = xs < W
+    if HAS_BI:
+        k0 = tl.load(offsets + n)
+        k1 = tl.load(offsets + n + 1)
+    else:
+        k0 = n
+        k1 = n + 1
+    acc = tl.zeros([BY, BX], dtype=ACC)
+    for k in range(k0, k1):
+        if HAS_BI:
+            b = tl.load(order + k)
+        else:
+            b = k
+        b = b.to(tl.int64)
+        i0 = tl.load(yrange + (b * H + ys) * 2, mask=ymask, other=0)
+        i1 = tl.load(yrange + (b * H + ys) * 2 + 1, mask=ymask, other=-1)
+        some = ymask & (i0 <= i1)
+        ilo = tl.min(tl.where(some, i0, 2147483647), axis=0)
+        ihi = tl.max(tl.where(some, i1, -1), axis=0)
+        j0 = tl.load(xrange + (b * W + xs) * 2, mask=xmask, other=0)
+        j1 = tl.load(xrange + (b * W + xs) * 2 + 1, mask=xmask, other=-1)
+        some = xmask & (j0 <= j1)
+        jlo = tl.min(tl.where(some, j0, 2147483647), axis=0)
+        jhi = tl.max(tl.where(some, j1, -1), axis=0)
+        for jc in range(jlo, jhi + 1, BJ):
+            jj = jc + tl.arange(0, BJ)
+            jmask = jj <= jhi
+            tbase = (b * w + jj) * 4
+            wx = tl.zeros([BJ, BX], dtype=ACC)
+            for t in tl.static_range(4):
+                idx = tl.load(xindex + tbase + t, mask=jmask, other=-1)
+                wt = tl.load(xweight + tbase + t, mask=jmask, other=0).to(ACC)
+                wx += tl.where(idx[:, None] == xs[None, :], wt[:, None], 0.0)
+            for i in range(ilo, ihi + 1):
+                wy = _match(yindex, yweight, (b * h + i) * 4, ys, ACC)
+                g = tl.load(grad + ((b * C + c) * h + i) * w + jj, mask=jmask, other=0).to(ACC)
+                r = tl.sum(g[:, None] * wx, axis=0)
+                acc += wy[:, None] * r[None, :]
+    scale = tl.load(affine + c).to(ACC)
+    ptrs = grad_images + ((n * C + c) * H + ys[:, None]).to(tl.int64) * W + xs[None, :]
+    tl.store(ptrs, acc * scale, mask=ymask[:, None] & xmask[None, :])
+
+
+@triton.jit
+def _row2(ptr, o0, o1, o2, o3, w0, w1, w2, w3, d0, d1, d2, d3, mask, NT: tl.constexpr):
+    """(sum_k w_k v_k, sum_k dw_k v_k) over the NT column taps, in float64."""
+    v = tl.load(ptr + o0, mask=mask, other=0).to(tl.float64)
+    r = w0 * v
+    dr = d0 * v
+    if NT > 1:
+        v = tl.load(ptr + o1, mask=mask, other=0).to(tl.float64)
+        r += w1 * v
+        dr += d1 * v
+    if NT > 2:
+        v = tl.load(ptr + o2, mask=mask, other=0).to(tl.float64)
+        r += w2 * v
+        dr += d2 * v
+        v = tl.load(ptr + o3, mask=mask, other=0).to(tl.float64)
+        r += w3 * v
+        dr += d3 * v
+    return r, dr
+
+
+@triton.jit
+def _backward_boxes_kernel(grad, img, boxes, batch_index, affine, partial, N, C, H, W, sN, sC,
+                           sH, sW, h, w, S, HAS_BI: tl.constexpr, MODE: tl.constexpr,
+                           NT: tl.constexpr, ZEROS: tl.constexpr, ALIGN: tl.constexpr,
+                           BLOCK: tl.constexpr):
+    """Program (b, s) sums the box-gradient contributions of pixels s*BLOCK + k*S*BLOCK + ...
+    in float64 and writes partial[b, s, 0:4] = (dx1, dy1, dx2, dy2) partial sums."""
+    b = tl.program_id(1)
+    s = tl.program_id(0)
+    hw = h * w
+    n = _image_of(batch_index, b, N, HAS_BI)
+    x1 = tl.load(boxes + b * 4 + 0)
+    y1 = tl.load(boxes + b * 4 + 1)
+    x2 = tl.load(boxes + b * 4 + 2)
+    y2 = tl.load(boxes + b * 4 + 3)
+    plane0 = img + n * sN
+    gbase = grad + b.to(tl.int64) * C * hw
+    sx1 = tl.zeros([BLOCK], dtype=tl.float64)
+    sx2 = tl.zeros([BLOCK], dtype=tl.float64)
+    sy1 = tl.zeros([BLOCK], dtype=tl.float64)
+    sy2 = tl.zeros([BLOCK], dtype=tl.float64)
+    for start in range(s * BLOCK, hw, S * BLOCK):
+        p = start + tl.arange(0, BLOCK)
+        mask = p < hw
+        i = p // w
+        j = p % w
+        iy0, iy1, iy2, iy3, wy0, wy1, wy2, wy3, dy0, dy1, dy2, dy3 = _taps(
+            _position(y1, y2, i.to(tl.float64), h, ALIGN), H, MODE, ZEROS)
+        ix0, ix1, ix2, ix3, wx0, wx1, wx2, wx3, dx0, dx1, dx2, dx3 = _taps(
+            _position(x1, x2, j.to(tl.float64), w, ALIGN), W, MODE, ZEROS)
+        ox0 = ix0.to(tl.int64) * sW
+        ox1 = ix1.to(tl.int64) * sW
+        ox2 = ix2.to(tl.int64) * sW
+        ox3 = ix3.to(tl.int64) * sW
+        gx = tl.zeros([BLOCK], dtype=tl.float64)
+        gy = tl.zeros([BLOCK], dtype=tl.float64)
+        for c in range(C):
+            g = tl.load(gbase + c * hw + p, mask=mask, other=0).to(tl.float64)
+            g = g * tl.load(affine + c)
+            plane = plane0 + c * sC
+            r, dr = _row2(plane + iy0.to(tl.int64) * sH, ox0, ox1, ox2, ox3, wx0, wx1, wx2, wx3,
+                          dx0, dx1, dx2, dx3, mask, NT)
+            dvx = wy0 * dr
+            dvy = dy0 * r
+            if NT > 1:
+                r, dr = _row2(plane + iy1.to(tl.int64) * sH, ox0, ox1, ox2, ox3, wx0, wx1, wx2,
+                              wx3, dx0, dx1, dx2, dx3, mask, NT)
+                dvx += wy1 * dr
+                dvy += dy1 * r
+            if NT > 2:
+                r, dr = _row2(plane + iy2.to(tl.int64) * sH, ox0, ox1, ox2, ox3, wx0, wx1, wx2,
+                              wx3, dx0, dx1, dx2, dx3, mask, NT)
+                dvx += wy2 * dr
+                dvy += dy2 * r
+                r, dr = _row2(plane + iy3.to(tl.int64) * sH, ox0, ox1, ox2, ox3, wx0, wx1, wx2,
+                              wx3, dx0, dx1, dx2, dx3, mask, NT)
+                dvx += wy3 * dr
+                dvy += dy3 * r
+            gx += g * dvx
+            gy += g * dvy
+        fx = _position_dhi(j.to(tl.float64), w, ALIGN)
+        fy = _position_dhi(i.to(tl.float64), h, ALIGN)
+        gx = tl.where(mask, gx, 0.0)
+        gy = tl.where(mask, gy, 0.0)
+        sx1 += gx * (1.0 - fx)
+        sx2 += gx * fx
+        sy1 += gy * (1.0 - fy)
+        sy2 += gy * fy
+    base = partial + (b.to(tl.int64) * S + s) * 4
+    tl.store(base + 0, tl.sum(sx1, axis=0))
+    tl.store(base + 1, tl.sum(sy1, axis=0))
+    tl.store(base + 2, tl.sum(sx2, axis=0))
+    tl.store(base + 3, tl.sum(sy2, axis=0))
+
+
+# ----------------------------------------------------------------------------------------
+# Host side
+# ----------------------------------------------------------------------------------------
+
+
+def _pow2(n: int, lo: int, hi: int) -> int:
+    """The power of two >= n, clipped to [lo, hi]."""
+    return max(lo, min(hi, triton.next_power_of_2(max(1, n))))
+
+
+def _block_for(n: int, cap: int = 1024) -> int:
+    return _pow2(n, 32, cap)
+
+
+def _affine(channels: int, uint8_input: bool, mean, std, device) -> torch.Tensor:
+    """[scale(C), shift(C)] float64: out = v * scale + shift (v / 255 first for uint8)."""
+    value_scale = 1.0 / 255.0 if uint8_input else 1.0
+    scale, shift = [], []
+    for c in range(channels):
+        m = 0.0 if mean is None else float(mean[0 if len(mean) == 1 else c])
+        s = 1.0 if std is None else float(std[0 if len(std) == 1 else c])
+        scale.append(value_scale / s)
+        shift.append(-m / s)
+    return torch.tensor(scale + shift, dtype=torch.float64, device=device)
+
+
+def _acc(*dtypes) -> "tl.dtype":
+    return tl.float64 if torch.float64 in dtypes else tl.float32
+
+
+def _boxes64(boxes: torch.Tensor) -> torch.Tensor:
+    return boxes.to(torch.float64).contiguous()
+
+
+if hasattr(torch.library, "triton_op") and hasattr(torch.library, "wrap_triton"):
+    _HAVE_TRITON_OP = True
+
+    def _launch(kernel):
+        # Under the interpreter, kernels are plain Python objects that wrap_triton refuses.
+        return kernel if interpreting() else torch.library.wrap_triton(kernel)
+else:  # pragma: no cover - torch < 2.6
+    _HAVE_TRITON_OP = False
+
+    def _launch(kernel):
+        return kernel
+
+
+def _forward_impl(images: torch.Tensor, boxes: torch.Tensor, batch_index: Optional[torch.Tensor],
+                  size: List[int], mode: str, align_corners: bool, padding_mode: str,
+                  mean: Optional[List[float]], std: Optional[List[float]],
+                  out_dtype: torch.dtype) -> torch.Tensor:
+    h, w = int(size[0]), int(size[1])
+    N, C, H, W = images.shape
+    B = boxes.shape[0]
+    out = torch.empty((B, C, h, w), dtype=out_dtype, device=images.device)
+    if out.numel() == 0:
+        return out
+    code = _MODES[mode]
+    affine = _affine(C, images.dtype == torch.uint8, mean, std, images.device)
+    bi = batch_index.contiguous() if batch_index is not None else boxes
+    block = _block_for(h * w)
+    grid = (B * triton.cdiv(h * w, block),)
+    _launch(_forward_kernel)[grid](
+        images, _boxes64(boxes), bi, out, affine, N, C, H, W, *images.stride(), h, w,
+        HAS_BI=batch_index is not None, MODE=code, NT=_TAPS[code],
+        ZEROS=padding_mode == "zeros", ALIGN=bool(align_corners),
+        ACC=_acc(images.dtype, out_dtype), BLOCK=block, num_warps=_NUM_WARPS)
+    return out
+
+
+def _backward_images_impl(grad: torch.Tensor, boxes: torch.Tensor,
+                          batch_index: Optional[torch.Tensor], image_size: List[int],
+                          image_dtype: torch.dtype, mode: str, align_corners: bool,
+                          padding_mode: str, std: Optional[List[float]]) -> torch.Tensor:
+    N, C, H, W = (int(v) for v in image_size)
+    acc_dtype = torch.float64 if image_dtype == torch.float64 else torch.float32
+    grad = grad.contiguous()
+    B, _, h, w = grad.shape
+    device = grad.device
+    if grad.numel() == 0 or N * C * H * W == 0:
+        return torch.zeros((N, C, H, W), dtype=image_dtype, device=device)
+    code = _MODES[mode]
+    nt = _TAPS[code]
+    zeros = padding_mode == "zeros"
+    align = bool(align_corners)
+    acc = _acc(acc_dtype)
+    affine = _affine(C, False, None, std, device)
+    bx = _boxes64(boxes)
+    has_bi = batch_index is not None
+    bi = batch_index.contiguous() if has_bi else bx
+    if not torch.are_deterministic_algorithms_enabled():
+        grad_images = torch.zeros((N, C, H, W), dtype=acc_dtype, device=device)
+        block = _block_for(h * w)
+        _launch(_backward_images_atomic_kernel)[(B * triton.cdiv(h * w, block),)](
+            grad, bx, bi, grad_images, affine, N, C, H, W, h, w, HAS_BI=has_bi, MODE=code,
+            NT=nt, ZEROS=zeros, ALIGN=align, ACC=acc, BLOCK=block, num_warps=_NUM_WARPS)
+        return grad_images.to(image_dtype)
+
+    # Deterministic: tap tables per (box, output index), index ranges per (box, pixel), a CSR
+    # of boxes per image, then a gather with a fixed summation order.
+    tables = {}
+    for axis, (lo_col, hi_col, out, length) in {"y": (1, 3, h, H), "x": (0, 2, w, W)}.items():
+        index = torch.empty((B, out, 4), dtype=torch.int32, device=device)
+        weight = torch.empty((B, out, 4), dtype=acc_dtype, device=device)
+        span = torch.empty((B, out, 2), dtype=torch.int32, device=device)
+        rng = torch.empty((B, length, 2), dtype=torch.int32, device=device)
+        block = _block_for(B * out)
+        _launch(_axis_table_kernel)[(triton.cdiv(B * out, block),)](
+            bx, lo_col, hi_col, B * out, out, length, index, weight, span, MODE=code, NT=nt,
+            ZEROS=zeros, ALIGN=align, ACC=acc, BLOCK=block, num_warps=_NUM_WARPS)
+        block = _block_for(length, 256)
+        steps = max(1, math.ceil(math.log2(out + 1)) + 1)
+        _launch(_axis_range_kernel)[(triton.cdiv(length, block), B)](
+            bx, lo_col, hi_col, B, out, length, span, rng, steps, ALIGN=align, BLOCK=block,
+            num_warps=_NUM_WARPS)
+        tables[axis] = (index, weight, rng)
+    if has_bi:
+        sorted_bi, order = torch.sort(bi, stable=True)
+        offsets = torch.searchsorted(sorted_bi, torch.arange(N + 1, device=device,
+                                                             dtype=sorted_bi.dtype))
+    else:
+        order = offsets = bx  # unused
+    grad_images = torch.empty((N, C, H, W), dtype=acc_dtype, device=device)
+    by, bx_, bj = _pow2(H, 16, 32), _pow2(W, 16, 64), _pow2(w, 16, 32)
+    (yindex, yweight, yrange), (xindex, xweight, xrange) = tables["y"], tables["x"]
+    grid = (N * C * triton.cdiv(H, by) * triton.cdiv(W, bx_),)
+    _launch(_backward_images_gather_kernel)[grid](
+        grad, order, offsets, grad_images, affine, C, H, W, h, w, yindex, yweight, yrange,
+        xindex, xweight, xrange, HAS_BI=has_bi, ACC=acc, BY=by, BX=bx_, BJ=bj,
+        num_warps=_NUM_WARPS)
+    return grad_images.to(image_dtype)
+
+
+def _backward_boxes_impl(grad: torch.Tensor, images: torch.Tensor, boxes: torch.Tensor,
+                         batch_index: Optional[torch.Tensor], mode: str, align_corners: bool,
+                         padding_mode: str, std: Optional[List[float]]) -> torch.Tensor:
+    grad = grad.contiguous()
+    B, C, h, w = grad.shape
+    N, _, H, W = images.shape
+    if grad.numel() == 0:
+        return torch.zeros((B, 4), dtype=boxes.dtype, device=boxes.device)
+    code = _MODES[mode]
+    affine = _affine(C, images.dtype == torch.uint8, None, std, images.device)
+    bx = _boxes64(boxes)
+    bi = batch_index.contiguous() if batch_index is not None else bx
+    block = _block_for(h * w, 256)
+    S = max(1, min(triton.cdiv(h * w, block * 4), 64, max(1, 1024 // max(B, 1))))
+    partial = torch.empty((B, S, 4), dtype=torch.float64, device=images.device)
+    _launch(_backward_boxes_kernel)[(S, B)](
+        grad, images, bx, bi, affine, partial, N, C, H, W, *images.stride(), h, w, S,
+        HAS_BI=batch_index is not None, MODE=code, NT=_TAPS[code],
+        ZEROS=padding_mode == "zeros", ALIGN=bool(align_corners), BLOCK=block,
+        num_warps=_NUM_WARPS)
+    return partial.sum(dim=1).to(boxes.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# Registration: ops torch.compile can see into, with autograd
+# ----------------------------------------------------------------------------------------
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    images, boxes, batch_index, _size, mode, align_corners, padding_mode, _mean, std, _dt = inputs
+    ctx.save_for_backward(images, boxes, batch_index)
+    ctx.options = (mode, align_corners, padding_mode, std)
+
+
+def _grads(ctx, grad, backward_images, backward_boxes):
+    images, boxes, batch_index = ctx.saved_tensors
+    mode, align_corners, padding_mode, std = ctx.options
+    grad_images = grad_boxes = None
+    if ctx.needs_input_grad[0]:
+        grad_images = backward_images(grad, boxes, batch_index, list(images.shape), images.dtype,
+                                      mode, align_corners, padding_mode, std)
+    if ctx.needs_input_grad[1]:
+        grad_boxes = backward_boxes(grad, images, boxes, batch_index, mode, align_corners,
+                                    padding_mode, std)
+    return grad_images, grad_boxes, None, None, None, None, None, None, None, None
+
+
+if _HAVE_TRITON_OP:
+    _forward_op = torch.library.triton_op("gfkernels_triton::crop_resize",
+                                          mutates_args=())(_forward_impl)
+    _backward_images_op = torch.library.triton_op("gfkernels_triton::crop_resize_backward_images",
+                                                  mutates_args=())(_backward_images_impl)
+    _backward_boxes_op = torch.library.triton_op("gfkernels_triton::crop_resize_backward_boxes",
+                                                 mutates_args=())(_backward_boxes_impl)
+
+    def _backward(ctx, grad):
+        return _grads(ctx, grad, _backward_images_op, _backward_boxes_op)
+
+    _forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+    def _apply(*args):
+        return _forward_op(*args)
+
+else:  # pragma: no cover - torch < 2.6
+
+    class _CropResize(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            out = _forward_impl(*inputs)
+            _setup_context(ctx, inputs, out)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            return _grads(ctx, grad, _backward_images_impl, _backward_boxes_impl)
+
+    def _apply(*args):
+        return _CropResize.apply(*args)
+
+
+def crop_resize(images: torch.Tensor, boxes: torch.Tensor, batch_index: Optional[torch.Tensor],
+                size_list: Sequence[int], mode: str, align_corners: bool, padding_mode: str,
+                mean: Optional[Sequence[float]], std: Optional[Sequence[float]],
+                out_dtype: torch.dtype) -> torch.Tensor:
+    """crop_resize with the Triton kernels; arguments as torch.ops.gfkernels.crop_resize
+    (already checked by gfkernels.ops). Differentiable wrt images and boxes."""
+    mean = None if mean is None else [float(v) for v in mean]
+    std = None if std is None else [float(v) for v in std]
+    return _apply(images, boxes, batch_index, [int(s) for s in size_list], mode,
+                  bool(align_corners), padding_mode, mean, std, out_dtype)
+
+
+__all__ = ["crop_resize"]

@@ -1,0 +1,206 @@
+"""crop_resize with backend="triton" against gfkernels.reference.
+
+Runs on CPU tensors under TRITON_INTERPRET=1 (how CI tests the Triton kernels), or on a GPU.
+The interpreter is slow, so the cases are small and each test covers several options at once
+(every mode, both align_corners, both paddings, every dtype, layouts, batch_index, mean/std,
+both backwards, the deterministic backward)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+import torch
+
+import gfkernels
+from gfkernels import reference
+
+from conftest import assert_close_to_reference, random_boxes, random_images
+
+triton = pytest.importorskip("triton", reason="triton is not installed")
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+if not INTERPRET and not torch.cuda.is_available():
+    pytest.skip("Triton kernels need a CUDA GPU or TRITON_INTERPRET=1 (CPU interpreter)",
+                allow_module_level=True)
+
+DEVICE = "cpu" if INTERPRET else "cuda"
+MODES = ["bilinear", "bicubic", "nearest"]
+IMAGE_DTYPES = [torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def mode_options():
+    for mode, align_corners, padding in itertools.product(MODES, [False, True],
+                                                          ["border", "zeros"]):
+        if mode == "nearest" and align_corners:
+            continue
+        yield mode, align_corners, padding
+
+
+MODE_OPTIONS = list(mode_options())
+
+
+def triton_crop(images, boxes, size, **kwargs):
+    return gfkernels.crop_resize(images.to(DEVICE), boxes.to(DEVICE), size, backend="triton",
+                                 **{k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v)
+                                    for k, v in kwargs.items()})
+
+
+@pytest.mark.parametrize("case", range(len(MODE_OPTIONS)))
+def test_forward_matches_reference(case, generator):
+    """Every mode/align_corners/padding; dtype, layout, size, box dtype and mean/std rotate."""
+    mode, align_corners, padding_mode = MODE_OPTIONS[case]
+    dtype = IMAGE_DTYPES[case % len(IMAGE_DTYPES)]
+    layout = ["contiguous", "channels_last", "strided"][case % 3]
+    N, C = 2, [1, 3, 4][case % 3]
+    H, W = [int(v) for v in torch.randint(5, 24, (2,), generator=generator)]
+    h, w = [int(v) for v in torch.randint(1, 12, (2,), generator=generator)]
+    images = random_images(N, C, H, W, dtype, generator, layout)
+    boxes = random_boxes(3, H, W, generator, dtype=[torch.float32, torch.float64][case % 2])
+    kwargs = dict(batch_index=torch.randint(0, N, (3,), generator=generator), mode=mode,
+                  align_corners=align_corners, padding_mode=padding_mode)
+    if case % 2 == 0:
+        kwargs.update(mean=torch.rand(C, generator=generator).tolist(),
+                      std=(0.2 + torch.rand(C, generator=generator)).tolist())
+    out = triton_crop(images, boxes, (h, w), **kwargs)
+    expected = reference.crop_resize(images, boxes, (h, w), **kwargs)
+    out_dtype = dtype if dtype.is_floating_point else torch.float32
+    assert out.is_contiguous() and out.device.type == DEVICE
+    assert_close_to_reference(out.cpu(), expected, out_dtype)
+
+
+@pytest.mark.parametrize("in_dtype,out_dtype", [
+    (torch.uint8, torch.float16), (torch.uint8, torch.bfloat16), (torch.float16, torch.float32),
+    (torch.float32, torch.float64), (torch.float64, torch.float16)], ids=str)
+def test_out_dtype(in_dtype, out_dtype, generator):
+    images = random_images(2, 3, 11, 13, in_dtype, generator)
+    boxes = random_boxes(2, 11, 13, generator)
+    kwargs = dict(batch_index=torch.tensor([1, 0]), mode="bicubic", out_dtype=out_dtype,
+                  mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    out = triton_crop(images, boxes, (5, 6), **kwargs)
+    assert_close_to_reference(out.cpu(), reference.crop_resize(images, boxes, (5, 6), **kwargs),
+                              out_dtype)
+
+
+def test_exact_integer_copy_and_whole_image(generator):
+    """Integer boxes of the output's size are copies (fast path); a box that leaves the image
+    is not, and takes the general path; the whole-image box equals F.interpolate."""
+    boxes = torch.tensor([[2.0, 3.0, 8.0, 8.0], [-2.0, 1.0, 4.0, 6.0], [8.0, 7.0, 14.0, 12.0]])
+    bi = torch.tensor([1, 0, 0])
+    for mode, dtype in zip(MODES, [torch.uint8, torch.bfloat16, torch.float32]):
+        images = random_images(2, 3, 12, 14, dtype, generator, "channels_last")
+        out = triton_crop(images, boxes, (5, 6), batch_index=bi, mode=mode).cpu()
+        expected = reference.crop_resize(images, boxes, (5, 6), batch_index=bi, mode=mode)
+        out_dtype = expected.dtype
+        assert_close_to_reference(out, expected, out_dtype)
+        if dtype.is_floating_point:  # a copy, bit for bit
+            assert torch.equal(out[0], images[1, :, 3:8, 2:8])
+            assert torch.equal(out[2], images[0, :, 7:12, 8:14])
+    whole = random_images(2, 2, 9, 10, torch.float64, generator)
+    full = torch.tensor([[0.0, 0.0, 10.0, 9.0]] * 2, dtype=torch.float64)
+    out = triton_crop(whole, full, (5, 13), mode="bicubic", align_corners=True).cpu()
+    expected = torch.nn.functional.interpolate(whole, (5, 13), mode="bicubic", align_corners=True)
+    torch.testing.assert_close(out, expected)
+
+
+def test_bad_boxes_read_nothing_out_of_bounds(generator):
+    """NaN and huge boxes are clamped inside the kernels (the CPU backend rejects NaN; the GPU
+    backends do not sync to check): results are finite, shapes right."""
+    images = random_images(1, 2, 6, 7, torch.float32, generator)
+    boxes = torch.tensor([[float("nan"), 0.0, 3.0, 3.0], [-1e30, -1e30, 1e30, 1e30]])
+    out = triton_crop(images, boxes, 4, batch_index=torch.tensor([0, 0]), mode="bicubic",
+                      padding_mode="zeros")
+    assert out.shape == (2, 2, 4, 4) and torch.isfinite(out).all()
+
+
+BACKWARD_CASES = [("bilinear", False, "border"), ("bilinear", True, "zeros"),
+                  ("bicubic", False, "zeros"), ("bicubic", True, "border"),
+                  ("nearest", False, "border"), ("nearest", False, "zeros")]
+
+
+def _reference_grads(images, boxes, grad, size, **kwargs):
+    x = images.detach().clone().requires_grad_(images.is_floating_point())
+    b = boxes.detach().clone().requires_grad_()
+    out = reference.crop_resize(x, b, size, **kwargs)
+    inputs = (x, b) if x.requires_grad else (b,)
+    grads = torch.autograd.grad(out, inputs, grad, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)]
+    return grads if x.requires_grad else [None] + grads
+
+
+def _triton_grads(images, boxes, grad, size, **kwargs):
+    x = images.detach().to(DEVICE).requires_grad_(images.is_floating_point())
+    b = boxes.detach().to(DEVICE).requires_grad_()
+    out = triton_crop(x, b, size, **kwargs)
+    inputs = (x, b) if x.requires_grad else (b,)
+    grads = [g.cpu() for g in torch.autograd.grad(out, inputs, grad.to(DEVICE))]
+    return grads if x.requires_grad else [None] + grads
+
+
+@pytest.mark.parametrize("mode,align_corners,padding_mode", BACKWARD_CASES)
+def test_backward_matches_reference(mode, align_corners, padding_mode, generator):
+    """Gradients wrt images (atomics) and boxes against the reference's autograd, float64."""
+    images = random_images(2, 2, 9, 11, torch.float64, generator, "channels_last")
+    boxes = random_boxes(3, 9, 11, generator, kind="inside", dtype=torch.float64)
+    boxes[1] = torch.tensor([-2.5, 3.25, 6.75, 12.5])  # partly off-image
+    kwargs = dict(batch_index=torch.tensor([1, 0, 1]), mode=mode, align_corners=align_corners,
+                  padding_mode=padding_mode, std=[0.5, 2.0])
+    grad = torch.randn(3, 2, 4, 5, generator=generator, dtype=torch.float64)
+    gi, gb = _triton_grads(images, boxes, grad, (4, 5), **kwargs)
+    ei, eb = _reference_grads(images, boxes, grad, (4, 5), **kwargs)
+    torch.testing.assert_close(gi, ei, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gb, eb, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.uint8],
+                         ids=str)
+def test_backward_low_precision(dtype, generator):
+    images = random_images(1, 3, 8, 9, dtype, generator)
+    boxes = torch.tensor([[0.5, 1.25, 7.5, 6.0], [2.0, 0.0, 9.0, 5.0]], dtype=torch.float32)
+    kwargs = dict(batch_index=torch.tensor([0, 0]), mode="bilinear")
+    grad = torch.randn(2, 3, 4, 4, generator=generator).to(
+        dtype if dtype.is_floating_point else torch.float32)
+    gi, gb = _triton_grads(images, boxes, grad, 4, **kwargs)
+    ei, eb = _reference_grads(images, boxes, grad, 4, **kwargs)
+    tol = {torch.float16: 1e-2, torch.bfloat16: 5e-2, torch.float32: 1e-5, torch.uint8: 1e-5}[dtype]
+    if dtype.is_floating_point:
+        assert gi.dtype == dtype
+        torch.testing.assert_close(gi.double(), ei.double(), rtol=tol, atol=tol)
+    else:
+        assert gi is None
+    torch.testing.assert_close(gb.double(), eb.double(), rtol=tol * 10, atol=tol * 10)
+
+
+@pytest.mark.parametrize("with_batch_index", [True, False])
+def test_deterministic_backward(with_batch_index, generator):
+    """torch.use_deterministic_algorithms(True): the gather kernel, against the reference and
+    bit-identical over repeated runs."""
+    N = 3
+    images = random_images(N, 2, 7, 9, torch.float64, generator)
+    boxes = random_boxes(N, 7, 9, generator, dtype=torch.float64)
+    boxes[0] = torch.tensor([-20.0, 1.0, -5.0, 6.0])  # wholly off-image: all taps clamp
+    kwargs = dict(mode="bicubic", padding_mode="border")
+    if with_batch_index:
+        kwargs["batch_index"] = torch.tensor([2, 0, 2])
+    grad = torch.randn(N, 2, 3, 4, generator=generator, dtype=torch.float64)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first, _ = _triton_grads(images, boxes, grad, (3, 4), **kwargs)
+        again, _ = _triton_grads(images, boxes, grad, (3, 4), **kwargs)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    expected, _ = _reference_grads(images, boxes, grad, (3, 4), **kwargs)
+    assert torch.equal(first, again)
+    torch.testing.assert_close(first, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_matches_cpu_kernel(generator):
+    """The Triton and C++ backends agree (float32, many boxes per image)."""
+    images = random_images(2, 3, 15, 13, torch.float32, generator)
+    boxes = random_boxes(6, 15, 13, generator)
+    kwargs = dict(batch_index=torch.tensor([0, 1, 1, 0, 1, 0]), mode="bicubic")
+    out = triton_crop(images, boxes, (4, 5), **kwargs).cpu()
+    cpu = gfkernels.crop_resize(images, boxes, (4, 5), backend="cpp", **kwargs)
+    torch.testing.assert_close(out, cpu, rtol=1e-5, atol=1e-5)
