@@ -174,8 +174,9 @@ def _is_exact(lo, hi, out, size):
 @triton.jit
 def _forward_kernel(img, boxes, batch_index, out, affine, N, C, H, W, sN, sC, sH, sW, h, w,
                     HAS_BI: tl.constexpr, MODE: tl.constexpr, NT: tl.constexpr,
-                    ZEROS: tl.constexpr, ALIGN: tl.constexpr, ACC: tl.constexpr,
+                    ZEROS: tl.constexpr, ALIGN: tl.constexpr, ACC64: tl.constexpr,
                     BLOCK: tl.constexpr):
+    ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
     pid = tl.program_id(0)
     hw = h * w
     nblk = tl.cdiv(hw, BLOCK)
@@ -243,7 +244,8 @@ def _scatter_row(ptr, o0, o1, o2, o3, w0, w1, w2, w3, g, mask, NT: tl.constexpr)
 def _backward_images_atomic_kernel(grad, boxes, batch_index, grad_images, affine, N, C, H, W, h,
                                    w, HAS_BI: tl.constexpr, MODE: tl.constexpr,
                                    NT: tl.constexpr, ZEROS: tl.constexpr, ALIGN: tl.constexpr,
-                                   ACC: tl.constexpr, BLOCK: tl.constexpr):
+                                   ACC64: tl.constexpr, BLOCK: tl.constexpr):
+    ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
     pid = tl.program_id(0)
     hw = h * w
     nblk = tl.cdiv(hw, BLOCK)
@@ -290,9 +292,10 @@ def _backward_images_atomic_kernel(grad, boxes, batch_index, grad_images, affine
 @triton.jit
 def _axis_table_kernel(boxes, lo_col, hi_col, total, out, size, index, weight, span,
                        MODE: tl.constexpr, NT: tl.constexpr, ZEROS: tl.constexpr,
-                       ALIGN: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+                       ALIGN: tl.constexpr, ACC64: tl.constexpr, BLOCK: tl.constexpr):
     """Taps of every (box, output index) along one axis: index[.,4] (-1 unused), weight[.,4],
     span[.,2] = (smallest, largest) index read."""
+    ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
     t = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = t < total
     b = t // out
@@ -390,13 +393,14 @@ def _match(index, weight, base, pixel, ACC: tl.constexpr):
 @triton.jit
 def _backward_images_gather_kernel(grad, order, offsets, grad_images, affine, C, H, W, h, w,
                                    yindex, yweight, yrange, xindex, xweight, xrange,
-                                   HAS_BI: tl.constexpr, ACC: tl.constexpr, BY: tl.constexpr,
+                                   HAS_BI: tl.constexpr, ACC64: tl.constexpr, BY: tl.constexpr,
                                    BX: tl.constexpr, BJ: tl.constexpr):
     """One program per (n, c, BY x BX tile of the image plane): a fixed-order sum over the
     boxes of image n (CSR), over the output rows i whose taps touch the tile's rows and over
     chunks of BJ output columns touching its columns:
         acc[y, x] += wy[i, y] * sum_j g[b, c, i, j] * wx[j, x]
     with wx of a chunk held as a (BJ, BX) tile and wy from the row tap table."""
+    ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
     pid = tl.program_id(0)
     nxb = tl.cdiv(W, BX)
     nyb = tl.cdiv(H, BY)
@@ -573,8 +577,10 @@ def _affine(channels: int, uint8_input: bool, mean, std, device) -> torch.Tensor
     return torch.tensor(scale + shift, dtype=torch.float64, device=device)
 
 
-def _acc(*dtypes) -> "tl.dtype":
-    return tl.float64 if torch.float64 in dtypes else tl.float32
+def _acc64(*dtypes) -> bool:
+    """Accumulate in float64 when any of the dtypes is float64 (else float32). Passed to the
+    kernels as a bool constexpr (plain values keep torch.compile's kernel codegen simple)."""
+    return torch.float64 in dtypes
 
 
 def _boxes64(boxes: torch.Tensor) -> torch.Tensor:
@@ -613,7 +619,7 @@ def _forward_impl(images: torch.Tensor, boxes: torch.Tensor, batch_index: Option
         images, _boxes64(boxes), bi, out, affine, N, C, H, W, *images.stride(), h, w,
         HAS_BI=batch_index is not None, MODE=code, NT=_TAPS[code],
         ZEROS=padding_mode == "zeros", ALIGN=bool(align_corners),
-        ACC=_acc(images.dtype, out_dtype), BLOCK=block, num_warps=_NUM_WARPS)
+        ACC64=_acc64(images.dtype, out_dtype), BLOCK=block, num_warps=_NUM_WARPS)
     return out
 
 
@@ -632,7 +638,7 @@ def _backward_images_impl(grad: torch.Tensor, boxes: torch.Tensor,
     nt = _TAPS[code]
     zeros = padding_mode == "zeros"
     align = bool(align_corners)
-    acc = _acc(acc_dtype)
+    acc = _acc64(acc_dtype)
     affine = _affine(C, False, None, std, device)
     bx = _boxes64(boxes)
     has_bi = batch_index is not None
@@ -642,7 +648,7 @@ def _backward_images_impl(grad: torch.Tensor, boxes: torch.Tensor,
         block = _block_for(h * w)
         _launch(_backward_images_atomic_kernel)[(B * triton.cdiv(h * w, block),)](
             grad, bx, bi, grad_images, affine, N, C, H, W, h, w, HAS_BI=has_bi, MODE=code,
-            NT=nt, ZEROS=zeros, ALIGN=align, ACC=acc, BLOCK=block, num_warps=_NUM_WARPS)
+            NT=nt, ZEROS=zeros, ALIGN=align, ACC64=acc, BLOCK=block, num_warps=_NUM_WARPS)
         return grad_images.to(image_dtype)
 
     # Deterministic: tap tables per (box, output index), index ranges per (box, pixel), a CSR
@@ -656,7 +662,7 @@ def _backward_images_impl(grad: torch.Tensor, boxes: torch.Tensor,
         block = _block_for(B * out)
         _launch(_axis_table_kernel)[(triton.cdiv(B * out, block),)](
             bx, lo_col, hi_col, B * out, out, length, index, weight, span, MODE=code, NT=nt,
-            ZEROS=zeros, ALIGN=align, ACC=acc, BLOCK=block, num_warps=_NUM_WARPS)
+            ZEROS=zeros, ALIGN=align, ACC64=acc, BLOCK=block, num_warps=_NUM_WARPS)
         block = _block_for(length, 256)
         steps = max(1, math.ceil(math.log2(out + 1)) + 1)
         _launch(_axis_range_kernel)[(triton.cdiv(length, block), B)](
@@ -675,7 +681,7 @@ def _backward_images_impl(grad: torch.Tensor, boxes: torch.Tensor,
     grid = (N * C * triton.cdiv(H, by) * triton.cdiv(W, bx_),)
     _launch(_backward_images_gather_kernel)[grid](
         grad, order, offsets, grad_images, affine, C, H, W, h, w, yindex, yweight, yrange,
-        xindex, xweight, xrange, HAS_BI=has_bi, ACC=acc, BY=by, BX=bx_, BJ=bj,
+        xindex, xweight, xrange, HAS_BI=has_bi, ACC64=acc, BY=by, BX=bx_, BJ=bj,
         num_warps=_NUM_WARPS)
     return grad_images.to(image_dtype)
 

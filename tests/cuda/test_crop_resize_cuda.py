@@ -1,0 +1,340 @@
+"""crop_resize on the GPU: the CUDA kernels and the Triton kernels against the reference and
+against the CPU kernel, gradcheck, the deterministic backward (bit-identical over runs),
+opcheck and torch.compile. Skipped where no CUDA GPU is visible."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+import torch
+
+import gfkernels
+from gfkernels import reference
+from gfkernels.ops import compiled_ops_with_cuda
+
+from conftest import assert_close_to_reference, random_boxes, random_images
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)"),
+]
+
+MODES = ["bilinear", "bicubic", "nearest"]
+IMAGE_DTYPES = [torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64]
+OUT_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def _triton_ok() -> bool:
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+BACKENDS = [
+    pytest.param("cuda", marks=pytest.mark.skipif(
+        not compiled_ops_with_cuda(), reason="gfkernels._C was built without CUDA kernels")),
+    pytest.param("triton", marks=pytest.mark.skipif(
+        not _triton_ok(), reason="triton missing, or TRITON_INTERPRET=1 (CPU only)")),
+]
+
+
+def mode_options():
+    for mode, align_corners, padding in itertools.product(MODES, [False, True],
+                                                          ["border", "zeros"]):
+        if mode == "nearest" and align_corners:
+            continue
+        yield mode, align_corners, padding
+
+
+MODE_OPTIONS = list(mode_options())
+
+
+def gpu(x):
+    return x.cuda() if isinstance(x, torch.Tensor) else x
+
+
+def run(backend, images, boxes, size, **kwargs):
+    kwargs = {k: gpu(v) for k, v in kwargs.items()}
+    return gfkernels.crop_resize(gpu(images), gpu(boxes), size, backend=backend, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", IMAGE_DTYPES, ids=str)
+@pytest.mark.parametrize("mode,align_corners,padding_mode", MODE_OPTIONS)
+def test_forward_matches_reference_and_cpu(backend, mode, align_corners, padding_mode, dtype,
+                                           generator):
+    for trial in range(3):
+        N, C = int(torch.randint(1, 4, (1,), generator=generator)), [1, 3, 4][trial]
+        H, W = [int(v) for v in torch.randint(5, 60, (2,), generator=generator)]
+        h, w = [int(v) for v in torch.randint(1, 40, (2,), generator=generator)]
+        B = int(torch.randint(1, 17, (1,), generator=generator))
+        layout = ["contiguous", "channels_last", "strided"][trial]
+        images = random_images(N, C, H, W, dtype, generator, layout)
+        boxes = random_boxes(B, H, W, generator, dtype=[torch.float32, torch.float64][trial % 2])
+        kwargs = dict(batch_index=torch.randint(0, N, (B,), generator=generator), mode=mode,
+                      align_corners=align_corners, padding_mode=padding_mode)
+        if trial == 2:
+            kwargs.update(mean=torch.rand(C, generator=generator).tolist(),
+                          std=(0.2 + torch.rand(C, generator=generator)).tolist())
+        out = run(backend, images, boxes, (h, w), **kwargs)
+        assert out.is_cuda and out.is_contiguous()
+        expected = reference.crop_resize(images, boxes, (h, w), **kwargs)
+        out_dtype = dtype if dtype.is_floating_point else torch.float32
+        assert_close_to_reference(out.cpu(), expected, out_dtype)
+        cpu = gfkernels.crop_resize(images, boxes, (h, w), backend="cpp", **kwargs)
+        assert_close_to_reference(out.cpu(), cpu, out_dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES, ids=str)
+@pytest.mark.parametrize("in_dtype", IMAGE_DTYPES, ids=str)
+def test_out_dtype(backend, in_dtype, out_dtype, generator):
+    images = random_images(2, 3, 37, 41, in_dtype, generator)
+    boxes = random_boxes(9, 37, 41, generator)
+    kwargs = dict(batch_index=torch.randint(0, 2, (9,), generator=generator), mode="bicubic",
+                  out_dtype=out_dtype, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    out = run(backend, images, boxes, (13, 17), **kwargs)
+    assert out.dtype == out_dtype
+    assert_close_to_reference(out.cpu(), reference.crop_resize(images, boxes, (13, 17), **kwargs),
+                              out_dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_focus_crop_is_a_copy(backend, generator):
+    """GFNet's focus boxes (integer P x P) take the copy path: bit-identical to slicing."""
+    images = random_images(16, 3, 64, 64, torch.float32, generator, "channels_last").cuda()
+    actions = torch.rand(16, 2, generator=generator).cuda()
+    boxes = reference.focus_boxes(actions, 64, 24)
+    out = gfkernels.crop_resize(images, boxes, 24, backend=backend)
+    assert torch.equal(out, reference.per_sample_crop(images, actions, 24))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_many_channels_many_boxes_and_empty(backend, generator):
+    """C > 64 (the affine table leaves the kernel arguments), B > 65535 (grid-stride over
+    boxes), and B = 0."""
+    images = random_images(2, 70, 9, 8, torch.float32, generator)
+    boxes = random_boxes(5, 9, 8, generator)
+    kwargs = dict(batch_index=torch.tensor([0, 1, 1, 0, 1]), mode="bilinear",
+                  mean=torch.rand(70, generator=generator).tolist(),
+                  std=(0.5 + torch.rand(70, generator=generator)).tolist())
+    out = run(backend, images, boxes, (3, 4), **kwargs)
+    assert_close_to_reference(out.cpu(), reference.crop_resize(images, boxes, (3, 4), **kwargs),
+                              torch.float32)
+
+    small = random_images(3, 1, 5, 6, torch.float32, generator)
+    many = random_boxes(70000, 5, 6, generator)
+    bi = torch.randint(0, 3, (70000,), generator=generator)
+    out = run(backend, small, many, (2, 2), batch_index=bi)
+    expected = reference.crop_resize(small, many, (2, 2), batch_index=bi)
+    assert_close_to_reference(out.cpu(), expected, torch.float32)
+
+    empty = run(backend, small, torch.zeros(0, 4), 3, batch_index=torch.zeros(0, dtype=torch.long))
+    assert empty.shape == (0, 1, 3, 3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_and_huge_boxes_stay_in_bounds(backend):
+    """The GPU backends do not sync to check box values: NaN and huge boxes are clamped in
+    the kernels and read nothing out of bounds."""
+    images = torch.rand(1, 3, 10, 10, device="cuda")
+    boxes = torch.tensor([[float("nan"), 0.0, 5.0, 5.0], [-1e30, -1e30, 1e30, 1e30],
+                          [0.0, float("inf"), 3.0, 4.0]], device="cuda")
+    out = gfkernels.crop_resize(images, boxes, 6, batch_index=torch.zeros(3, dtype=torch.long,
+                                                                          device="cuda"),
+                                mode="bicubic", backend=backend)
+    torch.cuda.synchronize()
+    assert out.shape == (3, 3, 6, 6) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_side_stream(backend, generator):
+    images = random_images(4, 3, 32, 32, torch.float32, generator).cuda()
+    boxes = random_boxes(4, 32, 32, generator).cuda()
+    expected = gfkernels.crop_resize(images, boxes, 16, backend=backend)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        out = gfkernels.crop_resize(images, boxes, 16, backend=backend)
+    torch.cuda.current_stream().wait_stream(stream)
+    assert torch.equal(out, expected)
+
+
+# ---------------------------------------------------------------------------------------
+# Backward
+# ---------------------------------------------------------------------------------------
+
+
+def grads_of(fn, images, boxes, grad):
+    x = images.detach().clone().requires_grad_()
+    b = boxes.detach().clone().requires_grad_()
+    out = fn(x, b)
+    gi, gb = torch.autograd.grad(out, (x, b), grad, allow_unused=True)
+    return (torch.zeros_like(x) if gi is None else gi), (torch.zeros_like(b) if gb is None else gb)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode,align_corners,padding_mode", MODE_OPTIONS)
+def test_backward_matches_reference(backend, mode, align_corners, padding_mode, generator):
+    images = random_images(3, 3, 23, 19, torch.float64, generator, "channels_last")
+    boxes = random_boxes(11, 23, 19, generator, dtype=torch.float64)
+    bi = torch.randint(0, 3, (11,), generator=generator)
+    kwargs = dict(batch_index=bi, mode=mode, align_corners=align_corners,
+                  padding_mode=padding_mode, std=[0.5, 1.0, 2.0])
+    grad = torch.randn(11, 3, 7, 9, generator=generator, dtype=torch.float64)
+    ei, eb = grads_of(lambda x, b: reference.crop_resize(x, b, (7, 9), **kwargs), images, boxes,
+                      grad)
+    gkw = {k: gpu(v) for k, v in kwargs.items()}
+    gi, gb = grads_of(lambda x, b: gfkernels.crop_resize(x, b, (7, 9), backend=backend, **gkw),
+                      images.cuda(), boxes.cuda(), grad.cuda())
+    torch.testing.assert_close(gi.cpu(), ei, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(gb.cpu(), eb, rtol=1e-7, atol=1e-7)
+    ci, cb = grads_of(lambda x, b: gfkernels.crop_resize(x, b, (7, 9), backend="cpp", **kwargs),
+                      images, boxes, grad)
+    torch.testing.assert_close(gi.cpu(), ci, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(gb.cpu(), cb, rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_backward_low_precision(backend, dtype, generator):
+    images = random_images(2, 3, 30, 30, dtype, generator)
+    boxes = random_boxes(8, 30, 30, generator, kind="inside")
+    bi = torch.randint(0, 2, (8,), generator=generator)
+    grad = torch.randn(8, 3, 12, 12, generator=generator).to(dtype)
+    ei, eb = grads_of(lambda x, b: reference.crop_resize(x, b, 12, batch_index=bi), images, boxes,
+                      grad)
+    gi, gb = grads_of(lambda x, b: gfkernels.crop_resize(x, b, 12, batch_index=bi.cuda(),
+                                                         backend=backend),
+                      images.cuda(), boxes.cuda(), grad.cuda())
+    assert gi.dtype == dtype and gb.dtype == torch.float32
+    tol = {torch.float16: 2e-2, torch.bfloat16: 1e-1, torch.float32: 1e-4}[dtype]
+    torch.testing.assert_close(gi.cpu().double(), ei.double(), rtol=tol, atol=tol)
+    scale = float(eb.abs().max()) + 1.0
+    torch.testing.assert_close(gb.cpu().double(), eb.double(), rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_gradcheck(backend, mode):
+    images = torch.rand(2, 2, 8, 9, dtype=torch.float64, device="cuda", requires_grad=True)
+    # Fractional boxes whose sample positions stay clear of integers (the kinks of the taps).
+    boxes = torch.tensor([[1.3, 0.7, 6.1, 7.2], [-1.45, 2.35, 10.2, 5.9], [7.3, 6.6, 2.2, 1.15]],
+                         dtype=torch.float64, device="cuda", requires_grad=True)
+    bi = torch.tensor([1, 0, 1], device="cuda")
+
+    def fn(x, b):
+        return gfkernels.crop_resize(x, b, (3, 4), batch_index=bi, mode=mode, std=[0.5, 2.0],
+                                     padding_mode="zeros", backend=backend)
+
+    assert torch.autograd.gradcheck(fn, (images, boxes), eps=1e-6, atol=1e-5, rtol=1e-4,
+                                    nondet_tol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("with_batch_index", [True, False])
+def test_deterministic_backward_bit_identical(backend, with_batch_index, generator):
+    """With deterministic algorithms, repeated backwards are bit-identical (many overlapping
+    boxes per image, float32), and equal the atomic backward up to rounding."""
+    N, B = (2, 96) if with_batch_index else (6, 6)
+    images = random_images(N, 3, 40, 36, torch.float32, generator).cuda()
+    boxes = random_boxes(B, 40, 36, generator).cuda()
+    kwargs = dict(mode="bicubic", padding_mode="border")
+    if with_batch_index:
+        kwargs["batch_index"] = torch.randint(0, N, (B,), generator=generator).cuda()
+    grad = torch.randn(B, 3, 17, 15, generator=generator).cuda()
+
+    def backward():
+        return grads_of(lambda x, b: gfkernels.crop_resize(x, b, (17, 15), backend=backend,
+                                                           **kwargs), images, boxes, grad)
+
+    atomic_i, atomic_b = backward()
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = [backward() for _ in range(3)]
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    for gi, gb in runs[1:]:
+        assert torch.equal(gi, runs[0][0]) and torch.equal(gb, runs[0][1])
+    torch.testing.assert_close(runs[0][0], atomic_i, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(runs[0][1], atomic_b, rtol=1e-4, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------
+# torch.library integration
+# ---------------------------------------------------------------------------------------
+
+
+def _opcheck_samples():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 12, 13, dtype=torch.float64, generator=g).cuda()
+    boxes = random_boxes(4, 12, 13, g, kind="inside", dtype=torch.float64).cuda()
+    bi = torch.tensor([0, 1, 1, 0], device="cuda")
+    yield (images.requires_grad_(), boxes.requires_grad_(), bi, [5, 6], "bicubic", True,
+           "zeros", [0.1, 0.2, 0.3], [0.5, 0.6, 0.7], torch.float64)
+    u8 = torch.randint(0, 256, (2, 3, 12, 13), dtype=torch.uint8, generator=g).cuda()
+    yield (u8, boxes.detach().float(), None, [4, 4], "bilinear", False, "border", None, None,
+           torch.float16)
+
+
+@pytest.mark.skipif(not compiled_ops_with_cuda(), reason="built without CUDA kernels")
+def test_opcheck_cuda():
+    for args in _opcheck_samples():
+        torch.library.opcheck(torch.ops.gfkernels.crop_resize.default, args)
+    images, boxes, bi = next(iter(_opcheck_samples()))[:3]
+    grad = torch.randn(4, 3, 5, 6, dtype=torch.float64, device="cuda")
+    torch.library.opcheck(torch.ops.gfkernels.crop_resize_backward_images.default,
+                          (grad, boxes.detach(), bi, list(images.shape), images.dtype, "bicubic",
+                           True, "zeros", [0.5, 0.6, 0.7]))
+    torch.library.opcheck(torch.ops.gfkernels.crop_resize_backward_boxes.default,
+                          (grad, images.detach(), boxes.detach(), bi, "bicubic", True, "zeros",
+                           [0.5, 0.6, 0.7]))
+
+
+@pytest.mark.skipif(not _triton_ok(), reason="triton unavailable on the GPU")
+def test_opcheck_triton():
+    from gfkernels.triton import crop_resize as triton_crop_resize  # noqa: F401 (registers)
+
+    if not hasattr(torch.ops.gfkernels_triton, "crop_resize"):
+        pytest.skip("torch.library.triton_op unavailable (torch < 2.6)")
+    for args in _opcheck_samples():
+        torch.library.opcheck(torch.ops.gfkernels_triton.crop_resize.default, args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile(backend, generator):
+    """fullgraph compile of a glance + focus step, forward and backward, equals eager."""
+    torch._dynamo.reset()
+    images = random_images(4, 3, 48, 48, torch.float32, generator).cuda().requires_grad_()
+    actions = torch.rand(4, 2, generator=generator).cuda()
+    active = torch.tensor([0, 2, 3], device="cuda")
+
+    def step(images, actions, active):
+        full = torch.tensor([[0.0, 0.0, 48.0, 48.0]], device=images.device).expand(4, 4)
+        glance = gfkernels.crop_resize(images, full, 16, mode="bicubic", align_corners=True,
+                                       backend=backend)
+        boxes = reference.focus_boxes(actions[active], 48, 24)
+        focus = gfkernels.crop_resize(images, boxes, 24, batch_index=active,
+                                      mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25],
+                                      backend=backend)
+        return glance.square().sum() + focus.sum()
+
+    compiled = torch.compile(step, fullgraph=True)
+    eager_loss = step(images, actions, active)
+    (eager_grad,) = torch.autograd.grad(eager_loss, images)
+    loss = compiled(images, actions, active)
+    (grad,) = torch.autograd.grad(loss, images)
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(grad, eager_grad, rtol=1e-5, atol=1e-5)
