@@ -263,6 +263,7 @@ void backward_images_impl(const at::Tensor& grad, const at::Tensor& boxes,
     for (int64_t nc = begin; nc < end; ++nc) {
       const int64_t n = nc / C, c = nc % C;
       acc_t* plane = gi + nc * H * W;
+      std::fill(plane, plane + H * W, acc_t(0));
       const acc_t sc = static_cast<acc_t>(affine.scale[c]);
       for (const int64_t b : groups[n]) {
         const int64_t xlo = xt.lo[b], span = xt.hi[b] - xt.lo[b] + 1;
@@ -311,8 +312,10 @@ at::Tensor crop_resize_backward_images_cpu(const at::Tensor& grad_in, const at::
   const std::vector<int64_t> bi = copy_batch_index(batch_index);
   const ChannelAffine affine = channel_affine(image_size[1], false, std::nullopt, std);
   const at::ScalarType acc_dtype = image_dtype == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor grad_images = at::zeros(image_size, grad.options().dtype(acc_dtype));
-  if (grad.numel() == 0) return grad_images.to(image_dtype);
+  // Each thread zeroes the planes it owns right before accumulating into them (first touch
+  // on the thread that uses the memory, and the clearing is parallel too).
+  at::Tensor grad_images = at::empty(image_size, grad.options().dtype(acc_dtype));
+  if (grad.numel() == 0) return grad_images.zero_().to(image_dtype);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                   "crop_resize_backward_images_cpu", [&] {
     using grad_t = scalar_t;
