@@ -17,7 +17,7 @@ import torchvision
 import gfkernels
 from gfkernels import reference
 
-from conftest import Target, add_targets, run_case
+from bench.harness import Target, add_targets, run_case
 
 B, C, S, P = 256, 3, 224, 96
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

@@ -27,7 +27,7 @@ import gfkernels
 from gfkernels import reference
 from gfkernels.ops import compiled_ops_with_cuda
 
-from conftest import MEDIANS, Target, add_targets
+from bench.harness import MEDIANS, Target, add_targets
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -13,7 +13,7 @@ import torchvision
 import gfkernels
 from gfkernels import reference
 
-from conftest import assert_close_to_reference, random_boxes, random_images
+from tests.helpers import assert_close_to_reference, random_boxes, random_images
 
 MODES = ["bilinear", "bicubic", "nearest"]
 IMAGE_DTYPES = [torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64]

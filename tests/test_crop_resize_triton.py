@@ -16,7 +16,7 @@ import torch
 import gfkernels
 from gfkernels import reference
 
-from conftest import assert_close_to_reference, random_boxes, random_images
+from tests.helpers import assert_close_to_reference, random_boxes, random_images
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 

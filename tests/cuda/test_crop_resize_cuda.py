@@ -14,7 +14,7 @@ import gfkernels
 from gfkernels import reference
 from gfkernels.ops import compiled_ops_with_cuda
 
-from conftest import assert_close_to_reference, random_boxes, random_images
+from tests.helpers import assert_close_to_reference, random_boxes, random_images
 
 pytestmark = [
     pytest.mark.cuda,
