@@ -13,11 +13,12 @@ from importlib import metadata as _metadata
 import torch
 
 from . import reference
+from .early_exit import early_exit, gather_rows
 from .ops import BACKENDS, crop_resize, default_backend
 from .reference import focus_boxes
 
-__all__ = ["BACKENDS", "build_info", "crop_resize", "default_backend", "focus_boxes",
-           "reference"]
+__all__ = ["BACKENDS", "build_info", "crop_resize", "default_backend", "early_exit",
+           "focus_boxes", "gather_rows", "reference"]
 
 try:
     __version__ = _metadata.version("gfnet-kernels")

@@ -157,3 +157,53 @@ def per_sample_crop(images: torch.Tensor, actions: torch.Tensor, patch_size: int
         left = int(math.floor(float(actions[b, 1]) * (W - patch_size)))
         patches.append(images[b, :, top:top + patch_size, left:left + patch_size])
     return torch.stack(patches)
+
+
+# ----------------------------------------------------------------------------------------
+# early exit
+# ----------------------------------------------------------------------------------------
+
+
+def exit_confidence(logits: torch.Tensor) -> torch.Tensor:
+    """Confidence of each row of logits (n, K): its max softmax probability, 1 / sum_j
+    exp(x_j - max_j x_j), computed in float32 (float64 for float64 logits). A row holding a NaN
+    (or +inf, or only -inf: softmax is undefined there) gets NaN, which is never confident."""
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    x = logits.to(acc)
+    m = x.max(dim=1, keepdim=True).values  # torch.max propagates NaN
+    return 1.0 / torch.exp(x - m).sum(dim=1)
+
+
+def exit_mask(logits: torch.Tensor, threshold) -> torch.Tensor:
+    """(n,) bool: the rows that exit at `threshold` (a float or a 0-dim tensor): confidence >=
+    threshold, compared in the confidence's dtype; a threshold of -inf lets every row exit,
+    NaN rows included (the last step). Reads no tensor value on the host."""
+    conf = exit_confidence(logits)
+    thr = torch.as_tensor(threshold, dtype=torch.float64).to(device=conf.device, dtype=conf.dtype)
+    return (conf >= thr) | torch.isneginf(thr)
+
+
+def early_exit(logits: torch.Tensor, threshold, active: torch.Tensor, out_logits: torch.Tensor,
+               exit_step: torch.Tensor, step: int):
+    """One early-exit decision over the n still-active rows.
+
+    logits (n, K) of the active samples, active (n,) int64 their rows in the full batch of B;
+    out_logits (B, K) and exit_step (B,) int64 receive, in place, the logits and `step` of the
+    rows that exit now. Returns (keep, num_keep): keep (n,) int64 is a stable partition of
+    range(n), the surviving positions in order first (valid up to num_keep), then the exiting
+    ones in order; num_keep is a 0-dim int64 tensor on the logits' device.
+    """
+    exits = exit_mask(logits, threshold)
+    rows = active[exits]
+    out_logits[rows] = logits[exits].to(out_logits.dtype)
+    exit_step[rows] = step
+    positions = torch.arange(logits.shape[0], device=logits.device)
+    keep = torch.cat([positions[~exits], positions[exits]])
+    num_keep = (~exits).sum()
+    return keep, num_keep
+
+
+def gather_rows(tensors: Sequence[torch.Tensor], index: torch.Tensor, n: int):
+    """[t[index[:n]] for t in tensors]: each a new contiguous tensor (n, *t.shape[1:])."""
+    rows = index[:n]
+    return [t[rows].contiguous() for t in tensors]

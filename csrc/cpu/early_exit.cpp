@@ -24,6 +24,14 @@
 #include <limits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+// The 8-lane vector helpers below are always inlined, so the ABI note about passing AVX-sized
+// vectors without AVX does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace gfkernels {
 
 // ---------------------------------------------------------------------------------------
@@ -98,48 +106,77 @@ namespace {
 // early_exit
 // ---------------------------------------------------------------------------------------
 
+// Confidence of a float32 row, in 8-lane vectors (GCC/Clang vector extensions: two SSE
+// registers by default, one AVX register in the AVX+FMA clone picked at run time).
+typedef float v8f __attribute__((vector_size(32)));
+typedef uint32_t v8u __attribute__((vector_size(32)));
+constexpr int kLanes = 8;
+
 // exp(x) for x <= 0 (or NaN, which it propagates): Cephes' expf (range reduction by ln 2 and
-// a degree-5 polynomial, within 2 ulp), written without calls or branches so that the loops
-// using it vectorise. exp(0) == 1 exactly; below -87 it returns 0 (the true value, < 2^-125,
-// cannot change a sum that holds a 1).
-inline float exp_nonpositive(float x) {
-  const float fx = x * 1.44269504088896341f;
-  const float n = (fx + 12582912.0f) - 12582912.0f;  // round to nearest (|fx| < 2^22)
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
+// a degree-5 polynomial, within 2 ulp of expf), without branches or calls. exp(0) == 1
+// exactly. x is first clamped to -87: exp(-87) ~ 1.6e-38 stands in for anything smaller,
+// which cannot change a sum that holds a 1 (the max's own term).
+__attribute__((always_inline)) inline v8f exp_nonpositive(v8f x) {
+  const v8f lo = v8f{} - 87.0f;
+  x = x < lo ? lo : x;  // NaN compares false and stays
+  const v8f fx = x * 1.44269504088896341f;
+  const v8f shifted = fx + 12582912.0f;  // 1.5 * 2^23: round to nearest, n in the low bits
+  const v8f n = shifted - 12582912.0f;
+  const v8f r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  v8f p = v8f{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  const uint32_t bits = (static_cast<uint32_t>(static_cast<int32_t>(n)) + 127u) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return x < -87.0f ? 0.0f : y * scale;
+  const v8f y = p * r * r + r + 1.0f;
+  const v8u bits = (((v8u)shifted - 0x4B400000u) + 127u) << 23;  // 2^n
+  return y * (v8f)bits;
 }
 
-constexpr int kLanes = 16;
+__attribute__((always_inline)) inline v8f load_lanes(const float* x, int64_t count, float fill) {
+  v8f v;
+  if (count >= kLanes) {
+    std::memcpy(&v, x, sizeof(v));
+  } else {
+    for (int l = 0; l < kLanes; ++l) v[l] = l < count ? x[l] : fill;
+  }
+  return v;
+}
 
 // 1 / sum_j exp(x_j - max x): NaN when a logit is NaN, when the max is +inf, or when every
 // logit is -inf (x - max is NaN there), as torch.softmax(x).max() gives.
-float confidence(const float* __restrict x, int64_t K) {
-  float mv[kLanes];
-  for (int l = 0; l < kLanes; ++l) mv[l] = -std::numeric_limits<float>::infinity();
-  int64_t j = 0;
-  for (; j + kLanes <= K; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) mv[l] = x[j + l] > mv[l] ? x[j + l] : mv[l];
-  float m = -std::numeric_limits<float>::infinity();
+__attribute__((always_inline)) inline float confidence_body(const float* __restrict x,
+                                                            int64_t K) {
+  const float ninf = -std::numeric_limits<float>::infinity();
+  v8f mv = v8f{} + ninf;
+  for (int64_t j = 0; j < K; j += kLanes) {
+    const v8f v = load_lanes(x + j, K - j, ninf);
+    mv = v > mv ? v : mv;  // a NaN never wins: it is caught by the sum below
+  }
+  float m = ninf;
   for (int l = 0; l < kLanes; ++l) m = mv[l] > m ? mv[l] : m;
-  for (int64_t t = j; t < K; ++t) m = x[t] > m ? x[t] : m;
-  float sv[kLanes] = {};
-  j = 0;
-  for (; j + kLanes <= K; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) sv[l] += exp_nonpositive(x[j + l] - m);
+  v8f sv = {};
+  for (int64_t j = 0; j < K; j += kLanes) {
+    sv += exp_nonpositive(load_lanes(x + j, K - j, ninf) - m);  // padding adds ~1e-38
+  }
   float sum = 0.0f;
   for (int l = 0; l < kLanes; ++l) sum += sv[l];
-  for (int64_t t = j; t < K; ++t) sum += exp_nonpositive(x[t] - m);
   return 1.0f / sum;
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx,fma"), optimize("fp-contract=fast"))) float confidence_avx(const float* x, int64_t K) {
+  return confidence_body(x, K);
+}
+const bool kHaveAvx = __builtin_cpu_supports("avx") && __builtin_cpu_supports("fma");
+#endif
+
+float confidence(const float* x, int64_t K) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (kHaveAvx) return confidence_avx(x, K);
+#endif
+  return confidence_body(x, K);
 }
 
 double confidence(const double* x, int64_t K) {
@@ -162,8 +199,8 @@ void early_exit_impl(const at::Tensor& logits, double threshold, const int64_t* 
                      int64_t* keep, int64_t* num_keep_out) {
   using acc_t = acc_type_of<scalar_t>;
   const int64_t n = logits.size(0), K = logits.size(1);
-  const bool all_exit = std::isinf(threshold) && threshold < 0;
-  const acc_t thr = static_cast<acc_t>(threshold);
+  const acc_t thr = static_cast<acc_t>(threshold);  // compared in the confidence's type
+  const bool all_exit = std::isinf(thr) && thr < 0;
   const scalar_t* src = logits.const_data_ptr<scalar_t>();
   const int64_t sn = logits.stride(0), sk = logits.stride(1);
   scalar_t* dst = out_logits.mutable_data_ptr<scalar_t>();
@@ -172,54 +209,56 @@ void early_exit_impl(const at::Tensor& logits, double threshold, const int64_t* 
   const int64_t ds = exit_step.stride(0);
   const bool direct = std::is_same_v<scalar_t, acc_t> && sk == 1;
 
-  // Blocks of rows: each counts its survivors in pass 1.
+  // Pass 1, parallel over rows: decide, and write the exiting rows.
+  std::vector<uint8_t> exits(n);
+  const int64_t rows_per_task = std::max<int64_t>(1, 16384 / K);
+  at::parallel_for(0, n, all_exit ? n : rows_per_task, [&](int64_t r0, int64_t r1) {
+    std::vector<acc_t> row(direct || all_exit ? 0 : K);
+    for (int64_t i = r0; i < r1; ++i) {
+      const scalar_t* x = src + i * sn;
+      bool exit = all_exit;
+      if (!exit) {
+        const acc_t* xr = reinterpret_cast<const acc_t*>(x);  // used only when direct
+        if (!direct) {
+          for (int64_t j = 0; j < K; ++j) row[j] = static_cast<acc_t>(x[j * sk]);
+          xr = row.data();
+        }
+        exit = confidence(xr, K) >= thr;  // false for NaN
+      }
+      exits[i] = exit;
+      if (exit) {
+        const int64_t a = active[i];
+        scalar_t* y = dst + a * dn;
+        if (sk == 1 && dk == 1) {
+          std::memcpy(y, x, K * sizeof(scalar_t));
+        } else {
+          for (int64_t j = 0; j < K; ++j) y[j * dk] = x[j * sk];
+        }
+        steps[a * ds] = step;
+      }
+    }
+  });
+
+  // Pass 2, the stable compaction: serial for small n; else a parallel scan over blocks
+  // (count the survivors of each block, exclusive scan of the counts, write).
   const int64_t block = n <= kSerialRows ? std::max<int64_t>(n, 1)
                                          : (n + 4 * at::get_num_threads() - 1) /
                                                (4 * at::get_num_threads());
   const int64_t num_blocks = (n + block - 1) / block;
-  std::vector<uint8_t> exits(n);
   std::vector<int64_t> survivors(num_blocks + 1, 0);
-
-  auto pass1 = [&](int64_t b0, int64_t b1) {
-    std::vector<acc_t> row(direct || all_exit ? 0 : K);
+  at::parallel_for(0, num_blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       int64_t count = 0;
-      for (int64_t i = b * block; i < std::min(n, (b + 1) * block); ++i) {
-        const scalar_t* x = src + i * sn;
-        bool exit = all_exit;
-        if (!exit) {
-          const acc_t* xr = reinterpret_cast<const acc_t*>(x);  // used only when direct
-          if (!direct) {
-            for (int64_t j = 0; j < K; ++j) row[j] = static_cast<acc_t>(x[j * sk]);
-            xr = row.data();
-          }
-          exit = confidence(xr, K) >= thr;  // false for NaN
-        }
-        exits[i] = exit;
-        count += !exit;
-        if (exit) {
-          const int64_t a = active[i];
-          scalar_t* y = dst + a * dn;
-          if (sk == 1 && dk == 1) {
-            std::memcpy(y, x, K * sizeof(scalar_t));
-          } else {
-            for (int64_t j = 0; j < K; ++j) y[j * dk] = x[j * sk];
-          }
-          steps[a * ds] = step;
-        }
-      }
+      for (int64_t i = b * block; i < std::min(n, (b + 1) * block); ++i) count += !exits[i];
       survivors[b + 1] = count;
     }
-  };
-  const int64_t rows_per_task = std::max<int64_t>(1, 32768 / K);
-  at::parallel_for(0, num_blocks, std::max<int64_t>(1, rows_per_task / block), pass1);
-
+  });
   for (int64_t b = 0; b < num_blocks; ++b) survivors[b + 1] += survivors[b];
   const int64_t num_keep = survivors[num_blocks];
-  auto pass2 = [&](int64_t b0, int64_t b1) {
+  at::parallel_for(0, num_blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      int64_t kept = survivors[b];                   // survivors before this block
-      int64_t gone = num_keep + b * block - kept;    // exiting rows before it, after survivors
+      int64_t kept = survivors[b];                 // survivors before this block
+      int64_t gone = num_keep + b * block - kept;  // exiting rows before it, after survivors
       for (int64_t i = b * block; i < std::min(n, (b + 1) * block); ++i) {
         if (exits[i]) {
           keep[gone++] = i;
@@ -228,8 +267,7 @@ void early_exit_impl(const at::Tensor& logits, double threshold, const int64_t* 
         }
       }
     }
-  };
-  at::parallel_for(0, num_blocks, 1, pass2);
+  });
   *num_keep_out = num_keep;
 }
 
@@ -266,6 +304,8 @@ std::tuple<at::Tensor, at::Tensor> early_exit_cpu(const at::Tensor& logits,
 
 // The layout of one row of a tensor: its trailing dims with size-1 dims dropped and
 // mergeable dims merged (outermost first), strides in elements.
+constexpr int64_t kStreamingBytes = int64_t{8} << 20;
+
 struct RowLayout {
   std::vector<int64_t> sizes, strides;
   bool contiguous() const { return sizes.empty() || (sizes.size() == 1 && strides[0] == 1); }
@@ -313,9 +353,46 @@ void copy_strided_row(const char* src, char* dst, const RowLayout& L) {
   }
 }
 
-void copy_row(const char* src, char* dst, const RowLayout& L, int64_t elem, int64_t row_bytes) {
+// memcpy with non-temporal (streaming) stores: for outputs much larger than the caches it
+// saves the read-for-ownership of every destination line. Callers issue the store fence.
+void copy_streaming(char* dst, const char* src, int64_t bytes) {
+#if defined(__SSE2__)
+  int64_t i = 0;
+  const int64_t head = (16 - static_cast<int64_t>(reinterpret_cast<uintptr_t>(dst) & 15)) & 15;
+  if (head > 0) {
+    std::memcpy(dst, src, std::min(head, bytes));
+    i = std::min(head, bytes);
+  }
+  for (; i + 64 <= bytes; i += 64) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16));
+    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 32));
+    const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 48));
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), a);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 16), b);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 32), c);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 48), d);
+  }
+  std::memcpy(dst + i, src + i, bytes - i);
+#else
+  std::memcpy(dst, src, bytes);
+#endif
+}
+
+void store_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
+void copy_row(const char* src, char* dst, const RowLayout& L, int64_t elem, int64_t row_bytes,
+              bool streaming) {
   if (L.contiguous()) {
-    std::memcpy(dst, src, row_bytes);
+    if (streaming && row_bytes >= 1024) {
+      copy_streaming(dst, src, row_bytes);
+    } else {
+      std::memcpy(dst, src, row_bytes);
+    }
     return;
   }
   switch (elem) {
@@ -361,15 +438,18 @@ std::vector<at::Tensor> gather_rows_cpu(at::TensorList tensors, const at::Tensor
     total_row_bytes += row_bytes.back();
   }
   if (n == 0 || total_row_bytes == 0) return outs;
+  // Outputs well beyond the last-level cache are written with streaming stores.
+  const bool streaming = n * total_row_bytes >= kStreamingBytes;
   const int64_t grain = std::max<int64_t>(1, (64 << 10) / total_row_bytes);
   at::parallel_for(0, n, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       for (int64_t t = 0; t < T; ++t) {
         if (row_bytes[t] == 0) continue;
         copy_row(srcs[t] + rows[r] * src_row_stride[t], dsts[t] + r * row_bytes[t], layouts[t],
-                 elems[t], row_bytes[t]);
+                 elems[t], row_bytes[t], streaming);
       }
     }
+    if (streaming) store_fence();
   });
   return outs;
 }

@@ -1,0 +1,280 @@
+"""Early exit (batch compaction): the Python API of the early_exit and gather_rows ops, their
+argument checks, fake kernels and autograd. Re-exported by gfkernels/__init__.py.
+
+One step of the dynamic inference loop (ARCHITECTURE.md, "early exit")::
+
+    keep, num_keep = gfkernels.early_exit(logits, threshold, active, out_logits, exit_step, t)
+    n = int(num_keep)                      # the one host sync of a step
+    active = active[keep[:n]]
+    h, state = gfkernels.gather_rows([h, state], keep, n)
+
+gather_rows takes n as a host int, the value the loop reads from num_keep once anyway: its
+outputs then have their exact shape (n, ...), so every later op of the step (and of the next
+steps) runs on the surviving rows only, with no padding and no further sync. early_exit itself
+reads nothing on the host for CUDA tensors; its outputs have fixed shapes ((n,) and ()), so
+torch.compile needs no data-dependent sizes for it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from . import reference
+from .ops import _C, _resolve_backend, compiled_ops
+
+_LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+Threshold = Union[float, int, torch.Tensor]
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a tensor of shape {tuple(x.shape)}"
+    return type(x).__name__
+
+
+def _threshold_tensor(threshold: Threshold) -> torch.Tensor:
+    """A 0-dim floating tensor: floats become float64 CPU scalars (read on the host by the
+    kernels, never copied to the GPU); tensors are kept where they are."""
+    if isinstance(threshold, torch.Tensor):
+        if threshold.dim() != 0:
+            raise ValueError("early_exit: threshold must be a float or a 0-dim tensor, got "
+                             f"shape {tuple(threshold.shape)}")
+        if not threshold.is_floating_point():
+            raise TypeError(f"early_exit: threshold must be a floating tensor, got "
+                            f"{threshold.dtype}")
+        return threshold
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"early_exit: threshold must be a float or a 0-dim tensor, got "
+                        f"{type(threshold).__name__}")
+    if math.isnan(threshold):
+        raise ValueError("early_exit: threshold must not be NaN")
+    return torch.tensor(float(threshold), dtype=torch.float64)
+
+
+def check_early_exit_args(logits, threshold, active, out_logits, exit_step, step) -> None:
+    """Metadata checks shared by every backend (no tensor value is read, so this runs under
+    torch.compile and costs no host sync); the CPU kernels also check active's values."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ValueError(f"early_exit: logits must be a 2-D tensor (n, K), got "
+                         f"{_describe(logits)}")
+    if logits.dtype not in _LOGIT_DTYPES:
+        raise TypeError(f"early_exit: logits must be float16, bfloat16, float32 or float64, "
+                        f"got {logits.dtype}")
+    n, K = logits.shape
+    if K == 0:
+        raise ValueError(f"early_exit: logits must have K > 0 classes, got shape "
+                         f"{tuple(logits.shape)}")
+    if threshold.device != logits.device and threshold.device.type != "cpu":
+        raise ValueError(f"early_exit: threshold must be on the CPU or on the logits' device "
+                         f"{logits.device}, got {threshold.device}")
+    if not isinstance(active, torch.Tensor) or active.dtype != torch.int64:
+        raise TypeError(f"early_exit: active must be an int64 tensor, got "
+                        f"{getattr(active, 'dtype', type(active).__name__)}")
+    if active.dim() != 1 or active.shape[0] != n:
+        raise ValueError(f"early_exit: active must be (n,) with n = {n} rows of logits, got "
+                         f"shape {tuple(active.shape)}")
+    if not isinstance(out_logits, torch.Tensor) or out_logits.dim() != 2 or \
+            out_logits.shape[1] != K:
+        raise ValueError(f"early_exit: out_logits must be (B, K) with K = {K}, got "
+                         f"{_describe(out_logits)}")
+    if out_logits.dtype != logits.dtype:
+        raise TypeError(f"early_exit: out_logits must have the logits' dtype {logits.dtype}, "
+                        f"got {out_logits.dtype}")
+    if not isinstance(exit_step, torch.Tensor) or exit_step.dtype != torch.int64:
+        raise TypeError(f"early_exit: exit_step must be an int64 tensor, got "
+                        f"{getattr(exit_step, 'dtype', type(exit_step).__name__)}")
+    if exit_step.dim() != 1 or exit_step.shape[0] != out_logits.shape[0]:
+        raise ValueError(f"early_exit: exit_step must be (B,) with B = {out_logits.shape[0]} "
+                         f"rows of out_logits, got shape {tuple(exit_step.shape)}")
+    for name, t in (("active", active), ("out_logits", out_logits), ("exit_step", exit_step)):
+        if t.device != logits.device:
+            raise ValueError(f"early_exit: {name} must be on the logits' device "
+                             f"{logits.device}, got {t.device}")
+    if isinstance(step, bool) or not isinstance(step, (int, torch.SymInt)):
+        raise TypeError(f"early_exit: step must be an int, got {type(step).__name__}")
+
+
+def _check_index_values(index: torch.Tensor, bound: int, what: str, name: str) -> None:
+    """Range check of an index tensor's values, for CPU tensors only (free of host syncs);
+    CUDA kernels assert on the device instead."""
+    if index.device.type != "cpu" or index.numel() == 0 or _compiling():
+        return
+    lo, hi = int(index.min()), int(index.max())
+    if lo < 0 or hi >= bound:
+        bad = int(((index < 0) | (index >= bound)).nonzero()[0, 0])
+        raise IndexError(f"{what}: {name} values must lie in [0, {bound}), got {name}[{bad}] = "
+                         f"{int(index[bad])}")
+
+
+def early_exit(
+    logits: torch.Tensor,
+    threshold: Threshold,
+    active: torch.Tensor,
+    out_logits: torch.Tensor,
+    exit_step: torch.Tensor,
+    step: int,
+    *,
+    backend: Optional[str] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Decides which of the n active rows exit now, records them, and compacts the rest.
+
+    logits (n, K) float16/bfloat16/float32/float64 of the still-active samples, any strides;
+    threshold a float or a 0-dim floating tensor (CPU or the logits' device); active (n,)
+    int64 their rows in the full batch of B; out_logits (B, K) (the logits' dtype) and
+    exit_step (B,) int64 are written in place for the rows that exit: out_logits[active[i]] =
+    logits[i], exit_step[active[i]] = step. A row exits when its confidence (max softmax
+    probability, computed in float32, float64 for float64 logits) >= threshold; a threshold of
+    -inf lets every row exit; a row holding a NaN is never confident (it exits at -inf only).
+
+    Returns (keep, num_keep): keep (n,) int64 is a stable partition of range(n), the surviving
+    positions in order first (num_keep of them), then the exiting ones in order; num_keep is a
+    0-dim int64 tensor on the logits' device. Nothing is read on the host for CUDA tensors.
+    backend: None (cpp on CPU, cuda on GPU), "cpp", "cuda", "triton" or "reference".
+    """
+    threshold = _threshold_tensor(threshold)
+    check_early_exit_args(logits, threshold, active, out_logits, exit_step, step)
+    backend = _resolve_backend(backend, logits.device)
+    if backend != "cpp":  # the C++ CPU kernel checks values itself
+        _check_index_values(active, out_logits.shape[0], "early_exit", "active")
+    if backend == "reference":
+        return reference.early_exit(logits, threshold, active, out_logits, exit_step, step)
+    if backend == "triton":
+        from .triton import early_exit as triton_early_exit
+
+        return triton_early_exit.early_exit(logits, threshold, active, out_logits, exit_step,
+                                            step)
+    return compiled_ops().early_exit(logits, threshold, active, out_logits, exit_step, step)
+
+
+def check_gather_rows_args(tensors, index, n) -> List[torch.Tensor]:
+    """Metadata checks shared by every backend; returns the tensors as a list."""
+    if isinstance(tensors, torch.Tensor) or not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"gather_rows: tensors must be a list or tuple of tensors, got "
+                        f"{type(tensors).__name__} (wrap a single tensor in a list)")
+    tensors = list(tensors)
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"gather_rows: tensors[{i}] must be a tensor, got {type(t).__name__}")
+    if not isinstance(index, torch.Tensor) or index.dtype != torch.int64:
+        raise TypeError(f"gather_rows: index must be an int64 tensor, got "
+                        f"{getattr(index, 'dtype', type(index).__name__)}")
+    if index.dim() != 1:
+        raise ValueError(f"gather_rows: index must be 1-D, got shape {tuple(index.shape)}")
+    if isinstance(n, bool) or not isinstance(n, (int, torch.SymInt)):
+        raise TypeError(f"gather_rows: n must be an int, got {type(n).__name__}")
+    if not _compiling() or isinstance(n, int):
+        if n < 0 or n > index.shape[0]:
+            raise ValueError(f"gather_rows: n must lie in [0, {index.shape[0]}] (the length of "
+                             f"index), got {n}")
+    for i, t in enumerate(tensors):
+        if t.dim() == 0:
+            raise ValueError(f"gather_rows: tensors[{i}] must have a leading (batch) dimension, "
+                             "got a 0-dim tensor")
+        if t.shape[0] != tensors[0].shape[0]:
+            raise ValueError(f"gather_rows: tensors[{i}] has leading size {t.shape[0]} but "
+                             f"tensors[0] has {tensors[0].shape[0]} (all must share the batch "
+                             "dimension)")
+        if t.device != index.device:
+            raise ValueError(f"gather_rows: tensors[{i}] must be on the index's device "
+                             f"{index.device}, got {t.device}")
+    return tensors
+
+
+def gather_rows(
+    tensors: Sequence[torch.Tensor],
+    index: torch.Tensor,
+    n: Union[int, torch.Tensor],
+    *,
+    backend: Optional[str] = None,
+) -> List[torch.Tensor]:
+    """[t[index[:n]] for t in tensors] in one pass: compacts per-sample tensors (any dtype,
+    any trailing shape, any strides; all with the same leading size N) to their rows
+    index[0..n). Each output is a new contiguous tensor (n, *t.shape[1:]).
+
+    n is a host int: the loop reads num_keep once (`n = int(num_keep)`) and passes it here. A
+    0-dim integer tensor is accepted too and read with int() (that read is a host sync on a
+    GPU). index (M,) int64 with M >= n, values in [0, N). Differentiable wrt floating tensors.
+    backend: None (cpp on CPU, cuda on GPU), "cpp", "cuda", "triton" or "reference".
+    """
+    if isinstance(n, torch.Tensor):
+        if n.dim() != 0 or n.is_floating_point() or n.is_complex() or n.dtype == torch.bool:
+            raise TypeError(f"gather_rows: n must be an int or a 0-dim integer tensor, got "
+                            f"{n.dtype} of shape {tuple(n.shape)}")
+        n = int(n)
+    tensors = check_gather_rows_args(tensors, index, n)
+    backend = _resolve_backend(backend, index.device)
+    if not tensors:
+        return []
+    if backend != "cpp":
+        _check_index_values(index[:n], tensors[0].shape[0], "gather_rows", "index")
+    if backend == "reference":
+        return reference.gather_rows(tensors, index, n)
+    if backend == "triton":
+        from .triton import early_exit as triton_early_exit
+
+        return triton_early_exit.gather_rows(tensors, index, n)
+    return list(compiled_ops().gather_rows(tensors, index, n))
+
+
+# ----------------------------------------------------------------------------------------
+# fake kernels and autograd of the compiled ops
+# ----------------------------------------------------------------------------------------
+
+
+def _register() -> None:
+    @torch.library.register_fake("gfkernels::early_exit")
+    def _(logits, threshold, active, out_logits, exit_step, step):
+        n = logits.shape[0]
+        return (logits.new_empty((n,), dtype=torch.int64),
+                logits.new_empty((), dtype=torch.int64))
+
+    @torch.library.register_fake("gfkernels::gather_rows")
+    def _(tensors, index, n):
+        return [t.new_empty((n, *t.shape[1:])) for t in tensors]
+
+    torch.library.register_autograd("gfkernels::gather_rows", _gather_rows_backward,
+                                    setup_context=_gather_rows_setup_context)
+
+
+def _gather_rows_setup_context(ctx, inputs, output) -> None:
+    tensors, index, n = inputs
+    ctx.save_for_backward(index)
+    ctx.n = n
+    ctx.shapes = [t.shape for t in tensors]
+
+
+def _gather_rows_backward(ctx, grads):
+    """d t[index[:n]] / d t: the output rows' gradients added back to their source rows
+    (index_add, so repeated indices accumulate)."""
+    (index,) = ctx.saved_tensors
+    rows = index[:ctx.n]
+    out = []
+    for shape, grad in zip(ctx.shapes, grads):
+        if grad is None:
+            out.append(None)
+        else:
+            out.append(grad.new_zeros(shape).index_add_(0, rows, grad))
+    return out, None, None
+
+
+def _ops_defined() -> bool:
+    """Whether the loaded gfkernels._C defines the early-exit ops (an extension built before
+    they existed does not: the compiled backends then fail with a clear error)."""
+    try:
+        torch.ops.gfkernels.early_exit
+        torch.ops.gfkernels.gather_rows
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+if _C is not None and _ops_defined():
+    _register()
