@@ -61,7 +61,10 @@ def _want_cuda():
 
 def _extension():
     sources = ["csrc/gfkernels.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx_flags = ["-O3", "-fno-math-errno"]
+    # -fopenmp on the compile line makes at::parallel_for (an inline OpenMP loop in torch's
+    # headers) actually parallel; the symbols resolve to the libgomp that torch loads, so no
+    # second OpenMP runtime is linked in.
+    cxx_flags = ["-O3", "-fno-math-errno", "-fopenmp"]
     macros = []
     with_cuda = _want_cuda()
     if with_cuda:

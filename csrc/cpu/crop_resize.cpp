@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "../crop_resize.h"
@@ -118,6 +119,26 @@ void combine_rows(const scalar_t* const* rows, const acc_t* w, int64_t taps, int
   if (first) std::fill(dst, dst + len, acc_t(0));
 }
 
+// dst[j] = src[j * stride] * scale + shift, the exact-copy path: a memcpy when nothing is
+// converted, a vectorisable loop for contiguous rows, a strided loop otherwise.
+template <typename image_t, typename out_t, typename acc_t>
+void copy_row(const image_t* __restrict src, int64_t stride, int64_t len, acc_t scale,
+              acc_t shift, out_t* __restrict dst) {
+  if (stride == 1) {
+    if constexpr (std::is_same_v<image_t, out_t>) {
+      if (scale == acc_t(1) && shift == acc_t(0)) {
+        std::memcpy(dst, src, len * sizeof(out_t));
+        return;
+      }
+    }
+    for (int64_t j = 0; j < len; ++j)
+      dst[j] = static_cast<out_t>(static_cast<acc_t>(src[j]) * scale + shift);
+  } else {
+    for (int64_t j = 0; j < len; ++j)
+      dst[j] = static_cast<out_t>(static_cast<acc_t>(src[j * stride]) * scale + shift);
+  }
+}
+
 // out[j] = sum_k w[j][k] * src[idx[j][k] - offset]: the horizontal pass.
 template <int TAPS, typename acc_t>
 inline acc_t horizontal_tap(const int64_t* idx, const acc_t* w, const acc_t* src, int64_t offset) {
@@ -142,35 +163,36 @@ void forward_impl(const at::Tensor& images, const at::Tensor& boxes, const int64
   out_t* dst = out.data_ptr<out_t>();
   const int64_t C = g.C;
 
-  at::parallel_for(0, B * h, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, w * C)),
-                   [&](int64_t begin, int64_t end) {
+  // One unit of work is one output row of one channel. Units run plane by plane (b, c, i),
+  // so source rows and output rows are visited in address order; for channels_last images
+  // the channels of one row are adjacent in memory, so units run (b, i, c) instead.
+  const bool channels_inner = g.sC == 1 && C > 1;
+  at::parallel_for(0, B * C * h, std::max<int64_t>(1, 2048 / w), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> row(g.W);
     const image_t* rows[kMaxTaps];
-    for (int64_t bi = begin; bi < end; ++bi) {
-      const int64_t b = bi / h, i = bi % h;
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t b = u / (C * h);
+      const int64_t c = channels_inner ? u % C : (u / h) % C;
+      const int64_t i = channels_inner ? (u / C) % h : u % h;
       const int64_t n = batch_index ? batch_index[b] : b;
-      const bool exact = xt.exact[b] && yt.exact[b];
+      const image_t* plane = img + n * g.sN + c * g.sC;
+      out_t* o = dst + ((b * C + c) * h + i) * w;
+      const acc_t sc = static_cast<acc_t>(affine.scale[c]);
+      const acc_t sh = static_cast<acc_t>(affine.shift[c]);
+      if (xt.exact[b] && yt.exact[b]) {
+        // Fast path: an integer box of the output's size is a row copy.
+        copy_row<image_t, out_t, acc_t>(
+            plane + (yt.start[b] + i) * g.sH + xt.start[b] * g.sW, g.sW, w, sc, sh, o);
+        continue;
+      }
       const int64_t* iy = yt.index_at(b, i);
-      const acc_t* wy = yt.weight_at(b, i);
       const int64_t xlo = xt.lo[b], span = xt.hi[b] - xt.lo[b] + 1;
-      for (int64_t c = 0; c < C; ++c) {
-        const image_t* plane = img + n * g.sN + c * g.sC;
-        out_t* o = dst + ((b * C + c) * h + i) * w;
-        const acc_t sc = static_cast<acc_t>(affine.scale[c]), sh = static_cast<acc_t>(affine.shift[c]);
-        if (exact) {
-          // Fast path: an integer box of the output's size is a strided row copy.
-          const image_t* src = plane + (yt.start[b] + i) * g.sH + xt.start[b] * g.sW;
-          for (int64_t j = 0; j < w; ++j)
-            o[j] = static_cast<out_t>(static_cast<acc_t>(src[j * g.sW]) * sc + sh);
-          continue;
-        }
-        for (int64_t a = 0; a < yt.taps; ++a) rows[a] = plane + iy[a] * g.sH + xlo * g.sW;
-        combine_rows<image_t, acc_t>(rows, wy, yt.taps, span, g.sW, row.data());
-        for (int64_t j = 0; j < w; ++j) {
-          const acc_t v = horizontal_tap<TAPS, acc_t>(xt.index_at(b, j), xt.weight_at(b, j),
-                                                      row.data(), xlo);
-          o[j] = static_cast<out_t>(v * sc + sh);
-        }
+      for (int64_t a = 0; a < yt.taps; ++a) rows[a] = plane + iy[a] * g.sH + xlo * g.sW;
+      combine_rows<image_t, acc_t>(rows, yt.weight_at(b, i), yt.taps, span, g.sW, row.data());
+      for (int64_t j = 0; j < w; ++j) {
+        const acc_t v = horizontal_tap<TAPS, acc_t>(xt.index_at(b, j), xt.weight_at(b, j),
+                                                    row.data(), xlo);
+        o[j] = static_cast<out_t>(v * sc + sh);
       }
     }
   });
