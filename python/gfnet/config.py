@@ -43,7 +43,7 @@ class ModelConfig:
     mean: tuple[float, ...] = IMAGENET_MEAN  # normalisation fused into crop_resize
     std: tuple[float, ...] = IMAGENET_STD
     pretrained: bool = False  # torchvision weights for both encoders (downloads if needed)
-    width: int = 32  # base width of the small "digitnet" backbone (ignored by others)
+    width: int = 16  # base width of the small "digitnet" backbone (ignored by others)
 
 
 @dataclass
@@ -403,17 +403,19 @@ for _bb, _fam, _patches, _img in [
 
 @register_preset("digits")
 def _digits() -> Config:
-    """Cluttered digits on a 2-core CPU: 128x128 canvas, 32x32 patches, 4 steps."""
+    """Cluttered digits on a 2-core CPU: 128 x 128 canvas, 64 x 64 patches, 3 steps."""
     cfg = Config()
     apply_dict(cfg, dict(
         model=dict(backbone="digitnet", num_classes=10, in_channels=1, image_size=128,
-                   patch_size=32, max_steps=4, glance_mode="bicubic", classifier="gru",
-                   classifier_hidden=128, policy_state="conv", policy_conv_channels=16,
-                   policy_hidden=128, mean=(0.1,), std=(0.25,), width=32),
-        data=dict(dataset="digits", num_workers=0),
-        optim=dict(batch_size=64, epochs_stage1=6, epochs_stage2=4, epochs_stage3=3,
-                   lr_backbone=0.05, lr_classifier_stage1=0.05, lr_classifier_stage3=0.01,
+                   patch_size=64, max_steps=3, glance_mode="bicubic", classifier="gru",
+                   classifier_hidden=128, policy_state="conv", policy_conv_channels=8,
+                   policy_hidden=128, mean=(0.1,), std=(0.25,), width=16),
+        data=dict(dataset="digits", num_workers=0, num_clutter=5, fragment_size=10,
+                  train_samples=4000, val_samples=1000, test_samples=2000),
+        optim=dict(batch_size=32, epochs_stage1=4, epochs_stage2=4, epochs_stage3=4,
+                   lr_backbone=0.05, lr_classifier_stage1=0.1, lr_classifier_stage3=0.05,
                    weight_decay=5e-5, head_loss_weight=1.0, schedule_unit="step"),
         ppo=dict(lr=1e-3),
+        run=dict(threads=1),
     ))
     return cfg

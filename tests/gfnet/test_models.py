@@ -39,8 +39,7 @@ def test_preset_builds_forward_backward(name):
     for part in ("local_encoder", "classifier", "policy"):
         grads = [p.grad for p in model.param_groups()[part]]
         assert any(g is not None and g.abs().sum() > 0 for g in grads), part
-    assert model.global_encoder.body[0].weight.grad is not None or any(
-        p.grad is not None for p in model.global_encoder.parameters())
+    assert any(p.grad is not None for p in model.global_encoder.parameters())
 
 
 def test_registry():
@@ -50,13 +49,13 @@ def test_registry():
         build_backbone("alexnet2", num_classes=10)
     bb = build_backbone("digitnet", num_classes=10, in_channels=1, width=8)
     pooled, fmap = bb(torch.zeros(2, 1, 32, 32))
-    assert pooled.shape == (2, 16) and fmap.shape == (2, 16, 8, 8)
+    assert pooled.shape == (2, 32) and fmap.shape == (2, 32, 4, 4)
 
 
 def test_patches_are_gfkernels_glance_and_exact_focus(tiny_cfg):
     from gfkernels.reference import per_sample_crop
 
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(**{"model.patch_size": 32})
     model = build_model(cfg.model)
     x = torch.randint(0, 256, (3, 1, 128, 128), dtype=torch.uint8)
     m, s = cfg.model.mean[0], cfg.model.std[0]

@@ -42,9 +42,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert not (tmp_path / "run" / "stage3.pt").exists()
     ck = torch.load(tmp_path / "run" / "stage2.pt", weights_only=True)
     assert ck["epoch"] == 1 and not ck["done"]
-    # a plain rerun refuses to overwrite; --resume continues where it stopped
-    again = _train(tmp_path / "run", **sets)
-    assert again.returncode == 2 and "--resume" in again.stderr
+    # --resume continues where it stopped (a plain rerun refusing is in test_errors.py)
     resumed = _train(tmp_path / "run", "--resume", **sets)
     assert resumed.returncode == 0, resumed.stderr
     assert "stage 1: already complete" in resumed.stderr
@@ -60,7 +58,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
 def test_torchrun_two_ranks_identical_parameters(tmp_path):
     env = subprocess_env()
     env["GFNET_DUMP_PARAMS"] = str(tmp_path / "dump")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            "-m", "gfnet", "train", "--preset", "digits", "--out", str(tmp_path / "ddp"),
            *_sets(**{"optim.epochs_stage1": 1, "optim.epochs_stage2": 1, "optim.epochs_stage3": 1,
                      "data.train_samples": 32, "run.max_train_batches": 2})]

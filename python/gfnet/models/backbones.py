@@ -76,10 +76,30 @@ def build_backbone(name: str, *, num_classes: int, in_channels: int = 3, pretrai
 
 
 # ---------------------------------------------------------------------- torchvision
+def _regnet_y_600mf() -> nn.Module:
+    """RegNetY-600MF (the paper's; torchvision ships 400MF and 800MF but not this one), built
+    from torchvision's RegNet pieces with the pycls design parameters. No pretrained weights."""
+    from functools import partial
+
+    from torchvision.models.regnet import BlockParams, RegNet
+
+    params = BlockParams.from_init_params(depth=15, w_0=48, w_a=32.54, w_m=2.32, group_width=16,
+                                          se_ratio=0.25)
+    return RegNet(params, norm_layer=partial(nn.BatchNorm2d, eps=1e-05, momentum=0.1))
+
+
+_CUSTOM_TV = {"regnet_y_600mf": _regnet_y_600mf}
+
+
 def _tv_model(name: str, pretrained: bool) -> nn.Module:
     """A torchvision model through its weights API; random init unless pretrained."""
     import torchvision
 
+    if name in _CUSTOM_TV:
+        if pretrained:
+            raise ConfigError(f"torchvision has no pretrained weights for {name}; "
+                              "train it from scratch (model.pretrained=false)")
+        return _CUSTOM_TV[name]()
     weights = None
     if pretrained:
         weights = torchvision.models.get_model_weights(name).DEFAULT
@@ -97,6 +117,13 @@ def _adapt_first_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
         if conv.bias is not None:
             new.bias.copy_(conv.bias)
     return new
+
+
+def _no_inplace(mod: nn.Module) -> nn.Module:
+    """In-place dropout would corrupt features that several heads read (glance + concat)."""
+    if isinstance(mod, nn.Dropout) and mod.inplace:
+        return nn.Dropout(mod.p)
+    return mod
 
 
 def _head(linear: nn.Linear, num_classes: int) -> nn.Linear:
@@ -143,7 +170,7 @@ def _mobilenet_v3(name: str) -> BackboneFn:
         m.features[0][0] = _adapt_first_conv(m.features[0][0], in_channels)
         # classifier = Linear(960, 1280), Hardswish, Dropout, Linear(1280, K): the pooled
         # feature is the 1280-d vector before the last Linear, which is the backbone's head.
-        neck = nn.Sequential(*list(m.classifier.children())[:-1])
+        neck = nn.Sequential(*[_no_inplace(c) for c in list(m.classifier.children())[:-1]])
         last = m.classifier[-1]
         return Backbone(m.features, last.in_features, m.classifier[0].in_features,
                         _head(last, num_classes), neck=neck, family="mobilenet")
@@ -160,7 +187,7 @@ def _efficientnet(name: str) -> BackboneFn:
         m = _tv_model(name, pretrained)
         m.features[0][0] = _adapt_first_conv(m.features[0][0], in_channels)
         drop, last = m.classifier[0], m.classifier[-1]
-        head = nn.Sequential(drop, _head(last, num_classes))
+        head = nn.Sequential(_no_inplace(drop), _head(last, num_classes))
         return Backbone(m.features, last.in_features, last.in_features, head,
                         family="efficientnet")
 
@@ -190,11 +217,12 @@ class _Block(nn.Module):
 
 
 @register_backbone("digitnet")
-def digitnet(num_classes: int, in_channels: int = 1, pretrained: bool = False, width: int = 32,
+def digitnet(num_classes: int, in_channels: int = 1, pretrained: bool = False, width: int = 16,
              **_) -> Backbone:
-    """A small ResNet-like net for 32x32 patches on a CPU: stem + 2 strided residual blocks.
+    """A small ResNet-like net for CPU training: stem + 3 strided residual blocks.
 
-    Feature map (2w, P/4, P/4); pooled features 2w. About 4 M MACs per 32x32 patch at w=32.
+    Widths w/2 -> w -> 2w -> 4w; feature map (4w, P/8, P/8); pooled features 4w; receptive
+    field ~45 px, enough for a whole 28 px digit. About 11 M MACs per 64 x 64 patch at w=16.
     """
     if pretrained:
         raise ConfigError("backbone 'digitnet' has no pretrained weights")
@@ -203,5 +231,6 @@ def digitnet(num_classes: int, in_channels: int = 1, pretrained: bool = False, w
         nn.Conv2d(in_channels, w // 2, 3, 1, 1, bias=False), nn.BatchNorm2d(w // 2), nn.ReLU(inplace=True),
         _Block(w // 2, w, 2),
         _Block(w, 2 * w, 2),
+        _Block(2 * w, 4 * w, 2),
     )
-    return Backbone(body, 2 * w, 2 * w, nn.Linear(2 * w, num_classes), family="small")
+    return Backbone(body, 4 * w, 4 * w, nn.Linear(4 * w, num_classes), family="small")

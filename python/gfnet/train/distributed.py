@@ -85,3 +85,15 @@ def broadcast_object(obj, info: DistInfo, src: int = 0):
     lst = [obj]
     dist.broadcast_object_list(lst, src=src)
     return lst[0]
+
+
+def average_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Average floating buffers (BatchNorm running stats) over ranks, so every rank ends an
+    epoch with the same model; DDP itself only syncs parameters and rank 0's buffers at the
+    start of each forward."""
+    if not info.enabled:
+        return
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(info.world_size)

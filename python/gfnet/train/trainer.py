@@ -33,7 +33,8 @@ from ..data import build_datasets
 from ..errors import CheckpointError, ConfigError
 from ..models import GFNet, build_model
 from . import checkpoint as ckpt
-from .distributed import DistInfo, all_gather_object, all_reduce_sum, barrier, setup, teardown
+from .distributed import (DistInfo, all_gather_object, all_reduce_sum, average_buffers, barrier, setup,
+                          teardown)
 from .ppo import PolicyEvaluator, RolloutMemory, ppo_update, true_class_prob
 
 STAGES = (1, 2, 3)
@@ -362,6 +363,7 @@ class Trainer:
                 rec = self._epoch_classifier(stage, runner, opt, sched, scaler, epoch, epochs)
             if cfg.optim.schedule_unit == "epoch" and sched is not None:
                 sched.step()
+            average_buffers(self.model, self.dist)
             val = self.evaluate("val", ("mean", "random") if stage > 1 else ("random",))
             rec.update(stage=stage, epoch=epoch + 1, epochs=epochs, val=val,
                        epoch_time_s=round(time.time() - t0, 2), time=time.time())
