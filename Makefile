@@ -11,7 +11,7 @@ export CUDA_HOME ?= /usr/local/cuda
 export MAX_JOBS ?= 2
 
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-DEPS := "setuptools>=70" wheel numpy pybind11 ninja cmake pytest pytest-benchmark fvcore \
+DEPS := "setuptools>=77" wheel numpy pybind11 ninja cmake pytest pytest-benchmark fvcore \
         tqdm matplotlib pyyaml scikit-learn
 STAMP := $(VENV)/.deps-installed
 
