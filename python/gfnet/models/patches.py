@@ -24,23 +24,33 @@ def _crop_resize():
 
 
 def _backend(backend: str | None, device: torch.device) -> str | None:
-    """The gfkernels backend to use: the given one, else gfkernels' default; when the compiled
-    extension is missing (source tree not built), its pure-PyTorch reference, with one warning."""
+    """The gfkernels backend to use: the given one, else gfkernels' default when it is built;
+    when the compiled extension is missing (source tree not built, or built without CUDA),
+    Triton on a GPU, else the pure-PyTorch reference, with one warning."""
     global _WARNED
     if backend:
         return backend
     from gfkernels import ops
 
-    if device.type == "cpu" and getattr(ops, "_C", None) is None:
-        if not _WARNED:
-            import warnings
+    compiled = getattr(ops, "_C", None) is not None
+    if device.type == "cpu" and compiled:
+        return None
+    if device.type == "cuda" and compiled and ops.compiled_ops_with_cuda():
+        return None
+    fallback = "reference"
+    if device.type == "cuda":
+        from gfkernels.triton import triton_available
 
-            warnings.warn("gfkernels._C is not built: patch extraction falls back to the slow "
-                          "pure-PyTorch reference (pip install --no-build-isolation -e .)",
-                          RuntimeWarning, stacklevel=3)
-            _WARNED = True
-        return "reference"
-    return None
+        if triton_available(device)[0]:
+            fallback = "triton"
+    if not _WARNED:
+        import warnings
+
+        warnings.warn(f"gfkernels has no compiled kernels for {device.type}: patch extraction uses "
+                      f"the {fallback!r} backend (pip install --no-build-isolation -e .)",
+                      RuntimeWarning, stacklevel=3)
+        _WARNED = True
+    return fallback
 
 
 def whole_image_boxes(images: torch.Tensor, n: int) -> torch.Tensor:
