@@ -410,7 +410,7 @@ def _digits() -> Config:
                    patch_size=64, max_steps=3, glance_mode="bicubic", classifier="gru",
                    classifier_hidden=128, policy_state="conv", policy_conv_channels=8,
                    policy_hidden=128, mean=(0.1,), std=(0.25,), width=16),
-        data=dict(dataset="digits", num_workers=0, num_clutter=5, fragment_size=10,
+        data=dict(dataset="digits", num_workers=0, num_clutter=6, fragment_size=14,
                   train_samples=4000, val_samples=1000, test_samples=2000),
         optim=dict(batch_size=32, epochs_stage1=4, epochs_stage2=4, epochs_stage3=4,
                    lr_backbone=0.05, lr_classifier_stage1=0.1, lr_classifier_stage3=0.05,
