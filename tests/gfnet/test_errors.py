@@ -123,3 +123,13 @@ def test_list_presets(capsys):
     assert main(["train", "--list-presets"]) == 0
     out = capsys.readouterr().out
     assert "digits" in out and "efficientnet_b3-p144" in out
+
+
+def test_stages_one_at_a_time(capsys, tmp_path):
+    out = str(tmp_path / "o")
+    for stage in ("1", "2", "3"):
+        rc, err = _run(capsys, "--stage", stage, "--out", out, "--epochs", "1",
+                       "--set", "run.max_train_batches=1")
+        assert rc == 0, err
+    assert main(["train", "--stage", "2", "--out", out]) == 2  # would overwrite stage2.pt
+    assert "already holds checkpoints (stage2.pt)" in capsys.readouterr().err

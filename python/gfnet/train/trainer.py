@@ -251,8 +251,8 @@ class Trainer:
 
         Returns, per stage, its checkpoint to resume from (or None).
         """
-        found = {s: ckpt.stage_path(self.out, s) for s in STAGES if ckpt.stage_path(self.out, s).exists()}
-        if found and not self.resume:
+        found = {s: ckpt.stage_path(self.out, s) for s in stages if ckpt.stage_path(self.out, s).exists()}
+        if found and not self.resume:  # the stages to run would overwrite these
             raise CheckpointError(
                 f"output folder {str(self.out)!r} already holds checkpoints "
                 f"({', '.join(p.name for p in found.values())}); pass --resume to continue it "
