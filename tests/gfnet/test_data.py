@@ -39,3 +39,24 @@ def test_build_datasets_from_preset(tiny_cfg):
     ds = build_datasets(tiny_cfg())
     assert {k: len(v) for k, v in ds.items()} == {"train": 16, "val": 8, "test": 8}
     assert np.unique([ds["test"][i][1] for i in range(8)]).size >= 2
+
+
+def test_imagefolder_trains_one_step(tmp_path, capsys):
+    """ImageNet-layout folder -> uint8 crops -> a reduced mobilenet preset trains one step."""
+    from PIL import Image
+
+    from gfnet.cli import main
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            d = tmp_path / "data" / split / cls
+            d.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    rc = main(["train", "--preset", "mobilenet_v3_large-p96", "--data", str(tmp_path / "data"),
+               "--out", str(tmp_path / "o"), "--stage", "1", "--epochs", "1", "--batch-size", "4",
+               "--no-progress", "--set", "model.image_size=48", "--set", "model.patch_size=32",
+               "--set", "model.num_classes=2", "--set", "data.num_workers=0", "--set", "run.threads=1"])
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "o" / "stage1.pt").exists()
