@@ -11,7 +11,7 @@ policy hidden, last feature map), so an inference engine can keep only the rows 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -217,4 +217,4 @@ def build_model(cfg: ModelConfig, patch_backend: str | None = None) -> GFNet:
     return GFNet(cfg, patch_backend=patch_backend)
 
 
-__all__ = ["GFNet", "GFState", "StepOutput", "build_model", "replace"]
+__all__ = ["GFNet", "GFState", "StepOutput", "build_model"]
