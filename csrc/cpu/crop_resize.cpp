@@ -119,6 +119,13 @@ void combine_rows(const scalar_t* const* rows, const acc_t* w, int64_t taps, int
   if (first) std::fill(dst, dst + len, acc_t(0));
 }
 
+constexpr int64_t kPrefetchRows = 4;
+
+inline void prefetch_row(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 1);
+}
+
 // dst[j] = src[j * stride] * scale + shift, the exact-copy path: a memcpy when nothing is
 // converted, a vectorisable loop for contiguous rows, a strided loop otherwise.
 template <typename image_t, typename out_t, typename acc_t>
@@ -181,8 +188,13 @@ void forward_impl(const at::Tensor& images, const at::Tensor& boxes, const int64
       const acc_t sh = static_cast<acc_t>(affine.shift[c]);
       if (xt.exact[b] && yt.exact[b]) {
         // Fast path: an integer box of the output's size is a row copy.
-        copy_row<image_t, out_t, acc_t>(
-            plane + (yt.start[b] + i) * g.sH + xt.start[b] * g.sW, g.sW, w, sc, sh, o);
+        const image_t* src = plane + (yt.start[b] + i) * g.sH + xt.start[b] * g.sW;
+        if (!channels_inner && i + kPrefetchRows < h && g.sW == 1) {
+          // Rows of a crop are short and far apart: ask for a later row's cache lines now
+          // so that several rows are in flight (the hardware prefetcher sees one stream).
+          prefetch_row(src + kPrefetchRows * g.sH, w * sizeof(image_t));
+        }
+        copy_row<image_t, out_t, acc_t>(src, g.sW, w, sc, sh, o);
         continue;
       }
       const int64_t* iy = yt.index_at(b, i);
