@@ -34,6 +34,8 @@ add_targets(
            "to float, /255, normalise, crop"),
     Target("focus_backward_images", "gfkernels", "grid_sample_backward", 3.0,
            "grid_sample's backward"),
+    Target("focus_backward_images", "gfkernels", "zeros_of_images", 0.5,
+           "within 2x of allocating the zero gradient (no target in the issue; shown)"),
 )
 
 
@@ -118,9 +120,14 @@ def test_uint8_normalised_crop(benchmark, data, case):
     run_case(benchmark, "uint8_normalised_crop", case, fn)
 
 
-@pytest.mark.parametrize("case", ["gfkernels", "grid_sample_backward"])
+@pytest.mark.parametrize("case", ["gfkernels", "grid_sample_backward", "zeros_of_images"])
 def test_focus_backward_images(benchmark, data, case):
     images, _, boxes = data
+    if case == "zeros_of_images":
+        # The floor of any backward wrt images: allocating and zeroing a dense gradient.
+        run_case(benchmark, "focus_backward_images", case, lambda: torch.zeros_like(images),
+                 rounds=5)
+        return
     images = images.clone().requires_grad_()
     grad = torch.rand(B, C, P, P)
     if case == "gfkernels":
