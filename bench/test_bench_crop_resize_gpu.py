@@ -16,7 +16,6 @@ the ratios use, and they are stored in benchmark.extra_info with the card's name
 
 from __future__ import annotations
 
-import os
 import statistics
 
 import pytest
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 import gfkernels
 from gfkernels import reference
 from gfkernels.ops import compiled_ops_with_cuda
+from gfkernels.triton import triton_available
 
 from bench.harness import MEDIANS, Target, add_targets
 
@@ -37,13 +37,8 @@ REPS, ROUNDS = 20, 10
 
 
 def _triton_ok() -> bool:
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Triton can run compiled kernels on the GPU (not under the CPU interpreter)."""
+    return torch.cuda.is_available() and triton_available(torch.device("cuda"))[0]
 
 
 needs_cuda_kernels = pytest.mark.skipif(not compiled_ops_with_cuda(),

@@ -3,7 +3,7 @@ choice of backend. The public functions are re-exported by gfkernels/__init__.py
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 

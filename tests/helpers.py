@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import itertools
 import random
 
 import torch
@@ -73,3 +73,16 @@ def random_boxes(num, H, W, generator, kind="mixed", dtype=torch.float32):
             x1, x2 = x2, x1
         boxes.append([x1, y1, x2, y2])
     return torch.tensor(boxes, dtype=dtype)
+
+
+MODES = ["bilinear", "bicubic", "nearest"]
+IMAGE_DTYPES = [torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
+def mode_options():
+    """Every valid (mode, align_corners, padding_mode) of crop_resize."""
+    for mode, align_corners, padding in itertools.product(MODES, [False, True],
+                                                          ["border", "zeros"]):
+        if mode == "nearest" and align_corners:
+            continue
+        yield mode, align_corners, padding

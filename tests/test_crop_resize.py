@@ -3,7 +3,6 @@ torchvision operations it generalises."""
 
 from __future__ import annotations
 
-import itertools
 
 import pytest
 import torch
@@ -13,18 +12,8 @@ import torchvision
 import gfkernels
 from gfkernels import reference
 
-from tests.helpers import assert_close_to_reference, random_boxes, random_images
-
-MODES = ["bilinear", "bicubic", "nearest"]
-IMAGE_DTYPES = [torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64]
-
-
-def mode_options():
-    for mode, align_corners, padding in itertools.product(MODES, [False, True],
-                                                          ["border", "zeros"]):
-        if mode == "nearest" and align_corners:
-            continue
-        yield mode, align_corners, padding
+from tests.helpers import (IMAGE_DTYPES, MODES, assert_close_to_reference, mode_options,
+                           random_boxes, random_images)
 
 
 # ---------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ both backwards, the deterministic backward)."""
 
 from __future__ import annotations
 
-import itertools
 import os
 
 import pytest
@@ -16,7 +15,8 @@ import torch
 import gfkernels
 from gfkernels import reference
 
-from tests.helpers import assert_close_to_reference, random_boxes, random_images
+from tests.helpers import (IMAGE_DTYPES, MODES, assert_close_to_reference, mode_options,
+                           random_boxes, random_images)
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
@@ -26,16 +26,6 @@ if not INTERPRET and not torch.cuda.is_available():
                 allow_module_level=True)
 
 DEVICE = "cpu" if INTERPRET else "cuda"
-MODES = ["bilinear", "bicubic", "nearest"]
-IMAGE_DTYPES = [torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64]
-
-
-def mode_options():
-    for mode, align_corners, padding in itertools.product(MODES, [False, True],
-                                                          ["border", "zeros"]):
-        if mode == "nearest" and align_corners:
-            continue
-        yield mode, align_corners, padding
 
 
 MODE_OPTIONS = list(mode_options())

@@ -13,7 +13,7 @@ to [0, N), so nothing is read out of bounds whatever the values.
 """
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
 import triton

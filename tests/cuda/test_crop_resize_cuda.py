@@ -4,8 +4,6 @@ opcheck and torch.compile. Skipped where no CUDA GPU is visible."""
 
 from __future__ import annotations
 
-import itertools
-import os
 
 import pytest
 import torch
@@ -13,27 +11,22 @@ import torch
 import gfkernels
 from gfkernels import reference
 from gfkernels.ops import compiled_ops_with_cuda
+from gfkernels.triton import triton_available
 
-from tests.helpers import assert_close_to_reference, random_boxes, random_images
+from tests.helpers import (IMAGE_DTYPES, assert_close_to_reference, mode_options,
+                           random_boxes, random_images)
 
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible)"),
 ]
 
-MODES = ["bilinear", "bicubic", "nearest"]
-IMAGE_DTYPES = [torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64]
 OUT_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
 
 def _triton_ok() -> bool:
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Triton can run compiled kernels on the GPU (not under the CPU interpreter)."""
+    return torch.cuda.is_available() and triton_available(torch.device("cuda"))[0]
 
 
 BACKENDS = [
@@ -42,14 +35,6 @@ BACKENDS = [
     pytest.param("triton", marks=pytest.mark.skipif(
         not _triton_ok(), reason="triton missing, or TRITON_INTERPRET=1 (CPU only)")),
 ]
-
-
-def mode_options():
-    for mode, align_corners, padding in itertools.product(MODES, [False, True],
-                                                          ["border", "zeros"]):
-        if mode == "nearest" and align_corners:
-            continue
-        yield mode, align_corners, padding
 
 
 MODE_OPTIONS = list(mode_options())
