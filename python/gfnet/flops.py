@@ -1,0 +1,252 @@
+"""Per-step FLOPs of a GFNet (fvcore, cross-checked with torch.utils.flop_counter) and the exact
+adaptive FLOPs of a run.
+
+Counting convention. fvcore counts one fused multiply-add as one "flop", i.e. it counts MACs,
+the unit the GFNet paper (and torchvision's model table) report as "FLOPs"/"MACs". We count the
+multiply-adds of convolutions, linear layers, matmuls and GRU cells only (batch norm, pooling
+and activations are not counted, as in the paper's figures). ``torch.utils.flop_counter``
+counts 2 FLOPs per multiply-add; the two agree when that factor is taken into account.
+FLOPs below always means 2 x MACs.
+
+Steps (batch 1, at the preset's sizes):
+- step 1, the glance: global encoder on the P x P glance + the classifier's first step;
+- step t > 1, a focus: policy (state encoder, GRU cell, actor/critic heads) + local encoder on
+  the P x P patch + the classifier's step t (its input grows with t for the concat classifier).
+Patch extraction (crop_resize) does no multiply-adds worth counting (a resize of C x P x P
+outputs with 16 taps at most, < 0.5 % of any backbone here) and is left out, as in the paper.
+The backbones' own heads on every step's features are a training loss only and not counted.
+
+Average FLOPs of a run = sum over steps k of (samples that computed step k) x (FLOPs of step k)
+/ samples, computed from the exit counts the dynamic engine really produced.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .models.gfnet import GFNet
+
+
+# ---------------------------------------------------------------------- step modules
+class _Encoder(nn.Module):
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.b = backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat, fmap = self.b(x)
+        return feat
+
+
+class _Policy(nn.Module):
+    def __init__(self, model: GFNet):
+        super().__init__()
+        self.p = model.policy
+
+    def forward(self, fmap: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        action, value, h = self.p(fmap, h)
+        return action
+
+
+class _Classifier(nn.Module):
+    def __init__(self, model: GFNet, step: int):
+        super().__init__()
+        self.m = model
+        self.step = step
+
+    def forward(self, feat: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.m.classifier(feat, cls, self.step, self.m.global_encoder.head)
+        return logits
+
+
+class _Static(nn.Module):
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.b = backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat, _ = self.b(x)
+        return self.b.head(feat)
+
+
+def _parts(model: GFNet) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]:
+    """The model's parts with batch-1 inputs at the config's sizes: encoders, policy and the
+    classifier at each step (step t's state is the one after steps 0 .. t-1)."""
+    cfg = model.cfg
+    P, C = cfg.patch_size, cfg.in_channels
+    p = next(model.parameters())
+    x = torch.zeros(1, C, P, P, dtype=p.dtype, device=p.device)
+    fmap = torch.zeros(1, *model.fmap_shape, dtype=p.dtype, device=p.device)
+    h = model.policy.init_hidden(1, p.device, p.dtype)
+    parts: dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]] = {
+        "global_encoder": (_Encoder(model.global_encoder), (x,)),
+        "local_encoder": (_Encoder(model.local_encoder), (x,)),
+        "policy": (_Policy(model), (fmap, h)),
+    }
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            feat, _ = model.local_encoder(x)
+            cls = model.classifier.init_state(1, p.device, p.dtype)
+            for t in range(model.max_steps):
+                parts[f"classifier{t + 1}"] = (_Classifier(model, t), (feat, cls.clone()))
+                _, cls = model.classifier(feat, cls, t, model.global_encoder.head)
+    finally:
+        model.train(was)
+    return parts
+
+
+# ---------------------------------------------------------------------- counters
+def _gru_cell_handle(inputs: list[Any], outputs: list[Any]) -> int:
+    """aten::gru_cell(input (n, I), hx (n, H), w_ih (3H, I), w_hh (3H, H), ...): 3H(I + H) MACs per row."""
+    from fvcore.nn.jit_handles import get_shape
+
+    n, i = get_shape(inputs[0])
+    three_h = get_shape(inputs[2])[0]
+    h = three_h // 3
+    return int(n * 3 * h * (i + h))
+
+
+# fvcore's per-operator keys that are multiply-adds (batch norm, pooling, upsampling are not)
+_COUNTED = ("conv", "linear", "matmul", "addmm", "bmm", "einsum", "mm", "gru_cell")
+
+
+def fvcore_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
+    """Multiply-adds of conv / linear / matmul / GRU cell by fvcore (its "flops" are MACs)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    logging.getLogger("fvcore").setLevel(logging.ERROR)
+    was = module.training
+    module.eval()
+    try:
+        fca = FlopCountAnalysis(module, inputs)
+        fca.set_op_handle("aten::gru_cell", _gru_cell_handle)
+        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+        return int(sum(v for k, v in fca.by_operator().items() if k in _COUNTED))
+    finally:
+        module.train(was)
+
+
+def torch_flops(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
+    """FLOPs (2 per multiply-add) by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            module(*inputs)
+        return int(fc.get_total_flops())
+    finally:
+        module.train(was)
+
+
+@dataclass
+class StepFlops:
+    macs: list[int]  # fvcore multiply-adds per step, steps 1 .. T
+    torch_flops: list[int]  # torch.utils.flop_counter FLOPs per step (2 per MAC)
+    static_macs: int | None = None  # the backbone alone on the full image (the static baseline)
+    parts: dict[str, int] | None = None  # MACs of each part (encoders, policy, classifier steps)
+
+    @property
+    def flops(self) -> list[int]:
+        return [2 * m for m in self.macs]
+
+    @property
+    def cumulative_macs(self) -> list[int]:
+        out, s = [], 0
+        for m in self.macs:
+            s += m
+            out.append(s)
+        return out
+
+    def max_rel_disagreement(self) -> float:
+        return max(abs(2 * m - f) / max(f, 1) for m, f in zip(self.macs, self.torch_flops))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"macs": self.macs, "flops": self.flops, "torch_flops": self.torch_flops,
+                "static_macs": self.static_macs, "parts": self.parts}
+
+
+def count_step_flops(model: GFNet, *, static: bool = True) -> StepFlops:
+    """Per-step MACs (fvcore) and FLOPs (torch) of ``model`` at its config's sizes."""
+    part_macs, part_flops = {}, {}
+    for name, (mod, inputs) in _parts(model).items():
+        part_macs[name] = fvcore_macs(mod, inputs)
+        part_flops[name] = torch_flops(mod, inputs)
+    macs, tfl = [], []
+    for t in range(1, model.max_steps + 1):
+        names = (["global_encoder"] if t == 1 else ["policy", "local_encoder"]) + [f"classifier{t}"]
+        macs.append(sum(part_macs[n] for n in names))
+        tfl.append(sum(part_flops[n] for n in names))
+    st = None
+    if static:
+        cfg = model.cfg
+        p = next(model.parameters())
+        x = torch.zeros(1, cfg.in_channels, cfg.image_size, cfg.image_size, dtype=p.dtype, device=p.device)
+        st = fvcore_macs(_Static(model.global_encoder), (x,))
+    return StepFlops(macs, tfl, st, part_macs)
+
+
+@functools.lru_cache(maxsize=8)
+def _preset_flops(preset: str, overrides: tuple[str, ...]) -> StepFlops:
+    from .config import build_config
+    from .models import build_model
+
+    cfg = build_config(preset, overrides=list(overrides))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build_model(cfg.model)
+    return count_step_flops(model)
+
+
+def preset_flops(preset: str, overrides: Sequence[str] = ()) -> StepFlops:
+    """Per-step counts of a preset (random weights; counts do not depend on them). Cached."""
+    return _preset_flops(preset, tuple(overrides))
+
+
+# ---------------------------------------------------------------------- adaptive FLOPs
+def reached_from_exits(exit_counts: Sequence[int]) -> list[int]:
+    out, left = [], int(sum(exit_counts))
+    for c in exit_counts:
+        out.append(left)
+        left -= int(c)
+    return out
+
+
+def average_macs(exit_counts: Sequence[int], step_macs: Sequence[float]) -> float:
+    """Average per-sample MACs of a run: sum_k reached_k * macs_k / samples."""
+    if len(exit_counts) != len(step_macs):
+        raise ValueError(f"{len(exit_counts)} exit counts for {len(step_macs)} steps")
+    n = sum(exit_counts)
+    if n == 0:
+        return 0.0
+    return float(sum(r * m for r, m in zip(reached_from_exits(exit_counts), step_macs)) / n)
+
+
+def format_table(sf: StepFlops, title: str = "") -> str:
+    lines = []
+    if title:
+        lines.append(title)
+    lines.append(f"{'step':>6} {'part':<34} {'MACs (M)':>10} {'FLOPs (M)':>10} "
+                 f"{'cum. MACs (M)':>14} {'torch FLOPs (M)':>16}")
+    for k, (m, c, t) in enumerate(zip(sf.macs, sf.cumulative_macs, sf.torch_flops), start=1):
+        part = "glance: global encoder + classifier" if k == 1 else "focus: policy + local enc. + classifier"
+        lines.append(f"{k:>6} {part:<34} {m / 1e6:>10.2f} {2 * m / 1e6:>10.2f} {c / 1e6:>14.2f} {t / 1e6:>16.2f}")
+    if sf.static_macs is not None:
+        lines.append(f"{'static':>6} {'backbone on the full image':<34} {sf.static_macs / 1e6:>10.2f} "
+                     f"{2 * sf.static_macs / 1e6:>10.2f}")
+    lines.append("MACs: multiply-adds (fvcore; the unit the GFNet paper reports); FLOPs = 2 x MACs; "
+                 f"torch.utils.flop_counter agrees within {100 * sf.max_rel_disagreement():.2f} %")
+    return "\n".join(lines)
+
+
+__all__ = ["StepFlops", "average_macs", "count_step_flops", "format_table", "fvcore_macs",
+           "preset_flops", "reached_from_exits", "torch_flops"]
