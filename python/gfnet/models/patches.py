@@ -60,12 +60,12 @@ def whole_image_boxes(images: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def focus_boxes(actions: torch.Tensor, image_hw: tuple[int, int], patch: int) -> torch.Tensor:
-    """(B, 2) actions in [0, 1] (row, col) -> (B, 4) float boxes (x1, y1, x2, y2), integer-valued."""
-    h, w = image_hw
-    a = actions.detach().float().clamp(0.0, 1.0)
-    top = torch.floor(a[:, 0] * (h - patch))
-    left = torch.floor(a[:, 1] * (w - patch))
-    return torch.stack([left, top, left + patch, top + patch], dim=1)
+    """(B, 2) actions in [0, 1] (row, col) -> (B, 4) float32 integer-valued boxes
+    (x1, y1, x2, y2) at top-left floor(a * (H - P)): gfkernels' definition, shared with the
+    reference per-sample crop."""
+    import gfkernels
+
+    return gfkernels.focus_boxes(actions.detach().float(), tuple(image_hw), patch)
 
 
 def glance_patches(images: torch.Tensor, patch: int, *, batch_index: torch.Tensor | None = None,
