@@ -1,4 +1,4 @@
-"""The ``gfnet`` command line: ``gfnet train`` (later: eval, predict, flops).
+"""The ``gfnet`` command line: ``gfnet train | eval | predict | flops``.
 
 Each subcommand is a function registered in ``COMMANDS`` with the arguments it adds to its
 own subparser, so new subcommands plug in without touching the others.
@@ -110,6 +110,294 @@ def _train(args: argparse.Namespace) -> int:
 
 _train.add_arguments = _train_args  # type: ignore[attr-defined]
 command("train", "train GFNet: the three stages, or one of them")(_train)
+
+
+# ---------------------------------------------------------------------- shared (eval, predict)
+def _device(spec: str | None):
+    from .train.distributed import _pick_device
+
+    return _pick_device(spec or "auto", 0)
+
+
+def _threads(cfg) -> None:
+    if cfg.run.threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.run.threads)
+
+
+def _parse_budgets(text: str) -> list[int] | None:
+    """"all" -> None (every budget); "1,5,10-12" -> [1, 5, 10, 11, 12] (checked 1 .. 39)."""
+    from .budget import budget_q
+
+    if text.strip().lower() == "all":
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                vals = list(range(int(a), int(b) + 1))
+            else:
+                vals = [int(part)]
+        except ValueError:
+            raise GFNetError(f"--budgets: {part!r} is not a budget number or range (e.g. 1,5,10-12)") from None
+        for v in vals:
+            budget_q(v)  # BudgetError: out of range
+        out.extend(vals)
+    if not out:
+        raise GFNetError("--budgets is empty")
+    return sorted(set(out))
+
+
+# ---------------------------------------------------------------------- eval
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or training output folder")
+    p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: CKPT's folder / eval)")
+    p.add_argument("--data", metavar="PATH", default=None, help="data folder (data.root), if moved")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--budgets", default="all", help="budgets to evaluate: all (1..39) or e.g. 1,5,10-12")
+    p.add_argument("--target-macs", type=float, action="append", default=[], metavar="M",
+                   help="also evaluate thresholds for this average MACs per image, in millions (repeatable)")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="recompute the thresholds on the validation split even if the checkpoint has them")
+    p.add_argument("--no-store", action="store_true", help="do not write the thresholds into the checkpoint")
+    p.add_argument("--simulate", action="store_true",
+                   help="simulate exits from all-step logits (the official way) instead of the dynamic engine")
+    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
+    p.add_argument("--max-batches", type=int, default=0, help="evaluate at most this many batches per split")
+    p.add_argument("--baseline-acc", type=float, default=None,
+                   help="accuracy of a static baseline (the backbone on the full image), plotted at its MACs")
+
+
+def _loader(ds, bs: int):
+    from torch.utils.data import DataLoader
+
+    return DataLoader(ds, batch_size=bs, shuffle=False, num_workers=0)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import csv
+    import json
+    from pathlib import Path
+
+    from .budget import (calibrate, evaluate_dynamic, evaluate_simulated, store_calibration,
+                         stored_calibration, thresholds_for_macs)
+    from .data import build_datasets
+    from .flops import count_step_flops, format_table
+    from .inference import collect_anytime, load_checkpoint_model, per_step_accuracy, resolve_checkpoint
+
+    budgets = _parse_budgets(args.budgets)
+    ck_path = resolve_checkpoint(args.checkpoint)
+    device = _device(args.device)
+    overrides = {"data.root": args.data} if args.data else None
+    model, cfg, ck = load_checkpoint_model(ck_path, device, overrides)
+    _threads(cfg)
+    sf = count_step_flops(model)
+    step_macs = [float(m) for m in sf.macs]
+    for t in args.target_macs:
+        if not (step_macs[0] <= t * 1e6 <= sum(step_macs)):
+            raise GFNetError(f"--target-macs {t:g} M is out of range: between the glance alone "
+                             f"({step_macs[0] / 1e6:.3f} M) and all steps ({sum(step_macs) / 1e6:.3f} M)")
+    ds = build_datasets(cfg, ("val", "test"))
+    bs = args.batch_size or cfg.run.eval_batch_size or cfg.optim.batch_size
+    out = Path(args.out) if args.out else ck_path.parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+
+    cal = None if args.recalibrate else stored_calibration(ck)
+    if cal is not None and ([round(m) for m in cal.step_macs] != [round(m) for m in step_macs]
+                            or (budgets and any(b not in {p.budget for p in cal.points} for b in budgets))):
+        cal = None
+    val_logits = None
+    if cal is None:
+        val_logits, _ = collect_anytime(model, _loader(ds["val"], bs), device=device, max_batches=args.max_batches)
+        cal = calibrate(val_logits, step_macs, budgets=budgets)
+        if not args.no_store:
+            store_calibration(ck_path, cal)
+        print(f"calibrated {len(cal.points)} budgets on {cal.samples} validation images"
+              + ("" if args.no_store else f" (stored in {ck_path})"))
+    else:
+        print(f"using the thresholds stored in {ck_path} ({len(cal.points)} budgets, {cal.samples} "
+              f"{cal.split} images)")
+    points = [p for p in cal.points if budgets is None or p.budget in budgets]
+    if args.target_macs:
+        if val_logits is None:
+            val_logits, _ = collect_anytime(model, _loader(ds["val"], bs), device=device,
+                                            max_batches=args.max_batches)
+        points += [thresholds_for_macs(val_logits, step_macs, t * 1e6) for t in args.target_macs]
+
+    test_loader = _loader(ds["test"], bs)
+    test_logits, labels = collect_anytime(model, test_loader, device=device, max_batches=args.max_batches)
+    step_acc = per_step_accuracy(test_logits, labels)
+    if args.simulate:
+        results = evaluate_simulated(test_logits, labels, cal, points)
+    else:
+        results = evaluate_dynamic(model, test_loader, cal, points, device=device, max_batches=args.max_batches)
+
+    rows = [r.to_row() for r in results]
+    summary = {
+        "checkpoint": str(ck_path), "preset": cfg.preset, "engine": "simulated" if args.simulate else "dynamic",
+        "test_samples": int(labels.numel()), "step_macs": step_macs, "step_flops": [2 * m for m in step_macs],
+        "static_macs": sf.static_macs, "anytime_accuracy": step_acc, "calibration_split": cal.split,
+        "baseline_accuracy": args.baseline_acc, "budgets": rows,
+    }
+    (out / "eval.json").write_text(json.dumps(summary, indent=2))
+    T = len(step_macs)
+    with open(out / "eval.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["budget", "q", "accuracy", "avg_macs", "avg_flops"]
+                   + [f"thr{k}" for k in range(1, T)] + [f"exit{k}" for k in range(1, T + 1)])
+        for r in rows:
+            w.writerow([r["budget"] if r["budget"] is not None else "", f"{r['q']:.6g}", f"{r['accuracy']:.6f}",
+                        f"{r['avg_macs']:.1f}", f"{r['avg_flops']:.1f}"]
+                       + ["" if t is None else f"{t:.6f}" for t in r["thresholds"]] + r["exit_counts"])
+    from .viz import plot_accuracy_vs_flops
+
+    baseline = (float(sf.static_macs), args.baseline_acc) if args.baseline_acc is not None else None
+    plot_accuracy_vs_flops(out / "eval.png", [r["avg_macs"] for r in rows], [r["accuracy"] for r in rows],
+                           step_macs_cum=sf.cumulative_macs, step_acc=step_acc, baseline=baseline,
+                           title=f"GFNet {cfg.preset}: accuracy vs average MACs")
+    print(format_table(sf, f"per-step cost ({cfg.preset})"))
+    print("anytime accuracy per step: " + " ".join(f"{a:.4f}" for a in step_acc))
+    print(f"{'budget':>6} {'q':>6} {'acc':>7} {'avg MACs (M)':>13} {'avg FLOPs (M)':>14}  exits per step")
+    for r in rows:
+        b = "macs" if r["budget"] is None else str(r["budget"])
+        print(f"{b:>6} {r['q']:>6.3g} {r['accuracy']:>7.4f} {r['avg_macs'] / 1e6:>13.3f} "
+              f"{r['avg_flops'] / 1e6:>14.3f}  {r['exit_counts']}")
+    print(f"wrote {out / 'eval.json'}, {out / 'eval.csv'}, {out / 'eval.png'}")
+    return 0
+
+
+_eval.add_arguments = _eval_args  # type: ignore[attr-defined]
+command("eval", "budgeted evaluation: thresholds per budget, accuracy vs average FLOPs")(_eval)
+
+
+# ---------------------------------------------------------------------- predict
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or training output folder")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (any format PIL reads)")
+    p.add_argument("--budget", type=int, default=None,
+                   help="use the stored thresholds of this budget (1..39; default 20 if calibrated, "
+                        "else every image runs all steps)")
+    p.add_argument("--thresholds", default=None, metavar="T1,T2,...",
+                   help="explicit confidence thresholds of steps 1..T-1")
+    p.add_argument("--out", metavar="DIR", default=None, help="where the pictures go (default: ./predict)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+
+
+def _read_image(path: str, channels: int, size: int):
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            im.load()
+    except FileNotFoundError:
+        raise GFNetError(f"image {path!r} does not exist") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise GFNetError(f"cannot read image {path!r} ({type(e).__name__}: {e})") from None
+    if im.size != (size, size):
+        w, h = im.size
+        s = size / min(w, h)
+        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+        w, h = im.size
+        left, top = (w - size) // 2, (h - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+    import numpy as np
+
+    a = np.asarray(im, dtype=np.uint8)
+    t = torch.from_numpy(a.copy())
+    return t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from .budget import budget_q, stored_calibration
+    from .inference import dynamic_inference, load_checkpoint_model, resolve_checkpoint
+    from .viz import patch_picture
+
+    if args.budget is not None:
+        budget_q(args.budget)
+    ck_path = resolve_checkpoint(args.checkpoint)
+    device = _device(args.device)
+    model, cfg, ck = load_checkpoint_model(ck_path, device)
+    _threads(cfg)
+    m = cfg.model
+    images = torch.stack([_read_image(p, m.in_channels, m.image_size) for p in args.images])
+    T = m.max_steps
+    if args.thresholds is not None:
+        try:
+            thr = [float(x) for x in args.thresholds.split(",")]
+        except ValueError:
+            raise GFNetError(f"--thresholds {args.thresholds!r} is not a comma-separated list of numbers") from None
+        if len(thr) != T - 1:
+            raise GFNetError(f"--thresholds needs {T - 1} values (steps 1..{T - 1}), got {len(thr)}")
+        source = "given"
+    else:
+        cal = stored_calibration(ck)
+        if cal is None:
+            if args.budget is not None:
+                raise GFNetError(f"checkpoint {str(ck_path)!r} has no thresholds: run `gfnet eval` first")
+            thr, source = None, "none (all steps)"
+        else:
+            b = args.budget if args.budget is not None else 20
+            thr, source = cal.point(b).thresholds, f"budget {b}"
+    r = dynamic_inference(model, images.to(device), thr)
+    out = Path(args.out) if args.out else Path("predict")
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"thresholds: {source}")
+    conf = r.confidence.cpu()
+    pred = r.prediction.cpu()
+    for i, p in enumerate(args.images):
+        es = int(r.exit_step[i])
+        pic = out / f"{i:03d}_{Path(p).stem}.png"
+        patch_picture(pic, images[i], r.boxes[i].cpu(), m.patch_size, exit_step=es,
+                      label=f"class {int(pred[i])} ({float(conf[i]):.2f}), exit at step {es}",
+                      glance_mode=m.glance_mode, glance_align_corners=m.glance_align_corners)
+        print(f"{p}: class {int(pred[i])} confidence {float(conf[i]):.4f} exit step {es}/{T} -> {pic}")
+    return 0
+
+
+_predict.add_arguments = _predict_args  # type: ignore[attr-defined]
+command("predict", "classify images with early exit; pictures of the glance and focus patches")(_predict)
+
+
+# ---------------------------------------------------------------------- flops
+def _flops_args(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p)
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
+
+
+def _flops(args: argparse.Namespace) -> int:
+    if args.list_presets:
+        return _list_presets()
+    import json
+
+    import torch
+
+    from .flops import count_step_flops, format_table
+    from .models import build_model
+
+    cfg = config_from_args(args)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    sf = count_step_flops(model)
+    if args.json:
+        print(json.dumps(sf.to_dict(), indent=2))
+    else:
+        m = cfg.model
+        print(format_table(sf, f"{cfg.preset}: backbone {m.backbone}, image {m.image_size}, "
+                               f"patch {m.patch_size}, T={m.max_steps} (per image)"))
+    return 0
+
+
+_flops.add_arguments = _flops_args  # type: ignore[attr-defined]
+command("flops", "per-step MACs/FLOPs of a preset (glance, focus steps, static baseline)")(_flops)
 
 
 # ---------------------------------------------------------------------- entry point

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -120,16 +121,20 @@ _COUNTED = ("conv", "linear", "matmul", "addmm", "bmm", "einsum", "mm", "gru_cel
 
 def fvcore_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
     """Multiply-adds of conv / linear / matmul / GRU cell by fvcore (its "flops" are MACs)."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fvcore's import uses the deprecated torch.jit.script
+        from fvcore.nn import FlopCountAnalysis
 
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     was = module.training
     module.eval()
     try:
-        fca = FlopCountAnalysis(module, inputs)
-        fca.set_op_handle("aten::gru_cell", _gru_cell_handle)
-        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-        return int(sum(v for k, v in fca.by_operator().items() if k in _COUNTED))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fvcore's torch.jit deprecation and tracer warnings
+            fca = FlopCountAnalysis(module, inputs)
+            fca.set_op_handle("aten::gru_cell", _gru_cell_handle)
+            fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+            return int(sum(v for k, v in fca.by_operator().items() if k in _COUNTED))
     finally:
         module.train(was)
 
@@ -235,13 +240,13 @@ def format_table(sf: StepFlops, title: str = "") -> str:
     lines = []
     if title:
         lines.append(title)
-    lines.append(f"{'step':>6} {'part':<34} {'MACs (M)':>10} {'FLOPs (M)':>10} "
+    lines.append(f"{'step':>6} {'part':<40} {'MACs (M)':>10} {'FLOPs (M)':>10} "
                  f"{'cum. MACs (M)':>14} {'torch FLOPs (M)':>16}")
     for k, (m, c, t) in enumerate(zip(sf.macs, sf.cumulative_macs, sf.torch_flops), start=1):
         part = "glance: global encoder + classifier" if k == 1 else "focus: policy + local enc. + classifier"
-        lines.append(f"{k:>6} {part:<34} {m / 1e6:>10.2f} {2 * m / 1e6:>10.2f} {c / 1e6:>14.2f} {t / 1e6:>16.2f}")
+        lines.append(f"{k:>6} {part:<40} {m / 1e6:>10.2f} {2 * m / 1e6:>10.2f} {c / 1e6:>14.2f} {t / 1e6:>16.2f}")
     if sf.static_macs is not None:
-        lines.append(f"{'static':>6} {'backbone on the full image':<34} {sf.static_macs / 1e6:>10.2f} "
+        lines.append(f"{'static':>6} {'backbone on the full image':<40} {sf.static_macs / 1e6:>10.2f} "
                      f"{2 * sf.static_macs / 1e6:>10.2f}")
     lines.append("MACs: multiply-adds (fvcore; the unit the GFNet paper reports); FLOPs = 2 x MACs; "
                  f"torch.utils.flop_counter agrees within {100 * sf.max_rel_disagreement():.2f} %")

@@ -1,0 +1,115 @@
+"""Pictures: accuracy against average FLOPs, and what the model looked at (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy_vs_flops(path: str | Path, budget_macs: Sequence[float], budget_acc: Sequence[float], *,
+                           step_macs_cum: Sequence[float] | None = None,
+                           step_acc: Sequence[float] | None = None,
+                           baseline: tuple[float, float] | None = None,
+                           title: str = "GFNet: accuracy vs average MACs") -> Path:
+    """Budgeted accuracy against average MACs (line), each step's anytime accuracy at its
+    cumulative MACs (squares), and a static baseline (MACs, accuracy) if given (star).
+    MACs are plotted in millions; FLOPs = 2 x MACs."""
+    plt = _plt()
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
+    order = sorted(range(len(budget_macs)), key=lambda i: budget_macs[i])
+    ax.plot([budget_macs[i] / 1e6 for i in order], [100 * budget_acc[i] for i in order], "o-",
+            ms=3, label="dynamic (budgets)")
+    if step_macs_cum is not None and step_acc is not None:
+        ax.plot([m / 1e6 for m in step_macs_cum], [100 * a for a in step_acc], "s--", ms=5,
+                label="anytime, step k (all samples)")
+        for k, (m, a) in enumerate(zip(step_macs_cum, step_acc), start=1):
+            ax.annotate(f"t={k}", (m / 1e6, 100 * a), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    if baseline is not None:
+        ax.plot([baseline[0] / 1e6], [100 * baseline[1]], "*", ms=12, label="static baseline")
+    ax.set_xlabel("average MACs per image (M)   [FLOPs = 2 x MACs]")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _to_display(img: torch.Tensor, mean=None, std=None):
+    """(C, H, W) uint8 or float -> numpy (H, W[, 3]) in [0, 1] for imshow."""
+    x = img.detach().float().cpu()
+    if img.dtype == torch.uint8:
+        x = x / 255.0
+    elif mean is not None and std is not None and float(x.min()) < 0:
+        x = x * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
+    elif float(x.max()) > 1.0:
+        x = x / 255.0
+    x = x.clamp(0, 1)
+    return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+
+
+def patch_picture(path: str | Path, image: torch.Tensor, boxes: torch.Tensor, patch_size: int, *,
+                  exit_step: int | None = None, label: str = "", glance_mode: str = "bicubic",
+                  glance_align_corners: bool = True) -> Path:
+    """The image with the focus boxes drawn in order, then the glance and each focus patch.
+    boxes: (T, 4) (x1, y1, x2, y2); rows of NaN (steps not taken) are skipped."""
+    import matplotlib.patches as mpatches
+    import torch.nn.functional as F
+
+    plt = _plt()
+    path = Path(path)
+    taken = [t for t in range(boxes.shape[0]) if not math.isnan(float(boxes[t, 0]))]
+    if exit_step is not None:
+        taken = [t for t in taken if t < exit_step]
+    ncol = 1 + len(taken)
+    fig, axes = plt.subplots(1, ncol, figsize=(2.6 * ncol, 2.9), dpi=100, squeeze=False)
+    axes = axes[0]
+    cmap = "gray" if image.shape[0] == 1 else None
+    axes[0].imshow(_to_display(image), cmap=cmap, vmin=0, vmax=1)
+    colors = ["tab:red", "tab:orange", "tab:green", "tab:blue", "tab:purple", "tab:brown"]
+    for i, t in enumerate(taken[1:] if taken and taken[0] == 0 else taken):
+        x1, y1, x2, y2 = [float(v) for v in boxes[t]]
+        c = colors[i % len(colors)]
+        axes[0].add_patch(mpatches.Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, lw=2, ec=c))
+        axes[0].text(x1 + 1, y1 + 8, str(t + 1), color=c, fontsize=9, weight="bold")
+    axes[0].set_title(label or "image", fontsize=9)
+    src = image.detach().float().cpu()[None]
+    for j, t in enumerate(taken, start=1):
+        if t == 0:
+            kw = {"align_corners": glance_align_corners} if glance_mode != "nearest" else {}
+            p = F.interpolate(src, size=(patch_size, patch_size), mode=glance_mode, **kw)[0]
+            title = "step 1: glance"
+        else:
+            x1, y1, x2, y2 = [int(float(v)) for v in boxes[t]]
+            p = src[0, :, y1:y2, x1:x2]
+            title = f"step {t + 1}: focus"
+        p = p.clamp(0, 255).to(torch.uint8) if image.dtype == torch.uint8 else p
+        axes[j].imshow(_to_display(p), cmap=cmap, vmin=0, vmax=1)
+        axes[j].set_title(title, fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["patch_picture", "plot_accuracy_vs_flops"]

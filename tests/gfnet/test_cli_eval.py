@@ -1,0 +1,123 @@
+"""`gfnet eval`, `gfnet predict` and `gfnet flops` end to end on a checkpoint trained for a few steps."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from gfnet.cli import main
+
+from .conftest import tiny_overrides
+
+
+def _sets(*extra: str) -> list[str]:
+    out: list[str] = []
+    for o in tiny_overrides() + list(extra):
+        out += ["--set", o]
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    rc = main(["train", "--preset", "digits", "--epochs", "1", "--out", str(out),
+               *_sets("run.max_train_batches=1")])
+    assert rc == 0 and (out / "stage3.pt").is_file()
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    from PIL import Image
+
+    from gfnet.config import build_config
+    from gfnet.data import build_datasets
+
+    d = tmp_path_factory.mktemp("img")
+    ds = build_datasets(build_config("digits", overrides=tiny_overrides()), ("test",))["test"]
+    paths = []
+    for i in range(2):
+        x, _ = ds[i]
+        p = d / f"digit{i}.png"
+        Image.fromarray(x[0].numpy()).save(p)
+        paths.append(str(p))
+    Image.fromarray(ds[2][0][0].numpy()).resize((100, 150)).save(d / "odd_size.png")  # resized + cropped
+    paths.append(str(d / "odd_size.png"))
+    return paths
+
+
+def test_eval_writes_table_plot_and_stores_thresholds(run_dir, tmp_path, capsys):
+    out = tmp_path / "ev"
+    rc = main(["eval", str(run_dir), "--out", str(out), "--budgets", "1,20,39",
+               "--target-macs", "6", "--baseline-acc", "0.5"])
+    assert rc == 0
+    summary = json.loads((out / "eval.json").read_text())
+    assert [r["budget"] for r in summary["budgets"]] == [1, 20, 39, None]
+    T = len(summary["step_macs"])
+    for r in summary["budgets"]:
+        assert sum(r["exit_counts"]) == summary["test_samples"] == 8
+        assert 0.0 <= r["accuracy"] <= 1.0
+        reached, left = [], sum(r["exit_counts"])
+        for c in r["exit_counts"]:
+            reached.append(left)
+            left -= c
+        hand = sum(n * m for n, m in zip(reached, summary["step_macs"])) / 8
+        assert r["avg_macs"] == pytest.approx(hand)
+        assert r["avg_flops"] == pytest.approx(2 * hand)
+    assert len(summary["anytime_accuracy"]) == T
+    rows = list(csv.DictReader(open(out / "eval.csv")))
+    assert len(rows) == 4 and "avg_flops" in rows[0]
+    assert (out / "eval.png").stat().st_size > 1000
+    ck = torch.load(run_dir / "stage3.pt", weights_only=True)
+    assert {p["budget"] for p in ck["exit_thresholds"]["points"]} == {1, 20, 39}
+    assert "calibrated 3 budgets" in capsys.readouterr().out
+    # the second run reuses the stored thresholds; the simulated (official) way gives the same table
+    rc = main(["eval", str(run_dir / "stage3.pt"), "--out", str(tmp_path / "ev2"), "--budgets", "20",
+               "--simulate"])
+    assert rc == 0
+    assert "using the thresholds stored" in capsys.readouterr().out
+    sim = json.loads((tmp_path / "ev2" / "eval.json").read_text())["budgets"][0]
+    dyn = summary["budgets"][1]
+    assert sim["exit_counts"] == dyn["exit_counts"] and sim["accuracy"] == dyn["accuracy"]
+
+
+def test_predict_prints_and_draws(run_dir, images, tmp_path, capsys):
+    out = tmp_path / "pred"
+    rc = main(["predict", str(run_dir), *images, "--out", str(out), "--thresholds", "0.0,0.0"])
+    assert rc == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "exit step" in ln]
+    assert len(lines) == 3 and all("exit step 1/3" in ln for ln in lines)
+    assert len(list(out.glob("*.png"))) == 3
+    rc = main(["predict", str(run_dir), images[0], "--out", str(out)])  # stored or no thresholds
+    assert rc == 0
+
+
+def test_flops_command(capsys):
+    assert main(["flops", "--preset", "digits"]) == 0
+    text = capsys.readouterr().out
+    assert "MACs (M)" in text and "FLOPs (M)" in text and "glance" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "{missing}"], "does not exist"),
+    (["eval", "{run}", "--budgets", "40"], "out of range"),
+    (["eval", "{run}", "--budgets", "0"], "out of range"),
+    (["eval", "{run}", "--target-macs", "1e9"], "out of range"),
+    (["predict", "{run}", "{bad}"], "cannot read image"),
+    (["predict", "{run}", "{nofile}"], "does not exist"),
+    (["predict", "{run}", "{img}", "--budget", "99"], "out of range"),
+    (["predict", "{run}", "{img}", "--thresholds", "0.5"], "needs 2 values"),
+    (["predict", "{missing}", "{img}"], "does not exist"),
+])
+def test_bad_input_is_a_clear_error(run_dir, images, tmp_path, capsys, argv, message):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    subst = {"missing": str(tmp_path / "nope.pt"), "run": str(run_dir), "bad": str(bad),
+             "nofile": str(tmp_path / "none.png"), "img": images[0]}
+    rc = main([a.format(**subst) for a in argv])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
