@@ -24,7 +24,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from gfnet.budget import thresholds_for_fractions
 from gfnet.config import build_config
 from gfnet.flops import average_macs, preset_flops

@@ -19,8 +19,9 @@ dynamic engine (the exit counts it really produced) or simulated from all-step l
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -61,7 +62,7 @@ def thresholds_for_fractions(conf: torch.Tensor, fractions: Sequence[float]) -> 
     remaining = torch.ones(N, dtype=torch.bool)
     out: list[float] = []
     for k in range(T - 1):
-        out_n = int(math.floor(N * fractions[k] + 1e-9))
+        out_n = math.floor(N * fractions[k] + 1e-9)
         c = conf[k][remaining].sort(descending=True).values
         if out_n <= 0 or c.numel() == 0:
             thr = math.inf
@@ -107,7 +108,7 @@ class Calibration:
                 "points": [asdict(p) for p in self.points]}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Calibration":
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
         try:
             return cls(d["split"], int(d["samples"]), [float(x) for x in d["step_macs"]],
                        [BudgetPoint(**p) for p in d["points"]])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import GFNetError
 
@@ -182,11 +182,23 @@ def _eval(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from .budget import (calibrate, evaluate_dynamic, evaluate_simulated, store_calibration,
-                         stored_calibration, thresholds_for_macs)
+    from .budget import (
+        NUM_BUDGETS,
+        calibrate,
+        evaluate_dynamic,
+        evaluate_simulated,
+        store_calibration,
+        stored_calibration,
+        thresholds_for_macs,
+    )
     from .data import build_datasets
     from .flops import count_step_flops, format_table
-    from .inference import collect_anytime, load_checkpoint_model, per_step_accuracy, resolve_checkpoint
+    from .inference import (
+        collect_anytime,
+        load_checkpoint_model,
+        per_step_accuracy,
+        resolve_checkpoint,
+    )
 
     budgets = _parse_budgets(args.budgets)
     ck_path = resolve_checkpoint(args.checkpoint)
@@ -207,12 +219,12 @@ def _eval(args: argparse.Namespace) -> int:
 
     cal = None if args.recalibrate else stored_calibration(ck)
     if cal is not None and ([round(m) for m in cal.step_macs] != [round(m) for m in step_macs]
-                            or (budgets and any(b not in {p.budget for p in cal.points} for b in budgets))):
-        cal = None
+                            or any(b not in {p.budget for p in cal.points} for b in budgets or range(1, NUM_BUDGETS + 1))):
+        cal = None  # stale (another model's costs) or incomplete: calibrate again
     val_logits = None
     if cal is None:
         val_logits, _ = collect_anytime(model, _loader(ds["val"], bs), device=device, max_batches=args.max_batches)
-        cal = calibrate(val_logits, step_macs, budgets=budgets)
+        cal = calibrate(val_logits, step_macs)  # all 39 budgets: cheap once the logits are there
         if not args.no_store:
             store_calibration(ck_path, cal)
         print(f"calibrated {len(cal.points)} budgets on {cal.samples} validation images"

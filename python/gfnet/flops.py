@@ -25,8 +25,9 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,7 +42,7 @@ class _Encoder(nn.Module):
         self.b = backbone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feat, fmap = self.b(x)
+        feat, _fmap = self.b(x)
         return feat
 
 
@@ -51,7 +52,7 @@ class _Policy(nn.Module):
         self.p = model.policy
 
     def forward(self, fmap: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        action, value, h = self.p(fmap, h)
+        action, _value, _h = self.p(fmap, h)
         return action
 
 

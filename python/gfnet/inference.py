@@ -17,9 +17,10 @@ exits simulated afterwards, see :func:`simulate_exits`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from pathlib import Path
 
 import torch
 
@@ -208,16 +209,9 @@ def per_step_accuracy(step_logits: torch.Tensor, labels: torch.Tensor) -> list[f
     return [float((lg.argmax(1) == labels).double().mean()) for lg in step_logits]
 
 
-__all__ = ["AnytimeResult", "InferenceResult", "anytime_inference", "collect_anytime",
-           "confidences", "dynamic_inference", "exit_counts_of", "normalise_thresholds",
-           "per_step_accuracy", "run_dataset", "simulate_exits"]
-
-
 # ---------------------------------------------------------------------- checkpoints
-def resolve_checkpoint(path) -> "Path":
+def resolve_checkpoint(path) -> Path:
     """A checkpoint file, or a training output folder (its latest stage: 3, else 2, else 1)."""
-    from pathlib import Path
-
     from .errors import CheckpointError
 
     p = Path(path)
@@ -250,3 +244,20 @@ def load_checkpoint_model(path, device="cpu", overrides: dict | None = None):
     model = build_model(cfg.model, cfg.run.patch_backend or None)
     ck_io.load_model_state(model, ck["model"], p)
     return model.to(device).eval(), cfg, ck
+
+
+__all__ = [
+    "AnytimeResult",
+    "InferenceResult",
+    "anytime_inference",
+    "collect_anytime",
+    "confidences",
+    "dynamic_inference",
+    "exit_counts_of",
+    "load_checkpoint_model",
+    "normalise_thresholds",
+    "per_step_accuracy",
+    "resolve_checkpoint",
+    "run_dataset",
+    "simulate_exits",
+]

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
-
-from gfnet.budget import (NUM_BUDGETS, BudgetError, Calibration, budget_q, calibrate,
-                          evaluate_simulated, exit_fractions, geometric_fractions,
-                          thresholds_for_fractions, thresholds_for_macs)
+from gfnet.budget import (
+    NUM_BUDGETS,
+    BudgetError,
+    Calibration,
+    budget_q,
+    calibrate,
+    evaluate_simulated,
+    exit_fractions,
+    geometric_fractions,
+    thresholds_for_fractions,
+    thresholds_for_macs,
+)
 from gfnet.flops import average_macs, reached_from_exits
 from gfnet.inference import confidences, dynamic_inference, simulate_exits
 
@@ -53,7 +62,7 @@ def test_calibrate_all_budgets_monotone_macs():
     cal = calibrate(lg, macs)
     assert len(cal.points) == NUM_BUDGETS
     avg = [p.calib_avg_macs for p in cal.points]
-    assert all(a <= b + 1e-6 for a, b in zip(avg, avg[1:]))  # more budget, more compute
+    assert all(a <= b + 1e-6 for a, b in itertools.pairwise(avg))  # more budget, more compute
     assert macs[0] <= avg[0] < avg[-1] <= sum(macs)
     # round trip through the checkpoint dict
     cal2 = Calibration.from_dict(cal.to_dict())

@@ -17,9 +17,7 @@ Which figures the per-step MACs must match, and why:
 
 from __future__ import annotations
 
-import pytest
 import torch
-
 from gfnet.config import build_config
 from gfnet.flops import count_step_flops, format_table, fvcore_macs, preset_flops, torch_flops
 from gfnet.models import build_model

@@ -6,10 +6,15 @@ import math
 
 import pytest
 import torch
-
 from gfnet.config import build_config
-from gfnet.inference import (anytime_inference, confidences, dynamic_inference, exit_counts_of,
-                             normalise_thresholds, simulate_exits)
+from gfnet.inference import (
+    anytime_inference,
+    confidences,
+    dynamic_inference,
+    exit_counts_of,
+    normalise_thresholds,
+    simulate_exits,
+)
 from gfnet.models import build_model
 
 from .conftest import tiny_overrides
@@ -43,7 +48,7 @@ def test_dynamic_matches_anytime(setup, name):
     T = model.max_steps
     thr = _settings(confidences(anytime.logits))[name]
     r = dynamic_inference(model, images, thr)
-    es, lg = simulate_exits(anytime.logits, thr)
+    es, _ = simulate_exits(anytime.logits, thr)
     assert torch.equal(r.exit_step, es)
     assert ((r.exit_step >= 1) & (r.exit_step <= T)).all()
     # each sample's logits at its exit step equal the anytime model's at that step
@@ -64,14 +69,14 @@ def test_dynamic_matches_anytime(setup, name):
 
 
 def test_training_mode_restored_and_float_images(setup):
-    model, images, anytime = setup
+    model, images, _ = setup
     model.train()
     try:
         r = dynamic_inference(model, images.float(), [0.0] * (model.max_steps - 1))
         assert model.training and model.global_encoder.training
     finally:
         model.eval()
-    # float 0..255 images give the same glance logits as uint8 (normalisation fused either way)
+    # float 0..255 images work as well as uint8 (normalisation fused either way)
     assert r.logits.shape == (images.shape[0], model.cfg.num_classes)
 
 
