@@ -94,6 +94,24 @@ def test_predict_prints_and_draws(run_dir, images, tmp_path, capsys):
     assert rc == 0
 
 
+def test_train_baseline_and_plot_it(run_dir, tmp_path, capsys):
+    out = tmp_path / "bl"
+    rc = main(["train", "--baseline", "--preset", "digits", "--epochs", "1", "--out", str(out),
+               *_sets("run.max_train_batches=1")])
+    assert rc == 0 and (out / "baseline.pt").is_file()
+    assert "static baseline" in capsys.readouterr().out
+    ev = tmp_path / "ev"
+    rc = main(["eval", str(run_dir), "--out", str(ev), "--budgets", "20", "--baseline", str(out / "baseline.pt")])
+    assert rc == 0
+    summary = json.loads((ev / "eval.json").read_text())
+    ck = torch.load(out / "baseline.pt", weights_only=True)
+    assert summary["baseline_accuracy"] == ck["test_accuracy"]
+    assert summary["baseline_macs"] == ck["macs"] == summary["static_macs"]  # same backbone, same size
+    # a GFNet checkpoint is not a baseline
+    assert main(["eval", str(run_dir), "--out", str(ev), "--baseline", str(run_dir / "stage1.pt")]) == 2
+    assert "not a baseline checkpoint" in capsys.readouterr().err
+
+
 def test_flops_command(capsys):
     assert main(["flops", "--preset", "digits"]) == 0
     text = capsys.readouterr().out
