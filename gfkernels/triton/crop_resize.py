@@ -172,24 +172,34 @@ def _is_exact(lo, hi, out, size):
 
 
 @triton.jit
+def _load_box(boxes, b):
+    """Box b as (x1, y1, x2, y2)."""
+    return (tl.load(boxes + b * 4 + 0), tl.load(boxes + b * 4 + 1),
+            tl.load(boxes + b * 4 + 2), tl.load(boxes + b * 4 + 3))
+
+
+@triton.jit
+def _output_tile(h, w, BLOCK: tl.constexpr):
+    """The box b and the BLOCK output pixels p = i * w + j of this program (one program per
+    BLOCK pixels of one box's h x w output)."""
+    hw = h * w
+    pid = tl.program_id(0)
+    nblk = tl.cdiv(hw, BLOCK)
+    b = pid // nblk
+    p = (pid % nblk) * BLOCK + tl.arange(0, BLOCK)
+    return b, p, p < hw, p // w, p % w
+
+
+@triton.jit
 def _forward_kernel(img, boxes, batch_index, out, affine, N, C, H, W, sN, sC, sH, sW, h, w,
                     HAS_BI: tl.constexpr, MODE: tl.constexpr, NT: tl.constexpr,
                     ZEROS: tl.constexpr, ALIGN: tl.constexpr, ACC64: tl.constexpr,
                     BLOCK: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
-    pid = tl.program_id(0)
     hw = h * w
-    nblk = tl.cdiv(hw, BLOCK)
-    b = pid // nblk
-    p = (pid % nblk) * BLOCK + tl.arange(0, BLOCK)
-    mask = p < hw
-    i = p // w
-    j = p % w
+    b, p, mask, i, j = _output_tile(h, w, BLOCK)
     n = _image_of(batch_index, b, N, HAS_BI)
-    x1 = tl.load(boxes + b * 4 + 0)
-    y1 = tl.load(boxes + b * 4 + 1)
-    x2 = tl.load(boxes + b * 4 + 2)
-    y2 = tl.load(boxes + b * 4 + 3)
+    x1, y1, x2, y2 = _load_box(boxes, b)
     plane0 = img + n * sN
     dst = out + b.to(tl.int64) * C * hw + p
     exact = _is_exact(x1, x2, w, W) & _is_exact(y1, y2, h, H)
@@ -246,19 +256,10 @@ def _backward_images_atomic_kernel(grad, boxes, batch_index, grad_images, affine
                                    NT: tl.constexpr, ZEROS: tl.constexpr, ALIGN: tl.constexpr,
                                    ACC64: tl.constexpr, BLOCK: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
-    pid = tl.program_id(0)
     hw = h * w
-    nblk = tl.cdiv(hw, BLOCK)
-    b = pid // nblk
-    p = (pid % nblk) * BLOCK + tl.arange(0, BLOCK)
-    mask = p < hw
-    i = p // w
-    j = p % w
+    b, p, mask, i, j = _output_tile(h, w, BLOCK)
     n = _image_of(batch_index, b, N, HAS_BI)
-    x1 = tl.load(boxes + b * 4 + 0)
-    y1 = tl.load(boxes + b * 4 + 1)
-    x2 = tl.load(boxes + b * 4 + 2)
-    y2 = tl.load(boxes + b * 4 + 3)
+    x1, y1, x2, y2 = _load_box(boxes, b)
     planes = grad_images + n * C * H * W
     src = grad + b.to(tl.int64) * C * hw + p
     iy0, iy1, iy2, iy3, wy0, wy1, wy2, wy3, _d0, _d1, _d2, _d3 = _taps(
@@ -487,10 +488,7 @@ def _backward_boxes_kernel(grad, img, boxes, batch_index, affine, partial, N, C,
     s = tl.program_id(0)
     hw = h * w
     n = _image_of(batch_index, b, N, HAS_BI)
-    x1 = tl.load(boxes + b * 4 + 0)
-    y1 = tl.load(boxes + b * 4 + 1)
-    x2 = tl.load(boxes + b * 4 + 2)
-    y2 = tl.load(boxes + b * 4 + 3)
+    x1, y1, x2, y2 = _load_box(boxes, b)
     plane0 = img + n * sN
     gbase = grad + b.to(tl.int64) * C * hw
     sx1 = tl.zeros([BLOCK], dtype=tl.float64)
