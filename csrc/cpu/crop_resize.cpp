@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <utility>
 #include <cstring>
 #include <vector>
 
@@ -79,6 +80,22 @@ AxisTable<acc_t> build_axis_table(const box_t* boxes, int64_t num_boxes, int lo_
     }
   });
   return t;
+}
+
+// The column (x) and row (y) tables of every box for an h x w output from an H x W image.
+template <typename acc_t>
+std::pair<AxisTable<acc_t>, AxisTable<acc_t>> build_tables(const at::Tensor& boxes, int64_t h,
+                                                           int64_t w, int64_t H, int64_t W,
+                                                           Mode mode, Padding padding,
+                                                           bool align_corners) {
+  std::pair<AxisTable<acc_t>, AxisTable<acc_t>> xy;
+  const int64_t B = boxes.size(0);
+  AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "crop_resize_boxes", [&] {
+    const scalar_t* bx = boxes.data_ptr<scalar_t>();
+    xy.first = build_axis_table<acc_t>(bx, B, 0, 2, w, W, mode, padding, align_corners);
+    xy.second = build_axis_table<acc_t>(bx, B, 1, 3, h, H, mode, padding, align_corners);
+  });
+  return xy;
 }
 
 struct Geometry {
@@ -160,12 +177,10 @@ void forward_impl(const at::Tensor& images, const at::Tensor& boxes, const int64
                   const ChannelAffine& affine) {
   const Geometry g = geometry_of(images);
   const int64_t B = boxes.size(0), h = out.size(2), w = out.size(3);
-  AxisTable<acc_t> xt, yt;
-  AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "crop_resize_boxes", [&] {
-    const scalar_t* bx = boxes.data_ptr<scalar_t>();
-    xt = build_axis_table<acc_t>(bx, B, 0, 2, w, g.W, mode, padding, align_corners);
-    yt = build_axis_table<acc_t>(bx, B, 1, 3, h, g.H, mode, padding, align_corners);
-  });
+  const auto tables =
+      build_tables<acc_t>(boxes, h, w, g.H, g.W, mode, padding, align_corners);
+  const AxisTable<acc_t>& xt = tables.first;
+  const AxisTable<acc_t>& yt = tables.second;
   const image_t* img = images.data_ptr<image_t>();
   out_t* dst = out.data_ptr<out_t>();
   const int64_t C = g.C;
@@ -282,12 +297,10 @@ void backward_images_impl(const at::Tensor& grad, const at::Tensor& boxes,
                           Padding padding, bool align_corners, const ChannelAffine& affine) {
   const int64_t B = grad.size(0), C = grad.size(1), h = grad.size(2), w = grad.size(3);
   const int64_t N = grad_images.size(0), H = grad_images.size(2), W = grad_images.size(3);
-  AxisTable<acc_t> xt, yt;
-  AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "crop_resize_boxes", [&] {
-    const scalar_t* bx = boxes.data_ptr<scalar_t>();
-    xt = build_axis_table<acc_t>(bx, B, 0, 2, w, W, mode, padding, align_corners);
-    yt = build_axis_table<acc_t>(bx, B, 1, 3, h, H, mode, padding, align_corners);
-  });
+  const auto tables =
+      build_tables<acc_t>(boxes, h, w, H, W, mode, padding, align_corners);
+  const AxisTable<acc_t>& xt = tables.first;
+  const AxisTable<acc_t>& yt = tables.second;
   const auto groups = boxes_per_image(bi, B, N);
   const grad_t* g = grad.data_ptr<grad_t>();
   acc_t* gi = grad_images.data_ptr<acc_t>();
@@ -371,12 +384,10 @@ void backward_boxes_impl(const at::Tensor& grad, const at::Tensor& images, const
                          Padding padding, bool align_corners, const ChannelAffine& affine) {
   const Geometry geo = geometry_of(images);
   const int64_t B = grad.size(0), C = grad.size(1), h = grad.size(2), w = grad.size(3);
-  AxisTable<acc_t> xt, yt;
-  AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "crop_resize_boxes", [&] {
-    const scalar_t* bx = boxes.data_ptr<scalar_t>();
-    xt = build_axis_table<acc_t>(bx, B, 0, 2, w, geo.W, mode, padding, align_corners);
-    yt = build_axis_table<acc_t>(bx, B, 1, 3, h, geo.H, mode, padding, align_corners);
-  });
+  const auto tables =
+      build_tables<acc_t>(boxes, h, w, geo.H, geo.W, mode, padding, align_corners);
+  const AxisTable<acc_t>& xt = tables.first;
+  const AxisTable<acc_t>& yt = tables.second;
   const image_t* img = images.data_ptr<image_t>();
   const grad_t* g = grad.data_ptr<grad_t>();
   std::vector<double> result(B * 4);
