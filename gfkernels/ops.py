@@ -81,7 +81,8 @@ def _normalise_size(size: Size) -> Tuple[int, int]:
     return size
 
 
-def _per_channel_list(values, name: str) -> Optional[list]:
+def _per_channel_list(values) -> Optional[list]:
+    """mean/std given as a sequence, a tensor or one number -> a list of floats (or None)."""
     if values is None:
         return None
     if isinstance(values, torch.Tensor):
@@ -170,7 +171,7 @@ def crop_resize(
     "triton" or "reference". See ARCHITECTURE.md for the exact sampling positions.
     """
     size = _normalise_size(size)
-    mean, std = _per_channel_list(mean, "mean"), _per_channel_list(std, "std")
+    mean, std = _per_channel_list(mean), _per_channel_list(std)
     if out_dtype is None and isinstance(images, torch.Tensor):
         out_dtype = images.dtype if images.is_floating_point() else torch.float32
     check_crop_resize_args(images, boxes, batch_index, mode, align_corners, padding_mode,

@@ -4,6 +4,8 @@ torchvision operations it generalises."""
 from __future__ import annotations
 
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -373,7 +375,7 @@ def test_bad_input(name, tensors, kwargs, error, message):
     args = {**GOOD, **tensors}
     kwargs = {"size": 4, **kwargs}
     size = kwargs.pop("size")
-    with pytest.raises(error, match=_escape(message)):
+    with pytest.raises(error, match=re.escape(message)):
         gfkernels.crop_resize(args["images"], args["boxes"], size, **kwargs)
 
 
@@ -395,14 +397,8 @@ def test_bad_input_raw_op(name, tensors, kwargs, error, message):
         kw["size"] = list(kw["size"])
     message = message.replace("mode must be one of", "mode must be")
     message = message.replace("batch_index must be an int64", "batch_index must be int64")
-    with pytest.raises((error, RuntimeError), match=_escape(message)):
+    with pytest.raises((error, RuntimeError), match=re.escape(message)):
         torch.ops.gfkernels.crop_resize(args["images"], args["boxes"], kw["batch_index"],
                                         kw["size"], kw["mode"], kw["align_corners"],
                                         kw["padding_mode"], kw["mean"], kw["std"],
                                         kw["out_dtype"])
-
-
-def _escape(message):
-    import re
-
-    return re.escape(message)
