@@ -79,7 +79,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("--baseline", action="store_true",
                    help="train the static baseline instead: the same backbone on the full-resolution "
-                        "image, same optimiser recipe (stage-1 epochs); writes OUT/baseline.pt")
+                        "image with the stage-1 recipe and epochs; writes OUT/baseline.pt (resumable)")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -101,7 +101,12 @@ def _train(args: argparse.Namespace) -> int:
     if not args.out:
         raise GFNetError("--out DIR is required (where checkpoints and metrics go)")
     if args.baseline:
-        return _train_baseline(cfg, args.out)
+        from .train.baseline import train_baseline
+
+        ck = train_baseline(cfg, args.out, resume=args.resume)
+        print(f"static baseline ({cfg.model.backbone}, {cfg.model.image_size} px): test accuracy "
+              f"{ck['test_accuracy']:.4f}, {ck['macs'] / 1e6:.2f} M MACs per image")
+        return 0
     stages = [1, 2, 3] if args.stage == "all" else [int(args.stage)]
     from .train import train
 
@@ -110,87 +115,6 @@ def _train(args: argparse.Namespace) -> int:
     if last:
         print(f"test accuracy per step (policy): {' '.join(f'{a:.4f}' for a in last['policy'])}")
         print(f"test accuracy per step (random): {' '.join(f'{a:.4f}' for a in last['random'])}")
-    return 0
-
-
-def _normalise(x, mean, std):
-    import torch
-
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    m = torch.tensor(mean, device=x.device)[:, None, None]
-    sd = torch.tensor(std, device=x.device)[:, None, None]
-    return (x - m) / sd
-
-
-def _train_baseline(cfg, out_dir) -> int:
-    """The static baseline: cfg's backbone (its own head) on the full image, trained with the
-    stage-1 recipe (SGD, Nesterov momentum, backbone lr, weight decay, cosine per epoch).
-    No DDP or resume: a reference point for `gfnet eval --baseline CKPT`."""
-    import math
-    from pathlib import Path
-
-    import torch
-    import torch.nn.functional as F
-    from torch.utils.data import DataLoader
-
-    from .data import build_datasets
-    from .flops import _Static, fvcore_macs
-    from .models.backbones import build_backbone
-    from .train import checkpoint as ck_io
-
-    m, o = cfg.model, cfg.optim
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
-    torch.manual_seed(cfg.run.seed)
-    device = _device(cfg.run.device)
-    ds = build_datasets(cfg, ("train", "test"))
-    net = build_backbone(m.backbone, num_classes=m.num_classes, in_channels=m.in_channels,
-                         pretrained=m.pretrained, width=m.width).to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=o.lr_backbone, momentum=o.momentum,
-                          nesterov=o.nesterov and o.momentum > 0, weight_decay=o.weight_decay)
-    epochs = max(o.epochs_stage1, 1)
-    train_loader = DataLoader(ds["train"], batch_size=o.batch_size, shuffle=True, drop_last=False,
-                              num_workers=cfg.data.num_workers)
-    cap = cfg.run.max_train_batches
-    last = math.nan
-    for epoch in range(epochs):
-        if hasattr(ds["train"], "set_epoch"):
-            ds["train"].set_epoch(epoch)
-        for g in opt.param_groups:
-            g["lr"] = o.lr_backbone * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
-        net.train()
-        for i, (x, y) in enumerate(train_loader):
-            if cap and i >= cap:
-                break
-            x, y = _normalise(x.to(device), m.mean, m.std), y.to(device)
-            feat, _ = net(x)
-            loss = F.cross_entropy(net.head(feat), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            last = float(loss.detach())
-        print(f"baseline epoch {epoch + 1}/{epochs}: last loss {last:.4f}", file=sys.stderr)
-    net.eval()
-    correct = total = 0
-    cap = cfg.run.max_eval_batches
-    bs = cfg.run.eval_batch_size or o.batch_size
-    with torch.inference_mode():
-        for i, (x, y) in enumerate(DataLoader(ds["test"], batch_size=bs, shuffle=False)):
-            if cap and i >= cap:
-                break
-            feat, _ = net(_normalise(x.to(device), m.mean, m.std))
-            correct += int((net.head(feat).argmax(1).cpu() == y).sum())
-            total += y.numel()
-    acc = correct / max(total, 1)
-    p = next(net.parameters())
-    macs = fvcore_macs(_Static(net), (torch.zeros(1, m.in_channels, m.image_size, m.image_size,
-                                                  dtype=p.dtype, device=p.device),))
-    path = Path(out_dir) / "baseline.pt"
-    ck_io.save_atomic({"format": ck_io.FORMAT, "kind": "baseline", "config": cfg.to_dict(),
-                       "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                       "test_accuracy": acc, "macs": macs}, path)
-    print(f"static baseline ({m.backbone}, {m.image_size} px): test accuracy {acc:.4f}, "
-          f"{macs / 1e6:.2f} M MACs per image -> {path}")
     return 0
 
 
@@ -290,11 +214,9 @@ def _eval(args: argparse.Namespace) -> int:
 
     budgets = _parse_budgets(args.budgets)
     if args.baseline is not None:
-        from .train import checkpoint as ck_io
+        from .train.baseline import load_baseline_checkpoint
 
-        bck = ck_io.load(args.baseline)
-        if bck.get("kind") != "baseline":
-            raise GFNetError(f"{args.baseline!r} is not a baseline checkpoint (gfnet train --baseline)")
+        bck = load_baseline_checkpoint(args.baseline)
         args.baseline_acc = float(bck["test_accuracy"])
         baseline_macs = float(bck["macs"])
     else:

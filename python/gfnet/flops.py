@@ -192,13 +192,16 @@ def count_step_flops(model: GFNet, *, static: bool = True) -> StepFlops:
         names = (["global_encoder"] if t == 1 else ["policy", "local_encoder"]) + [f"classifier{t}"]
         macs.append(sum(part_macs[n] for n in names))
         tfl.append(sum(part_flops[n] for n in names))
-    st = None
-    if static:
-        cfg = model.cfg
-        p = next(model.parameters())
-        x = torch.zeros(1, cfg.in_channels, cfg.image_size, cfg.image_size, dtype=p.dtype, device=p.device)
-        st = fvcore_macs(_Static(model.global_encoder), (x,))
+    st = static_macs(model.global_encoder, model.cfg) if static else None
     return StepFlops(macs, tfl, st, part_macs)
+
+
+def static_macs(backbone: nn.Module, cfg) -> int:
+    """MACs per image of the static baseline: ``backbone`` and its head on the full
+    cfg.image_size image (cfg: a ModelConfig)."""
+    p = next(backbone.parameters())
+    x = torch.zeros(1, cfg.in_channels, cfg.image_size, cfg.image_size, dtype=p.dtype, device=p.device)
+    return fvcore_macs(_Static(backbone), (x,))
 
 
 @functools.lru_cache(maxsize=8)

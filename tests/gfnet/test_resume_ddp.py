@@ -72,3 +72,42 @@ def test_torchrun_two_ranks_identical_parameters(tmp_path):
     for stage in (1, 2, 3):
         assert (tmp_path / "ddp" / f"stage{stage}.pt").exists()
     assert any(not torch.equal(r0[k], init[k]) for k in r0 if k.startswith("policy."))
+
+
+def test_baseline_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    """The static baseline trains through the same loop: killed after epoch 1, --resume
+    finishes with exactly the parameters of an uninterrupted run, and its results sit beside
+    GFNet's stages in results.json."""
+    sets = {"optim.epochs_stage1": 2, "run.deterministic": "true", "data.train_samples": 24}
+    ref = _train(tmp_path / "ref", "--baseline", **sets)
+    assert ref.returncode == 0, ref.stderr
+    assert "static baseline (digitnet, 128 px): test accuracy" in ref.stdout
+    env = subprocess_env()
+    env["GFNET_KILL_AFTER_EPOCH"] = "0:1"  # the baseline is the trainer's stage 0
+    killed = _train(tmp_path / "run", "--baseline", env=env, **sets)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    ck = torch.load(tmp_path / "run" / "baseline.pt", weights_only=True)
+    assert ck["kind"] == "baseline" and ck["epoch"] == 1 and not ck["done"] and "test_accuracy" not in ck
+    resumed = _train(tmp_path / "run", "--baseline", "--resume", **sets)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "baseline: resuming after epoch 1/2" in resumed.stderr
+    a, b = _model(tmp_path / "ref" / "baseline.pt"), _model(tmp_path / "run" / "baseline.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    done = torch.load(tmp_path / "run" / "baseline.pt", weights_only=True)
+    assert done["done"] and 0.0 <= done["test_accuracy"] <= 1.0 and done["macs"] > 0
+    again = _train(tmp_path / "run", "--baseline", "--resume", **sets)
+    assert again.returncode == 0 and "baseline: already complete" in again.stderr
+
+
+def test_baseline_torchrun_two_ranks(tmp_path):
+    env = subprocess_env()
+    env["GFNET_DUMP_PARAMS"] = str(tmp_path / "dump")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           "-m", "gfnet", "train", "--baseline", "--preset", "digits", "--out", str(tmp_path / "ddp"),
+           *_sets(**{"optim.epochs_stage1": 1, "data.train_samples": 32, "run.max_train_batches": 2})]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = torch.load(tmp_path / "dump" / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "dump" / "rank1.pt", weights_only=True)
+    assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
+    assert torch.load(tmp_path / "ddp" / "baseline.pt", weights_only=True)["done"]

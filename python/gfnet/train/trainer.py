@@ -90,6 +90,8 @@ def _cosine(progress: float) -> float:
 
 
 class Trainer:
+    stages: tuple[int, ...] = STAGES
+    checkpoint_kind = "gfnet"  # the "kind" field of every checkpoint written
     def __init__(self, cfg: Config, out_dir: str | Path, *, resume: bool = False,
                  dist_info: DistInfo | None = None):
         cfg.validate()
@@ -105,13 +107,51 @@ class Trainer:
         self.device = self.dist.device
         self.datasets = build_datasets(cfg)  # data errors surface before anything is written
         torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
-        self.model: GFNet = build_model(cfg.model, cfg.run.patch_backend or None).to(self.device)
+        self.model = self.build_model().to(self.device)
         amp = cfg.run.amp
         if amp == "auto":
             amp = "bf16" if self.device.type == "cuda" else "off"
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
         self.results: dict[str, Any] = {}
         self._last_log = 0.0
+
+    # ------------------------------------------------------------------ what a subclass changes
+    # (the static baseline, train/baseline.py, trains another model through the same loop)
+    def build_model(self) -> nn.Module:
+        return build_model(self.cfg.model, self.cfg.run.patch_backend or None)
+
+    def stage_path(self, stage: int) -> Path:
+        return ckpt.stage_path(self.out, stage)
+
+    def stage_label(self, stage: int) -> str:
+        return f"stage {stage}"
+
+    def stage_epochs(self, stage: int) -> int:
+        return getattr(self.cfg.optim, f"epochs_stage{stage}")
+
+    def set_trainable(self, stage: int) -> None:
+        set_trainable(self.model, trained_parts(self.cfg, stage))
+
+    def stage_runner(self, stage: int) -> nn.Module:
+        """The module DDP wraps: forward(images, labels) -> (loss, per-step logits), or the
+        PPO actor-critic evaluator in stage 2."""
+        if stage == 2:
+            return PolicyEvaluator(self.model.policy)
+        return _ClassifierStage(self.model, "random" if stage == 1 else "mean", self.cfg.optim.head_loss_weight)
+
+    def find_unused_parameters(self, stage: int) -> bool:
+        return stage != 2 and not self.cfg.optim.head_loss_weight
+
+    def num_outputs(self) -> int:
+        """How many logits the runner returns per batch (GFNet: one per step)."""
+        return self.model.max_steps
+
+    def val_modes(self, stage: int) -> tuple[str, ...]:
+        return ("mean", "random") if stage > 1 else ("random",)
+
+    def final_extras(self, stage: int, test: dict[str, Any]) -> dict[str, Any]:
+        """Extra fields of a finished stage's checkpoint."""
+        return {"test": test}
 
     # ------------------------------------------------------------------ helpers
     def log(self, msg: str) -> None:
@@ -212,7 +252,7 @@ class Trainer:
         rng = self._rng_state()  # collective: every rank takes part
         if self.dist.is_main:
             obj = {
-                "format": ckpt.FORMAT, "stage": stage, "epoch": epoch, "epochs": epochs, "done": done,
+                "format": ckpt.FORMAT, "kind": self.checkpoint_kind, "stage": stage, "epoch": epoch, "epochs": epochs, "done": done,
                 "world_size": self.dist.world_size, "config": self.cfg.to_dict(),
                 "model": self.model.state_dict(),
                 "optimizer": opt.state_dict() if opt is not None else None,
@@ -220,14 +260,14 @@ class Trainer:
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": rng, **extra,
             }
-            ckpt.save_atomic(obj, ckpt.stage_path(self.out, stage))
+            ckpt.save_atomic(obj, self.stage_path(stage))
         barrier(self.dist)
         kill = os.environ.get("GFNET_KILL_AFTER_EPOCH", "")
         if kill and kill == f"{stage}:{epoch}":  # test hook: die like a killed job would
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _load(self, stage: int) -> dict[str, Any]:
-        path = ckpt.stage_path(self.out, stage)
+        path = self.stage_path(stage)
         ck = ckpt.load(path, map_location="cpu")
         ckpt.check_compatible(ck, self.cfg.to_dict()["model"], path)
         if ck.get("stage") != stage:
@@ -251,7 +291,7 @@ class Trainer:
 
         Returns, per stage, its checkpoint to resume from (or None).
         """
-        found = {s: ckpt.stage_path(self.out, s) for s in stages if ckpt.stage_path(self.out, s).exists()}
+        found = {s: self.stage_path(s) for s in stages if self.stage_path(s).exists()}
         if found and not self.resume:  # the stages to run would overwrite these
             raise CheckpointError(
                 f"output folder {str(self.out)!r} already holds checkpoints "
@@ -262,7 +302,7 @@ class Trainer:
             loaded[s] = self._load(s) if s in found else None
         first = stages[0]
         if first > 1 and loaded.get(first) is None:
-            prev = ckpt.stage_path(self.out, first - 1)
+            prev = self.stage_path(first - 1)
             ck = self._load(first - 1)
             if not ck.get("done"):
                 raise CheckpointError(f"stage {first - 1} checkpoint {str(prev)!r} is not finished "
@@ -273,26 +313,26 @@ class Trainer:
 
     def run(self, stages: list[int]) -> dict[str, Any]:
         stages = sorted(set(stages))
-        if any(s not in STAGES for s in stages):
-            raise ConfigError(f"stages must be among 1, 2, 3; got {stages}")
+        if not stages or any(s not in self.stages for s in stages):
+            raise ConfigError(f"stages must be among {', '.join(map(str, self.stages))}; got {stages}")
         loaded = self.preflight(stages)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         barrier(self.dist)
         res_path = self.out / "results.json"
-        if self.resume and res_path.exists():
+        if res_path.exists():  # merge: other stages' (and the baseline's) results stay
             try:
                 self.results = json.loads(res_path.read_text())
             except json.JSONDecodeError:
                 self.results = {}
         first = stages[0]
         if first > 1 and loaded.get(first) is None:
-            ckpt.load_model_state(self.model, loaded[first - 1]["model"], ckpt.stage_path(self.out, first - 1))
+            ckpt.load_model_state(self.model, loaded[first - 1]["model"], self.stage_path(first - 1))
         for s in stages:
             ck = loaded.get(s)
             if ck is not None and ck.get("done"):
-                ckpt.load_model_state(self.model, ck["model"], ckpt.stage_path(self.out, s))
-                self.log(f"stage {s}: already complete in {ckpt.stage_path(self.out, s)}, skipped")
+                ckpt.load_model_state(self.model, ck["model"], self.stage_path(s))
+                self.log(f"{self.stage_label(s)}: already complete in {self.stage_path(s)}, skipped")
                 continue
             self.train_stage(s, ck)
         dump = os.environ.get("GFNET_DUMP_PARAMS", "")
@@ -319,10 +359,10 @@ class Trainer:
 
     def train_stage(self, stage: int, ck: dict[str, Any] | None) -> None:
         cfg = self.cfg
-        epochs = getattr(cfg.optim, f"epochs_stage{stage}")
-        parts = trained_parts(cfg, stage)
+        epochs = self.stage_epochs(stage)
+        label = self.stage_label(stage)
         self._seed_stage(stage)
-        set_trainable(self.model, parts)
+        self.set_trainable(stage)
         opt = self._optimizer(stage)
         iters = self._iters(self.train_loader(0), cfg.run.max_train_batches)
         unit_total = max(1, epochs if cfg.optim.schedule_unit == "epoch" else epochs * iters)
@@ -332,7 +372,7 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         start = 0
         if ck is not None:
-            path = ckpt.stage_path(self.out, stage)
+            path = self.stage_path(stage)
             ckpt.load_model_state(self.model, ck["model"], path)
             try:
                 if ck.get("optimizer") is not None:
@@ -345,18 +385,14 @@ class Trainer:
                 raise CheckpointError(f"checkpoint {str(path)!r}: optimiser state does not fit ({e})") from None
             start = int(ck["epoch"])
             self._set_rng_state(ck["rng"])
-            self.log(f"stage {stage}: resuming after epoch {start}/{epochs} from {path}")
-        if stage == 2:
-            runner: nn.Module = PolicyEvaluator(self.model.policy)
-        else:
-            runner = _ClassifierStage(self.model, "random" if stage == 1 else "mean",
-                                      cfg.optim.head_loss_weight)
+            self.log(f"{label}: resuming after epoch {start}/{epochs} from {path}")
+        runner = self.stage_runner(stage)
         if self.dist.enabled:
             runner = DDP(runner, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                         find_unused_parameters=stage != 2 and not cfg.optim.head_loss_weight)
+                         find_unused_parameters=self.find_unused_parameters(stage))
         for epoch in range(start, epochs):
             t0 = time.time()
-            set_trainable(self.model, parts)
+            self.set_trainable(stage)
             if stage == 2:
                 rec = self._epoch_ppo(runner, opt, epoch, epochs)
             else:
@@ -364,27 +400,26 @@ class Trainer:
             if cfg.optim.schedule_unit == "epoch" and sched is not None:
                 sched.step()
             average_buffers(self.model, self.dist)
-            val = self.evaluate("val", ("mean", "random") if stage > 1 else ("random",))
+            val = self.evaluate("val", self.val_modes(stage))
             rec.update(stage=stage, epoch=epoch + 1, epochs=epochs, val=val,
                        epoch_time_s=round(time.time() - t0, 2), time=time.time())
             self._metrics(rec)
-            acc = val.get("policy", val.get("random"))
-            self.log(f"stage {stage} epoch {epoch + 1}/{epochs}: loss {rec['loss']:.4f} "
+            acc = next(iter(val.values()))
+            self.log(f"{label} epoch {epoch + 1}/{epochs}: loss {rec['loss']:.4f} "
                      f"val acc/step {' '.join(f'{a:.3f}' for a in acc)} "
                      f"({rec['images_per_s']:.0f} img/s, {rec['epoch_time_s']:.0f}s)")
             done = epoch + 1 == epochs
-            extra = {}
-            if done:
-                extra["test"] = self._test(stage)
+            extra = self.final_extras(stage, self._test(stage)) if done else {}
             self._save(stage, epoch + 1, epochs, done, opt, sched, scaler, extra)
         if epochs == 0 or start >= epochs:
-            self._save(stage, epochs, epochs, True, opt, sched, scaler, {"test": self._test(stage)})
+            self._save(stage, epochs, epochs, True, opt, sched, scaler, self.final_extras(stage, self._test(stage)))
 
     def _test(self, stage: int) -> dict[str, list[float]]:
         test = self.evaluate("test", ("mean", "random"))
-        self.results[f"stage{stage}"] = test
+        self.results[self.stage_label(stage).replace(" ", "")] = test
         self._write_json("results.json", self.results)
-        self.log(f"stage {stage} test accuracy per step: policy {test['policy']} random {test['random']}")
+        self.log(f"{self.stage_label(stage)} test accuracy per step: "
+                 + " ".join(f"{k} {v}" for k, v in test.items()))
         return test
 
     def _epoch_classifier(self, stage, runner, opt, sched, scaler, epoch, epochs) -> dict[str, Any]:
@@ -392,11 +427,10 @@ class Trainer:
         loader = self.train_loader(epoch)
         cap = cfg.run.max_train_batches
         total = self._iters(loader, cap)
-        T = self.model.max_steps
-        correct = torch.zeros(T, dtype=torch.float64)
+        correct = torch.zeros(self.num_outputs(), dtype=torch.float64)
         loss_sum, seen, t0 = 0.0, 0, time.time()
         params = [p for g in opt.param_groups for p in g["params"]]
-        bar = self._progress(loader, total, f"stage {stage} epoch {epoch + 1}/{epochs}")
+        bar = self._progress(loader, total, f"{self.stage_label(stage)} epoch {epoch + 1}/{epochs}")
         for i, (x, y) in enumerate(bar):
             if i >= total:
                 break

@@ -1,0 +1,133 @@
+"""Training the static baseline through the GFNet trainer's loop (DDP, cosine schedule,
+progress bars, atomic per-epoch checkpoints, exact resume).
+
+The baseline is the config's backbone with its own head on the full-resolution image, trained
+with the stage-1 recipe: the same epochs (``optim.epochs_stage1``), batch size, SGD settings,
+backbone learning rate, weight decay and schedule as GFNet's encoders get in their warm-up.
+It writes ``OUT/baseline.pt`` (``kind: "baseline"``; once finished it holds ``test_accuracy``
+and ``macs``, what ``gfnet eval --baseline`` and ``gfnet report`` read) and adds a ``baseline``
+entry to ``OUT/results.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import Config
+from ..errors import CheckpointError
+from ..models.static import StaticBaseline, build_static_baseline
+from . import checkpoint as ckpt
+from .distributed import all_reduce_sum, setup, teardown
+from .trainer import Trainer
+
+BASELINE_STAGE = 0  # the trainer's stage number for the baseline's single stage
+BASELINE_FILE = "baseline.pt"
+
+
+class _BaselineStage(nn.Module):
+    """forward(images, labels) -> (cross-entropy, [logits]): the module DDP wraps."""
+
+    def __init__(self, model: StaticBaseline):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor):
+        logits = self.model(images)
+        return F.cross_entropy(logits.float(), labels), [logits.detach()]
+
+
+class BaselineTrainer(Trainer):
+    stages = (BASELINE_STAGE,)
+    checkpoint_kind = "baseline"
+
+    def build_model(self) -> nn.Module:
+        return build_static_baseline(self.cfg.model)
+
+    def stage_path(self, stage: int) -> Path:
+        return self.out / BASELINE_FILE
+
+    def stage_label(self, stage: int) -> str:
+        return "baseline"
+
+    def stage_epochs(self, stage: int) -> int:
+        return self.cfg.optim.epochs_stage1
+
+    def set_trainable(self, stage: int) -> None:
+        self.model.train()
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+
+    def stage_runner(self, stage: int) -> nn.Module:
+        return _BaselineStage(self.model)
+
+    def find_unused_parameters(self, stage: int) -> bool:
+        return False
+
+    def num_outputs(self) -> int:
+        return 1
+
+    def _optimizer(self, stage: int):
+        o = self.cfg.optim
+        return torch.optim.SGD([{"params": list(self.model.parameters()), "lr": o.lr_backbone, "name": "backbone"}],
+                               lr=o.lr_backbone, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
+                               weight_decay=o.weight_decay)
+
+    @torch.no_grad()
+    def evaluate(self, split: str, modes: tuple[str, ...] = ()) -> dict[str, list[float]]:
+        """{"static": [accuracy]} on a split (the modes of GFNet's focus do not apply)."""
+        was = self.model.training
+        self.model.eval()
+        counts = torch.zeros(2, dtype=torch.float64, device=self.device)
+        cap = self.cfg.run.max_eval_batches
+        for i, (x, y) in enumerate(self.eval_loader(split)):
+            if cap and i >= cap:
+                break
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self.autocast():
+                logits = self.model(x)
+            counts[0] += (logits.argmax(1) == y).sum()
+            counts[1] += y.numel()
+        all_reduce_sum(counts, self.dist)
+        self.model.train(was)
+        return {"static": [round(float(counts[0]) / max(float(counts[1]), 1.0), 5)]}
+
+    def final_extras(self, stage: int, test: dict[str, Any]) -> dict[str, Any]:
+        from ..flops import static_macs
+
+        macs = static_macs(self.model.backbone, self.cfg.model)
+        return {"test": test, "test_accuracy": test["static"][0], "macs": macs}
+
+
+def train_baseline(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train (or finish, with resume) the static baseline; returns its finished checkpoint."""
+    info = setup(cfg.run.device)
+    try:
+        BaselineTrainer(cfg, out_dir, resume=resume, dist_info=info).run([BASELINE_STAGE])
+    finally:
+        teardown(info)
+    return load_baseline_checkpoint(Path(out_dir) / BASELINE_FILE)
+
+
+def load_baseline_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A finished baseline checkpoint, or a CheckpointError saying what it is instead."""
+    ck = ckpt.load(path)
+    if ck.get("kind") != "baseline":
+        raise CheckpointError(f"{str(path)!r} is not a baseline checkpoint (gfnet train --baseline)")
+    if not ck.get("done"):
+        raise CheckpointError(f"baseline checkpoint {str(path)!r} is not finished (epoch {ck.get('epoch')}/"
+                              f"{ck.get('epochs')}); run gfnet train --baseline --resume")
+    return ck
+
+
+def load_baseline_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[StaticBaseline, Config, dict]:
+    """(model in eval mode on ``device``, config, checkpoint) of a finished baseline checkpoint."""
+    ck = load_baseline_checkpoint(path)
+    cfg = Config.from_dict(ck["config"]).validate()
+    model = build_static_baseline(cfg.model)
+    ckpt.load_model_state(model, ck["model"], path)
+    return model.to(device).eval(), cfg, ck
