@@ -15,7 +15,8 @@ from typing import Callable, Dict, List
 
 import torch
 
-RESULTS_DIR = os.path.join(os.path.dirname(__file__), "results")
+# where summary.md goes (`make bench` also writes its JSON there); GFKERNELS_BENCH_RESULTS moves it
+RESULTS_DIR = os.environ.get("GFKERNELS_BENCH_RESULTS") or os.path.join(os.path.dirname(__file__), "results")
 
 # group -> case name -> median seconds, filled as the benchmarks run
 MEDIANS: Dict[str, Dict[str, float]] = {}

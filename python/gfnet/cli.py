@@ -79,7 +79,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("--baseline", action="store_true",
                    help="train the static baseline instead: the same backbone on the full-resolution "
-                        "image with the stage-1 recipe and epochs; writes OUT/baseline.pt (resumable)")
+                        "image, trained as long as GFNet's encoders (stage-1 + stage-3 epochs) with their "
+                        "recipe; writes OUT/baseline.pt (resumable)")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -321,40 +322,14 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
 
 
-def _read_image(path: str, channels: int, size: int):
-    import torch
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            im.load()
-    except FileNotFoundError:
-        raise GFNetError(f"image {path!r} does not exist") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise GFNetError(f"cannot read image {path!r} ({type(e).__name__}: {e})") from None
-    if im.size != (size, size):
-        w, h = im.size
-        s = size / min(w, h)
-        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
-        w, h = im.size
-        left, top = (w - size) // 2, (h - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-    import numpy as np
-
-    a = np.asarray(im, dtype=np.uint8)
-    t = torch.from_numpy(a.copy())
-    return t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
-
-
 def _predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import torch
 
     from .budget import budget_q, stored_calibration
-    from .inference import dynamic_inference, load_checkpoint_model, resolve_checkpoint
-    from .viz import patch_picture
+    from .data import read_image
+    from .inference import load_checkpoint_model, resolve_checkpoint
 
     if args.budget is not None:
         budget_q(args.budget)
@@ -363,7 +338,7 @@ def _predict(args: argparse.Namespace) -> int:
     model, cfg, ck = load_checkpoint_model(ck_path, device)
     _threads(cfg)
     m = cfg.model
-    images = torch.stack([_read_image(p, m.in_channels, m.image_size) for p in args.images])
+    images = torch.stack([read_image(p, m.in_channels, m.image_size) for p in args.images])
     T = m.max_steps
     if args.thresholds is not None:
         try:
@@ -382,19 +357,13 @@ def _predict(args: argparse.Namespace) -> int:
         else:
             b = args.budget if args.budget is not None else 20
             thr, source = cal.point(b).thresholds, f"budget {b}"
-    r = dynamic_inference(model, images.to(device), thr)
     out = Path(args.out) if args.out else Path("predict")
-    out.mkdir(parents=True, exist_ok=True)
     print(f"thresholds: {source}")
-    conf = r.confidence.cpu()
-    pred = r.prediction.cpu()
-    for i, p in enumerate(args.images):
-        es = int(r.exit_step[i])
-        pic = out / f"{i:03d}_{Path(p).stem}.png"
-        patch_picture(pic, images[i], r.boxes[i].cpu(), m.patch_size, exit_step=es,
-                      label=f"class {int(pred[i])} ({float(conf[i]):.2f}), exit at step {es}",
-                      glance_mode=m.glance_mode, glance_align_corners=m.glance_align_corners)
-        print(f"{p}: class {int(pred[i])} confidence {float(conf[i]):.4f} exit step {es}/{T} -> {pic}")
+    from .viz import predict_pictures
+
+    for row in predict_pictures(model, images.to(device), args.images, thr, out):
+        print(f"{row['image']}: class {row['prediction']} confidence {row['confidence']:.4f} "
+              f"exit step {row['exit_step']}/{T} -> {row['picture']}")
     return 0
 
 
@@ -433,6 +402,95 @@ def _flops(args: argparse.Namespace) -> int:
 
 _flops.add_arguments = _flops_args  # type: ignore[attr-defined]
 command("flops", "per-step MACs/FLOPs of a preset (glance, focus steps, static baseline)")(_flops)
+
+
+# ---------------------------------------------------------------------- report
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="training output folder (after gfnet eval RUN --baseline ...)")
+    p.add_argument("--baseline", metavar="CKPT", default=None, help="static baseline checkpoint (default RUN/baseline.pt)")
+    p.add_argument("--eval", metavar="JSON", default=None, dest="eval_json",
+                   help="gfnet eval's summary (default RUN/eval/eval.json)")
+    p.add_argument("--out", metavar="DIR", default=None, help="output folder (default RUN/report)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--images", type=int, default=8, help="test images to draw the glance and patches of")
+    p.add_argument("--passes", type=int, default=3, help="timed passes over the test images per engine")
+    p.add_argument("--batch-size", type=int, default=256, help="batch size of the throughput runs")
+    p.add_argument("--max-images", type=int, default=2000, help="test images in the throughput runs")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the run's run.threads)")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    for name in ("images", "passes", "batch_size", "max_images"):
+        if getattr(args, name) < (0 if name == "images" else 1):
+            raise GFNetError(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'images' else '>= 1'}")
+    r = build_report(args.run, baseline=args.baseline, eval_json=args.eval_json, out=args.out,
+                     device=_device(args.device), num_images=args.images, passes=args.passes,
+                     batch_size=args.batch_size, max_images=args.max_images, threads=args.threads)
+    op, b = r["operating_point"], r["baseline"]
+    print(f"static baseline: {b['test_accuracy']:.4f} at {b['macs'] / 1e6:.2f} M MACs")
+    print(f"operating point: budget {op['budget']}, {op['accuracy']:.4f} at {op['avg_macs'] / 1e6:.2f} M MACs "
+          f"({100 * op['macs_fraction']:.1f} % of the baseline's); dynamic throughput "
+          f"{r['speedup_vs_baseline']:.2f}x the baseline's")
+    for claim, ok in r["claims"].items():
+        print(f"{claim}: {'met' if ok else 'NOT met'}")
+    print(f"wrote {r['files']['report']}")
+    return 0
+
+
+_report.add_arguments = _report_args  # type: ignore[attr-defined]
+command("report", "report.md of a run: accuracy vs MACs against the static baseline, throughput, pictures")(_report)
+
+
+# ---------------------------------------------------------------------- demo
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p)
+    p.add_argument("--out", metavar="DIR", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of every stage and of the baseline")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    p.add_argument("--images", type=int, default=8, help="test images to draw (report)")
+    p.add_argument("--passes", type=int, default=3, help="timed passes per engine (report)")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Everything `make demo` does, resumable: each step reuses what a previous run finished."""
+    from pathlib import Path
+
+    from .train import train
+    from .train.baseline import train_baseline
+
+    if args.list_presets:
+        return _list_presets()
+    extra: dict = {}
+    if args.epochs is not None:
+        extra.update({f"optim.epochs_stage{k}": args.epochs for k in (1, 2, 3)})
+    if args.no_progress:
+        extra["run.progress"] = False
+    cfg = config_from_args(args, extra)
+    out = Path(args.out)
+
+    def step(k: int, what: str) -> None:
+        print(f"\n== gfnet demo {k}/4: {what} ==", flush=True)
+
+    step(1, f"train GFNet ({cfg.preset}): warm-up, policy (PPO), fine-tune -> {out}")
+    train(cfg.copy(), out, [1, 2, 3], resume=True)  # resume: finished stages are skipped
+    step(2, f"train the static baseline ({cfg.model.backbone} on the full image) -> {out / 'baseline.pt'}")
+    ck = train_baseline(cfg.copy(), out, resume=True)
+    print(f"static baseline: test accuracy {ck['test_accuracy']:.4f}, {ck['macs'] / 1e6:.2f} M MACs per image")
+    # --simulate: every budget's exits from one all-step pass (the same numbers as the dynamic
+    # engine, which the tests check); the report runs the dynamic engine itself for throughput.
+    step(3, "calibrate thresholds on the validation split, evaluate every budget on the test split")
+    rc = main(["eval", str(out), "--baseline", str(out / "baseline.pt"), "--simulate"])
+    if rc:
+        return rc
+    step(4, "report: throughput of the dynamic engine vs all steps vs the baseline, pictures")
+    return main(["report", str(out), "--images", str(args.images), "--passes", str(args.passes)]
+                + (["--device", args.device] if args.device else []))
+
+
+_demo.add_arguments = _demo_args  # type: ignore[attr-defined]
+command("demo", "the main job end to end: train, baseline, evaluate every budget, report.md")(_demo)
 
 
 # ---------------------------------------------------------------------- entry point

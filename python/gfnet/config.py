@@ -416,6 +416,5 @@ def _digits() -> Config:
                    lr_backbone=0.05, lr_classifier_stage1=0.1, lr_classifier_stage3=0.05,
                    weight_decay=5e-5, head_loss_weight=1.0, schedule_unit="step"),
         ppo=dict(lr=1e-3),
-        run=dict(threads=1),
     ))
     return cfg

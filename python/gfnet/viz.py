@@ -22,10 +22,13 @@ def plot_accuracy_vs_flops(path: str | Path, budget_macs: Sequence[float], budge
                            step_macs_cum: Sequence[float] | None = None,
                            step_acc: Sequence[float] | None = None,
                            baseline: tuple[float, float] | None = None,
+                           highlight: tuple[float, float, str] | None = None,
+                           macs_limit: tuple[float, str] | None = None,
                            title: str = "GFNet: accuracy vs average MACs") -> Path:
     """Budgeted accuracy against average MACs (line), each step's anytime accuracy at its
     cumulative MACs (squares), and a static baseline (MACs, accuracy) if given (star).
-    MACs are plotted in millions; FLOPs = 2 x MACs."""
+    highlight: one (MACs, accuracy, label) point circled (an operating point); macs_limit:
+    (MACs, label) drawn as a vertical dashed line. MACs in millions; FLOPs = 2 x MACs."""
     plt = _plt()
     path = Path(path)
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
@@ -39,6 +42,12 @@ def plot_accuracy_vs_flops(path: str | Path, budget_macs: Sequence[float], budge
             ax.annotate(f"t={k}", (m / 1e6, 100 * a), textcoords="offset points", xytext=(4, -10), fontsize=8)
     if baseline is not None:
         ax.plot([baseline[0] / 1e6], [100 * baseline[1]], "*", ms=12, label="static baseline")
+        ax.axhline(100 * baseline[1] - 1, color="gray", lw=0.8, ls=":", label="baseline - 1 point")
+    if macs_limit is not None:
+        ax.axvline(macs_limit[0] / 1e6, color="gray", lw=0.8, ls="--", label=macs_limit[1])
+    if highlight is not None:
+        ax.plot([highlight[0] / 1e6], [100 * highlight[1]], "o", ms=11, mfc="none", mec="tab:red", mew=2,
+                label=highlight[2])
     ax.set_xlabel("average MACs per image (M)   [FLOPs = 2 x MACs]")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title)
@@ -112,4 +121,27 @@ def patch_picture(path: str | Path, image: torch.Tensor, boxes: torch.Tensor, pa
     return path
 
 
-__all__ = ["patch_picture", "plot_accuracy_vs_flops"]
+def predict_pictures(model, images, names, thresholds, out_dir) -> list[dict]:
+    """Early-exit inference of ``images`` (B, C, H, W) and one picture per image of its glance
+    and focus patches in ``out_dir``: a row per image (prediction, confidence, exit step, boxes,
+    picture path)."""
+    from .inference import dynamic_inference
+
+    m = model.cfg
+    r = dynamic_inference(model, images, thresholds)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    conf, pred, boxes = r.confidence.cpu(), r.prediction.cpu(), r.boxes.cpu()
+    rows = []
+    for i, name in enumerate(names):
+        es = int(r.exit_step[i])
+        pic = out / f"{i:03d}_{Path(name).stem}.png"
+        patch_picture(pic, images[i].cpu(), boxes[i], m.patch_size, exit_step=es,
+                      label=f"class {int(pred[i])} ({float(conf[i]):.2f}), exit at step {es}",
+                      glance_mode=m.glance_mode, glance_align_corners=m.glance_align_corners)
+        rows.append({"image": str(name), "prediction": int(pred[i]), "confidence": float(conf[i]),
+                     "exit_step": es, "boxes": boxes[i, :es].tolist(), "picture": str(pic)})
+    return rows
+
+
+__all__ = ["patch_picture", "plot_accuracy_vs_flops", "predict_pictures"]

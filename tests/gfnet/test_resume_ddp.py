@@ -78,7 +78,9 @@ def test_baseline_resume_after_kill_matches_uninterrupted_run(tmp_path):
     """The static baseline trains through the same loop: killed after epoch 1, --resume
     finishes with exactly the parameters of an uninterrupted run, and its results sit beside
     GFNet's stages in results.json."""
-    sets = {"optim.epochs_stage1": 2, "run.deterministic": "true", "data.train_samples": 24}
+    # the baseline trains as long as GFNet's encoders: stage-1 + stage-3 epochs
+    sets = {"optim.epochs_stage1": 1, "optim.epochs_stage3": 1, "run.deterministic": "true",
+            "data.train_samples": 24}
     ref = _train(tmp_path / "ref", "--baseline", **sets)
     assert ref.returncode == 0, ref.stderr
     assert "static baseline (digitnet, 128 px): test accuracy" in ref.stdout
@@ -104,7 +106,8 @@ def test_baseline_torchrun_two_ranks(tmp_path):
     env["GFNET_DUMP_PARAMS"] = str(tmp_path / "dump")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            "-m", "gfnet", "train", "--baseline", "--preset", "digits", "--out", str(tmp_path / "ddp"),
-           *_sets(**{"optim.epochs_stage1": 1, "data.train_samples": 32, "run.max_train_batches": 2})]
+           *_sets(**{"optim.epochs_stage1": 1, "optim.epochs_stage3": 0, "data.train_samples": 32,
+                     "run.max_train_batches": 2})]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = torch.load(tmp_path / "dump" / "rank0.pt", weights_only=True)

@@ -10,7 +10,7 @@ from ..errors import DataError
 from .cluttered_digits import ClutteredDigits, split_indices
 from .folders import cifar, image_folder
 
-__all__ = ["ClutteredDigits", "build_datasets", "split_indices"]
+__all__ = ["ClutteredDigits", "build_datasets", "read_image", "split_indices"]
 
 
 def _fraction_split(train_aug: Dataset, train_eval: Dataset, fraction: float, seed: int):
@@ -71,3 +71,30 @@ def build_datasets(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test
         if len(ds) == 0:  # type: ignore[arg-type]
             raise DataError(f"the {name} split of {d.dataset} is empty")
     return {k: v for k, v in out.items() if k in splits}
+
+
+def read_image(path: str, channels: int, size: int) -> torch.Tensor:
+    """An image file as a (C, H, W) uint8 tensor of size x size: scaled so its shorter side is
+    ``size`` (bicubic), then centre-cropped; DataError naming the file if it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            im.load()
+    except FileNotFoundError:
+        raise DataError(f"image {path!r} does not exist") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"cannot read image {path!r} ({type(e).__name__}: {e})") from None
+    if im.size != (size, size):
+        w, h = im.size
+        s = size / min(w, h)
+        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+        w, h = im.size
+        left, top = (w - size) // 2, (h - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+    import numpy as np
+
+    a = np.asarray(im, dtype=np.uint8)
+    t = torch.from_numpy(a.copy())
+    return t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous()

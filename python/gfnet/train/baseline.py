@@ -2,8 +2,9 @@
 progress bars, atomic per-epoch checkpoints, exact resume).
 
 The baseline is the config's backbone with its own head on the full-resolution image, trained
-with the stage-1 recipe: the same epochs (``optim.epochs_stage1``), batch size, SGD settings,
-backbone learning rate, weight decay and schedule as GFNet's encoders get in their warm-up.
+with the recipe of GFNet's encoders: as many epochs as they train (``optim.epochs_stage1 +
+optim.epochs_stage3``, warm-up and fine-tune) under one cosine schedule, and the same batch
+size, SGD settings, backbone learning rate and weight decay.
 It writes ``OUT/baseline.pt`` (``kind: "baseline"``; once finished it holds ``test_accuracy``
 and ``macs``, what ``gfnet eval --baseline`` and ``gfnet report`` read) and adds a ``baseline``
 entry to ``OUT/results.json``.
@@ -55,7 +56,8 @@ class BaselineTrainer(Trainer):
         return "baseline"
 
     def stage_epochs(self, stage: int) -> int:
-        return self.cfg.optim.epochs_stage1
+        # as many epochs as GFNet's encoders train: the warm-up's and the fine-tune's
+        return self.cfg.optim.epochs_stage1 + self.cfg.optim.epochs_stage3
 
     def set_trainable(self, stage: int) -> None:
         self.model.train()

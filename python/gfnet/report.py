@@ -1,0 +1,334 @@
+"""``gfnet report RUN``: what a trained run shows, in one markdown page.
+
+Reads the run's budgeted evaluation (``RUN/eval/eval.json`` from ``gfnet eval RUN --baseline
+RUN/baseline.pt``), its GFNet checkpoint and its static baseline (``RUN/baseline.pt`` from
+``gfnet train --baseline``), then
+
+1. picks the operating point: the cheapest budget whose test accuracy is within
+   ``ACCURACY_MARGIN`` of the baseline's;
+2. times, on the same test images and batches, the static baseline, GFNet running all T steps
+   on every image, and GFNet's dynamic early-exit engine at the operating point's thresholds
+   (median of a few full passes, after a warm-up batch);
+3. runs the ``gfnet predict`` path on a handful of test images (saved as PNG files) for the
+   pictures of the glance and the chosen patches;
+4. writes ``RUN/report/report.md`` (tables, the plot, the pictures, the two claims checked),
+   ``report.json`` (the same numbers for machines) and ``accuracy_vs_flops.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .errors import GFNetError
+
+ACCURACY_MARGIN = 0.01  # "reaches the baseline's accuracy": within 1 point
+MACS_FRACTION = 0.40  # ... at no more than 40 % of the baseline's MACs
+SPEEDUP_TARGET = 2.0  # realised dynamic throughput at that point >= 2x the baseline's
+
+
+@dataclass
+class EngineTiming:
+    engine: str
+    images: int
+    seconds: float  # median over the timed passes of one pass over all images
+    passes: list[float]
+    accuracy: float  # on the timed images
+    avg_macs: float  # per image (dynamic: of the realised exits)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds
+
+
+def pick_operating_point(rows: list[dict[str, Any]], baseline_acc: float, baseline_macs: float) -> dict[str, Any]:
+    """The cheapest budget row within ACCURACY_MARGIN of the baseline's accuracy; if none is,
+    the most accurate row. Adds ``meets_accuracy`` and ``macs_fraction``."""
+    if not rows:
+        raise GFNetError("the evaluation has no budget rows")
+    close = [r for r in rows if r["accuracy"] >= baseline_acc - ACCURACY_MARGIN - 1e-12]
+    best = min(close, key=lambda r: r["avg_macs"]) if close else max(rows, key=lambda r: r["accuracy"])
+    return {**best, "meets_accuracy": bool(close), "macs_fraction": best["avg_macs"] / baseline_macs}
+
+
+def _test_tensors(cfg, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``limit`` test images and labels, loaded up front so no timing includes data."""
+    from torch.utils.data import DataLoader
+
+    from .data import build_datasets
+
+    ds = build_datasets(cfg, ("test",))["test"]
+    xs, ys, n = [], [], 0
+    for x, y in DataLoader(ds, batch_size=256, shuffle=False):
+        xs.append(x)
+        ys.append(y)
+        n += y.numel()
+        if n >= limit:
+            break
+    return torch.cat(xs)[:limit], torch.cat(ys)[:limit]
+
+
+def time_engine(name: str, fn: Callable[[torch.Tensor], tuple[torch.Tensor, float]], images: torch.Tensor,
+                labels: torch.Tensor, batch_size: int, passes: int, device: torch.device) -> EngineTiming:
+    """fn(batch) -> (predictions, MACs spent on the batch). One warm-up batch, then ``passes``
+    timed passes over all images; accuracy and MACs from the last pass."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    batches = [(images[i:i + batch_size].to(device), labels[i:i + batch_size])
+               for i in range(0, images.shape[0], batch_size)]
+    fn(batches[0][0])
+    times = []
+    correct, macs = 0, 0.0
+    for _ in range(passes):
+        correct, macs = 0, 0.0
+        sync()
+        t0 = time.perf_counter()
+        preds = []
+        for x, _y in batches:
+            p, m = fn(x)
+            preds.append(p)
+            macs += m
+        sync()
+        times.append(time.perf_counter() - t0)
+        correct = sum(int((p.cpu() == y).sum()) for p, (_x, y) in zip(preds, batches))
+    n = images.shape[0]
+    return EngineTiming(name, n, statistics.median(times), [round(t, 4) for t in times], correct / n, macs / n)
+
+
+def _predict_samples(model, cfg, images: torch.Tensor, labels: torch.Tensor, thresholds, out: Path) -> list[dict]:
+    """Save the images as PNG files, read them back as ``gfnet predict`` does, and draw its
+    pictures of the glance and focus patches."""
+    import numpy as np
+    from PIL import Image
+
+    from .data import read_image
+    from .viz import predict_pictures
+
+    src = out / "samples"
+    src.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img in enumerate(images):
+        a = img.permute(1, 2, 0).numpy() if img.shape[0] == 3 else img[0].numpy()
+        path = src / f"test_{i:03d}_label{int(labels[i])}.png"
+        Image.fromarray(np.ascontiguousarray(a.astype(np.uint8))).save(path)
+        paths.append(path)
+    m = cfg.model
+    read = torch.stack([read_image(str(p), m.in_channels, m.image_size) for p in paths])
+    if not torch.equal(read, images):
+        raise GFNetError("test images did not survive the PNG round trip")  # lossless: should never happen
+    device = next(model.parameters()).device
+    rows = predict_pictures(model, read.to(device), [str(p) for p in paths], thresholds, out / "patches")
+    for row, y in zip(rows, labels.tolist()):
+        row["label"] = int(y)
+    return rows
+
+
+def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eval_json: str | Path | None = None,
+                 out: str | Path | None = None, device: torch.device | str = "cpu", num_images: int = 8,
+                 passes: int = 3, batch_size: int = 256, max_images: int = 2000,
+                 threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+    from .flops import average_macs
+    from .inference import anytime_inference, dynamic_inference, load_checkpoint_model, resolve_checkpoint
+    from .train.baseline import load_baseline_model
+
+    run = Path(run_dir)
+    eval_path = Path(eval_json) if eval_json else run / "eval" / "eval.json"
+    if not eval_path.is_file():
+        raise GFNetError(f"{str(eval_path)!r} does not exist: run `gfnet eval {run} --baseline "
+                         f"{run / 'baseline.pt'}` first")
+    ev = json.loads(eval_path.read_text())
+    base_path = Path(baseline) if baseline else run / "baseline.pt"
+    if not base_path.is_file():
+        raise GFNetError(f"no static baseline at {str(base_path)!r}: run `gfnet train --baseline --out {run}` "
+                         "(or pass --baseline CKPT)")
+    device = torch.device(device)
+    ck_path = resolve_checkpoint(run)
+    model, cfg, _ck = load_checkpoint_model(ck_path, device)
+    static, bcfg, bck = load_baseline_model(base_path, device)
+    if (bcfg.model.image_size, bcfg.model.num_classes) != (cfg.model.image_size, cfg.model.num_classes):
+        raise GFNetError(f"baseline {str(base_path)!r} is for {bcfg.model.image_size}-pixel images and "
+                         f"{bcfg.model.num_classes} classes, the GFNet run for {cfg.model.image_size} and "
+                         f"{cfg.model.num_classes}")
+    nthreads = threads if threads is not None else (cfg.run.threads or torch.get_num_threads())
+    torch.set_num_threads(nthreads)
+    base_acc, base_macs = float(bck["test_accuracy"]), float(bck["macs"])
+    step_macs = [float(m) for m in ev["step_macs"]]
+    T = len(step_macs)
+    op = pick_operating_point(ev["budgets"], base_acc, base_macs)
+    thr = op["thresholds"]
+
+    out_dir = Path(out) if out else run / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+
+    images, labels = _test_tensors(cfg, max_images)
+    say(f"report: timing 3 engines on {images.shape[0]} test images, batch {batch_size}, {passes} passes, "
+        f"{nthreads} thread(s)")
+    all_macs = sum(step_macs)
+
+    def run_static(x):
+        with torch.inference_mode():
+            return static(x).argmax(1), base_macs * x.shape[0]
+
+    def run_all_steps(x):
+        return anytime_inference(model, x).logits[-1].argmax(1), all_macs * x.shape[0]
+
+    def run_dynamic(x):
+        r = dynamic_inference(model, x, thr)
+        return r.prediction, average_macs(r.exit_counts, step_macs) * x.shape[0]
+
+    timings = []
+    for name, fn in (("static baseline", run_static), (f"GFNet, all {T} steps", run_all_steps),
+                     (f"GFNet dynamic, budget {op['budget']}", run_dynamic)):
+        t = time_engine(name, fn, images, labels, batch_size, passes, device)
+        say(f"report: {name}: {t.images_per_s:.0f} images/s (median of {passes} passes of {t.seconds:.2f} s)")
+        timings.append(t)
+    static_t, all_t, dyn_t = timings
+    speedup = dyn_t.images_per_s / static_t.images_per_s
+
+    say(f"report: pictures of {num_images} test images")
+    samples = _predict_samples(model, cfg, images[:num_images], labels[:num_images], thr, out_dir) if num_images else []
+
+    from .viz import plot_accuracy_vs_flops
+
+    rows = ev["budgets"]
+    cum = [sum(step_macs[:k]) for k in range(1, T + 1)]
+    plot_path = plot_accuracy_vs_flops(
+        out_dir / "accuracy_vs_flops.png", [r["avg_macs"] for r in rows], [r["accuracy"] for r in rows],
+        step_macs_cum=cum, step_acc=ev["anytime_accuracy"], baseline=(base_macs, base_acc),
+        highlight=(op["avg_macs"], op["accuracy"], f"operating point (budget {op['budget']})"),
+        macs_limit=(MACS_FRACTION * base_macs, f"{MACS_FRACTION:.0%} of the baseline's MACs"),
+        title=f"GFNet {cfg.preset} vs its static baseline")
+    claims = {
+        "accuracy_within_1pt_at_40pct_macs": bool(op["meets_accuracy"] and op["macs_fraction"] <= MACS_FRACTION),
+        "dynamic_throughput_2x_baseline": bool(speedup >= SPEEDUP_TARGET),
+    }
+    report = {
+        "run": str(run), "checkpoint": str(ck_path), "baseline_checkpoint": str(base_path), "preset": cfg.preset,
+        "device": str(device), "threads": nthreads, "batch_size": batch_size, "passes": passes,
+        "torch": torch.__version__,
+        "baseline": {"backbone": bcfg.model.backbone, "image_size": bcfg.model.image_size,
+                     "test_accuracy": base_acc, "macs": base_macs},
+        "gfnet": {"backbone": cfg.model.backbone, "patch_size": cfg.model.patch_size, "steps": T,
+                  "step_macs": step_macs, "anytime_accuracy": ev["anytime_accuracy"],
+                  "test_samples": ev["test_samples"], "engine": ev["engine"]},
+        "operating_point": op, "speedup_vs_baseline": speedup,
+        "speedup_vs_all_steps": dyn_t.images_per_s / all_t.images_per_s,
+        "throughput": [{**asdict(t), "images_per_s": t.images_per_s} for t in timings],
+        "claims": claims, "samples": samples, "budgets": rows,
+        "files": {"report": str(out_dir / "report.md"), "plot": str(plot_path),
+                  "eval": str(eval_path)},
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "report.md").write_text(render_markdown(report, out_dir))
+    say(f"report: wrote {out_dir / 'report.md'}")
+    return report
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f} %"
+
+
+def _rel(path: str | Path, base: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def render_markdown(r: dict[str, Any], out_dir: Path) -> str:
+    b, g, op = r["baseline"], r["gfnet"], r["operating_point"]
+    T = g["steps"]
+    ok = {True: "**met**", False: "**NOT met**"}
+    thr_txt = ", ".join(f"{t:.4f}" for t in op["thresholds"] if t is not None)
+    lines = [
+        f"# GFNet report: `{r['preset']}`",
+        "",
+        f"GFNet ({g['backbone']}, glance and {T - 1} focus patches of {g['patch_size']} px) against the static "
+        f"baseline: the same backbone run once on the full {b['image_size']} px image. Test split: "
+        f"{g['test_samples']} images. MACs are multiply-adds per image counted by fvcore (FLOPs = 2 x MACs).",
+        "",
+        "## The claims",
+        "",
+        f"- Accuracy within 1 point of the baseline at no more than {MACS_FRACTION:.0%} of its MACs: "
+        f"{ok[r['claims']['accuracy_within_1pt_at_40pct_macs']]}. Budget {op['budget']}: "
+        f"{_pct(op['accuracy'])} at {op['avg_macs'] / 1e6:.2f} M MACs ({_pct(op['macs_fraction'])} of the "
+        f"baseline's {b['macs'] / 1e6:.2f} M) against the baseline's {_pct(b['test_accuracy'])}.",
+        f"- Realised dynamic-inference throughput at that budget at least {SPEEDUP_TARGET:g}x the baseline's: "
+        f"{ok[r['claims']['dynamic_throughput_2x_baseline']]} ({r['speedup_vs_baseline']:.2f}x).",
+        "",
+        "## Accuracy against average MACs",
+        "",
+        f"![accuracy vs MACs]({_rel(r['files']['plot'], out_dir)})",
+        "",
+        "| point | test accuracy | avg MACs (M) | avg FLOPs (M) | of baseline MACs | exits per step |",
+        "|---|---:|---:|---:|---:|---|",
+        f"| static baseline | {_pct(b['test_accuracy'])} | {b['macs'] / 1e6:.2f} | {2 * b['macs'] / 1e6:.2f} | 100 % | |",
+    ]
+    cum = 0.0
+    for k, (m, a) in enumerate(zip(g["step_macs"], g["anytime_accuracy"]), start=1):
+        cum += m
+        lines.append(f"| GFNet, all images run {k} step{'s' if k > 1 else ''} | {_pct(a)} | {cum / 1e6:.2f} | "
+                     f"{2 * cum / 1e6:.2f} | {_pct(cum / b['macs'])} | |")
+    for row in sorted(r["budgets"], key=lambda x: x["avg_macs"]):
+        name = f"budget {row['budget']}" if row["budget"] is not None else "MACs target"
+        if row is op or (row["budget"] == op["budget"] and row["avg_macs"] == op["avg_macs"]):
+            name = f"**{name} (operating point)**"
+        lines.append(f"| {name} | {_pct(row['accuracy'])} | {row['avg_macs'] / 1e6:.2f} | "
+                     f"{row['avg_flops'] / 1e6:.2f} | {_pct(row['avg_macs'] / b['macs'])} | {row['exit_counts']} |")
+    lines += [
+        "",
+        f"Budget rows come from `gfnet eval` ({g['engine']} engine): thresholds calibrated on the validation "
+        "split, accuracy and realised exits on the test split.",
+        "",
+        "## Realised throughput",
+        "",
+        f"{r['throughput'][0]['images']} test images, batch {r['batch_size']}, device {r['device']}, "
+        f"{r['threads']} thread(s), torch {r['torch']}; median of {r['passes']} full passes after a warm-up batch.",
+        "",
+        "| engine | images/s | pass (s) | accuracy | avg MACs (M) | vs baseline |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    base_ips = r["throughput"][0]["images_per_s"]
+    for t in r["throughput"]:
+        lines.append(f"| {t['engine']} | {t['images_per_s']:.0f} | {t['seconds']:.3f} | {_pct(t['accuracy'])} | "
+                     f"{t['avg_macs'] / 1e6:.2f} | {t['images_per_s'] / base_ips:.2f}x |")
+    lines += [
+        "",
+        f"The dynamic engine ran the operating point's thresholds ({thr_txt}); it computes each step only for "
+        f"the images still running, so its speed-up over running all steps is {r['speedup_vs_all_steps']:.2f}x.",
+        "",
+    ]
+    if r["samples"]:
+        lines += [
+            "## What the model looked at",
+            "",
+            f"`gfnet predict` on the first {len(r['samples'])} test images at budget {op['budget']}: each picture "
+            "shows the image with the focus boxes in order, then the glance and every patch taken before exiting.",
+            "",
+            "| image | label | prediction | confidence | exit step | picture |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for s in r["samples"]:
+            lines.append(f"| `{Path(s['image']).name}` | {s['label']} | {s['prediction']} | {s['confidence']:.3f} | "
+                         f"{s['exit_step']}/{T} | ![]({_rel(s['picture'], out_dir)}) |")
+        lines.append("")
+    lines += [
+        "## Reproduce",
+        "",
+        "```",
+        f"gfnet demo --preset {r['preset']} --out {r['run']}      # all of it; or step by step:",
+        f"gfnet train --preset {r['preset']} --out {r['run']} --resume",
+        f"gfnet train --preset {r['preset']} --baseline --out {r['run']} --resume",
+        f"gfnet eval {r['run']} --baseline {r['baseline_checkpoint']} --simulate",
+        f"gfnet report {r['run']}",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
