@@ -35,6 +35,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (run.device)")
     p.add_argument("--pretrained", action="store_true",
                    help="initialise backbones from torchvision's pretrained weights (may download)")
+    p.add_argument("--init-from", metavar="CKPT", default=None,
+                   help="start both encoders from a static baseline's weights (model.init_from)")
     p.add_argument("--seed", type=int, default=None, help="random seed (run.seed)")
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
 
@@ -46,7 +48,8 @@ def config_from_args(args: argparse.Namespace, extra: dict | None = None):
     if preset is None and not (args.config and "preset" in load_yaml(args.config)):
         preset = "digits"
     overrides = parse_overrides(args.overrides)
-    for key, val in (("data.root", args.data), ("run.device", args.device), ("run.seed", args.seed)):
+    for key, val in (("data.root", args.data), ("run.device", args.device), ("run.seed", args.seed),
+                     ("model.init_from", args.init_from)):
         if val is not None:
             overrides[key] = val
     if args.pretrained:
@@ -447,7 +450,8 @@ command("report", "report.md of a run: accuracy vs MACs against the static basel
 def _demo_args(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     p.add_argument("--out", metavar="DIR", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs of every stage and of the baseline")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs of every GFNet stage (the baseline trains stage-1 + stage-3 epochs)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.add_argument("--images", type=int, default=8, help="test images to draw (report)")
     p.add_argument("--passes", type=int, default=3, help="timed passes per engine (report)")
@@ -473,11 +477,17 @@ def _demo(args: argparse.Namespace) -> int:
     def step(k: int, what: str) -> None:
         print(f"\n== gfnet demo {k}/4: {what} ==", flush=True)
 
-    step(1, f"train GFNet ({cfg.preset}): warm-up, policy (PPO), fine-tune -> {out}")
-    train(cfg.copy(), out, [1, 2, 3], resume=True)  # resume: finished stages are skipped
-    step(2, f"train the static baseline ({cfg.model.backbone} on the full image) -> {out / 'baseline.pt'}")
-    ck = train_baseline(cfg.copy(), out, resume=True)
+    # The paper starts both encoders from the ImageNet-trained backbone, the network a user
+    # already has; here that network is the static baseline, trained first on the same data.
+    step(1, f"train the static baseline ({cfg.model.backbone} on the full image) -> {out / 'baseline.pt'}")
+    ck = train_baseline(cfg.copy(), out, resume=True)  # resume: a finished baseline is reused
     print(f"static baseline: test accuracy {ck['test_accuracy']:.4f}, {ck['macs'] / 1e6:.2f} M MACs per image")
+    gf_cfg = cfg.copy()
+    if not (gf_cfg.model.init_from or gf_cfg.model.pretrained):
+        gf_cfg.model.init_from = str(out / "baseline.pt")
+    step(2, f"train GFNet ({cfg.preset}), encoders from {gf_cfg.model.init_from or 'pretrained weights'}: "
+            f"warm-up, policy (PPO), fine-tune -> {out}")
+    train(gf_cfg, out, [1, 2, 3], resume=True)  # finished stages are skipped
     # --simulate: every budget's exits from one all-step pass (the same numbers as the dynamic
     # engine, which the tests check); the report runs the dynamic engine itself for throughput.
     step(3, "calibrate thresholds on the validation split, evaluate every budget on the test split")

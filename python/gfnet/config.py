@@ -43,6 +43,7 @@ class ModelConfig:
     mean: tuple[float, ...] = IMAGENET_MEAN  # normalisation fused into crop_resize
     std: tuple[float, ...] = IMAGENET_STD
     pretrained: bool = False  # torchvision weights for both encoders (downloads if needed)
+    init_from: str = ""  # a static baseline checkpoint whose backbone initialises both encoders
     width: int = 16  # base width of the small "digitnet" backbone (ignored by others)
 
 

@@ -47,6 +47,9 @@ def test_demo_trains_every_stage_and_the_baseline(demo):
     assert base["done"] and base["kind"] == "baseline"
     ev = json.loads((out / "eval" / "eval.json").read_text())
     assert 0.0 <= base["test_accuracy"] <= 1.0 and base["macs"] == ev["static_macs"]  # same backbone
+    # GFNet's encoders start from the trained baseline (the paper: from ImageNet-trained weights)
+    assert torch.load(out / "stage1.pt", weights_only=True)["config"]["model"]["init_from"] == str(out / "baseline.pt")
+    assert proc.stdout.index("gfnet demo 1/4: train the static baseline") < proc.stdout.index("gfnet demo 2/4: train GFNet")
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"stage1", "stage2", "stage3", "baseline"}
     assert len(results["stage3"]["policy"]) == 3 and len(results["baseline"]["static"]) == 1
@@ -93,6 +96,7 @@ def test_demo_report(demo):
         assert 1 <= s["exit_step"] <= 3 and len(s["boxes"]) == s["exit_step"] and 0 <= s["label"] <= 9
     assert _is_png(rep / "accuracy_vs_flops.png")
     md = (rep / "report.md").read_text()
+    assert "started from the baseline's trained weights" in md
     for heading in ("## The claims", "## Accuracy against average MACs", "## Realised throughput",
                     "## What the model looked at", "## Reproduce"):
         assert heading in md

@@ -133,3 +133,21 @@ def load_baseline_model(path: str | Path, device: torch.device | str = "cpu") ->
     model = build_static_baseline(cfg.model)
     ckpt.load_model_state(model, ck["model"], path)
     return model.to(device).eval(), cfg, ck
+
+
+def init_encoders_from_baseline(model, path: str | Path) -> None:
+    """Both encoders of a GFNet ``model`` start from a finished static baseline's backbone (with
+    its head), as the paper's start from ImageNet-trained weights: GFNet then builds on the
+    network a user already has. Checked against the model's backbone config."""
+    ck = load_baseline_checkpoint(path)
+    saved = ck.get("config", {}).get("model", {})
+    mine = model.cfg
+    for key in ("backbone", "width", "in_channels", "num_classes"):
+        if saved.get(key) != getattr(mine, key):
+            raise CheckpointError(f"model.init_from {str(path)!r}: its {key} is {saved.get(key)!r}, "
+                                  f"the model's {getattr(mine, key)!r}")
+    prefix = "backbone."
+    state = {k[len(prefix):]: v for k, v in ck["model"].items() if k.startswith(prefix)}
+    for encoder in (model.global_encoder, model.local_encoder):
+        ckpt.load_model_state(encoder, state, path)
+

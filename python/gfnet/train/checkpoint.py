@@ -62,7 +62,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 def check_compatible(ck: dict[str, Any], model_cfg: dict[str, Any], path: str | Path) -> None:
     """Refuse a checkpoint whose model config differs from the current one."""
     saved = ck.get("config", {}).get("model", {})
-    ignore = {"pretrained"}
+    ignore = {"pretrained", "init_from"}  # how the weights started, not what the model is
     diff = sorted(k for k in set(saved) | set(model_cfg)
                   if k not in ignore and _norm(saved.get(k)) != _norm(model_cfg.get(k)))
     if diff:

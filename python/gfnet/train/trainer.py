@@ -118,7 +118,12 @@ class Trainer:
     # ------------------------------------------------------------------ what a subclass changes
     # (the static baseline, train/baseline.py, trains another model through the same loop)
     def build_model(self) -> nn.Module:
-        return build_model(self.cfg.model, self.cfg.run.patch_backend or None)
+        model = build_model(self.cfg.model, self.cfg.run.patch_backend or None)
+        if self.cfg.model.init_from:
+            from .baseline import init_encoders_from_baseline
+
+            init_encoders_from_baseline(model, self.cfg.model.init_from)
+        return model
 
     def stage_path(self, stage: int) -> Path:
         return ckpt.stage_path(self.out, stage)

@@ -1,0 +1,72 @@
+"""The static baseline model and starting GFNet's encoders from it (model.init_from)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from .conftest import tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def baseline_ckpt(tmp_path_factory):
+    from gfnet.config import build_config
+    from gfnet.train.baseline import train_baseline
+
+    out = tmp_path_factory.mktemp("baseline")
+    cfg = build_config("digits", overrides=tiny_overrides(**{"optim.epochs_stage1": 1, "optim.epochs_stage3": 0}))
+    ck = train_baseline(cfg, out)
+    assert ck["done"] and ck["epochs"] == 1
+    return out / "baseline.pt", cfg
+
+
+def test_static_baseline_normalises_like_crop_resize(baseline_ckpt):
+    """uint8 images are scaled to [0, 1] then normalised, exactly as GFNet's patches are."""
+    import gfkernels
+    from gfnet.train.baseline import load_baseline_model
+
+    model, cfg, _ = load_baseline_model(baseline_ckpt[0])
+    images = torch.randint(0, 256, (3, 1, 128, 128), dtype=torch.uint8)
+    whole = torch.tensor([[0.0, 0.0, 128.0, 128.0]]).expand(3, 4)
+    same = gfkernels.crop_resize(images, whole, 128, mean=list(cfg.model.mean), std=list(cfg.model.std))
+    with torch.no_grad():
+        want = model.backbone.head(model.backbone(same)[0])
+        torch.testing.assert_close(model(images), want, rtol=1e-5, atol=1e-5)
+    assert "mean" not in model.state_dict()  # config constants, not weights
+
+
+def test_init_from_copies_the_baseline_into_both_encoders(baseline_ckpt):
+    from gfnet.train import Trainer
+
+    path, cfg = baseline_ckpt
+    gcfg = cfg.copy()
+    gcfg.model.init_from = str(path)
+    model = Trainer(gcfg, path.parent / "gf").model
+    state = torch.load(path, weights_only=True)["model"]
+    for enc in (model.global_encoder, model.local_encoder):
+        for k, v in enc.state_dict().items():
+            assert torch.equal(v, state[f"backbone.{k}"]), k
+
+
+def test_init_from_refuses_another_backbone(baseline_ckpt):
+    from gfnet.errors import CheckpointError
+    from gfnet.train import Trainer
+
+    path, cfg = baseline_ckpt
+    gcfg = cfg.copy()
+    gcfg.model.init_from = str(path)
+    gcfg.model.width = 16  # the baseline was trained at width 8
+    with pytest.raises(CheckpointError, match="width is 8, the model's 16"):
+        Trainer(gcfg, path.parent / "gf2")
+
+
+def test_unfinished_baseline_is_refused(tmp_path, baseline_ckpt):
+    from gfnet.errors import CheckpointError
+    from gfnet.train.baseline import load_baseline_checkpoint
+    from gfnet.train.checkpoint import save_atomic
+
+    ck = torch.load(baseline_ckpt[0], weights_only=True)
+    ck.update(done=False, epoch=0)
+    save_atomic(ck, tmp_path / "half.pt")
+    with pytest.raises(CheckpointError, match="not finished"):
+        load_baseline_checkpoint(tmp_path / "half.pt")
