@@ -417,7 +417,8 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--images", type=int, default=8, help="test images to draw the glance and patches of")
     p.add_argument("--passes", type=int, default=3, help="timed passes over the test images per engine")
-    p.add_argument("--batch-size", type=int, default=256, help="batch size of the throughput runs")
+    p.add_argument("--batch-sizes", default="16,32,64",
+                   help="batch sizes of the throughput runs (comma-separated); each engine is judged at its best")
     p.add_argument("--max-images", type=int, default=2000, help="test images in the throughput runs")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the run's run.threads)")
 
@@ -425,12 +426,18 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 def _report(args: argparse.Namespace) -> int:
     from .report import build_report
 
-    for name in ("images", "passes", "batch_size", "max_images"):
+    for name in ("images", "passes", "max_images"):
         if getattr(args, name) < (0 if name == "images" else 1):
             raise GFNetError(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'images' else '>= 1'}")
+    try:
+        batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+    except ValueError:
+        raise GFNetError(f"--batch-sizes {args.batch_sizes!r} is not a comma-separated list of integers") from None
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise GFNetError("--batch-sizes must be positive integers")
     r = build_report(args.run, baseline=args.baseline, eval_json=args.eval_json, out=args.out,
                      device=_device(args.device), num_images=args.images, passes=args.passes,
-                     batch_size=args.batch_size, max_images=args.max_images, threads=args.threads)
+                     batch_sizes=batch_sizes, max_images=args.max_images, threads=args.threads)
     op, b = r["operating_point"], r["baseline"]
     print(f"static baseline: {b['test_accuracy']:.4f} at {b['macs'] / 1e6:.2f} M MACs")
     print(f"operating point: budget {op['budget']}, {op['accuracy']:.4f} at {op['avg_macs'] / 1e6:.2f} M MACs "
