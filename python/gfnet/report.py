@@ -147,7 +147,7 @@ def _predict_samples(model, cfg, images: torch.Tensor, labels: torch.Tensor, thr
 
 def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eval_json: str | Path | None = None,
                  out: str | Path | None = None, device: torch.device | str = "cpu", num_images: int = 8,
-                 passes: int = 3, batch_sizes: tuple[int, ...] = (16, 32, 64), max_images: int = 2000,
+                 passes: int = 3, batch_sizes: tuple[int, ...] = (8, 16, 64, 128), max_images: int = 2000,
                  threads: int | None = None, progress: bool = True) -> dict[str, Any]:
     from .flops import average_macs
     from .inference import anytime_inference, dynamic_inference, load_checkpoint_model, resolve_checkpoint

@@ -82,7 +82,7 @@ def test_demo_report(demo):
     assert engines[:3] == ["static baseline", "GFNet, all 3 steps", f"GFNet dynamic, budget {op['budget']}"]
     mp = r["matching_point"]
     assert engines[3:] == ([] if mp is None or mp["budget"] == op["budget"] else [f"GFNet dynamic, budget {mp['budget']}"])
-    assert r["batch_sizes"] == [16, 32, 64] and len(r["throughput_by_batch"]) == 3 * len(engines)
+    assert r["batch_sizes"] == [8, 16, 64, 128] and len(r["throughput_by_batch"]) == 4 * len(engines)
     for t in r["throughput_by_batch"]:
         assert t["images"] == 40 and t["seconds"] > 0 and t["images_per_s"] > 0 and 0 <= t["accuracy"] <= 1
     for t in r["throughput"]:  # each engine at its best batch size
