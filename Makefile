@@ -49,7 +49,7 @@ bench: build
 	    --benchmark-columns=min,median,mean,rounds
 
 # The main job: GFNet on the embedded cluttered-digits data set (three stages), its static
-# baseline, every budget evaluated, then runs/demo/report/report.md with the accuracy-vs-FLOPs
+# baseline, every budget evaluated, then runs/demo/report.md with the accuracy-vs-FLOPs
 # table and plot, realised throughput and pictures of the patches. Re-running reuses finished
 # stages and stored thresholds. DEMO_ARGS passes more options to `gfnet demo` (see --help).
 DEMO_OUT ?= runs/demo

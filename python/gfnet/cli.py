@@ -413,7 +413,8 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", metavar="CKPT", default=None, help="static baseline checkpoint (default RUN/baseline.pt)")
     p.add_argument("--eval", metavar="JSON", default=None, dest="eval_json",
                    help="gfnet eval's summary (default RUN/eval/eval.json)")
-    p.add_argument("--out", metavar="DIR", default=None, help="output folder (default RUN/report)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="where report.md and report.json go, pictures under DIR/report/ (default RUN)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--images", type=int, default=8, help="test images to draw the glance and patches of")
     p.add_argument("--passes", type=int, default=3, help="timed passes over the test images per engine")
@@ -507,7 +508,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 _demo.add_arguments = _demo_args  # type: ignore[attr-defined]
-command("demo", "the main job end to end: train, baseline, evaluate every budget, report.md")(_demo)
+command("demo", "the main job end to end: baseline, GFNet on it, every budget, RUN/report.md")(_demo)
 
 
 # ---------------------------------------------------------------------- entry point

@@ -13,8 +13,9 @@ RUN/baseline.pt``), its GFNet checkpoint and its static baseline (``RUN/baseline
    (a large batch of full-size images can spill out of the caches);
 3. runs the ``gfnet predict`` path on a handful of test images (saved as PNG files) for the
    pictures of the glance and the chosen patches;
-4. writes ``RUN/report/report.md`` (tables, the plot, the pictures, the two claims checked),
-   ``report.json`` (the same numbers for machines) and ``accuracy_vs_flops.png``.
+4. writes ``RUN/report.md`` (tables, the plot, the pictures, the two claims checked) and
+   ``RUN/report.json`` (the same numbers for machines); its pictures go to ``RUN/report/``
+   (``accuracy_vs_flops.png``, ``samples/``, ``patches/``).
 """
 
 from __future__ import annotations
@@ -180,8 +181,9 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
     thr = op["thresholds"]
     match = matching_point(ev["budgets"], base_acc, base_macs)
 
-    out_dir = Path(out) if out else run / "report"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out) if out else run  # report.md and report.json
+    assets = out_dir / "report"  # its pictures
+    assets.mkdir(parents=True, exist_ok=True)
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
 
     images, labels = _test_tensors(cfg, max_images)
@@ -217,14 +219,14 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
     speedup = dyn_t.images_per_s / static_t.images_per_s
 
     say(f"report: pictures of {num_images} test images")
-    samples = _predict_samples(model, cfg, images[:num_images], labels[:num_images], thr, out_dir) if num_images else []
+    samples = _predict_samples(model, cfg, images[:num_images], labels[:num_images], thr, assets) if num_images else []
 
     from .viz import plot_accuracy_vs_flops
 
     rows = ev["budgets"]
     cum = [sum(step_macs[:k]) for k in range(1, T + 1)]
     plot_path = plot_accuracy_vs_flops(
-        out_dir / "accuracy_vs_flops.png", [r["avg_macs"] for r in rows], [r["accuracy"] for r in rows],
+        assets / "accuracy_vs_flops.png", [r["avg_macs"] for r in rows], [r["accuracy"] for r in rows],
         step_macs_cum=cum, step_acc=ev["anytime_accuracy"], baseline=(base_macs, base_acc),
         highlight=(op["avg_macs"], op["accuracy"], f"operating point (budget {op['budget']})"),
         macs_limit=(MACS_FRACTION * base_macs, f"{MACS_FRACTION:.0%} of the baseline's MACs"),

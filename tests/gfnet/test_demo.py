@@ -70,8 +70,7 @@ def test_demo_evaluates_every_budget(demo):
 
 def test_demo_report(demo):
     out, proc = demo
-    rep = out / "report"
-    r = json.loads((rep / "report.json").read_text())
+    r = json.loads((out / "report.json").read_text())
     assert set(r["claims"]) == {"accuracy_within_1pt_at_40pct_macs", "dynamic_throughput_2x_baseline"}
     assert all(isinstance(v, bool) for v in r["claims"].values())
     op = r["operating_point"]
@@ -105,16 +104,16 @@ def test_demo_report(demo):
     for s in r["samples"]:
         assert _is_png(Path(s["picture"])) and _is_png(Path(s["image"]))
         assert 1 <= s["exit_step"] <= 3 and len(s["boxes"]) == s["exit_step"] and 0 <= s["label"] <= 9
-    assert _is_png(rep / "accuracy_vs_flops.png")
-    md = (rep / "report.md").read_text()
+    assert _is_png(out / "report" / "accuracy_vs_flops.png")
+    md = (out / "report.md").read_text()
     assert "started from the baseline's trained weights" in md
     for heading in ("## The claims", "## Accuracy against average MACs", "## Realised throughput",
                     "## What the model looked at", "## Reproduce"):
         assert heading in md
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert len(links) == 1 + 3 and all(_is_png(rep / link) for link in links)
+    assert len(links) == 1 + 3 and all(_is_png(out / link) for link in links)
     assert md.count("| budget ") + md.count("| **budget ") == 39
-    assert "wrote" in proc.stdout and str(rep / "report.md") in proc.stdout
+    assert "wrote" in proc.stdout and str(out / "report.md") in proc.stdout
 
 
 def test_demo_rerun_reuses_finished_work(demo):
