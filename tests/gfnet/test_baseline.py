@@ -41,7 +41,10 @@ def test_init_from_copies_the_baseline_into_both_encoders(baseline_ckpt):
     path, cfg = baseline_ckpt
     gcfg = cfg.copy()
     gcfg.model.init_from = str(path)
-    model = Trainer(gcfg, path.parent / "gf").model
+    gcfg.optim.epochs_stage1 = 0  # no training: the warm-up's starting weights are saved as they are
+    trainer = Trainer(gcfg, path.parent / "gf")
+    trainer.run([1])
+    model = trainer.model
     state = torch.load(path, weights_only=True)["model"]
     for enc in (model.global_encoder, model.local_encoder):
         for k, v in enc.state_dict().items():
@@ -57,7 +60,8 @@ def test_init_from_refuses_another_backbone(baseline_ckpt):
     gcfg.model.init_from = str(path)
     gcfg.model.width = 16  # the baseline was trained at width 8
     with pytest.raises(CheckpointError, match="width is 8, the model's 16"):
-        Trainer(gcfg, path.parent / "gf2")
+        Trainer(gcfg, path.parent / "gf2").run([1])
+    assert not (path.parent / "gf2" / "stage1.pt").exists()  # refused before anything was written
 
 
 def test_unfinished_baseline_is_refused(tmp_path, baseline_ckpt):
@@ -70,3 +74,21 @@ def test_unfinished_baseline_is_refused(tmp_path, baseline_ckpt):
     save_atomic(ck, tmp_path / "half.pt")
     with pytest.raises(CheckpointError, match="not finished"):
         load_baseline_checkpoint(tmp_path / "half.pt")
+
+
+def test_resume_does_not_need_the_baseline_again(tmp_path, baseline_ckpt):
+    """init_from is read once, when a warm-up starts fresh; a resumed run has its own weights."""
+    import shutil
+
+    from gfnet.train import Trainer
+
+    path, cfg = baseline_ckpt
+    copy = tmp_path / "base.pt"
+    shutil.copy(path, copy)
+    gcfg = cfg.copy()
+    gcfg.model.init_from = str(copy)
+    gcfg.optim.epochs_stage1 = gcfg.optim.epochs_stage2 = 0
+    Trainer(gcfg, tmp_path / "gf").run([1])
+    copy.unlink()
+    Trainer(gcfg, tmp_path / "gf", resume=True).run([1, 2])
+    assert torch.load(tmp_path / "gf" / "stage2.pt", weights_only=True)["done"]

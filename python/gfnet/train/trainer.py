@@ -118,12 +118,7 @@ class Trainer:
     # ------------------------------------------------------------------ what a subclass changes
     # (the static baseline, train/baseline.py, trains another model through the same loop)
     def build_model(self) -> nn.Module:
-        model = build_model(self.cfg.model, self.cfg.run.patch_backend or None)
-        if self.cfg.model.init_from:
-            from .baseline import init_encoders_from_baseline
-
-            init_encoders_from_baseline(model, self.cfg.model.init_from)
-        return model
+        return build_model(self.cfg.model, self.cfg.run.patch_backend or None)
 
     def stage_path(self, stage: int) -> Path:
         return ckpt.stage_path(self.out, stage)
@@ -333,6 +328,11 @@ class Trainer:
         first = stages[0]
         if first > 1 and loaded.get(first) is None:
             ckpt.load_model_state(self.model, loaded[first - 1]["model"], self.stage_path(first - 1))
+        if first == 1 and loaded.get(1) is None and self.cfg.model.init_from:
+            # a fresh warm-up starts from the baseline (a resumed one has its own weights)
+            from .baseline import init_encoders_from_baseline
+
+            init_encoders_from_baseline(self.model, self.cfg.model.init_from)
         for s in stages:
             ck = loaded.get(s)
             if ck is not None and ck.get("done"):
