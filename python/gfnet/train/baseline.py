@@ -23,7 +23,7 @@ from ..config import Config
 from ..errors import CheckpointError
 from ..models.static import StaticBaseline, build_static_baseline
 from . import checkpoint as ckpt
-from .distributed import all_reduce_sum, setup, teardown
+from .distributed import setup, teardown
 from .trainer import Trainer
 
 BASELINE_STAGE = 0  # the trainer's stage number for the baseline's single stage
@@ -79,24 +79,15 @@ class BaselineTrainer(Trainer):
                                lr=o.lr_backbone, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
                                weight_decay=o.weight_decay)
 
-    @torch.no_grad()
-    def evaluate(self, split: str, modes: tuple[str, ...] = ()) -> dict[str, list[float]]:
-        """{"static": [accuracy]} on a split (the modes of GFNet's focus do not apply)."""
-        was = self.model.training
-        self.model.eval()
-        counts = torch.zeros(2, dtype=torch.float64, device=self.device)
-        cap = self.cfg.run.max_eval_batches
-        for i, (x, y) in enumerate(self.eval_loader(split)):
-            if cap and i >= cap:
-                break
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.autocast():
-                logits = self.model(x)
-            counts[0] += (logits.argmax(1) == y).sum()
-            counts[1] += y.numel()
-        all_reduce_sum(counts, self.dist)
-        self.model.train(was)
-        return {"static": [round(float(counts[0]) / max(float(counts[1]), 1.0), 5)]}
+    # evaluation: Trainer.evaluate's loop, one output ("static") instead of GFNet's focus modes
+    def val_modes(self, stage: int) -> tuple[str, ...]:
+        return ("static",)
+
+    def test_modes(self) -> tuple[str, ...]:
+        return ("static",)
+
+    def eval_logits(self, images: torch.Tensor, mode: str, generator: torch.Generator | None):
+        return [self.model(images)]
 
     def final_extras(self, stage: int, test: dict[str, Any]) -> dict[str, Any]:
         from ..flops import static_macs

@@ -92,6 +92,7 @@ def _cosine(progress: float) -> float:
 class Trainer:
     stages: tuple[int, ...] = STAGES
     checkpoint_kind = "gfnet"  # the "kind" field of every checkpoint written
+
     def __init__(self, cfg: Config, out_dir: str | Path, *, resume: bool = False,
                  dist_info: DistInfo | None = None):
         cfg.validate()
@@ -149,6 +150,13 @@ class Trainer:
     def val_modes(self, stage: int) -> tuple[str, ...]:
         return ("mean", "random") if stage > 1 else ("random",)
 
+    def test_modes(self) -> tuple[str, ...]:
+        return ("mean", "random")
+
+    def eval_logits(self, images: torch.Tensor, mode: str, generator: torch.Generator | None):
+        """Per-output logits of a batch in evaluation ("mean" = the policy's focus)."""
+        return self.model(images, policy=mode, generator=generator)
+
     def final_extras(self, stage: int, test: dict[str, Any]) -> dict[str, Any]:
         """Extra fields of a finished stage's checkpoint."""
         return {"test": test}
@@ -205,7 +213,7 @@ class Trainer:
         model = self.model
         was = {n: m.training for n, m in model.named_children()}
         model.eval()
-        T = model.max_steps
+        T = self.num_outputs()
         out: dict[str, list[float]] = {}
         loader = self.eval_loader(split)
         cap = self.cfg.run.max_eval_batches
@@ -219,7 +227,7 @@ class Trainer:
                     break
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 with self.autocast():
-                    logits = model(x, policy=mode, generator=gen)
+                    logits = self.eval_logits(x, mode, gen)
                 for t, lg in enumerate(logits):
                     correct[t] += (lg.argmax(1) == y).sum()
                 correct[T] += y.numel()
@@ -252,8 +260,8 @@ class Trainer:
         rng = self._rng_state()  # collective: every rank takes part
         if self.dist.is_main:
             obj = {
-                "format": ckpt.FORMAT, "kind": self.checkpoint_kind, "stage": stage, "epoch": epoch, "epochs": epochs, "done": done,
-                "world_size": self.dist.world_size, "config": self.cfg.to_dict(),
+                "format": ckpt.FORMAT, "kind": self.checkpoint_kind, "stage": stage, "epoch": epoch,
+                "epochs": epochs, "done": done, "world_size": self.dist.world_size, "config": self.cfg.to_dict(),
                 "model": self.model.state_dict(),
                 "optimizer": opt.state_dict() if opt is not None else None,
                 "scheduler": sched.state_dict() if sched is not None else None,
@@ -420,7 +428,7 @@ class Trainer:
             self._save(stage, epochs, epochs, True, opt, sched, scaler, self.final_extras(stage, self._test(stage)))
 
     def _test(self, stage: int) -> dict[str, list[float]]:
-        test = self.evaluate("test", ("mean", "random"))
+        test = self.evaluate("test", self.test_modes())
         self.results[self.stage_label(stage).replace(" ", "")] = test
         self._write_json("results.json", self.results)
         self.log(f"{self.stage_label(stage)} test accuracy per step: "
