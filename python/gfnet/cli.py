@@ -58,6 +58,16 @@ def config_from_args(args: argparse.Namespace, extra: dict | None = None):
     return build_config(preset, args.config, overrides)
 
 
+def _run_shortcuts(args: argparse.Namespace) -> dict:
+    """Config overrides of the --epochs and --no-progress shortcuts (train, demo)."""
+    extra: dict = {}
+    if args.epochs is not None:
+        extra.update({f"optim.epochs_stage{k}": args.epochs for k in (1, 2, 3)})
+    if args.no_progress:
+        extra["run.progress"] = False
+    return extra
+
+
 def _list_presets() -> int:
     from .config import get_preset, list_presets
 
@@ -89,13 +99,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> int:
     if args.list_presets:
         return _list_presets()
-    extra: dict = {}
-    if args.epochs is not None:
-        extra.update({f"optim.epochs_stage{k}": args.epochs for k in (1, 2, 3)})
+    extra = _run_shortcuts(args)
     if args.batch_size is not None:
         extra["optim.batch_size"] = args.batch_size
-    if args.no_progress:
-        extra["run.progress"] = False
     cfg = config_from_args(args, extra)
     if args.print_config:
         import yaml
@@ -474,12 +480,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.list_presets:
         return _list_presets()
-    extra: dict = {}
-    if args.epochs is not None:
-        extra.update({f"optim.epochs_stage{k}": args.epochs for k in (1, 2, 3)})
-    if args.no_progress:
-        extra["run.progress"] = False
-    cfg = config_from_args(args, extra)
+    cfg = config_from_args(args, _run_shortcuts(args))
     out = Path(args.out)
 
     def step(k: int, what: str) -> None:

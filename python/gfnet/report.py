@@ -52,23 +52,26 @@ class EngineTiming:
         return self.images / self.seconds
 
 
+def _cheapest_reaching(rows: list[dict[str, Any]], accuracy: float) -> dict[str, Any] | None:
+    """The budget row with the fewest average MACs whose accuracy is at least ``accuracy``."""
+    good = [r for r in rows if r["accuracy"] >= accuracy - 1e-12]
+    return min(good, key=lambda r: r["avg_macs"]) if good else None
+
+
 def pick_operating_point(rows: list[dict[str, Any]], baseline_acc: float, baseline_macs: float) -> dict[str, Any]:
     """The cheapest budget row within ACCURACY_MARGIN of the baseline's accuracy; if none is,
     the most accurate row. Adds ``meets_accuracy`` and ``macs_fraction``."""
     if not rows:
         raise GFNetError("the evaluation has no budget rows")
-    close = [r for r in rows if r["accuracy"] >= baseline_acc - ACCURACY_MARGIN - 1e-12]
-    best = min(close, key=lambda r: r["avg_macs"]) if close else max(rows, key=lambda r: r["accuracy"])
-    return {**best, "meets_accuracy": bool(close), "macs_fraction": best["avg_macs"] / baseline_macs}
+    close = _cheapest_reaching(rows, baseline_acc - ACCURACY_MARGIN)
+    best = close if close is not None else max(rows, key=lambda r: r["accuracy"])
+    return {**best, "meets_accuracy": close is not None, "macs_fraction": best["avg_macs"] / baseline_macs}
 
 
 def matching_point(rows: list[dict[str, Any]], baseline_acc: float, baseline_macs: float) -> dict[str, Any] | None:
     """The cheapest budget row at least as accurate as the baseline, or None."""
-    good = [r for r in rows if r["accuracy"] >= baseline_acc - 1e-12]
-    if not good:
-        return None
-    best = min(good, key=lambda r: r["avg_macs"])
-    return {**best, "macs_fraction": best["avg_macs"] / baseline_macs}
+    best = _cheapest_reaching(rows, baseline_acc)
+    return None if best is None else {**best, "macs_fraction": best["avg_macs"] / baseline_macs}
 
 
 def _test_tensors(cfg, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -317,7 +320,7 @@ def render_markdown(r: dict[str, Any], out_dir: Path) -> str:
                      f"{2 * cum / 1e6:.2f} | {_pct(cum / b['macs'])} | |")
     for row in sorted(r["budgets"], key=lambda x: x["avg_macs"]):
         name = f"budget {row['budget']}" if row["budget"] is not None else "MACs target"
-        if row is op or (row["budget"] == op["budget"] and row["avg_macs"] == op["avg_macs"]):
+        if row["budget"] == op["budget"] and row["avg_macs"] == op["avg_macs"]:  # op is a copy of its row
             name = f"**{name} (operating point)**"
         lines.append(f"| {name} | {_pct(row['accuracy'])} | {row['avg_macs'] / 1e6:.2f} | "
                      f"{row['avg_flops'] / 1e6:.2f} | {_pct(row['avg_macs'] / b['macs'])} | {row['exit_counts']} |")
