@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ConfigError
+from .registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,7 +50,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "imagefolder"  # "digits" | "imagefolder" | "cifar10" | "cifar100"
+    dataset: str = "imagefolder"  # a registered data set: digits, imagefolder, cifar10, cifar100, ...
     root: str = ""  # data folder (imagefolder: holds train/ and val/ class folders)
     train_dir: str = "train"
     val_dir: str = "val"
@@ -135,12 +136,10 @@ class Config:
 
     def validate(self) -> "Config":
         m, d, o = self.model, self.data, self.optim
-        from .models.backbones import BACKBONES  # late import: registry fills on import
+        from .data import DATASETS  # late imports: the registries fill as their modules load
+        from .models.backbones import BACKBONES
 
-        if m.backbone not in BACKBONES:
-            raise ConfigError(
-                f"unknown backbone {m.backbone!r}; known: {', '.join(sorted(BACKBONES))}"
-            )
+        BACKBONES.lookup(m.backbone)  # ConfigError naming the registered backbones
         if m.patch_size <= 0 or m.image_size <= 0:
             raise ConfigError("model.image_size and model.patch_size must be positive")
         if m.image_size < m.patch_size:
@@ -165,10 +164,7 @@ class Config:
             raise ConfigError("model.std values must be positive")
         if m.num_classes < 2:
             raise ConfigError("model.num_classes must be >= 2")
-        if d.dataset not in ("digits", "imagefolder", "cifar10", "cifar100"):
-            raise ConfigError(
-                f"unknown data.dataset {d.dataset!r}; known: digits, imagefolder, cifar10, cifar100"
-            )
+        DATASETS.lookup(d.dataset)  # ... and data sets
         if o.batch_size < 1:
             raise ConfigError("optim.batch_size must be >= 1")
         if o.schedule_unit not in ("epoch", "step"):
@@ -315,32 +311,25 @@ def build_config(preset: str | None = None, yaml_file: str | None = None,
 
 
 # ---------------------------------------------------------------------- presets
-PRESETS: dict[str, Callable[[], Config]] = {}
+PRESETS: Registry[Callable[[], Config]] = Registry("preset", "preset")
 
 
 def register_preset(name: str) -> Callable[[Callable[[], Config]], Callable[[], Config]]:
-    def deco(fn: Callable[[], Config]) -> Callable[[], Config]:
-        if name in PRESETS:
-            raise ValueError(f"preset {name!r} registered twice")
-        PRESETS[name] = fn
-        return fn
-
-    return deco
+    """Decorator: ``fn() -> Config``, the preset's settings on top of the defaults."""
+    return PRESETS.register(name)
 
 
 def list_presets() -> list[str]:
-    return sorted(PRESETS)
+    return PRESETS.names()
 
 
 def get_preset(name: str) -> Config:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(list_presets())}")
-    cfg = PRESETS[name]()
+    cfg = PRESETS.lookup(name)()
     cfg.preset = name
     return cfg
 
 
-# The paper's per-family settings (see GFNET_FACTS.md). One table, no if-chains.
+# The paper's per-family settings (docs/GFNET.md). One table, no if-chains.
 _FAMILY: dict[str, dict[str, dict[str, Any]]] = {
     "resnet": dict(
         model=dict(max_steps=5, glance_mode="bicubic", classifier="gru", classifier_hidden=1024,

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
+import pytest
 import torch
 
 from gfnet.data import ClutteredDigits, build_datasets, split_indices
@@ -60,3 +63,45 @@ def test_imagefolder_trains_one_step(tmp_path, capsys):
                "--set", "model.num_classes=2", "--set", "data.num_workers=0", "--set", "run.threads=1"])
     assert rc == 0, capsys.readouterr().err
     assert (tmp_path / "o" / "stage1.pt").exists()
+
+
+def test_registered_data_set_is_built_and_accepted_by_the_config(tiny_cfg):
+    """Adding a data set is one registered builder: config.validate and build_datasets find it."""
+    from torch.utils.data import TensorDataset
+
+    from gfnet.config import build_config
+    from gfnet.data import DATASETS, list_datasets, register_dataset
+    from gfnet.errors import ConfigError, DataError
+
+    @register_dataset("tiny-noise", channels=1, num_classes=10)
+    def _tiny(cfg, splits):
+        n = {"train": 6, "val": 3, "test": 0}
+        size = cfg.model.image_size
+        return {s: TensorDataset(torch.zeros(n[s], 1, size, size, dtype=torch.uint8),
+                                 torch.arange(n[s]) % 10) for s in splits}
+
+    try:
+        assert "tiny-noise" in list_datasets()
+        cfg = tiny_cfg(**{"data.dataset": "tiny-noise"})
+        ds = build_datasets(cfg, ("train", "val"))
+        assert {k: len(v) for k, v in ds.items()} == {"train": 6, "val": 3}
+        with pytest.raises(DataError, match="the test split of tiny-noise is empty"):
+            build_datasets(cfg)
+        with pytest.raises(ValueError, match="registered twice"):
+            register_dataset("tiny-noise")(_tiny)
+    finally:
+        DATASETS.pop("tiny-noise")
+    with pytest.raises(ConfigError, match=r"unknown data.dataset 'tiny-noise'; known: cifar10, cifar100, digits"):
+        build_config("digits", overrides={"data.dataset": "tiny-noise"})
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"model.in_channels": 3, "model.mean": "0.1,0.1,0.1", "model.std": "0.2,0.2,0.2"},
+     "digits images are grayscale (1 channel): set model.in_channels=1"),
+    ({"model.num_classes": 12}, "the digits data set has 10 classes: set model.num_classes=10"),
+])
+def test_model_that_does_not_fit_the_data_set_is_named(tiny_cfg, override, message):
+    from gfnet.errors import DataError
+
+    with pytest.raises(DataError, match=re.escape(message)):
+        build_datasets(tiny_cfg(**override))

@@ -20,6 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..config import Config
+from ..errors import DataError
+from .registry import register_dataset
+
 SPLITS = ("train", "val", "test")
 _SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 _CACHE: dict = {}
@@ -130,3 +134,18 @@ class ClutteredDigits(Dataset):
         canvas, label, _ = self.sample(index)
         img = torch.from_numpy(np.rint(canvas * 255.0).astype(np.uint8))[None]
         return img, label
+
+
+@register_dataset("digits", channels=1, num_classes=10)
+def build_cluttered_digits(cfg: Config, splits: tuple[str, ...]) -> dict[str, Dataset]:
+    """The ``data.*`` digits fields as ClutteredDigits splits (canvas = model.image_size)."""
+    d = cfg.data
+    lengths = {"train": d.train_samples, "val": d.val_samples, "test": d.test_samples}
+    try:
+        return {s: ClutteredDigits(s, canvas_size=cfg.model.image_size, digit_size=d.digit_size,
+                                   digit_size_jitter=d.digit_size_jitter, num_clutter=d.num_clutter,
+                                   fragment_size=d.fragment_size, length=lengths[s],
+                                   split_seed=d.split_seed, seed=cfg.run.seed)
+                for s in splits}
+    except ValueError as e:
+        raise DataError(f"cluttered digits: {e}") from None

@@ -1,4 +1,5 @@
-"""Real data sets: ImageFolder (ImageNet layout) and CIFAR-10/100, as uint8 tensors.
+"""Real data sets: ImageFolder (ImageNet layout) and CIFAR-10/100, as uint8 tensors, registered
+as ``imagefolder``, ``cifar10`` and ``cifar100``.
 
 Images come out as uint8 (C, S, S) at the configured image size; normalisation happens in the
 model, fused into the crop_resize that makes the glance and focus patches.
@@ -11,7 +12,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
+from ..config import Config
 from ..errors import DataError
+from .registry import register_dataset
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -77,10 +80,50 @@ def cifar(name: str, root: str, train: bool, image_size: int, download: bool) ->
         raise DataError(f"{name} not found under {root!r}{hint}: {e}") from None
 
 
-def held_out(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """Split a data set into (rest, held-out fraction), fixed by the seed."""
-    n = len(ds)  # type: ignore[arg-type]
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=g).tolist()
+def held_out_split(train: Dataset, held_out_view: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """(the rest of ``train``, the held-out ``fraction``) of one set of images, fixed by ``seed``:
+    ``held_out_view`` is the same images with evaluation transforms (no augmentation)."""
+    n = len(train)  # type: ignore[arg-type]
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     k = max(1, int(round(fraction * n)))
-    return Subset(ds, perm[k:]), Subset(ds, perm[:k])
+    return Subset(train, perm[k:]), Subset(held_out_view, perm[:k])
+
+
+# ---------------------------------------------------------------------- registered data sets
+@register_dataset("imagefolder", channels=3)
+def build_image_folder(cfg: Config, splits: tuple[str, ...]) -> dict[str, Dataset]:
+    """``<root>/<train_dir>/<class>/*`` and ``<root>/<val_dir>/...`` (ImageNet layout); the test
+    split is ``test_dir`` if set, else the validation folder; ``val_fraction`` > 0 holds part
+    of the training folder out as the validation split instead."""
+    d, size = cfg.data, cfg.model.image_size
+    out: dict[str, Dataset] = {}
+    if d.val_fraction > 0 and ("train" in splits or "val" in splits):
+        out["train"], out["val"] = held_out_split(image_folder(d.root, d.train_dir, size, train=True),
+                                                  image_folder(d.root, d.train_dir, size, train=False),
+                                                  d.val_fraction, d.split_seed)
+    else:
+        if "train" in splits:
+            out["train"] = image_folder(d.root, d.train_dir, size, train=True)
+        if "val" in splits:
+            out["val"] = image_folder(d.root, d.val_dir, size, train=False)
+    if "test" in splits:
+        out["test"] = image_folder(d.root, d.test_dir or d.val_dir, size, train=False)
+    return out
+
+
+def _register_cifar(name: str, num_classes: int) -> None:
+    @register_dataset(name, channels=3, num_classes=num_classes)
+    def build(cfg: Config, splits: tuple[str, ...]) -> dict[str, Dataset]:
+        """torchvision's CIFAR (downloaded only with data.download=true); the test split doubles
+        as the validation split unless ``val_fraction`` > 0 holds part of train out."""
+        d, size = cfg.data, cfg.model.image_size
+        train = cifar(name, d.root, True, size, d.download)
+        test = cifar(name, d.root, False, size, d.download)
+        val = test
+        if d.val_fraction > 0:
+            train, val = held_out_split(train, cifar(name, d.root, True, size, False), d.val_fraction, d.split_seed)
+        return {"train": train, "val": val, "test": test}
+
+
+_register_cifar("cifar10", 10)
+_register_cifar("cifar100", 100)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..registry import Registry
 
 
 class Backbone(nn.Module):
@@ -50,29 +51,22 @@ class Backbone(nn.Module):
 
 
 BackboneFn = Callable[..., Backbone]
-BACKBONES: dict[str, BackboneFn] = {}
+BACKBONES: Registry[BackboneFn] = Registry("backbone", "backbone")
 
 
 def register_backbone(name: str) -> Callable[[BackboneFn], BackboneFn]:
-    def deco(fn: BackboneFn) -> BackboneFn:
-        if name in BACKBONES:
-            raise ValueError(f"backbone {name!r} registered twice")
-        BACKBONES[name] = fn
-        return fn
-
-    return deco
+    """Decorator: ``fn(num_classes, in_channels=3, pretrained=False, **config) -> Backbone``."""
+    return BACKBONES.register(name)
 
 
 def list_backbones() -> list[str]:
-    return sorted(BACKBONES)
+    return BACKBONES.names()
 
 
 def build_backbone(name: str, *, num_classes: int, in_channels: int = 3, pretrained: bool = False,
                    **kwargs) -> Backbone:
-    if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}")
-    return BACKBONES[name](num_classes=num_classes, in_channels=in_channels,
-                           pretrained=pretrained, **kwargs)
+    return BACKBONES.lookup(name)(num_classes=num_classes, in_channels=in_channels,
+                                  pretrained=pretrained, **kwargs)
 
 
 # ---------------------------------------------------------------------- torchvision

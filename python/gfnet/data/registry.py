@@ -1,0 +1,82 @@
+"""The data set registry: ``register_dataset("name")`` on a function that builds the splits.
+
+Like the backbones (``gfnet.models.backbones``), every data set is one registered builder
+``build(cfg, splits) -> {"train": ..., "val": ..., "test": ...}`` of (uint8 (C, H, W) image,
+label) data sets, declared beside the data it reads. ``data.dataset`` names one;
+``build_datasets`` looks it up, checks the model fits it and that no split is empty, and
+``Config.validate`` accepts exactly the registered names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    from ..config import Config, ModelConfig
+
+SPLITS = ("train", "val", "test")
+
+DatasetBuilder = Callable[["Config", tuple[str, ...]], dict[str, Dataset]]
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    build: DatasetBuilder  # (cfg, splits) -> at least the asked splits (more is fine)
+    channels: int | None = None  # image channels, when fixed: model.in_channels must match
+    num_classes: int | None = None  # classes, when fixed: model.num_classes must match
+
+    def check_model(self, m: ModelConfig) -> None:
+        """DataError naming the config field when the model does not fit the data."""
+        if self.channels is not None and m.in_channels != self.channels:
+            kind = _CHANNELS.get(self.channels, f"{self.channels}-channel")
+            raise DataError(f"{self.name} images are {kind}: set model.in_channels={self.channels}")
+        if self.num_classes is not None and m.num_classes != self.num_classes:
+            raise DataError(f"the {self.name} data set has {self.num_classes} classes: "
+                            f"set model.num_classes={self.num_classes}")
+
+
+_CHANNELS = {1: "grayscale (1 channel)", 3: "RGB (3 channels)"}
+
+DATASETS: Registry[DatasetEntry] = Registry("data set", "data.dataset")
+
+
+def register_dataset(name: str, *, channels: int | None = None,
+                     num_classes: int | None = None) -> Callable[[DatasetBuilder], DatasetBuilder]:
+    """Decorator on ``build(cfg, splits) -> {split: data set}``; ``channels`` / ``num_classes``:
+    what the model must have when the data fixes them."""
+
+    def deco(fn: DatasetBuilder) -> DatasetBuilder:
+        DATASETS.add(name, DatasetEntry(name, fn, channels, num_classes))
+        return fn
+
+    return deco
+
+
+def list_datasets() -> list[str]:
+    return DATASETS.names()
+
+
+def get_dataset(name: str) -> DatasetEntry:
+    return DATASETS.lookup(name)
+
+
+def build_datasets(cfg: Config, splits: Sequence[str] = SPLITS) -> dict[str, Dataset]:
+    """The asked splits of ``cfg.data.dataset``, each a data set of (uint8 image, label)."""
+    bad = [s for s in splits if s not in SPLITS]
+    if bad:
+        raise ValueError(f"splits must be among {SPLITS}, not {bad}")
+    entry = get_dataset(cfg.data.dataset)
+    entry.check_model(cfg.model)
+    out = entry.build(cfg, tuple(splits))
+    for split, ds in out.items():
+        if len(ds) == 0:  # type: ignore[arg-type]
+            raise DataError(f"the {split} split of {entry.name} is empty")
+    return {s: out[s] for s in splits}
