@@ -178,11 +178,11 @@ CKPT_KEY = "exit_thresholds"
 
 def store_calibration(ckpt_path, cal: Calibration) -> None:
     """Adds the calibration to a checkpoint file (atomically rewritten; nothing else changes)."""
-    from .train import checkpoint as ck_io
+    from .checkpoint import load, save_atomic
 
-    ck = ck_io.load(ckpt_path)
+    ck = load(ckpt_path)
     ck[CKPT_KEY] = cal.to_dict()
-    ck_io.save_atomic(ck, ckpt_path)
+    save_atomic(ck, ckpt_path)
 
 
 def stored_calibration(ck: dict[str, Any]) -> Calibration | None:

@@ -134,9 +134,9 @@ command("train", "train GFNet: the three stages, or one of them")(_train)
 
 # ---------------------------------------------------------------------- shared (eval, predict)
 def _device(spec: str | None):
-    from .train.distributed import _pick_device
+    from .device import pick_device
 
-    return _pick_device(spec or "auto", 0)
+    return pick_device(spec)
 
 
 def _threads(cfg) -> None:
@@ -215,16 +215,12 @@ def _eval(args: argparse.Namespace) -> int:
     )
     from .data import build_datasets
     from .flops import count_step_flops, format_table
-    from .inference import (
-        collect_anytime,
-        load_checkpoint_model,
-        per_step_accuracy,
-        resolve_checkpoint,
-    )
+    from .checkpoint import load_checkpoint_model, resolve_checkpoint
+    from .inference import collect_anytime, per_step_accuracy
 
     budgets = _parse_budgets(args.budgets)
     if args.baseline is not None:
-        from .train.baseline import load_baseline_checkpoint
+        from .checkpoint import load_baseline_checkpoint
 
         bck = load_baseline_checkpoint(args.baseline)
         args.baseline_acc = float(bck["test_accuracy"])
@@ -338,7 +334,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     from .budget import budget_q, stored_calibration
     from .data import read_image
-    from .inference import load_checkpoint_model, resolve_checkpoint
+    from .checkpoint import load_checkpoint_model, resolve_checkpoint
 
     if args.budget is not None:
         budget_q(args.budget)

@@ -20,7 +20,6 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -209,43 +208,6 @@ def per_step_accuracy(step_logits: torch.Tensor, labels: torch.Tensor) -> list[f
     return [float((lg.argmax(1) == labels).double().mean()) for lg in step_logits]
 
 
-# ---------------------------------------------------------------------- checkpoints
-def resolve_checkpoint(path) -> Path:
-    """A checkpoint file, or a training output folder (its latest stage: 3, else 2, else 1)."""
-    from .errors import CheckpointError
-
-    p = Path(path)
-    if p.is_dir():
-        for k in (3, 2, 1):
-            if (p / f"stage{k}.pt").is_file():
-                return p / f"stage{k}.pt"
-        raise CheckpointError(f"folder {str(p)!r} holds no stage checkpoint (stage1.pt .. stage3.pt)")
-    if not p.exists():
-        raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
-    return p
-
-
-def load_checkpoint_model(path, device="cpu", overrides: dict | None = None):
-    """(model in eval mode on ``device``, config, checkpoint dict) from a gfnet checkpoint."""
-    from .config import Config, apply_dict
-    from .errors import CheckpointError
-    from .models import build_model
-    from .train import checkpoint as ck_io
-
-    p = resolve_checkpoint(path)
-    ck = ck_io.load(p)
-    try:
-        cfg = Config.from_dict(ck["config"])
-        if overrides:
-            apply_dict(cfg, overrides)
-        cfg.validate()
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {str(p)!r} has no usable config ({e})") from None
-    model = build_model(cfg.model, cfg.run.patch_backend or None)
-    ck_io.load_model_state(model, ck["model"], p)
-    return model.to(device).eval(), cfg, ck
-
-
 __all__ = [
     "AnytimeResult",
     "InferenceResult",
@@ -254,10 +216,8 @@ __all__ = [
     "confidences",
     "dynamic_inference",
     "exit_counts_of",
-    "load_checkpoint_model",
     "normalise_thresholds",
     "per_step_accuracy",
-    "resolve_checkpoint",
     "run_dataset",
     "simulate_exits",
 ]

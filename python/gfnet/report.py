@@ -154,8 +154,8 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
                  passes: int = 3, batch_sizes: tuple[int, ...] = (8, 16, 64, 128), max_images: int = 2000,
                  threads: int | None = None, progress: bool = True) -> dict[str, Any]:
     from .flops import average_macs
-    from .inference import anytime_inference, dynamic_inference, load_checkpoint_model, resolve_checkpoint
-    from .train.baseline import load_baseline_model
+    from .checkpoint import load_baseline_model, load_checkpoint_model, resolve_checkpoint
+    from .inference import anytime_inference, dynamic_inference
 
     run = Path(run_dir)
     eval_path = Path(eval_json) if eval_json else run / "eval" / "eval.json"

@@ -22,8 +22,6 @@ def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "python"), str(REPO), env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
-    env.pop("GFNET_KILL_AFTER_EPOCH", None)
-    env.pop("GFNET_DUMP_PARAMS", None)
     return env
 
 

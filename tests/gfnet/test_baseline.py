@@ -23,7 +23,7 @@ def baseline_ckpt(tmp_path_factory):
 def test_static_baseline_normalises_like_crop_resize(baseline_ckpt):
     """uint8 images are scaled to [0, 1] then normalised, exactly as GFNet's patches are."""
     import gfkernels
-    from gfnet.train.baseline import load_baseline_model
+    from gfnet.checkpoint import load_baseline_model
 
     model, cfg, _ = load_baseline_model(baseline_ckpt[0])
     images = torch.randint(0, 256, (3, 1, 128, 128), dtype=torch.uint8)
@@ -66,8 +66,7 @@ def test_init_from_refuses_another_backbone(baseline_ckpt):
 
 def test_unfinished_baseline_is_refused(tmp_path, baseline_ckpt):
     from gfnet.errors import CheckpointError
-    from gfnet.train.baseline import load_baseline_checkpoint
-    from gfnet.train.checkpoint import save_atomic
+    from gfnet.checkpoint import load_baseline_checkpoint, save_atomic
 
     ck = torch.load(baseline_ckpt[0], weights_only=True)
     ck.update(done=False, epoch=0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gfnet.cli import main
-from gfnet.train import checkpoint as ckpt
+from gfnet import checkpoint as ckpt
 
 from .conftest import tiny_overrides
 

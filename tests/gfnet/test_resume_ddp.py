@@ -1,14 +1,23 @@
-"""Subprocess tests: exact resume after a kill, and torchrun data parallelism on CPU (gloo)."""
+"""Subprocess tests: exact resume after a kill, and torchrun data parallelism on CPU (gloo).
+
+The kill and the per-rank parameter dump are test callbacks of the Trainer, installed by the
+test-only entry point train_with_callbacks.py (run alone or under torchrun); the runs they are
+compared with, and the resumed runs, are plain ``python -m gfnet train``.
+"""
 
 from __future__ import annotations
 
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
 from .conftest import subprocess_env, tiny_overrides
+
+WITH_CALLBACKS = str(Path(__file__).with_name("train_with_callbacks.py"))
+TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
 
 
 def _sets(**extra) -> list[str]:
@@ -18,10 +27,12 @@ def _sets(**extra) -> list[str]:
     return args
 
 
-def _train(out, *extra_args, env=None, **sets):
-    cmd = [sys.executable, "-m", "gfnet", "train", "--preset", "digits", "--out", str(out),
-           *_sets(**sets), *extra_args]
-    return subprocess.run(cmd, env=env or subprocess_env(), capture_output=True, text=True, timeout=300)
+def _train(out, *extra_args, callbacks=(), launcher=(sys.executable,), **sets):
+    """`gfnet train --preset digits --out OUT` with the tiny overrides; with ``callbacks``
+    (options of train_with_callbacks.py) through that entry point instead of -m gfnet."""
+    entry = [WITH_CALLBACKS, *callbacks] if callbacks else ["-m", "gfnet", "train"]
+    cmd = [*launcher, *entry, "--preset", "digits", "--out", str(out), *_sets(**sets), *extra_args]
+    return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
 
 
 def _model(path):
@@ -34,9 +45,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     ref = _train(tmp_path / "ref", **sets)
     assert ref.returncode == 0, ref.stderr
     # killed (SIGKILL, as by the OOM killer or a pre-empted job) after stage 2, epoch 1
-    env = subprocess_env()
-    env["GFNET_KILL_AFTER_EPOCH"] = "2:1"
-    killed = _train(tmp_path / "run", env=env, **sets)
+    killed = _train(tmp_path / "run", callbacks=["--kill-after", "2:1"], **sets)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (tmp_path / "run" / "stage3.pt").exists()
     ck = torch.load(tmp_path / "run" / "stage2.pt", weights_only=True)
@@ -55,13 +64,9 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
 
 
 def test_torchrun_two_ranks_identical_parameters(tmp_path):
-    env = subprocess_env()
-    env["GFNET_DUMP_PARAMS"] = str(tmp_path / "dump")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           "-m", "gfnet", "train", "--preset", "digits", "--out", str(tmp_path / "ddp"),
-           *_sets(**{"optim.epochs_stage1": 1, "optim.epochs_stage2": 1, "optim.epochs_stage3": 1,
-                     "data.train_samples": 32, "run.max_train_batches": 2})]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = _train(tmp_path / "ddp", callbacks=["--dump-params", str(tmp_path / "dump")], launcher=TORCHRUN_2,
+                  **{"optim.epochs_stage1": 1, "optim.epochs_stage2": 1, "optim.epochs_stage3": 1,
+                     "data.train_samples": 32, "run.max_train_batches": 2})
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = torch.load(tmp_path / "dump" / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "dump" / "rank1.pt", weights_only=True)
@@ -84,9 +89,8 @@ def test_baseline_resume_after_kill_matches_uninterrupted_run(tmp_path):
     ref = _train(tmp_path / "ref", "--baseline", **sets)
     assert ref.returncode == 0, ref.stderr
     assert "static baseline (digitnet, 128 px): test accuracy" in ref.stdout
-    env = subprocess_env()
-    env["GFNET_KILL_AFTER_EPOCH"] = "0:1"  # the baseline is the trainer's stage 0
-    killed = _train(tmp_path / "run", "--baseline", env=env, **sets)
+    killed = _train(tmp_path / "run", "--baseline", callbacks=["--kill-after", "0:1"],  # the baseline: stage 0
+                    **sets)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     ck = torch.load(tmp_path / "run" / "baseline.pt", weights_only=True)
     assert ck["kind"] == "baseline" and ck["epoch"] == 1 and not ck["done"] and "test_accuracy" not in ck
@@ -102,13 +106,9 @@ def test_baseline_resume_after_kill_matches_uninterrupted_run(tmp_path):
 
 
 def test_baseline_torchrun_two_ranks(tmp_path):
-    env = subprocess_env()
-    env["GFNET_DUMP_PARAMS"] = str(tmp_path / "dump")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           "-m", "gfnet", "train", "--baseline", "--preset", "digits", "--out", str(tmp_path / "ddp"),
-           *_sets(**{"optim.epochs_stage1": 1, "optim.epochs_stage3": 0, "data.train_samples": 32,
-                     "run.max_train_batches": 2})]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = _train(tmp_path / "ddp", "--baseline", callbacks=["--dump-params", str(tmp_path / "dump")],
+                  launcher=TORCHRUN_2, **{"optim.epochs_stage1": 1, "optim.epochs_stage3": 0,
+                                          "data.train_samples": 32, "run.max_train_batches": 2})
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = torch.load(tmp_path / "dump" / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "dump" / "rank1.pt", weights_only=True)

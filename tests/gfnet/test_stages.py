@@ -43,3 +43,25 @@ def test_each_stage_changes_exactly_its_parameters(tiny_cfg, tmp_path, freeze_gl
                 assert not changed, (stage, part, sorted(changed)[:5])
         assert (tmp_path / "run" / f"stage{stage}.pt").exists()
     assert ("global_encoder" in trained_parts(cfg, 1)) is (not freeze_global)
+
+
+def test_callbacks_see_every_checkpoint_on_disk_and_the_end(tiny_cfg, tmp_path):
+    from gfnet.train import TrainerCallback
+
+    class Record(TrainerCallback):
+        def __init__(self):
+            self.saved, self.ended = [], None
+
+        def on_checkpoint_saved(self, trainer, stage, epoch, path):
+            ck = torch.load(path, weights_only=True)  # complete and in place when called
+            self.saved.append((stage, epoch, ck["epoch"], ck["done"]))
+
+        def on_run_end(self, trainer, results):
+            self.ended = sorted(results)
+
+    cfg = tiny_cfg(**{"run.max_train_batches": 1, "optim.epochs_stage1": 2, "optim.epochs_stage2": 1,
+                      "optim.epochs_stage3": 0})
+    rec = Record()
+    Trainer(cfg, tmp_path / "run", callbacks=[rec]).run([1, 2, 3])
+    assert rec.saved == [(1, 1, 1, False), (1, 2, 2, True), (2, 1, 1, True), (3, 0, 0, True)]
+    assert rec.ended == ["stage1", "stage2", "stage3"]

@@ -12,6 +12,7 @@ entry to ``OUT/results.json``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import load_baseline_checkpoint
 from ..config import Config
-from ..errors import CheckpointError
 from ..models.static import StaticBaseline, build_static_baseline
-from . import checkpoint as ckpt
+from .callbacks import TrainerCallback
 from .distributed import setup, teardown
 from .trainer import Trainer
 
@@ -96,49 +97,12 @@ class BaselineTrainer(Trainer):
         return {"test": test, "test_accuracy": test["static"][0], "macs": macs}
 
 
-def train_baseline(cfg: Config, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+def train_baseline(cfg: Config, out_dir: str | Path, resume: bool = False,
+                   callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
     """Train (or finish, with resume) the static baseline; returns its finished checkpoint."""
     info = setup(cfg.run.device)
     try:
-        BaselineTrainer(cfg, out_dir, resume=resume, dist_info=info).run([BASELINE_STAGE])
+        BaselineTrainer(cfg, out_dir, resume=resume, dist_info=info, callbacks=callbacks).run([BASELINE_STAGE])
     finally:
         teardown(info)
     return load_baseline_checkpoint(Path(out_dir) / BASELINE_FILE)
-
-
-def load_baseline_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A finished baseline checkpoint, or a CheckpointError saying what it is instead."""
-    ck = ckpt.load(path)
-    if ck.get("kind") != "baseline":
-        raise CheckpointError(f"{str(path)!r} is not a baseline checkpoint (gfnet train --baseline)")
-    if not ck.get("done"):
-        raise CheckpointError(f"baseline checkpoint {str(path)!r} is not finished (epoch {ck.get('epoch')}/"
-                              f"{ck.get('epochs')}); run gfnet train --baseline --resume")
-    return ck
-
-
-def load_baseline_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[StaticBaseline, Config, dict]:
-    """(model in eval mode on ``device``, config, checkpoint) of a finished baseline checkpoint."""
-    ck = load_baseline_checkpoint(path)
-    cfg = Config.from_dict(ck["config"]).validate()
-    model = build_static_baseline(cfg.model)
-    ckpt.load_model_state(model, ck["model"], path)
-    return model.to(device).eval(), cfg, ck
-
-
-def init_encoders_from_baseline(model, path: str | Path) -> None:
-    """Both encoders of a GFNet ``model`` start from a finished static baseline's backbone (with
-    its head), as the paper's start from ImageNet-trained weights: GFNet then builds on the
-    network a user already has. Checked against the model's backbone config."""
-    ck = load_baseline_checkpoint(path)
-    saved = ck.get("config", {}).get("model", {})
-    mine = model.cfg
-    for key in ("backbone", "width", "in_channels", "num_classes"):
-        if saved.get(key) != getattr(mine, key):
-            raise CheckpointError(f"model.init_from {str(path)!r}: its {key} is {saved.get(key)!r}, "
-                                  f"the model's {getattr(mine, key)!r}")
-    prefix = "backbone."
-    state = {k[len(prefix):]: v for k, v in ck["model"].items() if k.startswith(prefix)}
-    for encoder in (model.global_encoder, model.local_encoder):
-        ckpt.load_model_state(encoder, state, path)
-

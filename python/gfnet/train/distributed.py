@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..device import pick_device
+
 
 @dataclass
 class DistInfo:
@@ -25,28 +27,12 @@ class DistInfo:
         return self.rank == 0
 
 
-def _pick_device(spec: str, local_rank: int) -> torch.device:
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        return torch.device("cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            from ..errors import ConfigError
-
-            raise ConfigError(f"run.device={spec!r} but no CUDA GPU is available")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank % torch.cuda.device_count())
-    return dev
-
-
 def setup(device_spec: str = "auto") -> DistInfo:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = _pick_device(device_spec, local_rank)
+    device = pick_device(device_spec, local_rank)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":

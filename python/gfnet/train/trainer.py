@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +28,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from .. import checkpoint as ckpt
 from ..config import Config
 from ..data import build_datasets
+from ..device import set_threads
 from ..errors import CheckpointError, ConfigError
 from ..models import GFNet, build_model
-from . import checkpoint as ckpt
+from .callbacks import TrainerCallback
 from .distributed import (DistInfo, all_gather_object, all_reduce_sum, average_buffers, barrier, setup,
                           teardown)
 from .ppo import PolicyEvaluator, RolloutMemory, ppo_update, true_class_prob
@@ -94,13 +96,13 @@ class Trainer:
     checkpoint_kind = "gfnet"  # the "kind" field of every checkpoint written
 
     def __init__(self, cfg: Config, out_dir: str | Path, *, resume: bool = False,
-                 dist_info: DistInfo | None = None):
+                 dist_info: DistInfo | None = None, callbacks: Sequence[TrainerCallback] = ()):
         cfg.validate()
         self.cfg = cfg
         self.out = Path(out_dir)
         self.resume = resume
-        if cfg.run.threads > 0:
-            torch.set_num_threads(cfg.run.threads)
+        self.callbacks = list(callbacks)
+        set_threads(cfg.run.threads)
         if cfg.run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=False)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -255,6 +257,12 @@ class Trainer:
         if "cuda" in st and self.device.type == "cuda":
             torch.cuda.set_rng_state(st["cuda"].cpu(), self.device)
 
+    def _callback(self, event: str, *args) -> None:
+        for cb in self.callbacks:
+            hook = getattr(cb, event, None)
+            if hook is not None:
+                hook(self, *args)
+
     def _save(self, stage: int, epoch: int, epochs: int, done: bool, opt, sched, scaler,
               extra: dict[str, Any]) -> None:
         rng = self._rng_state()  # collective: every rank takes part
@@ -270,9 +278,7 @@ class Trainer:
             }
             ckpt.save_atomic(obj, self.stage_path(stage))
         barrier(self.dist)
-        kill = os.environ.get("GFNET_KILL_AFTER_EPOCH", "")
-        if kill and kill == f"{stage}:{epoch}":  # test hook: die like a killed job would
-            os.kill(os.getpid(), signal.SIGKILL)
+        self._callback("on_checkpoint_saved", stage, epoch, self.stage_path(stage))
 
     def _load(self, stage: int) -> dict[str, Any]:
         path = self.stage_path(stage)
@@ -338,9 +344,7 @@ class Trainer:
             ckpt.load_model_state(self.model, loaded[first - 1]["model"], self.stage_path(first - 1))
         if first == 1 and loaded.get(1) is None and self.cfg.model.init_from:
             # a fresh warm-up starts from the baseline (a resumed one has its own weights)
-            from .baseline import init_encoders_from_baseline
-
-            init_encoders_from_baseline(self.model, self.cfg.model.init_from)
+            ckpt.init_encoders_from_baseline(self.model, self.cfg.model.init_from)
         for s in stages:
             ck = loaded.get(s)
             if ck is not None and ck.get("done"):
@@ -348,11 +352,7 @@ class Trainer:
                 self.log(f"{self.stage_label(s)}: already complete in {self.stage_path(s)}, skipped")
                 continue
             self.train_stage(s, ck)
-        dump = os.environ.get("GFNET_DUMP_PARAMS", "")
-        if dump:  # test hook: every rank's final parameters
-            Path(dump).mkdir(parents=True, exist_ok=True)
-            torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                       Path(dump) / f"rank{self.dist.rank}.pt")
+        self._callback("on_run_end", self.results)
         return self.results
 
     def _optimizer(self, stage: int):
@@ -519,9 +519,12 @@ class Trainer:
                 "images_per_s": float(stats[4]) / max(dt, 1e-9), "train_time_s": round(dt, 2)}
 
 
-def train(cfg: Config, out_dir: str | Path, stages: list[int], resume: bool = False) -> dict[str, Any]:
+def train(cfg: Config, out_dir: str | Path, stages: list[int], resume: bool = False,
+          callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
+    """Run ``stages`` of GFNet's training into ``out_dir`` (under torchrun: data parallel);
+    returns the test accuracy per step of each stage (``results.json``)."""
     info = setup(cfg.run.device)
     try:
-        return Trainer(cfg, out_dir, resume=resume, dist_info=info).run(stages)
+        return Trainer(cfg, out_dir, resume=resume, dist_info=info, callbacks=callbacks).run(stages)
     finally:
         teardown(info)

@@ -1,0 +1,166 @@
+"""Checkpoints: written atomically (temp file in the same folder, fsync, rename), loaded with
+clear errors for missing, corrupt or mismatched files, and turned back into models.
+
+Training writes them (``gfnet.train``) and everything else reads them (evaluation, prediction,
+the report), so they live at the top of the package, not under ``train/``: loading a model for
+inference never imports the trainer.
+
+Two kinds share the format: ``"gfnet"`` (``stage{k}.pt``, one per training stage) and
+``"baseline"`` (``baseline.pt``, the static baseline of ``gfnet train --baseline``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config, apply_dict
+from .errors import CheckpointError
+from .models import build_model
+from .models.static import build_static_baseline
+
+FORMAT = "gfnet-checkpoint-v1"
+
+
+def stage_path(out_dir: str | Path, stage: int) -> Path:
+    return Path(out_dir) / f"stage{stage}.pt"
+
+
+def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure to unpickle is a corrupt file
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a gfnet checkpoint ({msg})") from None
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a gfnet checkpoint (no {FORMAT!r} marker)")
+    return ck
+
+
+def check_compatible(ck: dict[str, Any], model_cfg: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint whose model config differs from the current one."""
+    saved = ck.get("config", {}).get("model", {})
+    ignore = {"pretrained", "init_from"}  # how the weights started, not what the model is
+    diff = sorted(k for k in set(saved) | set(model_cfg)
+                  if k not in ignore and _norm(saved.get(k)) != _norm(model_cfg.get(k)))
+    if diff:
+        details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {model_cfg.get(k)!r}" for k in diff)
+        raise CheckpointError(f"checkpoint {str(path)!r} does not match the model config ({details})")
+
+
+def _norm(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return [_norm(x) for x in v]
+    return v
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise CheckpointError(f"checkpoint {str(path)!r} does not fit the model: "
+                              f"{' '.join(x.strip() for x in first[:3])}") from None
+
+
+# ---------------------------------------------------------------------- checkpoints -> models
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a training output folder (its latest stage: 3, else 2, else 1)."""
+    p = Path(path)
+    if p.is_dir():
+        for k in (3, 2, 1):
+            if stage_path(p, k).is_file():
+                return stage_path(p, k)
+        raise CheckpointError(f"folder {str(p)!r} holds no stage checkpoint (stage1.pt .. stage3.pt)")
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
+    return p
+
+
+def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu",
+                          overrides: dict[str, Any] | None = None):
+    """(GFNet in eval mode on ``device``, config, checkpoint dict) from a gfnet checkpoint file or
+    run folder; ``overrides``: dotted config keys applied over the checkpoint's config, e.g.
+    ``{"data.root": ...}`` for data that moved."""
+    p = resolve_checkpoint(path)
+    ck = load(p)
+    try:
+        cfg = Config.from_dict(ck["config"])
+        if overrides:
+            apply_dict(cfg, overrides)
+        cfg.validate()
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {str(p)!r} has no usable config ({e})") from None
+    model = build_model(cfg.model, cfg.run.patch_backend or None)
+    load_model_state(model, ck["model"], p)
+    return model.to(device).eval(), cfg, ck
+
+
+def load_baseline_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A finished static-baseline checkpoint, or a CheckpointError saying what it is instead."""
+    ck = load(path)
+    if ck.get("kind") != "baseline":
+        raise CheckpointError(f"{str(path)!r} is not a baseline checkpoint (gfnet train --baseline)")
+    if not ck.get("done"):
+        raise CheckpointError(f"baseline checkpoint {str(path)!r} is not finished (epoch {ck.get('epoch')}/"
+                              f"{ck.get('epochs')}); run gfnet train --baseline --resume")
+    return ck
+
+
+def load_baseline_model(path: str | Path, device: torch.device | str = "cpu"):
+    """(StaticBaseline in eval mode on ``device``, config, checkpoint) of a finished baseline."""
+    ck = load_baseline_checkpoint(path)
+    cfg = Config.from_dict(ck["config"]).validate()
+    model = build_static_baseline(cfg.model)
+    load_model_state(model, ck["model"], path)
+    return model.to(device).eval(), cfg, ck
+
+
+def init_encoders_from_baseline(model, path: str | Path) -> None:
+    """Both encoders of a GFNet ``model`` start from a finished static baseline's backbone (with
+    its head), as the paper's start from ImageNet-trained weights: GFNet then builds on the
+    network a user already has. Checked against the model's backbone config."""
+    ck = load_baseline_checkpoint(path)
+    saved = ck.get("config", {}).get("model", {})
+    mine = model.cfg
+    for key in ("backbone", "width", "in_channels", "num_classes"):
+        if saved.get(key) != getattr(mine, key):
+            raise CheckpointError(f"model.init_from {str(path)!r}: its {key} is {saved.get(key)!r}, "
+                                  f"the model's {getattr(mine, key)!r}")
+    prefix = "backbone."
+    state = {k[len(prefix):]: v for k, v in ck["model"].items() if k.startswith(prefix)}
+    for encoder in (model.global_encoder, model.local_encoder):
+        load_model_state(encoder, state, path)
