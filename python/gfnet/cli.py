@@ -1,7 +1,11 @@
-"""The ``gfnet`` command line: ``gfnet train | eval | predict | flops``.
+"""The ``gfnet`` command line: ``gfnet train | eval | predict | flops | report | demo``.
 
 Each subcommand is a function registered in ``COMMANDS`` with the arguments it adds to its
-own subparser, so new subcommands plug in without touching the others.
+own subparser, so new subcommands plug in without touching the others. A command only parses
+its arguments, calls the library function that does the work (``gfnet.train.train``,
+``gfnet.evaluate.evaluate_run``, ``gfnet.predict.predict_files``, ``gfnet.flops.config_flops``,
+``gfnet.report.build_report``, ``gfnet.demo.run_demo``) and prints what it returns; errors are
+``GFNetError``s, printed as one line by ``main``.
 """
 
 from __future__ import annotations
@@ -96,13 +100,18 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                         "recipe; writes OUT/baseline.pt (resumable)")
 
 
-def _train(args: argparse.Namespace) -> int:
-    if args.list_presets:
-        return _list_presets()
+def train_config(args: argparse.Namespace):
+    """The config of a ``gfnet train`` command line (the shortcuts included)."""
     extra = _run_shortcuts(args)
     if args.batch_size is not None:
         extra["optim.batch_size"] = args.batch_size
-    cfg = config_from_args(args, extra)
+    return config_from_args(args, extra)
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.list_presets:
+        return _list_presets()
+    cfg = train_config(args)
     if args.print_config:
         import yaml
 
@@ -133,23 +142,8 @@ command("train", "train GFNet: the three stages, or one of them")(_train)
 
 
 # ---------------------------------------------------------------------- shared (eval, predict)
-def _device(spec: str | None):
-    from .device import pick_device
-
-    return pick_device(spec)
-
-
-def _threads(cfg) -> None:
-    if cfg.run.threads > 0:
-        import torch
-
-        torch.set_num_threads(cfg.run.threads)
-
-
 def _parse_budgets(text: str) -> list[int] | None:
-    """"all" -> None (every budget); "1,5,10-12" -> [1, 5, 10, 11, 12] (checked 1 .. 39)."""
-    from .budget import budget_q
-
+    """"all" -> None (every budget); "1,5,10-12" -> [1, 5, 10, 11, 12] (checked by evaluate_run)."""
     if text.strip().lower() == "all":
         return None
     out: list[int] = []
@@ -158,14 +152,11 @@ def _parse_budgets(text: str) -> list[int] | None:
         try:
             if "-" in part[1:]:
                 a, b = part.split("-", 1)
-                vals = list(range(int(a), int(b) + 1))
+                out.extend(range(int(a), int(b) + 1))
             else:
-                vals = [int(part)]
+                out.append(int(part))
         except ValueError:
             raise GFNetError(f"--budgets: {part!r} is not a budget number or range (e.g. 1,5,10-12)") from None
-        for v in vals:
-            budget_q(v)  # BudgetError: out of range
-        out.extend(vals)
     if not out:
         raise GFNetError("--budgets is empty")
     return sorted(set(out))
@@ -193,120 +184,14 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="accuracy of a static baseline (the backbone on the full image), plotted at its MACs")
 
 
-def _loader(ds, bs: int):
-    from torch.utils.data import DataLoader
-
-    return DataLoader(ds, batch_size=bs, shuffle=False, num_workers=0)
-
-
 def _eval(args: argparse.Namespace) -> int:
-    import csv
-    import json
-    from pathlib import Path
+    from .evaluate import evaluate_run
 
-    from .budget import (
-        NUM_BUDGETS,
-        calibrate,
-        evaluate_dynamic,
-        evaluate_simulated,
-        store_calibration,
-        stored_calibration,
-        thresholds_for_macs,
-    )
-    from .data import build_datasets
-    from .flops import count_step_flops, format_table
-    from .checkpoint import load_checkpoint_model, resolve_checkpoint
-    from .inference import collect_anytime, per_step_accuracy
-
-    budgets = _parse_budgets(args.budgets)
-    if args.baseline is not None:
-        from .checkpoint import load_baseline_checkpoint
-
-        bck = load_baseline_checkpoint(args.baseline)
-        args.baseline_acc = float(bck["test_accuracy"])
-        baseline_macs = float(bck["macs"])
-    else:
-        baseline_macs = None
-    ck_path = resolve_checkpoint(args.checkpoint)
-    device = _device(args.device)
-    overrides = {"data.root": args.data} if args.data else None
-    model, cfg, ck = load_checkpoint_model(ck_path, device, overrides)
-    _threads(cfg)
-    sf = count_step_flops(model)
-    step_macs = [float(m) for m in sf.macs]
-    for t in args.target_macs:
-        if not (step_macs[0] <= t * 1e6 <= sum(step_macs)):
-            raise GFNetError(f"--target-macs {t:g} M is out of range: between the glance alone "
-                             f"({step_macs[0] / 1e6:.3f} M) and all steps ({sum(step_macs) / 1e6:.3f} M)")
-    ds = build_datasets(cfg, ("val", "test"))
-    bs = args.batch_size or cfg.run.eval_batch_size or cfg.optim.batch_size
-    out = Path(args.out) if args.out else ck_path.parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-
-    cal = None if args.recalibrate else stored_calibration(ck)
-    if cal is not None and ([round(m) for m in cal.step_macs] != [round(m) for m in step_macs]
-                            or any(b not in {p.budget for p in cal.points} for b in budgets or range(1, NUM_BUDGETS + 1))):
-        cal = None  # stale (another model's costs) or incomplete: calibrate again
-    val_logits = None
-    if cal is None:
-        val_logits, _ = collect_anytime(model, _loader(ds["val"], bs), device=device, max_batches=args.max_batches)
-        cal = calibrate(val_logits, step_macs)  # all 39 budgets: cheap once the logits are there
-        if not args.no_store:
-            store_calibration(ck_path, cal)
-        print(f"calibrated {len(cal.points)} budgets on {cal.samples} validation images"
-              + ("" if args.no_store else f" (stored in {ck_path})"))
-    else:
-        print(f"using the thresholds stored in {ck_path} ({len(cal.points)} budgets, {cal.samples} "
-              f"{cal.split} images)")
-    points = [p for p in cal.points if budgets is None or p.budget in budgets]
-    if args.target_macs:
-        if val_logits is None:
-            val_logits, _ = collect_anytime(model, _loader(ds["val"], bs), device=device,
-                                            max_batches=args.max_batches)
-        points += [thresholds_for_macs(val_logits, step_macs, t * 1e6) for t in args.target_macs]
-
-    test_loader = _loader(ds["test"], bs)
-    test_logits, labels = collect_anytime(model, test_loader, device=device, max_batches=args.max_batches)
-    step_acc = per_step_accuracy(test_logits, labels)
-    if args.simulate:
-        results = evaluate_simulated(test_logits, labels, cal, points)
-    else:
-        results = evaluate_dynamic(model, test_loader, cal, points, device=device, max_batches=args.max_batches)
-
-    rows = [r.to_row() for r in results]
-    baseline = None
-    if args.baseline_acc is not None:
-        baseline = (baseline_macs if baseline_macs is not None else float(sf.static_macs), args.baseline_acc)
-    summary = {
-        "checkpoint": str(ck_path), "preset": cfg.preset, "engine": "simulated" if args.simulate else "dynamic",
-        "test_samples": int(labels.numel()), "step_macs": step_macs, "step_flops": [2 * m for m in step_macs],
-        "static_macs": sf.static_macs, "anytime_accuracy": step_acc, "calibration_split": cal.split,
-        "baseline_accuracy": args.baseline_acc, "baseline_macs": baseline[0] if baseline else None,
-        "budgets": rows,
-    }
-    (out / "eval.json").write_text(json.dumps(summary, indent=2))
-    T = len(step_macs)
-    with open(out / "eval.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["budget", "q", "accuracy", "avg_macs", "avg_flops"]
-                   + [f"thr{k}" for k in range(1, T)] + [f"exit{k}" for k in range(1, T + 1)])
-        for r in rows:
-            w.writerow([r["budget"] if r["budget"] is not None else "", f"{r['q']:.6g}", f"{r['accuracy']:.6f}",
-                        f"{r['avg_macs']:.1f}", f"{r['avg_flops']:.1f}"]
-                       + ["" if t is None else f"{t:.6f}" for t in r["thresholds"]] + r["exit_counts"])
-    from .viz import plot_accuracy_vs_flops
-
-    plot_accuracy_vs_flops(out / "eval.png", [r["avg_macs"] for r in rows], [r["accuracy"] for r in rows],
-                           step_macs_cum=sf.cumulative_macs, step_acc=step_acc, baseline=baseline,
-                           title=f"GFNet {cfg.preset}: accuracy vs average MACs")
-    print(format_table(sf, f"per-step cost ({cfg.preset})"))
-    print("anytime accuracy per step: " + " ".join(f"{a:.4f}" for a in step_acc))
-    print(f"{'budget':>6} {'q':>6} {'acc':>7} {'avg MACs (M)':>13} {'avg FLOPs (M)':>14}  exits per step")
-    for r in rows:
-        b = "macs" if r["budget"] is None else str(r["budget"])
-        print(f"{b:>6} {r['q']:>6.3g} {r['accuracy']:>7.4f} {r['avg_macs'] / 1e6:>13.3f} "
-              f"{r['avg_flops'] / 1e6:>14.3f}  {r['exit_counts']}")
-    print(f"wrote {out / 'eval.json'}, {out / 'eval.csv'}, {out / 'eval.png'}")
+    evaluate_run(args.checkpoint, out=args.out, data_root=args.data, device=args.device,
+                 budgets=_parse_budgets(args.budgets), target_macs=[t * 1e6 for t in args.target_macs],
+                 recalibrate=args.recalibrate, store=not args.no_store, simulate=args.simulate,
+                 batch_size=args.batch_size, max_batches=args.max_batches, baseline=args.baseline,
+                 baseline_acc=args.baseline_acc, log=print)
     return 0
 
 
@@ -328,47 +213,20 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from .predict import predict_files
 
-    import torch
-
-    from .budget import budget_q, stored_calibration
-    from .data import read_image
-    from .checkpoint import load_checkpoint_model, resolve_checkpoint
-
-    if args.budget is not None:
-        budget_q(args.budget)
-    ck_path = resolve_checkpoint(args.checkpoint)
-    device = _device(args.device)
-    model, cfg, ck = load_checkpoint_model(ck_path, device)
-    _threads(cfg)
-    m = cfg.model
-    images = torch.stack([read_image(p, m.in_channels, m.image_size) for p in args.images])
-    T = m.max_steps
+    thresholds = None
     if args.thresholds is not None:
         try:
-            thr = [float(x) for x in args.thresholds.split(",")]
+            thresholds = [float(x) for x in args.thresholds.split(",")]
         except ValueError:
             raise GFNetError(f"--thresholds {args.thresholds!r} is not a comma-separated list of numbers") from None
-        if len(thr) != T - 1:
-            raise GFNetError(f"--thresholds needs {T - 1} values (steps 1..{T - 1}), got {len(thr)}")
-        source = "given"
-    else:
-        cal = stored_calibration(ck)
-        if cal is None:
-            if args.budget is not None:
-                raise GFNetError(f"checkpoint {str(ck_path)!r} has no thresholds: run `gfnet eval` first")
-            thr, source = None, "none (all steps)"
-        else:
-            b = args.budget if args.budget is not None else 20
-            thr, source = cal.point(b).thresholds, f"budget {b}"
-    out = Path(args.out) if args.out else Path("predict")
-    print(f"thresholds: {source}")
-    from .viz import predict_pictures
-
-    for row in predict_pictures(model, images.to(device), args.images, thr, out):
+    r = predict_files(args.checkpoint, args.images, budget=args.budget, thresholds=thresholds,
+                      out=args.out or "predict", device=args.device)
+    print(f"thresholds: {r['thresholds']}")
+    for row in r["predictions"]:
         print(f"{row['image']}: class {row['prediction']} confidence {row['confidence']:.4f} "
-              f"exit step {row['exit_step']}/{T} -> {row['picture']}")
+              f"exit step {row['exit_step']}/{r['steps']} -> {row['picture']}")
     return 0
 
 
@@ -387,15 +245,10 @@ def _flops(args: argparse.Namespace) -> int:
         return _list_presets()
     import json
 
-    import torch
-
-    from .flops import count_step_flops, format_table
-    from .models import build_model
+    from .flops import config_flops, format_table
 
     cfg = config_from_args(args)
-    torch.manual_seed(0)
-    model = build_model(cfg.model)
-    sf = count_step_flops(model)
+    sf = config_flops(cfg)
     if args.json:
         print(json.dumps(sf.to_dict(), indent=2))
     else:
@@ -426,12 +279,18 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the run's run.threads)")
 
 
+def _check_report_counts(args: argparse.Namespace) -> None:
+    """--images >= 0, --passes and --max-images >= 1 (report, demo)."""
+    for name in ("images", "passes", "max_images"):
+        if getattr(args, name, 1) < (0 if name == "images" else 1):
+            raise GFNetError(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'images' else '>= 1'}")
+
+
 def _report(args: argparse.Namespace) -> int:
+    from .device import pick_device
     from .report import build_report
 
-    for name in ("images", "passes", "max_images"):
-        if getattr(args, name) < (0 if name == "images" else 1):
-            raise GFNetError(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'images' else '>= 1'}")
+    _check_report_counts(args)
     try:
         batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
     except ValueError:
@@ -439,8 +298,13 @@ def _report(args: argparse.Namespace) -> int:
     if not batch_sizes or min(batch_sizes) < 1:
         raise GFNetError("--batch-sizes must be positive integers")
     r = build_report(args.run, baseline=args.baseline, eval_json=args.eval_json, out=args.out,
-                     device=_device(args.device), num_images=args.images, passes=args.passes,
+                     device=pick_device(args.device), num_images=args.images, passes=args.passes,
                      batch_sizes=batch_sizes, max_images=args.max_images, threads=args.threads)
+    _print_report(r)
+    return 0
+
+
+def _print_report(r: dict) -> None:
     op, b = r["operating_point"], r["baseline"]
     print(f"static baseline: {b['test_accuracy']:.4f} at {b['macs'] / 1e6:.2f} M MACs")
     print(f"operating point: budget {op['budget']}, {op['accuracy']:.4f} at {op['avg_macs'] / 1e6:.2f} M MACs "
@@ -449,7 +313,6 @@ def _report(args: argparse.Namespace) -> int:
     for claim, ok in r["claims"].items():
         print(f"{claim}: {'met' if ok else 'NOT met'}")
     print(f"wrote {r['files']['report']}")
-    return 0
 
 
 _report.add_arguments = _report_args  # type: ignore[attr-defined]
@@ -469,39 +332,15 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     """Everything `make demo` does, resumable: each step reuses what a previous run finished."""
-    from pathlib import Path
-
-    from .train import train
-    from .train.baseline import train_baseline
+    from .demo import run_demo
 
     if args.list_presets:
         return _list_presets()
+    _check_report_counts(args)
     cfg = config_from_args(args, _run_shortcuts(args))
-    out = Path(args.out)
-
-    def step(k: int, what: str) -> None:
-        print(f"\n== gfnet demo {k}/4: {what} ==", flush=True)
-
-    # The paper starts both encoders from the ImageNet-trained backbone, the network a user
-    # already has; here that network is the static baseline, trained first on the same data.
-    step(1, f"train the static baseline ({cfg.model.backbone} on the full image) -> {out / 'baseline.pt'}")
-    ck = train_baseline(cfg.copy(), out, resume=True)  # resume: a finished baseline is reused
-    print(f"static baseline: test accuracy {ck['test_accuracy']:.4f}, {ck['macs'] / 1e6:.2f} M MACs per image")
-    gf_cfg = cfg.copy()
-    if not (gf_cfg.model.init_from or gf_cfg.model.pretrained):
-        gf_cfg.model.init_from = str(out / "baseline.pt")
-    step(2, f"train GFNet ({cfg.preset}), encoders from {gf_cfg.model.init_from or 'pretrained weights'}: "
-            f"warm-up, policy (PPO), fine-tune -> {out}")
-    train(gf_cfg, out, [1, 2, 3], resume=True)  # finished stages are skipped
-    # --simulate: every budget's exits from one all-step pass (the same numbers as the dynamic
-    # engine, which the tests check); the report runs the dynamic engine itself for throughput.
-    step(3, "calibrate thresholds on the validation split, evaluate every budget on the test split")
-    rc = main(["eval", str(out), "--baseline", str(out / "baseline.pt"), "--simulate"])
-    if rc:
-        return rc
-    step(4, "report: throughput of the dynamic engine vs all steps vs the baseline, pictures")
-    return main(["report", str(out), "--images", str(args.images), "--passes", str(args.passes)]
-                + (["--device", args.device] if args.device else []))
+    _print_report(run_demo(cfg, args.out, images=args.images, passes=args.passes,
+                           log=lambda msg: print(msg, flush=True)))
+    return 0
 
 
 _demo.add_arguments = _demo_args  # type: ignore[attr-defined]

@@ -204,16 +204,22 @@ def static_macs(backbone: nn.Module, cfg) -> int:
     return fvcore_macs(_Static(backbone), (x,))
 
 
-@functools.lru_cache(maxsize=8)
-def _preset_flops(preset: str, overrides: tuple[str, ...]) -> StepFlops:
-    from .config import build_config
+def config_flops(cfg) -> StepFlops:
+    """Per-step counts of the model a config (a Config) describes, with random weights (the
+    counts do not depend on them); the global random state is left as it was."""
     from .models import build_model
 
-    cfg = build_config(preset, overrides=list(overrides))
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = build_model(cfg.model)
     return count_step_flops(model)
+
+
+@functools.lru_cache(maxsize=8)
+def _preset_flops(preset: str, overrides: tuple[str, ...]) -> StepFlops:
+    from .config import build_config
+
+    return config_flops(build_config(preset, overrides=list(overrides)))
 
 
 def preset_flops(preset: str, overrides: Sequence[str] = ()) -> StepFlops:
@@ -257,5 +263,5 @@ def format_table(sf: StepFlops, title: str = "") -> str:
     return "\n".join(lines)
 
 
-__all__ = ["StepFlops", "average_macs", "count_step_flops", "format_table", "fvcore_macs",
+__all__ = ["StepFlops", "average_macs", "config_flops", "count_step_flops", "format_table", "fvcore_macs",
            "preset_flops", "reached_from_exits", "torch_flops"]

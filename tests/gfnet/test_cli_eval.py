@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,6 +111,24 @@ def test_train_baseline_and_plot_it(run_dir, tmp_path, capsys):
     # a GFNet checkpoint is not a baseline
     assert main(["eval", str(run_dir), "--out", str(ev), "--baseline", str(run_dir / "stage1.pt")]) == 2
     assert "not a baseline checkpoint" in capsys.readouterr().err
+
+
+def test_the_commands_are_library_functions(run_dir, images, tmp_path, capsys):
+    """What eval and predict print and write comes from functions a user can call: silent
+    unless given a log, returning what the files hold."""
+    from gfnet.evaluate import evaluate_run
+    from gfnet.predict import predict_files
+
+    summary = evaluate_run(run_dir, out=tmp_path / "ev", budgets=[20], target_macs=[6e6], simulate=True,
+                           store=False)
+    assert summary == json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert [r["budget"] for r in summary["budgets"]] == [20, None]
+    r = predict_files(run_dir, images[:2], thresholds=[0.0, 0.0], out=tmp_path / "pred")
+    assert r["thresholds"] == "given" and r["steps"] == 3
+    assert [p["exit_step"] for p in r["predictions"]] == [1, 1]
+    assert all(Path(p["picture"]).parent == tmp_path / "pred" and Path(p["picture"]).is_file()
+               for p in r["predictions"])
+    assert capsys.readouterr().out == ""
 
 
 def test_flops_command(capsys):

@@ -1,0 +1,180 @@
+"""Budgeted evaluation of a trained run: what ``gfnet eval`` does, callable from Python.
+
+    summary = evaluate_run("runs/digits", budgets=[1, 20, 39], log=print)
+
+1. exit thresholds for every budget (1 .. 39) are calibrated on the validation split (or read
+   from the checkpoint, where an earlier evaluation stored them) and stored in the checkpoint;
+2. each asked budget (and each target average MACs) is evaluated on the test split, by the
+   dynamic engine or, with ``simulate=True``, by simulating exits on all-step logits;
+3. ``OUT/eval.json`` (the summary returned), ``OUT/eval.csv`` (a row per budget) and
+   ``OUT/eval.png`` (accuracy against average MACs) are written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader, Dataset
+
+from .budget import (
+    NUM_BUDGETS,
+    Calibration,
+    budget_q,
+    calibrate,
+    evaluate_dynamic,
+    evaluate_simulated,
+    store_calibration,
+    stored_calibration,
+    thresholds_for_macs,
+)
+from .checkpoint import load_baseline_checkpoint, load_checkpoint_model, resolve_checkpoint
+from .data import build_datasets
+from .device import pick_device, set_threads
+from .errors import GFNetError
+from .flops import count_step_flops, format_table
+from .inference import collect_anytime, per_step_accuracy
+
+Log = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def eval_loader(ds: Dataset, batch_size: int) -> DataLoader:
+    """Evaluation order: the split as it is, no shuffling, in this process."""
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+def _usable_calibration(ck: dict[str, Any], step_macs: list[float], budgets: Sequence[int] | None) -> Calibration | None:
+    """The thresholds an earlier evaluation stored in ``ck``, unless they were calibrated for
+    other step costs (another model) or miss one of ``budgets``."""
+    cal = stored_calibration(ck)
+    if cal is None:
+        return None
+    if [round(m) for m in cal.step_macs] != [round(m) for m in step_macs]:
+        return None
+    have = {p.budget for p in cal.points}
+    if any(b not in have for b in budgets or range(1, NUM_BUDGETS + 1)):
+        return None
+    return cal
+
+
+def evaluate_run(checkpoint: str | Path, *, out: str | Path | None = None, data_root: str | None = None,
+                 device: str | None = None, budgets: Sequence[int] | None = None,
+                 target_macs: Sequence[float] = (), recalibrate: bool = False, store: bool = True,
+                 simulate: bool = False, batch_size: int | None = None, max_batches: int = 0,
+                 baseline: str | Path | None = None, baseline_acc: float | None = None,
+                 log: Log | None = None) -> dict[str, Any]:
+    """Evaluate the checkpoint (file or run folder) at ``budgets`` (None: all 39) and at each
+    target average of ``target_macs`` MACs per image; write eval.json, eval.csv and eval.png
+    into ``out`` (default: the checkpoint's folder / eval) and return the summary.
+
+    data_root: where the data is now, if it moved since training. device: auto | cpu | cuda |
+    cuda:N. recalibrate: ignore stored thresholds; store: write new ones into the checkpoint.
+    baseline: a finished static baseline checkpoint, plotted at its accuracy and MACs (or give
+    ``baseline_acc``, plotted at the backbone's MACs on the full image). max_batches: evaluate at
+    most this many batches per split (0 = all). log: receives progress and result lines.
+    """
+    log = log or _quiet
+    for b in budgets or ():
+        budget_q(b)  # BudgetError: out of range
+    baseline_macs = None
+    if baseline is not None:
+        bck = load_baseline_checkpoint(baseline)
+        baseline_acc, baseline_macs = float(bck["test_accuracy"]), float(bck["macs"])
+    ck_path = resolve_checkpoint(checkpoint)
+    dev = pick_device(device)
+    model, cfg, ck = load_checkpoint_model(ck_path, dev, {"data.root": data_root} if data_root else None)
+    set_threads(cfg.run.threads)
+    sf = count_step_flops(model)
+    step_macs = [float(m) for m in sf.macs]
+    for t in target_macs:
+        if not (step_macs[0] <= t <= sum(step_macs)):
+            raise GFNetError(f"--target-macs {t / 1e6:g} M is out of range: between the glance alone "
+                             f"({step_macs[0] / 1e6:.3f} M) and all steps ({sum(step_macs) / 1e6:.3f} M)")
+    ds = build_datasets(cfg, ("val", "test"))
+    bs = batch_size or cfg.run.eval_batch_size or cfg.optim.batch_size
+    out_dir = Path(out) if out else ck_path.parent / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def val_logits():
+        return collect_anytime(model, eval_loader(ds["val"], bs), device=dev, max_batches=max_batches)[0]
+
+    cal = None if recalibrate else _usable_calibration(ck, step_macs, budgets)
+    logits = None
+    if cal is None:
+        logits = val_logits()
+        cal = calibrate(logits, step_macs)  # all 39 budgets: cheap once the logits are there
+        if store:
+            store_calibration(ck_path, cal)
+        log(f"calibrated {len(cal.points)} budgets on {cal.samples} validation images"
+            + (f" (stored in {ck_path})" if store else ""))
+    else:
+        log(f"using the thresholds stored in {ck_path} ({len(cal.points)} budgets, {cal.samples} "
+            f"{cal.split} images)")
+    points = [p for p in cal.points if budgets is None or p.budget in budgets]
+    if target_macs:
+        logits = logits if logits is not None else val_logits()
+        points += [thresholds_for_macs(logits, step_macs, t) for t in target_macs]
+
+    test_loader = eval_loader(ds["test"], bs)
+    test_logits, labels = collect_anytime(model, test_loader, device=dev, max_batches=max_batches)
+    step_acc = per_step_accuracy(test_logits, labels)
+    if simulate:
+        results = evaluate_simulated(test_logits, labels, cal, points)
+    else:
+        results = evaluate_dynamic(model, test_loader, cal, points, device=dev, max_batches=max_batches)
+
+    rows = [r.to_row() for r in results]
+    plotted = None
+    if baseline_acc is not None:
+        plotted = (baseline_macs if baseline_macs is not None else float(sf.static_macs), baseline_acc)
+    summary = {
+        "checkpoint": str(ck_path), "preset": cfg.preset, "engine": "simulated" if simulate else "dynamic",
+        "test_samples": int(labels.numel()), "step_macs": step_macs, "step_flops": [2 * m for m in step_macs],
+        "static_macs": sf.static_macs, "anytime_accuracy": step_acc, "calibration_split": cal.split,
+        "baseline_accuracy": baseline_acc, "baseline_macs": plotted[0] if plotted else None,
+        "budgets": rows,
+    }
+    (out_dir / "eval.json").write_text(json.dumps(summary, indent=2))
+    _write_csv(out_dir / "eval.csv", rows, len(step_macs))
+    from .viz import plot_accuracy_vs_flops
+
+    plot_accuracy_vs_flops(out_dir / "eval.png", [r["avg_macs"] for r in rows], [r["accuracy"] for r in rows],
+                           step_macs_cum=sf.cumulative_macs, step_acc=step_acc, baseline=plotted,
+                           title=f"GFNet {cfg.preset}: accuracy vs average MACs")
+    log(format_table(sf, f"per-step cost ({cfg.preset})"))
+    for line in summary_lines(summary):
+        log(line)
+    log(f"wrote {out_dir / 'eval.json'}, {out_dir / 'eval.csv'}, {out_dir / 'eval.png'}")
+    return summary
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], steps: int) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["budget", "q", "accuracy", "avg_macs", "avg_flops"]
+                   + [f"thr{k}" for k in range(1, steps)] + [f"exit{k}" for k in range(1, steps + 1)])
+        for r in rows:
+            w.writerow([r["budget"] if r["budget"] is not None else "", f"{r['q']:.6g}", f"{r['accuracy']:.6f}",
+                        f"{r['avg_macs']:.1f}", f"{r['avg_flops']:.1f}"]
+                       + ["" if t is None else f"{t:.6f}" for t in r["thresholds"]] + r["exit_counts"])
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The anytime accuracy and the budget table of an evaluation summary, as text lines."""
+    lines = ["anytime accuracy per step: " + " ".join(f"{a:.4f}" for a in summary["anytime_accuracy"]),
+             f"{'budget':>6} {'q':>6} {'acc':>7} {'avg MACs (M)':>13} {'avg FLOPs (M)':>14}  exits per step"]
+    for r in summary["budgets"]:
+        b = "macs" if r["budget"] is None else str(r["budget"])
+        lines.append(f"{b:>6} {r['q']:>6.3g} {r['accuracy']:>7.4f} {r['avg_macs'] / 1e6:>13.3f} "
+                     f"{r['avg_flops'] / 1e6:>14.3f}  {r['exit_counts']}")
+    return lines
+
+
+__all__ = ["eval_loader", "evaluate_run", "summary_lines"]
