@@ -50,7 +50,8 @@ def eval_loader(ds: Dataset, batch_size: int) -> DataLoader:
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
 
 
-def _usable_calibration(ck: dict[str, Any], step_macs: list[float], budgets: Sequence[int] | None) -> Calibration | None:
+def _usable_calibration(ck: dict[str, Any], step_macs: list[float],
+                        budgets: Sequence[int] | None) -> Calibration | None:
     """The thresholds an earlier evaluation stored in ``ck``, unless they were calibrated for
     other step costs (another model) or miss one of ``budgets``."""
     cal = stored_calibration(ck)
