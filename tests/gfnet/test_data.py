@@ -99,7 +99,7 @@ def test_registered_data_set_is_built_and_accepted_by_the_config(tiny_cfg):
     ({"model.in_channels": 3, "model.mean": "0.1,0.1,0.1", "model.std": "0.2,0.2,0.2"},
      "digits images are grayscale (1 channel): set model.in_channels=1"),
     ({"model.num_classes": 12}, "the digits data set has 10 classes: set model.num_classes=10"),
-])
+], ids=["channels", "classes"])
 def test_model_that_does_not_fit_the_data_set_is_named(tiny_cfg, override, message):
     from gfnet.errors import DataError
 
