@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +24,25 @@ from .registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+EVAL_INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def image_hw(size: int | Sequence[int], name: str = "image size") -> tuple[int, int]:
+    """(H, W) of an image size given as S (a square S x S) or (H, W)."""
+    if isinstance(size, bool):
+        raise ConfigError(f"{name} must be an integer or (height, width), not {size!r}")
+    if isinstance(size, int):
+        return size, size
+    if isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2 \
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in size):
+        return int(size[0]), int(size[1])
+    raise ConfigError(f"{name} must be an integer or (height, width), not {size!r}")
+
+
+def size_text(size: int | Sequence[int]) -> str:
+    """"224" for a square size, "96 x 160" (height x width) otherwise."""
+    H, W = image_hw(size)
+    return str(H) if H == W else f"{H} x {W}"
 
 
 @dataclass
@@ -29,7 +50,7 @@ class ModelConfig:
     backbone: str = "resnet50"
     num_classes: int = 1000
     in_channels: int = 3
-    image_size: int = 224  # full-resolution input (square); the digits canvas size
+    image_size: int | tuple[int, int] = 224  # full-resolution input: S (S x S) or (H, W); the digits canvas
     patch_size: int = 96  # P: glance size and focus patch size
     max_steps: int = 5  # T: one glance + (T - 1) focus steps
     glance_mode: str = "bicubic"  # interpolation of the whole image down to P
@@ -46,6 +67,10 @@ class ModelConfig:
     pretrained: bool = False  # torchvision weights for both encoders (downloads if needed)
     init_from: str = ""  # a static baseline checkpoint whose backbone initialises both encoders
     width: int = 16  # base width of the small "digitnet" backbone (ignored by others)
+    # evaluation preprocessing (data loaders, read_image, gfnet predict, gfnet.load): scale the
+    # image to cover image_size / eval_crop_fraction, then centre-crop image_size
+    eval_crop_fraction: float = 0.875
+    eval_interpolation: str = "bilinear"  # "bilinear" | "bicubic"
 
 
 @dataclass
@@ -58,6 +83,8 @@ class DataConfig:
     download: bool = False  # CIFAR: download only when asked
     num_workers: int = 0
     val_fraction: float = 0.0  # imagefolder/cifar: held-out part of train used as val
+    keep_aspect: bool = True  # resize images keeping their aspect ratio (cover, then centre-crop)
+    # to a non-square model.image_size; false stretches them to it
     # cluttered digits
     digit_size: int = 28
     digit_size_jitter: int = 4  # digit side drawn uniformly in [size - j, size + j]
@@ -140,13 +167,19 @@ class Config:
         from .models.backbones import BACKBONES
 
         BACKBONES.lookup(m.backbone)  # ConfigError naming the registered backbones
-        if m.patch_size <= 0 or m.image_size <= 0:
+        H, W = image_hw(m.image_size, "model.image_size")
+        if m.patch_size <= 0 or H <= 0 or W <= 0:
             raise ConfigError("model.image_size and model.patch_size must be positive")
-        if m.image_size < m.patch_size:
+        if min(H, W) < m.patch_size:
             raise ConfigError(
-                f"image size {m.image_size} is smaller than the patch size {m.patch_size}; "
+                f"image size {size_text(m.image_size)} is smaller than the patch size {m.patch_size}; "
                 "a focus patch must fit inside the image"
             )
+        if not 0 < m.eval_crop_fraction <= 1:
+            raise ConfigError(f"model.eval_crop_fraction must be in (0, 1], not {m.eval_crop_fraction!r}")
+        if m.eval_interpolation not in EVAL_INTERPOLATIONS:
+            raise ConfigError(f"model.eval_interpolation must be one of {', '.join(EVAL_INTERPOLATIONS)}, "
+                              f"not {m.eval_interpolation!r}")
         if m.max_steps < 1:
             raise ConfigError("model.max_steps must be >= 1")
         if m.classifier not in ("gru", "concat"):
@@ -195,6 +228,13 @@ def _field_types(obj: Any) -> dict[str, Any]:
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):  # e.g. int | tuple[int, int]: the first that fits
+        for member in typing.get_args(typ):
+            try:
+                return _coerce(value, member, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"bad value {value!r} for {key} (expected {_type_text(typ)})")
     try:
         if typ is bool:
             if isinstance(value, bool):
@@ -219,15 +259,24 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if typ is str:
             return "" if value is None else str(value)
         if origin is tuple:
-            if isinstance(value, str):
-                value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+            if isinstance(value, str):  # "0.1,0.2", "(96, 160)" or "96x160"
+                text = value.replace("(", "").replace(")", "").replace("x", ",")
+                value = [v for v in text.split(",") if v.strip()]
             if not isinstance(value, (list, tuple)):
                 value = [value]
-            (inner, *_rest) = typing.get_args(typ) or (float,)
-            return tuple(_coerce(v, inner, key) for v in value)
+            args = typing.get_args(typ) or (float, ...)
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_coerce(v, args[0], key) for v in value)
+            if len(value) != len(args):  # a fixed-length tuple such as (height, width)
+                raise ValueError(value)
+            return tuple(_coerce(v, inner, key) for v, inner in zip(value, args))
     except (ValueError, TypeError):
-        raise ConfigError(f"bad value {value!r} for {key} (expected {getattr(typ, '__name__', typ)})") from None
+        raise ConfigError(f"bad value {value!r} for {key} (expected {_type_text(typ)})") from None
     return value
+
+
+def _type_text(typ: Any) -> str:
+    return typ.__name__ if isinstance(typ, type) else str(typ)
 
 
 def _resolve_key(cfg: Config, key: str) -> tuple[Any, str]:
@@ -399,7 +448,8 @@ def _digits() -> Config:
         model=dict(backbone="digitnet", num_classes=10, in_channels=1, image_size=128,
                    patch_size=64, max_steps=3, glance_mode="bicubic", classifier="gru",
                    classifier_hidden=128, policy_state="conv", policy_conv_channels=8,
-                   policy_hidden=128, mean=(0.1,), std=(0.25,), width=16),
+                   policy_hidden=128, mean=(0.1,), std=(0.25,), width=16,
+                   eval_crop_fraction=1.0, eval_interpolation="bicubic"),
         data=dict(dataset="digits", num_workers=0, num_clutter=6, fragment_size=14,
                   train_samples=4000, val_samples=1000, test_samples=2000),
         optim=dict(batch_size=32, epochs_stage1=4, epochs_stage2=4, epochs_stage3=4,
