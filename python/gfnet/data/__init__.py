@@ -4,39 +4,26 @@ names. Importing this package registers every data set of the project."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from ..errors import DataError
 from . import cluttered_digits, folders  # noqa: F401  (importing registers their data sets)
+from .class_names import read_class_names
 from .cluttered_digits import ClutteredDigits, split_indices
-from .registry import DATASETS, build_datasets, get_dataset, list_datasets, register_dataset
+from .folders import eval_transform
+from .preprocess import decode_image, eval_preprocess, to_channels
+from .registry import DATASETS, build_datasets, class_names, get_dataset, list_datasets, register_dataset
 
-__all__ = ["DATASETS", "ClutteredDigits", "build_datasets", "get_dataset", "list_datasets", "read_image",
-           "register_dataset", "split_indices"]
+__all__ = ["DATASETS", "ClutteredDigits", "build_datasets", "class_names", "eval_transform", "get_dataset",
+           "list_datasets", "read_class_names", "read_image", "register_dataset", "split_indices"]
 
 
-def read_image(path: str, channels: int, size: int) -> torch.Tensor:
-    """An image file as a (C, H, W) uint8 tensor of size x size: scaled so its shorter side is
-    ``size`` (bicubic), then centre-cropped; DataError naming the file if it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            im.load()
-    except FileNotFoundError:
-        raise DataError(f"image {path!r} does not exist") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"cannot read image {path!r} ({type(e).__name__}: {e})") from None
-    if im.size != (size, size):
-        w, h = im.size
-        s = size / min(w, h)
-        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
-        w, h = im.size
-        left, top = (w - size) // 2, (h - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-    import numpy as np
-
-    a = np.asarray(im, dtype=np.uint8)
-    t = torch.from_numpy(a.copy())
-    return t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
+def read_image(path: str | Path, channels: int, size: int | tuple[int, int], crop_fraction: float = 1.0,
+               interpolation: str = "bicubic", keep_aspect: bool = True) -> torch.Tensor:
+    """An image file as the (channels, H, W) uint8 model input of an evaluation at ``size``
+    (S or (H, W)): decoded, converted to ``channels`` (grayscale <-> RGB), scaled to cover
+    size / crop_fraction and centre-cropped (``preprocess.eval_preprocess``, the definition the
+    data loaders and the predictor share); DataError naming the file if it cannot be read."""
+    image = to_channels(decode_image(path), channels, f"image {str(path)!r}")
+    return eval_preprocess(image, size, crop_fraction, interpolation, keep_aspect)[0].contiguous()
