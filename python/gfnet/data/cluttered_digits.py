@@ -1,6 +1,6 @@
 """Cluttered digits: the embedded default data set (no download).
 
-Each sample is a canvas (128 x 128 by default, one channel, uint8) holding one handwritten digit
+Each sample is a canvas (H x W, 128 x 128 by default; one channel, uint8) holding one digit
 from scikit-learn's ``load_digits`` (8 x 8 originals, scaled to about 28 px) at a random
 position, among fragments cut out of other digits. The glance (the whole canvas shrunk to the
 patch size) sees the digit at a few pixels and cannot tell it from the clutter reliably; a
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..config import Config
+from ..config import Config, image_hw
 from ..errors import DataError
 from .registry import register_dataset
 
@@ -62,16 +62,18 @@ def _render(images: np.ndarray, sizes: range) -> dict[int, np.ndarray]:
 class ClutteredDigits(Dataset):
     """Cluttered-digits canvases of one split: ``ds[i] -> (uint8 (1, H, W), label)``."""
 
-    def __init__(self, split: str = "train", *, canvas_size: int = 128, digit_size: int = 28,
-                 digit_size_jitter: int = 4, num_clutter: int = 8, fragment_size: int = 12,
-                 length: int = 6000, split_seed: int = 0, seed: int = 0):
-        if canvas_size < digit_size + digit_size_jitter:
-            raise ValueError(f"canvas {canvas_size} cannot hold digits of up to "
+    def __init__(self, split: str = "train", *, canvas_size: int | tuple[int, int] = 128,
+                 digit_size: int = 28, digit_size_jitter: int = 4, num_clutter: int = 8,
+                 fragment_size: int = 12, length: int = 6000, split_seed: int = 0, seed: int = 0):
+        H, W = image_hw(canvas_size, "canvas_size")
+        if min(H, W) < digit_size + digit_size_jitter:
+            raise ValueError(f"canvas {H} x {W} cannot hold digits of up to "
                              f"{digit_size + digit_size_jitter} px")
         if digit_size - digit_size_jitter < 4:
             raise ValueError("digit_size - digit_size_jitter must be >= 4")
         self.split = split
         self.canvas_size = canvas_size
+        self.canvas_hw = (H, W)
         self.sizes = range(digit_size - digit_size_jitter, digit_size + digit_size_jitter + 1)
         self.num_clutter = num_clutter
         self.fragment_size = fragment_size
@@ -105,12 +107,12 @@ class ClutteredDigits(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(index)
         rng = self._rng(index)
-        H = self.canvas_size
-        canvas = np.zeros((H, H), dtype=np.float32)
+        H, W = self.canvas_hw
+        canvas = np.zeros((H, W), dtype=np.float32)
         n = len(self.instances)
         k = int(rng.integers(n))
         s = int(rng.integers(self.sizes.start, self.sizes.stop))
-        top, left = (int(v) for v in rng.integers(0, H - s + 1, size=2))
+        top, left = (int(v) for v in rng.integers(0, (H - s + 1, W - s + 1)))
         # clutter: fragments of other digits of the same split, kept off the digit itself
         fs = self.fragment_size
         for _ in range(self.num_clutter):
@@ -120,7 +122,7 @@ class ClutteredDigits(Dataset):
             fy, fx = (int(v) for v in rng.integers(0, sj - f + 1, size=2))
             frag = self.rendered[sj][j, fy:fy + f, fx:fx + f]
             for _try in range(8):
-                py, px = (int(v) for v in rng.integers(0, H - f + 1, size=2))
+                py, px = (int(v) for v in rng.integers(0, (H - f + 1, W - f + 1)))
                 cy, cx = py + f / 2, px + f / 2
                 if not (top - 2 <= cy <= top + s + 2 and left - 2 <= cx <= left + s + 2):
                     break
@@ -136,7 +138,7 @@ class ClutteredDigits(Dataset):
         return img, label
 
 
-@register_dataset("digits", channels=1, num_classes=10)
+@register_dataset("digits", channels=1, num_classes=10, class_names=[str(k) for k in range(10)])
 def build_cluttered_digits(cfg: Config, splits: tuple[str, ...]) -> dict[str, Dataset]:
     """The ``data.*`` digits fields as ClutteredDigits splits (canvas = model.image_size)."""
     d = cfg.data

@@ -3,8 +3,9 @@
 Like the backbones (``gfnet.models.backbones``), every data set is one registered builder
 ``build(cfg, splits) -> {"train": ..., "val": ..., "test": ...}`` of (uint8 (C, H, W) image,
 label) data sets, declared beside the data it reads. ``data.dataset`` names one;
-``build_datasets`` looks it up, checks the model fits it and that no split is empty, and
-``Config.validate`` accepts exactly the registered names.
+``build_datasets`` looks it up, checks the model fits it and that no split is empty,
+``class_names`` reports the names of its classes, and ``Config.validate`` accepts exactly the
+registered names.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError
 from ..registry import Registry
+from .class_names import dataset_classes
 
 if TYPE_CHECKING:
     from ..config import Config, ModelConfig
@@ -32,6 +34,7 @@ class DatasetEntry:
     build: DatasetBuilder  # (cfg, splits) -> at least the asked splits (more is fine)
     channels: int | None = None  # image channels, when fixed: model.in_channels must match
     num_classes: int | None = None  # classes, when fixed: model.num_classes must match
+    class_names: tuple[str, ...] | None = None  # the classes' names, when the data fixes them
 
     def check_model(self, m: ModelConfig) -> None:
         """DataError naming the config field when the model does not fit the data."""
@@ -48,13 +51,16 @@ _CHANNELS = {1: "grayscale (1 channel)", 3: "RGB (3 channels)"}
 DATASETS: Registry[DatasetEntry] = Registry("data set", "data.dataset")
 
 
-def register_dataset(name: str, *, channels: int | None = None,
-                     num_classes: int | None = None) -> Callable[[DatasetBuilder], DatasetBuilder]:
+def register_dataset(name: str, *, channels: int | None = None, num_classes: int | None = None,
+                     class_names: Sequence[str] | None = None) -> Callable[[DatasetBuilder], DatasetBuilder]:
     """Decorator on ``build(cfg, splits) -> {split: data set}``; ``channels`` / ``num_classes``:
-    what the model must have when the data fixes them."""
+    what the model must have when the data fixes them; ``class_names``: the names of the
+    classes when the data fixes them (otherwise a built data set's ``classes`` attribute names
+    them, as torchvision's do)."""
 
     def deco(fn: DatasetBuilder) -> DatasetBuilder:
-        DATASETS.add(name, DatasetEntry(name, fn, channels, num_classes))
+        names = tuple(class_names) if class_names is not None else None
+        DATASETS.add(name, DatasetEntry(name, fn, channels, num_classes, names))
         return fn
 
     return deco
@@ -80,3 +86,17 @@ def build_datasets(cfg: Config, splits: Sequence[str] = SPLITS) -> dict[str, Dat
         if len(ds) == 0:  # type: ignore[arg-type]
             raise DataError(f"the {split} split of {entry.name} is empty")
     return {s: out[s] for s in splits}
+
+
+def class_names(cfg: Config, datasets: dict[str, Dataset] | None = None) -> list[str] | None:
+    """The names of ``cfg.data.dataset``'s classes, in label order: the names its entry fixes,
+    else the ``classes`` of its built splits (``datasets``, training split first), else None."""
+    entry = get_dataset(cfg.data.dataset)
+    if entry.class_names is not None:
+        return list(entry.class_names)
+    for split in SPLITS:
+        if datasets and split in datasets:
+            names = dataset_classes(datasets[split])
+            if names is not None:
+                return names
+    return None

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .. import checkpoint as ckpt
 from ..config import Config
-from ..data import build_datasets
+from ..data import build_datasets, class_names
 from ..device import set_threads
 from ..errors import CheckpointError, ConfigError
 from ..models import GFNet, build_model
@@ -109,6 +109,7 @@ class Trainer:
         self.dist = dist_info or setup(cfg.run.device)
         self.device = self.dist.device
         self.datasets = build_datasets(cfg)  # data errors surface before anything is written
+        self.class_names = class_names(cfg, self.datasets)  # stored in every checkpoint (or None)
         torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
         self.model = self.build_model().to(self.device)
         amp = cfg.run.amp
@@ -270,6 +271,7 @@ class Trainer:
             obj = {
                 "format": ckpt.FORMAT, "kind": self.checkpoint_kind, "stage": stage, "epoch": epoch,
                 "epochs": epochs, "done": done, "world_size": self.dist.world_size, "config": self.cfg.to_dict(),
+                "class_names": self.class_names,
                 "model": self.model.state_dict(),
                 "optimizer": opt.state_dict() if opt is not None else None,
                 "scheduler": sched.state_dict() if sched is not None else None,
