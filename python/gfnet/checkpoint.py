@@ -117,16 +117,31 @@ def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu",
     ``{"data.root": ...}`` for data that moved."""
     p = resolve_checkpoint(path)
     ck = load(p)
-    try:
-        cfg = Config.from_dict(ck["config"])
-        if overrides:
-            apply_dict(cfg, overrides)
-        cfg.validate()
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {str(p)!r} has no usable config ({e})") from None
+    if ck.get("kind") == "baseline":
+        raise CheckpointError(f"{str(p)!r} is a static baseline checkpoint (gfnet train --baseline), "
+                              "not a GFNet one")
+    cfg = checkpoint_config(ck, p, overrides)
     model = build_model(cfg.model, cfg.run.patch_backend or None)
     load_model_state(model, ck["model"], p)
     return model.to(device).eval(), cfg, ck
+
+
+def checkpoint_config(ck: dict[str, Any], path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """The validated config a checkpoint was trained with. It is laid over the preset it names,
+    so a field the checkpoint predates takes that preset's value (the digits preset's
+    evaluation preprocessing, say), not the bare default."""
+    from .config import PRESETS, get_preset
+
+    try:
+        saved = ck["config"]
+        preset = saved.get("preset")
+        cfg = get_preset(preset) if isinstance(preset, str) and preset in PRESETS else Config()
+        apply_dict(cfg, saved)
+        if overrides:
+            apply_dict(cfg, overrides)
+        return cfg.validate()
+    except (KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} has no usable config ({e})") from None
 
 
 def load_baseline_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -143,7 +158,7 @@ def load_baseline_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_baseline_model(path: str | Path, device: torch.device | str = "cpu"):
     """(StaticBaseline in eval mode on ``device``, config, checkpoint) of a finished baseline."""
     ck = load_baseline_checkpoint(path)
-    cfg = Config.from_dict(ck["config"]).validate()
+    cfg = checkpoint_config(ck, path)
     model = build_static_baseline(cfg.model)
     load_model_state(model, ck["model"], path)
     return model.to(device).eval(), cfg, ck

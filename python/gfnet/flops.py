@@ -8,7 +8,8 @@ and activations are not counted, as in the paper's figures). ``torch.utils.flop_
 counts 2 FLOPs per multiply-add; the two agree when that factor is taken into account.
 FLOPs below always means 2 x MACs.
 
-Steps (batch 1, at the preset's sizes):
+Steps (batch 1, at the preset's sizes; a step's count does not depend on the image size,
+since the glance and every focus patch are P x P whatever the image, H x W or S x S):
 - step 1, the glance: global encoder on the P x P glance + the classifier's first step;
 - step t > 1, a focus: policy (state encoder, GRU cell, actor/critic heads) + local encoder on
   the P x P patch + the classifier's step t (its input grows with t for the concat classifier).
@@ -198,9 +199,12 @@ def count_step_flops(model: GFNet, *, static: bool = True) -> StepFlops:
 
 def static_macs(backbone: nn.Module, cfg) -> int:
     """MACs per image of the static baseline: ``backbone`` and its head on the full
-    cfg.image_size image (cfg: a ModelConfig)."""
+    cfg.image_size image, S x S or H x W (cfg: a ModelConfig)."""
+    from .config import image_hw
+
     p = next(backbone.parameters())
-    x = torch.zeros(1, cfg.in_channels, cfg.image_size, cfg.image_size, dtype=p.dtype, device=p.device)
+    H, W = image_hw(cfg.image_size)
+    x = torch.zeros(1, cfg.in_channels, H, W, dtype=p.dtype, device=p.device)
     return fvcore_macs(_Static(backbone), (x,))
 
 
