@@ -73,12 +73,12 @@ def _run_shortcuts(args: argparse.Namespace) -> dict:
 
 
 def _list_presets() -> int:
-    from .config import get_preset, list_presets
+    from .config import get_preset, list_presets, size_text
 
     for name in list_presets():
         m = get_preset(name).model
         print(f"{name:28s} backbone={m.backbone} P={m.patch_size} T={m.max_steps} "
-              f"image={m.image_size} classifier={m.classifier}")
+              f"image={size_text(m.image_size)} classifier={m.classifier}")
     return 0
 
 
@@ -120,10 +120,11 @@ def _train(args: argparse.Namespace) -> int:
     if not args.out:
         raise GFNetError("--out DIR is required (where checkpoints and metrics go)")
     if args.baseline:
+        from .config import size_text
         from .train.baseline import train_baseline
 
         ck = train_baseline(cfg, args.out, resume=args.resume)
-        print(f"static baseline ({cfg.model.backbone}, {cfg.model.image_size} px): test accuracy "
+        print(f"static baseline ({cfg.model.backbone}, {size_text(cfg.model.image_size)} px): test accuracy "
               f"{ck['test_accuracy']:.4f}, {ck['macs'] / 1e6:.2f} M MACs per image")
         return 0
     stages = [1, 2, 3] if args.stage == "all" else [int(args.stage)]
@@ -208,6 +209,14 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
                         "else every image runs all steps)")
     p.add_argument("--thresholds", default=None, metavar="T1,T2,...",
                    help="explicit confidence thresholds of steps 1..T-1")
+    p.add_argument("--target-macs", type=float, default=None, metavar="M",
+                   help="the calibrated budget spending the most average MACs per image not above M "
+                        "millions")
+    p.add_argument("--class-names", metavar="FILE", default=None,
+                   help="names of the classes, one per line (or a JSON list), for a checkpoint without them")
+    p.add_argument("--batch-size", type=int, default=64, help="images per engine call (default 64)")
+    p.add_argument("--no-resize", action="store_true",
+                   help="run each image at its own size instead of the model's evaluation resize and crop")
     p.add_argument("--out", metavar="DIR", default=None, help="where the pictures go (default: ./predict)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
 
@@ -222,11 +231,14 @@ def _predict(args: argparse.Namespace) -> int:
         except ValueError:
             raise GFNetError(f"--thresholds {args.thresholds!r} is not a comma-separated list of numbers") from None
     r = predict_files(args.checkpoint, args.images, budget=args.budget, thresholds=thresholds,
-                      out=args.out or "predict", device=args.device)
+                      target_macs=None if args.target_macs is None else args.target_macs * 1e6,
+                      out=args.out or "predict", device=args.device, class_names=args.class_names,
+                      batch_size=args.batch_size, resize=not args.no_resize)
     print(f"thresholds: {r['thresholds']}")
     for row in r["predictions"]:
-        print(f"{row['image']}: class {row['prediction']} confidence {row['confidence']:.4f} "
-              f"exit step {row['exit_step']}/{r['steps']} -> {row['picture']}")
+        print(f"{row['image']}: {row['class_name']} (class {row['prediction']}) confidence "
+              f"{row['confidence']:.4f} exit step {row['exit_step']}/{r['steps']} "
+              f"{row['macs'] / 1e6:.2f} M MACs -> {row['picture']}")
     return 0
 
 
@@ -245,6 +257,7 @@ def _flops(args: argparse.Namespace) -> int:
         return _list_presets()
     import json
 
+    from .config import size_text
     from .flops import config_flops, format_table
 
     cfg = config_from_args(args)
@@ -253,7 +266,7 @@ def _flops(args: argparse.Namespace) -> int:
         print(json.dumps(sf.to_dict(), indent=2))
     else:
         m = cfg.model
-        print(format_table(sf, f"{cfg.preset}: backbone {m.backbone}, image {m.image_size}, "
+        print(format_table(sf, f"{cfg.preset}: backbone {m.backbone}, image {size_text(m.image_size)}, "
                                f"patch {m.patch_size}, T={m.max_steps} (per image)"))
     return 0
 

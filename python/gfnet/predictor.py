@@ -1,0 +1,499 @@
+"""A trained GFNet as a classifier you call on the images you have.
+
+    import gfnet
+
+    predictor = gfnet.load("runs/demo")            # a run folder or a checkpoint file
+    result = predictor(["cat.jpg", "dog.png"], budget=5)
+    print(result[0].class_name, result[0].confidence, result[0].exit_step)
+
+``load`` gives a :class:`Predictor`: the model in eval mode on its device, the exit thresholds a
+``gfnet eval`` calibrated and stored in the checkpoint, and the class names of its data.
+Calling it runs the dynamic early-exit engine (``gfnet.inference.dynamic_inference``) under
+``torch.inference_mode``, ``batch_size`` images at a time, and returns :class:`Predictions`: a
+:class:`Prediction` per image, in input order, and the exit counts of the whole call.
+
+Images: file paths (``str`` / ``Path``, any format PIL reads), PIL images, numpy arrays
+((H, W) grayscale or (H, W, C) with C = 1 or 3, or a (N, H, W, C) batch), torch tensors
+((H, W), (C, H, W) or a (N, C, H, W) batch) -- uint8, or floating point with values in [0, 1] --
+on any device, one image or a list mixing kinds and sizes. Each becomes the model's input
+as the model was evaluated (``gfnet.data.preprocess``: channels converted grayscale <-> RGB as
+the model takes them, scaled keeping the aspect ratio to cover ``model.image_size /
+model.eval_crop_fraction``, centre-cropped to ``model.image_size``). With ``resize=False`` the
+images run at their own size instead (each side at least the patch size; images of one size
+are batched together): GFNet's glance is the whole image at P x P whatever its size, and the
+focus locations map into the actual image.
+
+Boxes: ``Prediction.boxes`` are the regions looked at, one per step taken, as (x1, y1, x2, y2)
+in the pixels of the image as given (step 1, the glance, is the whole region the model saw:
+the whole image, or its centre crop). ``Prediction.model_boxes`` are the same boxes on the
+model's input (after the resize and crop); they are whole pixels.
+
+MACs: a prediction's ``macs`` is the multiply-adds of the steps it ran (per-step counts by
+fvcore, ``gfnet.flops``, counted once per predictor); they do not depend on the image size,
+since the glance and every patch are P x P.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .budget import BudgetError, Calibration, budget_q, stored_calibration
+from .checkpoint import load_checkpoint_model, resolve_checkpoint
+from .config import Config, image_hw
+from .data.class_names import check_class_names, read_class_names
+from .data.preprocess import EvalGeometry, decode_image, eval_preprocess, pil_to_tensor, to_channels
+from .device import pick_device
+from .errors import CheckpointError, DataError, GFNetError
+from .inference import dynamic_inference
+from .models.gfnet import GFNet
+
+DEFAULT_BUDGET = 20  # the middle of 1 .. 39: used when the checkpoint is calibrated and none is asked
+DEFAULT_BATCH_SIZE = 64
+
+Box = tuple[float, float, float, float]
+
+
+# ---------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class ExitRule:
+    """When images stop: the confidence thresholds of steps 1 .. T-1 (None: every image runs
+    all T steps) and where they come from ("budget 5", "given", ...)."""
+
+    thresholds: list[float] | None
+    source: str
+    budget: int | None = None
+
+
+@dataclass
+class Prediction:
+    """One image's result."""
+
+    input: str  # which image: its path, or its place in the call ("images[3]", "image")
+    class_index: int
+    class_name: str  # the data's name of the class ("7", "tabby cat"), else str(class_index)
+    confidence: float  # max softmax probability at the exit step
+    exit_step: int  # 1 (the glance) .. T
+    boxes: list[Box]  # (x1, y1, x2, y2) per step taken, in the given image's pixels
+    model_boxes: list[Box]  # the same, in the pixels of the model's input
+    macs: float  # multiply-adds spent on this image (steps 1 .. exit_step)
+    logits: torch.Tensor  # (K,) at the exit step, float32 on the CPU
+    image_size: tuple[int, int]  # (H, W) of the image as given
+    model_size: tuple[int, int]  # (H, W) the model ran at
+    model_input: torch.Tensor | None = field(default=None, repr=False)  # (C, H, W), if kept
+
+
+@dataclass
+class Predictions(Sequence[Prediction]):
+    """The results of one call: a :class:`Prediction` per image, in input order."""
+
+    predictions: list[Prediction]
+    exit_counts: list[int]  # images that exited at steps 1 .. T
+    exit_rule: ExitRule
+    step_macs: list[float]  # MACs of steps 1 .. T
+
+    def __len__(self) -> int:
+        return len(self.predictions)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.predictions[i]
+
+    def __iter__(self) -> Iterator[Prediction]:
+        return iter(self.predictions)
+
+    @property
+    def class_indices(self) -> list[int]:
+        return [p.class_index for p in self.predictions]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [p.class_name for p in self.predictions]
+
+    @property
+    def exit_steps(self) -> list[int]:
+        return [p.exit_step for p in self.predictions]
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """(N, K) logits at each image's exit step."""
+        return torch.stack([p.logits for p in self.predictions])
+
+    @property
+    def avg_macs(self) -> float:
+        """Average multiply-adds per image of this call."""
+        return sum(p.macs for p in self.predictions) / max(len(self.predictions), 1)
+
+
+@dataclass
+class PreparedImage:
+    """An image as the model takes it, and where it came from."""
+
+    input: str
+    image: torch.Tensor  # (C, H, W) uint8, or float32 in [0, 1]
+    geometry: EvalGeometry
+
+
+# ---------------------------------------------------------------------- inputs
+def _is_pil(x: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - PIL comes with torchvision
+        return False
+    return isinstance(x, Image.Image)
+
+
+def _is_numpy(x: Any) -> bool:
+    import numpy as np
+
+    return isinstance(x, np.ndarray)
+
+
+def _describe(x: Any) -> str:
+    if _is_numpy(x):
+        return f"numpy array {tuple(x.shape)} {x.dtype}"
+    if isinstance(x, torch.Tensor):
+        return f"tensor {tuple(x.shape)} {str(x.dtype).replace('torch.', '')}"
+    if _is_pil(x):
+        return f"PIL image {x.width} x {x.height} {x.mode}"
+    return type(x).__name__
+
+
+def _flatten(images: Any) -> list[tuple[str, Any]]:
+    """(name, one image) pairs of the call's ``images``, nothing decoded yet."""
+    if isinstance(images, (str, Path)):
+        return [(str(images), images)]
+    if _is_pil(images):
+        return [("image", images)]
+    if _is_numpy(images) or isinstance(images, torch.Tensor):
+        return _split_array("images", images, single_name="image")
+    if isinstance(images, (list, tuple)):
+        out: list[tuple[str, Any]] = []
+        for i, item in enumerate(images):
+            name = f"images[{i}]"
+            if isinstance(item, (str, Path)):
+                out.append((str(item), item))
+            elif _is_pil(item):
+                out.append((name, item))
+            elif _is_numpy(item) or isinstance(item, torch.Tensor):
+                out.extend(_split_array(name, item, single_name=name))
+            else:
+                raise DataError(f"{name} is a {_describe(item)}; expected a file path, a PIL image, a numpy "
+                                "array or a torch tensor")
+        if not out:
+            raise DataError("images is empty: nothing to predict")
+        return out
+    raise DataError(f"images is a {_describe(images)}; expected a file path, a PIL image, a numpy array, "
+                    "a torch tensor or a list of them")
+
+
+def _split_array(name: str, a: Any, single_name: str) -> list[tuple[str, Any]]:
+    """One image or a batch of them (numpy (N, H, W, C), torch (N, C, H, W))."""
+    layout = "(H, W), (H, W, C) or (N, H, W, C)" if _is_numpy(a) else "(H, W), (C, H, W) or (N, C, H, W)"
+    if a.ndim in (2, 3):
+        return [(single_name, a)]
+    if a.ndim == 4:
+        if a.shape[0] == 0:
+            raise DataError(f"{name} ({_describe(a)}) holds no images: nothing to predict")
+        return [(f"{name}[{i}]", a[i]) for i in range(a.shape[0])]
+    raise DataError(f"{name} is a {a.ndim}-D {_describe(a)}; images are {layout}")
+
+
+def _as_tensor(name: str, item: Any) -> torch.Tensor:
+    """One image of any kind -> (C, H, W) uint8, or float32 in [0, 1]; C as given (1 or 3)."""
+    if isinstance(item, (str, Path)):
+        return decode_image(item)
+    if _is_pil(item):
+        return pil_to_tensor(item, name)
+    what = _describe(item)
+    if _is_numpy(item):
+        import numpy as np
+
+        a = item
+        if a.ndim == 3 and a.shape[2] not in (1, 3):
+            raise DataError(f"{name} ({what}) has {a.shape[2]} channels; numpy images are (H, W) or "
+                            "(H, W, C) with C = 1 (grayscale) or 3 (RGB)")
+        if a.dtype != np.uint8 and not np.issubdtype(a.dtype, np.floating):
+            raise DataError(f"{name} ({what}): expected uint8 or floating-point values in [0, 1]")
+        if not a.flags.writeable or any(s < 0 for s in a.strides) or not a.dtype.isnative:
+            a = np.array(a, dtype=a.dtype.newbyteorder("="))  # an own, native, positive-stride copy
+        x = torch.from_numpy(a)
+        x = x[None] if x.dim() == 2 else x.permute(2, 0, 1)
+    else:
+        x = item[None] if item.dim() == 2 else item
+        if x.shape[0] not in (1, 3):
+            raise DataError(f"{name} ({what}) has {x.shape[0]} channels; tensor images are (H, W) or "
+                            "(C, H, W) with C = 1 (grayscale) or 3 (RGB)")
+        if x.dtype != torch.uint8 and not x.is_floating_point():
+            raise DataError(f"{name} ({what}): expected uint8 or floating-point values in [0, 1]")
+    if x.shape[-2] < 1 or x.shape[-1] < 1:
+        raise DataError(f"{name} ({what}) has no pixels")
+    if x.is_floating_point():
+        x = x.float()
+        lo, hi = torch.aminmax(x)
+        if not (float(lo) >= 0.0 and float(hi) <= 1.0):
+            raise DataError(f"{name} ({what}): floating-point images hold values in [0, 1], this one "
+                            f"spans [{float(lo):.4g}, {float(hi):.4g}] (divide 0-255 values by 255, or "
+                            "pass uint8)")
+    return x
+
+
+def _stack(images: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """One batch on ``device``: uint8 if every image is, else float32 in [0, 1]."""
+    if any(x.is_floating_point() for x in images):
+        images = [x.float() / 255.0 if x.dtype == torch.uint8 else x for x in images]
+    if len({x.device for x in images}) > 1:
+        images = [x.to(device) for x in images]
+    return torch.stack(images).to(device, non_blocking=True)
+
+
+# ---------------------------------------------------------------------- the predictor
+class Predictor:
+    """A GFNet ready for inference: ``predictor(images, budget=k)`` (or ``threshold=``, or
+    ``target_macs=``). Build one with :func:`gfnet.load`, or from a model and its config."""
+
+    def __init__(self, model: GFNet, cfg: Config, *, calibration: Calibration | None = None,
+                 class_names: Sequence[str] | str | Path | None = None, source: str = "the model"):
+        self.model = model.eval()
+        self.cfg = cfg
+        self.calibration = calibration
+        self.source = source
+        K = cfg.model.num_classes
+        if isinstance(class_names, (str, Path)):
+            class_names = read_class_names(class_names, K)
+        self.class_names = None if class_names is None else check_class_names(class_names, K)
+        self._step_macs: list[float] | None = None
+
+    # -------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def steps(self) -> int:
+        return self.model.max_steps
+
+    @property
+    def channels(self) -> int:
+        return self.cfg.model.in_channels
+
+    @property
+    def patch_size(self) -> int:
+        return self.cfg.model.patch_size
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) of the model's input after the evaluation preprocessing."""
+        return image_hw(self.cfg.model.image_size)
+
+    @property
+    def step_macs(self) -> list[float]:
+        """Multiply-adds of steps 1 .. T (fvcore, counted on the first use)."""
+        if self._step_macs is None:
+            from .flops import count_step_flops
+
+            self._step_macs = [float(m) for m in count_step_flops(self.model, static=False).macs]
+        return self._step_macs
+
+    def to(self, device: torch.device | str) -> Predictor:
+        self.model.to(device)
+        return self
+
+    def class_name(self, index: int) -> str:
+        names = self.class_names
+        return names[index] if names is not None and 0 <= index < len(names) else str(index)
+
+    def __repr__(self) -> str:
+        m = self.cfg.model
+        budgets = "none" if self.calibration is None else f"{len(self.calibration.points)} calibrated"
+        return (f"Predictor({self.source!r}: {m.backbone}, {m.num_classes} classes, image {image_hw(m.image_size)}, "
+                f"patch {m.patch_size}, {m.max_steps} steps, budgets {budgets}, device {self.device})")
+
+    # -------------------------------------------------------------- exits
+    def exit_rule(self, budget: int | None = None, threshold: float | Sequence[float] | torch.Tensor | None = None,
+                  target_macs: float | None = None) -> ExitRule:
+        """The thresholds of a calibrated ``budget`` (1 .. 39), of an explicit ``threshold`` (one
+        value for every step, or T-1 values for steps 1 .. T-1), or of the calibrated budget
+        whose average MACs on the calibration data is the largest not above ``target_macs``.
+        None of them: budget 20 when the checkpoint is calibrated, else every image runs all
+        steps."""
+        given = [n for n, v in (("budget", budget), ("threshold", threshold), ("target_macs", target_macs))
+                 if v is not None]
+        if len(given) > 1:
+            raise GFNetError(f"give at most one of budget, threshold and target_macs (got {', '.join(given)})")
+        T = self.steps
+        if threshold is not None:
+            return ExitRule(self._thresholds(threshold, T), "given")
+        if budget is not None:
+            budget_q(budget)  # BudgetError: out of range
+            return ExitRule(self._calibration("budget").point(budget).thresholds, f"budget {budget}", budget)
+        if target_macs is not None:
+            return self._rule_for_macs(float(target_macs))
+        if self.calibration is None:
+            return ExitRule(None, "none (all steps)")
+        try:
+            point = self.calibration.point(DEFAULT_BUDGET)
+        except BudgetError:
+            return ExitRule(None, "none (all steps)")
+        return ExitRule(point.thresholds, f"budget {DEFAULT_BUDGET}", DEFAULT_BUDGET)
+
+    def _thresholds(self, threshold: Any, steps: int) -> list[float]:
+        if isinstance(threshold, torch.Tensor):
+            threshold = threshold.detach().cpu().double().flatten().tolist()
+        if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
+            values = [float(threshold)] * (steps - 1)
+        elif isinstance(threshold, Sequence) and not isinstance(threshold, str):
+            try:
+                values = [float(t) for t in threshold]
+            except (TypeError, ValueError):
+                raise GFNetError(f"threshold {threshold!r} is not a list of numbers") from None
+            if len(values) != steps - 1:
+                raise GFNetError(f"threshold needs {steps - 1} values (steps 1..{steps - 1}) or one for "
+                                 f"every step, got {len(values)}")
+        else:
+            raise GFNetError(f"threshold must be a number or {steps - 1} numbers, not {threshold!r}")
+        if any(math.isnan(v) for v in values):
+            raise GFNetError("threshold must not be NaN")
+        return values
+
+    def _calibration(self, what: str) -> Calibration:
+        if self.calibration is None:
+            raise CheckpointError(f"{self.source} has no calibrated exit thresholds for a {what}: run "
+                                  "`gfnet eval` on it first (it stores them), or pass threshold=")
+        return self.calibration
+
+    def _rule_for_macs(self, target: float) -> ExitRule:
+        """The calibrated budget spending the most MACs on average (on the calibration data)
+        without going over ``target``: between budgets nothing is interpolated, since thresholds
+        of a budget in between would need the calibration data's logits (``gfnet eval
+        --target-macs`` computes those)."""
+        cal = self._calibration("target_macs")
+        if not (target > 0 and math.isfinite(target)):
+            raise BudgetError(f"target_macs must be a positive number, got {target!r}")
+        below = [p for p in cal.points if p.calib_avg_macs <= target]
+        if not below:
+            cheapest = min(cal.points, key=lambda p: p.calib_avg_macs)
+            raise BudgetError(f"target_macs {target / 1e6:.4g} M is below the cheapest calibrated budget "
+                              f"(budget {cheapest.budget}: {cheapest.calib_avg_macs / 1e6:.4g} M per image)")
+        p = max(below, key=lambda p: (p.calib_avg_macs, -(p.budget or 0)))
+        return ExitRule(p.thresholds, f"budget {p.budget} ({p.calib_avg_macs / 1e6:.4g} M MACs on the "
+                                      f"calibration data, target {target / 1e6:.4g} M)", p.budget)
+
+    # -------------------------------------------------------------- images
+    def preprocess(self, images: Any, *, resize: bool = True) -> list[PreparedImage]:
+        """The model's input for each image (see the module docstring), with its geometry."""
+        return [self._prepare(name, item, resize) for name, item in _flatten(images)]
+
+    def _prepare(self, name: str, item: Any, resize: bool) -> PreparedImage:
+        x = to_channels(_as_tensor(name, item), self.channels, name)
+        m = self.cfg.model
+        if resize:
+            x, geo = eval_preprocess(x, m.image_size, m.eval_crop_fraction, m.eval_interpolation,
+                                     self.cfg.data.keep_aspect)
+            return PreparedImage(name, x, geo)
+        h, w = x.shape[-2:]
+        if min(h, w) < m.patch_size:
+            raise DataError(f"{name} is {h} x {w} pixels, smaller than the model's {m.patch_size} x "
+                            f"{m.patch_size} focus patch: give a larger image or leave resize=True")
+        return PreparedImage(name, x, EvalGeometry((h, w), (h, w), 0, 0, (h, w)))
+
+    # -------------------------------------------------------------- prediction
+    def __call__(self, images: Any, *, budget: int | None = None,
+                 threshold: float | Sequence[float] | torch.Tensor | None = None,
+                 target_macs: float | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                 resize: bool = True, keep_inputs: bool = False) -> Predictions:
+        """Classify ``images`` with early exits.
+
+        budget / threshold / target_macs: when images stop (:meth:`exit_rule`). batch_size:
+        images per engine call. resize: bring every image to ``model.image_size`` as the model
+        was evaluated (True), or run each at its own size (False). keep_inputs: keep each
+        image's model input in ``Prediction.model_input``.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise GFNetError(f"batch_size must be a positive integer, not {batch_size!r}")
+        rule = self.exit_rule(budget, threshold, target_macs)
+        items = _flatten(images)
+        cumulative = list(_cumsum(self.step_macs))  # counted outside inference mode (fvcore traces)
+        T = self.steps
+        exit_counts = [0] * T
+        out: list[Prediction] = []
+        device = self.device
+        with torch.inference_mode():
+            for start in range(0, len(items), batch_size):
+                prepared = [self._prepare(name, item, resize) for name, item in items[start:start + batch_size]]
+                by_size: dict[tuple[int, int], list[int]] = {}
+                for i, p in enumerate(prepared):
+                    by_size.setdefault(p.geometry.output_hw, []).append(i)
+                results: list[Prediction | None] = [None] * len(prepared)
+                for rows in by_size.values():
+                    batch = _stack([prepared[i].image for i in rows], device)
+                    r = dynamic_inference(self.model, batch, rule.thresholds)
+                    exit_counts = [a + b for a, b in zip(exit_counts, r.exit_counts)]
+                    for i, pred in zip(rows, self._records(r, [prepared[i] for i in rows], cumulative,
+                                                           keep_inputs)):
+                        results[i] = pred
+                out.extend(results)  # type: ignore[arg-type]
+        return Predictions(out, exit_counts, rule, list(self.step_macs))
+
+    def _records(self, r, prepared: list[PreparedImage], cumulative: list[float],
+                 keep_inputs: bool) -> list[Prediction]:
+        logits = r.logits.float().cpu()
+        conf = torch.softmax(logits, dim=1).amax(1).tolist()
+        classes = logits.argmax(1).tolist()
+        exit_steps = r.exit_step.cpu().tolist()
+        boxes = r.boxes.cpu()
+        out = []
+        for j, p in enumerate(prepared):
+            e = exit_steps[j]
+            model_boxes = boxes[j, :e]
+            given = p.geometry.to_input(model_boxes)
+            out.append(Prediction(
+                input=p.input, class_index=classes[j], class_name=self.class_name(classes[j]),
+                confidence=conf[j], exit_step=e, boxes=[tuple(b) for b in given.tolist()],
+                model_boxes=[tuple(b) for b in model_boxes.tolist()], macs=cumulative[e - 1],
+                logits=logits[j], image_size=p.geometry.input_hw, model_size=p.geometry.output_hw,
+                model_input=p.image if keep_inputs else None))
+        return out
+
+
+def _cumsum(values: Sequence[float]) -> Iterator[float]:
+    total = 0.0
+    for v in values:
+        total += v
+        yield total
+
+
+# ---------------------------------------------------------------------- loading
+def load(source: str | Path, device: torch.device | str | None = None, *,
+         class_names: Sequence[str] | str | Path | None = None) -> Predictor:
+    """A :class:`Predictor` from a run folder (its latest stage), a gfnet checkpoint file, or an
+    imported official checkpoint (``gfnet import-official`` writes one).
+
+    device: "auto" or None (a GPU if there is one, else the CPU), "cpu", "cuda", "cuda:N" or a
+    torch.device. class_names: a names file (one per line, or JSON) or a list, overriding the
+    checkpoint's names; without either, the names of the data set when it fixes them, else
+    the class indices as text.
+    """
+    ck_path = resolve_checkpoint(source)
+    dev = pick_device(None if device is None else str(device))
+    model, cfg, ck = load_checkpoint_model(ck_path, dev)
+    if class_names is None:
+        stored = ck.get("class_names")
+        if isinstance(stored, (list, tuple)) and len(stored) == cfg.model.num_classes:
+            class_names = list(stored)
+        else:
+            from .data import class_names as data_class_names
+
+            fixed = data_class_names(cfg)  # the data set's own names, without reading its data
+            if fixed is not None and len(fixed) == cfg.model.num_classes:
+                class_names = fixed
+    return Predictor(model, cfg, calibration=stored_calibration(ck), class_names=class_names,
+                     source=str(ck_path))
+
+
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_BUDGET", "ExitRule", "Prediction", "Predictions", "PreparedImage",
+           "Predictor", "load"]
