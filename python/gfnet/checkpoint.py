@@ -70,20 +70,29 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return ck
 
 
+# model fields that say how the weights started or how images are prepared for an evaluation,
+# not what the model is: a resumed run may change them
+_NOT_THE_MODEL = {"pretrained", "init_from", "eval_crop_fraction", "eval_interpolation"}
+
+
 def check_compatible(ck: dict[str, Any], model_cfg: dict[str, Any], path: str | Path) -> None:
-    """Refuse a checkpoint whose model config differs from the current one."""
+    """Refuse a checkpoint whose model config differs from the current one. Fields the
+    checkpoint predates (absent from it) are not compared; image sizes compare as (H, W)."""
     saved = ck.get("config", {}).get("model", {})
-    ignore = {"pretrained", "init_from"}  # how the weights started, not what the model is
-    diff = sorted(k for k in set(saved) | set(model_cfg)
-                  if k not in ignore and _norm(saved.get(k)) != _norm(model_cfg.get(k)))
+    diff = sorted(k for k in saved
+                  if k not in _NOT_THE_MODEL and _norm(k, saved[k]) != _norm(k, model_cfg.get(k)))
     if diff:
         details = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {model_cfg.get(k)!r}" for k in diff)
         raise CheckpointError(f"checkpoint {str(path)!r} does not match the model config ({details})")
 
 
-def _norm(v: Any) -> Any:
+def _norm(key: str, v: Any) -> Any:
+    if key == "image_size" and v is not None:
+        from .config import image_hw
+
+        return list(image_hw(tuple(v) if isinstance(v, list) else v))
     if isinstance(v, (list, tuple)):
-        return [_norm(x) for x in v]
+        return [_norm("", x) for x in v]
     return v
 
 

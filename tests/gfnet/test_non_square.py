@@ -203,3 +203,19 @@ def test_predict_command_prints_class_names(digits_run, tmp_path, capsys):
     rc = main(["predict", str(out), paths[0], "--out", str(tmp_path / "pics"), "--class-names",
                str(tmp_path / "none.txt")])
     assert rc == 2 and "class names file" in capsys.readouterr().err
+
+
+def test_resume_compatibility_of_sizes_and_new_fields():
+    """A run resumes when its checkpoint predates a field, or names its size as S vs (S, S);
+    a different size is refused."""
+    from gfnet.checkpoint import check_compatible
+    from gfnet.errors import CheckpointError
+
+    cfg = build_config("digits", overrides=tiny_overrides())
+    old = cfg.to_dict()
+    del old["model"]["eval_crop_fraction"], old["model"]["eval_interpolation"]
+    now = build_config("digits", overrides=tiny_overrides(**{"model.image_size": "128,128"})).to_dict()["model"]
+    check_compatible({"config": old}, now, "stage1.pt")
+    wide = build_config("digits", overrides=tiny_overrides(**{"model.image_size": "96,160"})).to_dict()["model"]
+    with pytest.raises(CheckpointError, match=re.escape("image_size: checkpoint 128 vs config [96, 160]")):
+        check_compatible({"config": old}, wide, "stage1.pt")
