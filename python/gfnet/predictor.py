@@ -45,7 +45,7 @@ import torch
 
 from .budget import BudgetError, Calibration, budget_q, stored_calibration
 from .checkpoint import load_checkpoint_model, resolve_checkpoint
-from .config import Config, image_hw
+from .config import Config, image_hw, size_text
 from .data.class_names import check_class_names, read_class_names
 from .data.preprocess import EvalGeometry, decode_image, eval_preprocess, pil_to_tensor, to_channels
 from .device import pick_device
@@ -310,8 +310,9 @@ class Predictor:
     def __repr__(self) -> str:
         m = self.cfg.model
         budgets = "none" if self.calibration is None else f"{len(self.calibration.points)} calibrated"
-        return (f"Predictor({self.source!r}: {m.backbone}, {m.num_classes} classes, image {image_hw(m.image_size)}, "
-                f"patch {m.patch_size}, {m.max_steps} steps, budgets {budgets}, device {self.device})")
+        return (f"Predictor({self.source!r}: {m.backbone}, {m.num_classes} classes, image "
+                f"{size_text(m.image_size)}, patch {m.patch_size}, {m.max_steps} steps, budgets {budgets}, "
+                f"device {self.device})")
 
     # -------------------------------------------------------------- exits
     def exit_rule(self, budget: int | None = None, threshold: float | Sequence[float] | torch.Tensor | None = None,

@@ -66,7 +66,8 @@ def test_non_square_cover_or_stretch():
     stretch = eval_geometry((200, 400), (96, 160), 0.8, keep_aspect=False)
     assert (stretch.resized_hw, stretch.top, stretch.left) == ((120, 200), 12, 20)
     box = torch.tensor([[0.0, 0.0, 160.0, 96.0]])  # the whole model input
-    assert keep.to_input(box)[0].tolist() == pytest.approx([40 * 400 / 240, 12 * 200 / 120, 200 * 400 / 240, 108 * 200 / 120])
+    expect = [40 * 400 / 240, 12 * 200 / 120, 200 * 400 / 240, 108 * 200 / 120]
+    assert keep.to_input(box)[0].tolist() == pytest.approx(expect)
     x = torch.rand(1, 200, 400)
     assert eval_preprocess(x, (96, 160), 0.8, "bicubic", keep_aspect=False)[0].shape == (1, 96, 160)
     y = eval_preprocess(x, (96, 160), 0.8, "bicubic")[0]

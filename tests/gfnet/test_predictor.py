@@ -148,8 +148,8 @@ def test_mixed_sizes_resized(gray, canvases):
     small = torch.randint(0, 256, (1, 100, 90), generator=g, dtype=torch.uint8)
     images = [canvases[0], big, small.numpy()[0], canvases[1], Image.fromarray(big[0].numpy())]
     res = gray(images, budget=BUDGET)
-    expect = [canvases[0], eval_preprocess(big, 128, 1.0, "bicubic")[0], eval_preprocess(small, 128, 1.0, "bicubic")[0],
-              canvases[1], eval_preprocess(big, 128, 1.0, "bicubic")[0]]
+    big_in, small_in = (eval_preprocess(x, 128, 1.0, "bicubic")[0] for x in (big, small))
+    expect = [canvases[0], big_in, small_in, canvases[1], big_in]
     _by_hand(gray, torch.stack(expect), res)
     assert [p.image_size for p in res] == [(128, 128), (150, 250), (100, 90), (128, 128), (150, 250)]
     assert all(p.model_size == (128, 128) for p in res)
@@ -317,7 +317,8 @@ def test_bad_input_names_it(gray, canvases, tmp_path, case):
                                    "(C, H, W) or (N, C, H, W)"),
         "numpy_rgba": ([canvases[0, 0].numpy(), np.zeros((64, 64, 4), np.uint8)], {},
                        "images[1] (numpy array (64, 64, 4) uint8) has 4 channels"),
-        "tensor_2ch": ([canvases[0], torch.zeros(2, 64, 64)], {}, "images[1] (tensor (2, 64, 64) float32) has 2 channels"),
+        "tensor_2ch": ([canvases[0], torch.zeros(2, 64, 64)], {},
+                       "images[1] (tensor (2, 64, 64) float32) has 2 channels"),
         "float_range": ([canvases[0].float()], {}, "images[0] (tensor (1, 128, 128) float32): floating-point images "
                                                   "hold values in [0, 1], this one spans [0, 255]"),
         "int64": ([canvases[0].long()], {}, "images[0] (tensor (1, 128, 128) int64): expected uint8 or floating"),
@@ -357,7 +358,9 @@ def test_import_gfnet_stays_light():
 
     from .conftest import subprocess_env
 
-    code = ("import sys, gfnet; a = {m for m in ('gfnet.predictor', 'torchvision', 'gfnet.train') if m in sys.modules}; "
+    code = ("import sys, gfnet; "
+            "a = {m for m in ('gfnet.predictor', 'torchvision', 'gfnet.train') if m in sys.modules}; "
             "gfnet.load; b = 'gfnet.train' in sys.modules; print(sorted(a), b)")
-    out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True,
+                         check=True)
     assert out.stdout.strip() == "[] False"
