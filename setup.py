@@ -5,10 +5,10 @@ Switches (environment variables):
   TORCH_CUDA_ARCH_LIST  GPU architectures; defaults to the visible GPUs, else "8.0;9.0"
   MAX_JOBS              parallel compile jobs for ninja
   GFKERNELS_BUILD_TEMP  where object files are kept (default build/temp, for incremental builds)
-Metadata, dependencies and the console script live in pyproject.toml.
+Sources and flags live in csrc/build.cfg (read by CMakeLists.txt too); metadata,
+dependencies and the console script in pyproject.toml.
 """
 
-import glob
 import os
 import re
 import subprocess
@@ -19,7 +19,21 @@ import torch
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCH_LIST = "8.0;9.0"
+
+
+def read_build_config(path=os.path.join(ROOT, "csrc", "build.cfg")):
+    """csrc/build.cfg as {key: [values]} (`key = value ...` lines, # comments)."""
+    config = {}
+    with open(path) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if line:
+                key, _, values = line.partition("=")
+                config[key.strip()] = values.split()
+    return config
+
+
+BUILD = read_build_config()
 
 
 def _nvcc_version(cuda_home):
@@ -60,28 +74,27 @@ def _want_cuda():
 
 
 def _extension():
-    sources = ["csrc/gfkernels.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    # -fopenmp on the compile line makes at::parallel_for (an inline OpenMP loop in torch's
-    # headers) actually parallel; the symbols resolve to the libgomp that torch loads, so no
-    # second OpenMP runtime is linked in.
-    cxx_flags = ["-O3", "-fno-math-errno", "-fopenmp"]
+    sources = BUILD["cxx_sources"]
+    cxx_flags = BUILD["cxx_flags"]
     macros = []
+    include_dirs = [os.path.join(ROOT, d) for d in BUILD["include_dirs"]]
     with_cuda = _want_cuda()
     if with_cuda:
         # torch's own arch detection fails with zero visible GPUs: pick a sensible default.
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
+            os.environ["TORCH_CUDA_ARCH_LIST"] = BUILD["default_cuda_arch_list"][0]
         arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "native")
-        sources += sorted(glob.glob("csrc/cuda/*.cu"))
         macros += [("GFK_WITH_CUDA", None), ("GFK_CUDA_ARCH_LIST", f'"{arch_list}"')]
         return cpp_extension.CUDAExtension(
             "gfkernels._C",
-            sources,
+            sources + BUILD["cuda_sources"],
+            include_dirs=include_dirs,
             define_macros=macros,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": BUILD["nvcc_flags"]},
         )
     return cpp_extension.CppExtension(
-        "gfkernels._C", sources, define_macros=macros, extra_compile_args={"cxx": cxx_flags}
+        "gfkernels._C", sources, include_dirs=include_dirs, define_macros=macros,
+        extra_compile_args={"cxx": cxx_flags}
     )
 
 

@@ -23,9 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import gfkernels
-from gfkernels import reference
-from gfkernels.ops import compiled_ops_with_cuda
-from gfkernels.triton import triton_available
+from gfkernels import backends, reference
 
 from bench.harness import MEDIANS, Target, add_targets
 
@@ -38,10 +36,10 @@ REPS, ROUNDS = 20, 10
 
 def _triton_ok() -> bool:
     """Triton can run compiled kernels on the GPU (not under the CPU interpreter)."""
-    return torch.cuda.is_available() and triton_available(torch.device("cuda"))[0]
+    return torch.cuda.is_available() and backends.TABLE["triton"].available(torch.device("cuda"))
 
 
-needs_cuda_kernels = pytest.mark.skipif(not compiled_ops_with_cuda(),
+needs_cuda_kernels = pytest.mark.skipif(not backends.compiled_with_cuda(),
                                         reason="gfkernels._C built without CUDA kernels")
 needs_triton = pytest.mark.skipif(not _triton_ok(), reason="triton unavailable on the GPU")
 
@@ -191,11 +189,7 @@ def test_uint8_fused(benchmark, data, backend):
 def test_focus_backward_images(benchmark, data, backend, deterministic):
     images, _, boxes, _ = data
     grad = torch.randn(B, C, P, P, device="cuda")
-    op = torch.ops.gfkernels.crop_resize_backward_images
-    if backend == "triton":
-        from gfkernels.triton import crop_resize as triton_crop_resize
-
-        op = triton_crop_resize._backward_images_impl
+    op = backends.TABLE[backend].ops.crop_resize_backward_images
     args = (grad, boxes, None, list(images.shape), images.dtype, "bilinear", False, "border", None)
     case = f"{backend}_{'deterministic' if deterministic else 'atomic'}"
     previous = torch.are_deterministic_algorithms_enabled()

@@ -3,7 +3,7 @@
 // Nothing here depends on Torch, so the C++ unit tests (tests/cpp/) build in seconds, and the
 // same inline functions compile for the host and, under nvcc, for the device.
 //
-// Conventions (see ARCHITECTURE.md, "crop_resize"): pixel (row i, col j) covers [j, j+1) x
+// Conventions (docs/OPS.md, "crop_resize"): pixel (row i, col j) covers [j, j+1) x
 // [i, i+1); a box is (x1, y1, x2, y2) in those units. Output column j samples the source
 // position returned by source_position(); each interpolation mode turns a position into a
 // few taps (index, weight, d weight / d position).

@@ -2,8 +2,12 @@
 
 Public API:
     crop_resize(images, boxes, size, *, batch_index=None, mode="bilinear", ...)
+    early_exit(logits, threshold, active, out_logits, exit_step, step)
+    gather_rows(tensors, index, n)
+    focus_boxes(actions, image_size, patch_size)
     build_info()
-Every op has a pure-PyTorch definition in gfkernels.reference.
+Every op has a pure-PyTorch definition in gfkernels.reference; gfkernels.backends is the
+table of implementations (docs/OPS.md).
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ from importlib import metadata as _metadata
 
 import torch
 
-from . import reference
-from .early_exit import early_exit, gather_rows
-from .ops import BACKENDS, crop_resize, default_backend
+from . import backends, reference
+from .ops import crop_resize, early_exit, gather_rows
 from .reference import focus_boxes
 
-__all__ = ["BACKENDS", "build_info", "crop_resize", "default_backend", "early_exit",
+BACKENDS = backends.NAMES
+
+__all__ = ["BACKENDS", "backends", "build_info", "crop_resize", "default_backend", "early_exit",
            "focus_boxes", "gather_rows", "reference"]
 
 try:
@@ -26,17 +31,15 @@ except _metadata.PackageNotFoundError:  # running from a source tree without an 
     __version__ = "0.0.0+source"
 
 
-def build_info() -> dict:
-    """What this installation holds: versions, compiled backends, CUDA archs, Triton."""
-    from . import ops
-    from .triton import triton_available
+def default_backend(device) -> str:
+    """The backend tensors on `device` get when backend=None (available or not)."""
+    return backends.default_name(torch.device(device))
 
-    backends = ["reference"]
-    if ops._C is not None:
-        backends.append("cpp")
-        if ops._C.with_cuda:
-            backends.append("cuda")
-    triton_ok, triton_why = triton_available(None)
+
+def build_info() -> dict:
+    """What this installation holds: versions, usable backends, CUDA archs, Triton."""
+    compiled = backends._C
+    triton_ok, triton_why = backends.TABLE["triton"].status()
     try:
         import triton
 
@@ -47,10 +50,10 @@ def build_info() -> dict:
         "gfkernels": __version__,
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
-        "compiled": ops._C is not None,
-        "compile_error": None if ops._C is not None else str(ops._C_ERROR),
-        "backends": backends,
-        "cuda_arch_list": ops._C.cuda_arch_list if ops._C is not None else "",
+        "compiled": compiled is not None,
+        "compile_error": None if compiled is not None else str(backends._C_ERROR),
+        "backends": list(backends.available_names()),
+        "cuda_arch_list": compiled.cuda_arch_list if compiled is not None else "",
         "cuda_available": torch.cuda.is_available(),
         "triton": triton_version,
         "triton_usable": triton_ok,

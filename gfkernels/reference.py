@@ -1,7 +1,7 @@
 """Pure-PyTorch definitions of every gfkernels op: the specification the kernels are tested
 against. Written for clarity, not speed; differentiable through autograd.
 
-See ARCHITECTURE.md ("Op semantics") for the prose version of each definition.
+docs/OPS.md states each definition in formulas.
 """
 
 from __future__ import annotations

@@ -7,6 +7,12 @@ import random
 
 import torch
 
+from gfkernels import backends
+
+# The backends that run on CPU tensors here: cpp (when built), triton (under
+# TRITON_INTERPRET=1) and the reference.
+CPU_BACKENDS = list(backends.available_names(torch.device("cpu")))
+
 # Tolerances for comparing a backend with the float64 reference cast to the output dtype:
 # a few units in the last place of the output dtype, relative to the magnitude of the values.
 ULP = {

@@ -1,5 +1,6 @@
 """crop_resize on the CPU (C++ kernel) against the reference and against the PyTorch and
-torchvision operations it generalises."""
+torchvision operations it generalises; gradients and opcheck on every backend that runs on CPU
+tensors here (cpp, triton under TRITON_INTERPRET=1, reference)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ import torchvision
 import gfkernels
 from gfkernels import reference
 
-from tests.helpers import (IMAGE_DTYPES, MODES, assert_close_to_reference, mode_options,
-                           random_boxes, random_images)
+from gfkernels import backends
+from tests.helpers import (CPU_BACKENDS, IMAGE_DTYPES, MODES, assert_close_to_reference,
+                           mode_options, random_boxes, random_images)
+
+# Backends with registered ops (torch.ops.<namespace>.*) on CPU tensors: opcheck runs on them.
+OP_BACKENDS = [b for b in CPU_BACKENDS if b != "reference"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -174,9 +179,10 @@ def gradcheck_boxes(H, W, generator, n=4):
             + 0.01 * torch.rand(n, 4, generator=generator, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("mode,align_corners,padding_mode",
                          [o for o in mode_options() if o[0] != "nearest"])
-def test_gradcheck(mode, align_corners, padding_mode, generator):
+def test_gradcheck(backend, mode, align_corners, padding_mode, generator):
     images = random_images(2, 2, 9, 11, torch.float64, generator).requires_grad_()
     boxes = gradcheck_boxes(9, 11, generator).requires_grad_()
     batch_index = torch.tensor([0, 1, 1, 0])
@@ -184,9 +190,12 @@ def test_gradcheck(mode, align_corners, padding_mode, generator):
     def fn(images, boxes):
         return gfkernels.crop_resize(images, boxes, (5, 4), batch_index=batch_index, mode=mode,
                                      align_corners=align_corners, padding_mode=padding_mode,
-                                     std=[0.5, 2.0])
+                                     std=[0.5, 2.0], backend=backend)
 
-    assert torch.autograd.gradcheck(fn, (images, boxes), eps=1e-6, atol=1e-7)
+    # The full Jacobian for the C++ kernels; random projections of it (fast mode) for the
+    # interpreted Triton kernels and the reference, where a full one takes minutes.
+    assert torch.autograd.gradcheck(fn, (images, boxes), eps=1e-6, atol=1e-7,
+                                    fast_mode=backend != "cpp")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
@@ -263,9 +272,10 @@ def test_nearest_box_gradient_is_zero(generator):
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 @pytest.mark.parametrize("case", ["float_grad", "uint8_norm", "channels_last_bicubic"])
-def test_opcheck(case, generator):
-    op = torch.ops.gfkernels.crop_resize.default
+def test_opcheck(backend, case, generator):
+    op = backends.TABLE[backend].ops.crop_resize.default
     if case == "float_grad":
         images = random_images(2, 3, 12, 10, torch.float64, generator).requires_grad_()
         boxes = gradcheck_boxes(12, 10, generator, n=3).requires_grad_()
@@ -285,15 +295,17 @@ def test_opcheck(case, generator):
     torch.library.opcheck(op, args)
 
 
-def test_backward_ops_opcheck(generator):
+@pytest.mark.parametrize("backend", OP_BACKENDS)
+def test_backward_ops_opcheck(backend, generator):
     grad = torch.randn(3, 2, 5, 4, dtype=torch.float64, generator=generator)
     boxes = gradcheck_boxes(9, 8, generator, n=3)
     images = random_images(2, 2, 9, 8, torch.float64, generator)
     bi = torch.tensor([1, 0, 1])
-    torch.library.opcheck(torch.ops.gfkernels.crop_resize_backward_images.default,
+    ops = backends.TABLE[backend].ops
+    torch.library.opcheck(ops.crop_resize_backward_images.default,
                           (grad, boxes, bi, [2, 2, 9, 8], torch.float64, "bicubic", False,
                            "border", None))
-    torch.library.opcheck(torch.ops.gfkernels.crop_resize_backward_boxes.default,
+    torch.library.opcheck(ops.crop_resize_backward_boxes.default,
                           (grad, images, boxes, bi, "bilinear", True, "zeros", [2.0]))
 
 

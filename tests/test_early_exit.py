@@ -1,5 +1,6 @@
 """early_exit and gather_rows: every backend available here (cpp, reference, and triton under
-TRITON_INTERPRET=1) against the reference, errors, opcheck and torch.compile on CPU."""
+TRITON_INTERPRET=1) against the reference, errors, gradients and opcheck on every backend, and
+torch.compile on CPU."""
 
 from __future__ import annotations
 
@@ -9,21 +10,13 @@ import pytest
 import torch
 
 import gfkernels
-from gfkernels import early_exit, gather_rows, reference
-from gfkernels.ops import compiled_ops_with_cuda  # noqa: F401  (import check)
-from gfkernels.triton import triton_available
+from gfkernels import backends, early_exit, gather_rows, reference
 
-try:
-    torch.ops.gfkernels.early_exit
-    HAVE_CPP = True
-except (AttributeError, RuntimeError):
-    HAVE_CPP = False
+from tests.helpers import CPU_BACKENDS as BACKENDS
 
-BACKENDS = ["reference"] + (["cpp"] if HAVE_CPP else [])
-if triton_available(torch.device("cpu"))[0]:
-    BACKENDS.append("triton")
+HAVE_CPP = "cpp" in BACKENDS
 COMPILED = [b for b in BACKENDS if b != "reference"]
-needs_cpp = pytest.mark.skipif(not HAVE_CPP, reason="gfkernels._C without the early-exit ops")
+needs_cpp = pytest.mark.skipif(not HAVE_CPP, reason="gfkernels._C is not built")
 
 SENTINEL = 7.25
 
@@ -305,13 +298,14 @@ def test_gather_rows_empty_list(backend):
     assert gather_rows([], torch.arange(3), 2, backend=backend) == []
 
 
-@needs_cpp
-def test_gather_rows_gradient():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gather_rows_gradient(backend):
     t = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
     u = torch.randn(6, 2, 2, dtype=torch.float64, requires_grad=True)
     index = torch.tensor([4, 1, 1, 0, 5])
-    assert torch.autograd.gradcheck(lambda a, b: gather_rows([a, b], index, 4), (t, u))
-    out = gather_rows([t, torch.arange(6)], index, 3)
+    assert torch.autograd.gradcheck(
+        lambda a, b: gather_rows([a, b], index, 4, backend=backend), (t, u))
+    out = gather_rows([t, torch.arange(6)], index, 3, backend=backend)
     out[0].sum().backward()
     assert t.grad[1].eq(2).all() and t.grad[4].eq(1).all() and t.grad[2].eq(0).all()
 
@@ -422,24 +416,23 @@ def test_gather_rows_index_out_of_range_past_n_is_ignored():
 # ----------------------------------------------------------------------------------------
 
 
-@needs_cpp
+@pytest.mark.parametrize("backend", COMPILED)
 @pytest.mark.parametrize("n,K,thr", [(0, 5, 0.5), (1, 1, 1.0), (12, 10, 0.4), (12, 10, -math.inf)])
-def test_opcheck_early_exit(n, K, thr):
+def test_opcheck_early_exit(backend, n, K, thr):
     logits, active, B = random_case(n, K, seed=1)
     args = (logits, torch.tensor(thr, dtype=torch.float64), active, torch.zeros(B, K),
             torch.full((B,), -1, dtype=torch.int64), 2)
-    torch.library.opcheck(torch.ops.gfkernels.early_exit.default, args)
+    torch.library.opcheck(backends.TABLE[backend].ops.early_exit.default, args)
 
 
-@needs_cpp
+@pytest.mark.parametrize("backend", COMPILED)
 @pytest.mark.parametrize("grad", [False, True])
-def test_opcheck_gather_rows(grad):
+def test_opcheck_gather_rows(backend, grad):
     tensors = [torch.randn(8, 4, requires_grad=grad), torch.randn(8, 2, 3).transpose(1, 2),
                torch.arange(8)]
-    torch.library.opcheck(torch.ops.gfkernels.gather_rows.default,
-                          (tensors, torch.tensor([3, 1, 7, 0]), 3))
-    torch.library.opcheck(torch.ops.gfkernels.gather_rows.default,
-                          (tensors, torch.tensor([3, 1, 7, 0]), 0))
+    op = backends.TABLE[backend].ops.gather_rows.default
+    torch.library.opcheck(op, (tensors, torch.tensor([3, 1, 7, 0]), 3))
+    torch.library.opcheck(op, (tensors, torch.tensor([3, 1, 7, 0]), 0))
 
 
 @needs_cpp

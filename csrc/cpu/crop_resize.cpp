@@ -21,7 +21,7 @@
 #include <cstring>
 #include <vector>
 
-#include "../crop_resize.h"
+#include "../ops/crop_resize.h"
 
 namespace gfkernels {
 namespace {
@@ -96,16 +96,6 @@ std::pair<AxisTable<acc_t>, AxisTable<acc_t>> build_tables(const at::Tensor& box
     xy.second = build_axis_table<acc_t>(bx, B, 1, 3, h, H, mode, padding, align_corners);
   });
   return xy;
-}
-
-struct Geometry {
-  int64_t C, H, W;
-  int64_t sN, sC, sH, sW;  // image strides, in elements
-};
-
-Geometry geometry_of(const at::Tensor& images) {
-  return {images.size(1), images.size(2), images.size(3), images.stride(0),
-          images.stride(1), images.stride(2), images.stride(3)};
 }
 
 // dst[x] = sum_a w[a] * src_a[x] over `len` columns: the vertical pass. Taps of weight 0
@@ -234,11 +224,6 @@ void with_taps(Mode mode, Fn&& fn) {
   }
 }
 
-#define GFK_DISPATCH_IMAGE_TYPES(TYPE, NAME, ...)                                     \
-  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE_FLOATING_TYPES_AND2(                \
-                                     at::kHalf, at::kBFloat16, __VA_ARGS__)           \
-                                     AT_DISPATCH_CASE(at::kByte, __VA_ARGS__))
-
 std::vector<int64_t> copy_batch_index(const std::optional<at::Tensor>& batch_index) {
   if (!batch_index.has_value()) return {};
   const at::Tensor bi = batch_index->contiguous();
@@ -252,19 +237,13 @@ at::Tensor crop_resize_cpu(const at::Tensor& images, const at::Tensor& boxes_in,
                            c10::string_view padding_name,
                            std::optional<c10::ArrayRef<double>> mean,
                            std::optional<c10::ArrayRef<double>> std, at::ScalarType out_dtype) {
-  TORCH_CHECK(size.size() == 2, "crop_resize: size must be (h, w), got ", size);
-  const Mode mode = parse_mode(mode_name);
-  const Padding padding = parse_padding(padding_name);
-  check_crop_resize_args(images, boxes_in, batch_index, size[0], size[1], mode, align_corners,
-                         mean, std, /*check_values=*/true);
-  check_out_dtype(out_dtype);
+  CropResizeCall call = prepare_crop_resize(images, boxes_in, batch_index, size, mode_name,
+                                            align_corners, padding_name, mean, std, out_dtype,
+                                            /*check_values=*/true);
+  at::Tensor& out = call.out;
+  if (out.numel() == 0) return out;
   const at::Tensor boxes = boxes_in.contiguous();
   const std::vector<int64_t> bi = copy_batch_index(batch_index);
-  const ChannelAffine affine = channel_affine(images.size(1), images.scalar_type() == at::kByte,
-                                              mean, std);
-  at::Tensor out = at::empty({boxes.size(0), images.size(1), size[0], size[1]},
-                             images.options().dtype(out_dtype));
-  if (out.numel() == 0) return out;
   GFK_DISPATCH_IMAGE_TYPES(images.scalar_type(), "crop_resize_cpu", [&] {
     using in_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "crop_resize_out", [&] {
@@ -272,10 +251,10 @@ at::Tensor crop_resize_cpu(const at::Tensor& images, const at::Tensor& boxes_in,
       // float64 in or out: accumulate in double; otherwise float.
       using acc_t = std::conditional_t<std::is_same_v<in_t, double> || std::is_same_v<out_t, double>,
                                        double, float>;
-      with_taps(mode, [&](auto taps) {
+      with_taps(call.mode, [&](auto taps) {
         forward_impl<in_t, out_t, acc_t, decltype(taps)::value>(
-            images, boxes, bi.empty() ? nullptr : bi.data(), out, mode, padding, align_corners,
-            affine);
+            images, boxes, bi.empty() ? nullptr : bi.data(), out, call.mode, call.padding,
+            align_corners, call.affine);
       });
     });
   });
@@ -345,35 +324,27 @@ at::Tensor crop_resize_backward_images_cpu(const at::Tensor& grad_in, const at::
                                            c10::string_view mode_name, bool align_corners,
                                            c10::string_view padding_name,
                                            std::optional<c10::ArrayRef<double>> std) {
-  TORCH_CHECK(image_size.size() == 4, "crop_resize_backward_images: image_size must be (N, C, H, W)");
-  TORCH_CHECK(at::isFloatingType(image_dtype),
-              "crop_resize_backward_images: images must be floating to have a gradient, got ",
-              image_dtype);
-  TORCH_CHECK(grad_in.dim() == 4 && grad_in.size(1) == image_size[1],
-              "crop_resize_backward_images: grad must be (B, C, h, w) with C = ", image_size[1],
-              ", got ", grad_in.sizes());
-  const Mode mode = parse_mode(mode_name);
-  const Padding padding = parse_padding(padding_name);
+  const BackwardImagesCall call =
+      prepare_backward_images(grad_in, boxes_in, batch_index, image_size, image_dtype, mode_name,
+                              align_corners, padding_name, std, /*check_values=*/true);
   const at::Tensor grad = grad_in.contiguous();
   const at::Tensor boxes = boxes_in.contiguous();
   const std::vector<int64_t> bi = copy_batch_index(batch_index);
-  const ChannelAffine affine = channel_affine(image_size[1], false, std::nullopt, std);
-  const at::ScalarType acc_dtype = image_dtype == at::kDouble ? at::kDouble : at::kFloat;
   // Each thread zeroes the planes it owns right before accumulating into them (first touch
   // on the thread that uses the memory, and the clearing is parallel too).
-  at::Tensor grad_images = at::empty(image_size, grad.options().dtype(acc_dtype));
+  at::Tensor grad_images = at::empty(image_size, grad.options().dtype(call.acc_dtype));
   if (grad.numel() == 0) return grad_images.zero_().to(image_dtype);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                   "crop_resize_backward_images_cpu", [&] {
     using grad_t = scalar_t;
     auto run = [&](auto acc_tag) {
       using acc_t = decltype(acc_tag);
-      with_taps(mode, [&](auto taps) {
+      with_taps(call.mode, [&](auto taps) {
         backward_images_impl<grad_t, acc_t, decltype(taps)::value>(
-            grad, boxes, bi, grad_images, mode, padding, align_corners, affine);
+            grad, boxes, bi, grad_images, call.mode, call.padding, align_corners, call.affine);
       });
     };
-    if (acc_dtype == at::kDouble) run(double{}); else run(float{});
+    if (call.acc_dtype == at::kDouble) run(double{}); else run(float{});
   });
   return grad_images.to(image_dtype);
 }
@@ -456,20 +427,12 @@ at::Tensor crop_resize_backward_boxes_cpu(const at::Tensor& grad_in, const at::T
                                           c10::string_view mode_name, bool align_corners,
                                           c10::string_view padding_name,
                                           std::optional<c10::ArrayRef<double>> std) {
-  const Mode mode = parse_mode(mode_name);
-  const Padding padding = parse_padding(padding_name);
-  TORCH_CHECK(grad_in.dim() == 4, "crop_resize_backward_boxes: grad must be (B, C, h, w), got ",
-              grad_in.sizes());
-  check_crop_resize_args(images, boxes_in, batch_index, grad_in.size(2), grad_in.size(3), mode,
-                         align_corners, std::nullopt, std, /*check_values=*/true);
-  TORCH_CHECK(grad_in.size(0) == boxes_in.size(0) && grad_in.size(1) == images.size(1),
-              "crop_resize_backward_boxes: grad must be (", boxes_in.size(0), ", ", images.size(1),
-              ", h, w), got ", grad_in.sizes());
+  const BackwardBoxesCall call =
+      prepare_backward_boxes(grad_in, images, boxes_in, batch_index, mode_name, align_corners,
+                             padding_name, std, /*check_values=*/true);
   const at::Tensor grad = grad_in.contiguous();
   const at::Tensor boxes = boxes_in.contiguous();
   const std::vector<int64_t> bi = copy_batch_index(batch_index);
-  const ChannelAffine affine = channel_affine(images.size(1), images.scalar_type() == at::kByte,
-                                              std::nullopt, std);
   at::Tensor grad_boxes = at::zeros_like(boxes, at::MemoryFormat::Contiguous);
   if (grad.numel() == 0) return grad_boxes;
   GFK_DISPATCH_IMAGE_TYPES(images.scalar_type(), "crop_resize_backward_boxes_cpu", [&] {
@@ -480,9 +443,10 @@ at::Tensor crop_resize_backward_boxes_cpu(const at::Tensor& grad_in, const at::T
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                     "crop_resize_backward_boxes_grad", [&] {
       using grad_t = scalar_t;
-      with_taps(mode, [&](auto taps) {
+      with_taps(call.mode, [&](auto taps) {
         backward_boxes_impl<in_t, grad_t, acc_t, decltype(taps)::value>(
-            grad, images, boxes, bi, grad_boxes, mode, padding, align_corners, affine);
+            grad, images, boxes, bi, grad_boxes, call.mode, call.padding, align_corners,
+            call.affine);
       });
     });
   });

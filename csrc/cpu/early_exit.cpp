@@ -1,5 +1,4 @@
-// early_exit and gather_rows on the CPU, plus the argument checks the CUDA kernels share
-// (declared again in cuda/early_exit.cu; this file is always compiled).
+// early_exit and gather_rows on the CPU (their shared checks are in ../ops/early_exit.cpp).
 //
 // early_exit: pass 1 runs over blocks of rows in parallel: each row's confidence (max softmax
 // probability = 1 / sum_j exp(x_j - max x), float32 for 16/32-bit logits with a vectorisable
@@ -14,7 +13,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/util/irange.h>
+#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -23,6 +22,8 @@
 #include <cstring>
 #include <limits>
 #include <vector>
+
+#include "../ops/early_exit.h"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -33,72 +34,6 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace gfkernels {
-
-// ---------------------------------------------------------------------------------------
-// Argument checks (metadata only; values are checked by the CPU kernels below)
-// ---------------------------------------------------------------------------------------
-
-void check_early_exit_args(const at::Tensor& logits, const at::Tensor& threshold,
-                           const at::Tensor& active, const at::Tensor& out_logits,
-                           const at::Tensor& exit_step) {
-  TORCH_CHECK_VALUE(logits.dim() == 2, "early_exit: logits must be 2-D (n, K), got shape ",
-                    logits.sizes());
-  const at::ScalarType t = logits.scalar_type();
-  TORCH_CHECK_TYPE(t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble,
-                   "early_exit: logits must be float16, bfloat16, float32 or float64, got ", t);
-  TORCH_CHECK_VALUE(logits.size(1) > 0, "early_exit: logits must have K > 0 classes, got shape ",
-                    logits.sizes());
-  TORCH_CHECK_VALUE(threshold.dim() == 0, "early_exit: threshold must be a 0-dim tensor, got shape ",
-                    threshold.sizes());
-  TORCH_CHECK_TYPE(at::isFloatingType(threshold.scalar_type()),
-                   "early_exit: threshold must be a floating tensor, got ",
-                   threshold.scalar_type());
-  TORCH_CHECK_VALUE(threshold.device() == logits.device() || threshold.device().is_cpu(),
-                    "early_exit: threshold must be on the CPU or on the logits' device ",
-                    logits.device(), ", got ", threshold.device());
-  TORCH_CHECK_TYPE(active.scalar_type() == at::kLong, "early_exit: active must be int64, got ",
-                   active.scalar_type());
-  TORCH_CHECK_VALUE(active.dim() == 1 && active.size(0) == logits.size(0),
-                    "early_exit: active must be (n,) with n = ", logits.size(0),
-                    " rows of logits, got shape ", active.sizes());
-  TORCH_CHECK_VALUE(out_logits.dim() == 2 && out_logits.size(1) == logits.size(1),
-                    "early_exit: out_logits must be (B, K) with K = ", logits.size(1),
-                    ", got shape ", out_logits.sizes());
-  TORCH_CHECK_TYPE(out_logits.scalar_type() == t, "early_exit: out_logits must have the logits' "
-                   "dtype ", t, ", got ", out_logits.scalar_type());
-  TORCH_CHECK_TYPE(exit_step.scalar_type() == at::kLong, "early_exit: exit_step must be int64, got ",
-                   exit_step.scalar_type());
-  TORCH_CHECK_VALUE(exit_step.dim() == 1 && exit_step.size(0) == out_logits.size(0),
-                    "early_exit: exit_step must be (B,) with B = ", out_logits.size(0),
-                    " rows of out_logits, got shape ", exit_step.sizes());
-  for (const auto& [name, other] :
-       {std::pair<const char*, const at::Tensor*>{"active", &active},
-        {"out_logits", &out_logits},
-        {"exit_step", &exit_step}}) {
-    TORCH_CHECK_VALUE(other->device() == logits.device(), "early_exit: ", name,
-                      " must be on the logits' device ", logits.device(), ", got ",
-                      other->device());
-  }
-}
-
-void check_gather_rows_args(at::TensorList tensors, const at::Tensor& index, int64_t n) {
-  TORCH_CHECK_TYPE(index.scalar_type() == at::kLong, "gather_rows: index must be int64, got ",
-                   index.scalar_type());
-  TORCH_CHECK_VALUE(index.dim() == 1, "gather_rows: index must be 1-D, got shape ",
-                    index.sizes());
-  TORCH_CHECK_VALUE(n >= 0 && n <= index.size(0), "gather_rows: n must lie in [0, ",
-                    index.size(0), "] (the length of index), got ", n);
-  for (const auto i : c10::irange(tensors.size())) {
-    const at::Tensor& t = tensors[i];
-    TORCH_CHECK_VALUE(t.dim() >= 1, "gather_rows: tensors[", i,
-                      "] must have a leading (batch) dimension, got a 0-dim tensor");
-    TORCH_CHECK_VALUE(t.size(0) == tensors[0].size(0), "gather_rows: tensors[", i,
-                      "] has leading size ", t.size(0), " but tensors[0] has ",
-                      tensors[0].size(0), " (all must share the batch dimension)");
-    TORCH_CHECK_VALUE(t.device() == index.device(), "gather_rows: tensors[", i,
-                      "] must be on the index's device ", index.device(), ", got ", t.device());
-  }
-}
 
 namespace {
 
@@ -276,9 +211,8 @@ std::tuple<at::Tensor, at::Tensor> early_exit_cpu(const at::Tensor& logits,
                                                   const at::Tensor& active,
                                                   at::Tensor& out_logits, at::Tensor& exit_step,
                                                   int64_t step) {
-  check_early_exit_args(logits, threshold, active, out_logits, exit_step);
-  TORCH_CHECK_VALUE(threshold.device().is_cpu(), "early_exit: threshold must be on the CPU for "
-                    "CPU logits, got ", threshold.device());
+  at::Tensor keep, num_keep;
+  std::tie(keep, num_keep) = prepare_early_exit(logits, threshold, active, out_logits, exit_step);
   const int64_t n = logits.size(0), B = out_logits.size(0);
   const at::Tensor act = active.contiguous();
   const int64_t* a = act.const_data_ptr<int64_t>();
@@ -286,9 +220,7 @@ std::tuple<at::Tensor, at::Tensor> early_exit_cpu(const at::Tensor& logits,
     TORCH_CHECK_INDEX(a[i] >= 0 && a[i] < B, "early_exit: active values must lie in [0, B) with "
                       "B = ", B, " rows of out_logits, got active[", i, "] = ", a[i]);
   }
-  const double thr = threshold.item<double>();
-  at::Tensor keep = at::empty({n}, logits.options().dtype(at::kLong));
-  at::Tensor num_keep = at::empty({}, logits.options().dtype(at::kLong));
+  const double thr = threshold.item<double>();  // a CPU tensor here: no device sync
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "early_exit",
                                   [&] {
     early_exit_impl<scalar_t>(logits, thr, a, out_logits, exit_step, step,
@@ -302,29 +234,8 @@ std::tuple<at::Tensor, at::Tensor> early_exit_cpu(const at::Tensor& logits,
 // gather_rows
 // ---------------------------------------------------------------------------------------
 
-// The layout of one row of a tensor: its trailing dims with size-1 dims dropped and
-// mergeable dims merged (outermost first), strides in elements.
+// Outputs at least this large are written with streaming stores.
 constexpr int64_t kStreamingBytes = int64_t{8} << 20;
-
-struct RowLayout {
-  std::vector<int64_t> sizes, strides;
-  bool contiguous() const { return sizes.empty() || (sizes.size() == 1 && strides[0] == 1); }
-};
-
-RowLayout row_layout(const at::Tensor& t) {
-  RowLayout r;
-  for (int64_t d = 1; d < t.dim(); ++d) {
-    if (t.size(d) == 1) continue;
-    if (!r.sizes.empty() && r.strides.back() == t.stride(d) * t.size(d)) {
-      r.sizes.back() *= t.size(d);
-      r.strides.back() = t.stride(d);
-    } else {
-      r.sizes.push_back(t.size(d));
-      r.strides.push_back(t.stride(d));
-    }
-  }
-  return r;
-}
 
 // Copies one strided row into contiguous `dst`, element by element (element size E bytes).
 template <int E>
@@ -407,7 +318,7 @@ void copy_row(const char* src, char* dst, const RowLayout& L, int64_t elem, int6
 
 std::vector<at::Tensor> gather_rows_cpu(at::TensorList tensors, const at::Tensor& index,
                                         int64_t n) {
-  check_gather_rows_args(tensors, index, n);
+  std::vector<at::Tensor> outs = prepare_gather_rows(tensors, index, n);
   const at::Tensor idx = index.slice(0, 0, n).contiguous();
   const int64_t* rows = idx.const_data_ptr<int64_t>();
   const int64_t N = tensors.empty() ? 0 : tensors[0].size(0);
@@ -416,25 +327,20 @@ std::vector<at::Tensor> gather_rows_cpu(at::TensorList tensors, const at::Tensor
                       "[0, N) with N = ", N, " rows, got index[", i, "] = ", rows[i]);
   }
   const int64_t T = static_cast<int64_t>(tensors.size());
-  std::vector<at::Tensor> outs;
   std::vector<RowLayout> layouts;
   std::vector<const char*> srcs;
   std::vector<char*> dsts;
   std::vector<int64_t> elems, row_bytes, src_row_stride;
   int64_t total_row_bytes = 0;
-  for (const at::Tensor& t : tensors) {
-    std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
-    shape[0] = n;
-    outs.push_back(at::empty(shape, t.options()));
-    layouts.push_back(row_layout(t));
-    const int64_t elem = static_cast<int64_t>(t.element_size());
+  for (int64_t t = 0; t < T; ++t) {
+    const at::Tensor& src = tensors[t];
+    layouts.push_back(row_layout(src));
+    const int64_t elem = static_cast<int64_t>(src.element_size());
     elems.push_back(elem);
-    int64_t row_numel = 1;
-    for (int64_t d = 1; d < t.dim(); ++d) row_numel *= t.size(d);
-    row_bytes.push_back(row_numel * elem);
-    srcs.push_back(static_cast<const char*>(t.const_data_ptr()));
-    dsts.push_back(static_cast<char*>(outs.back().data_ptr()));
-    src_row_stride.push_back(t.stride(0) * elem);
+    row_bytes.push_back(c10::multiply_integers(src.sizes().slice(1)) * elem);
+    srcs.push_back(static_cast<const char*>(src.const_data_ptr()));
+    dsts.push_back(static_cast<char*>(outs[t].data_ptr()));
+    src_row_stride.push_back(src.stride(0) * elem);
     total_row_bytes += row_bytes.back();
   }
   if (n == 0 || total_row_bytes == 0) return outs;

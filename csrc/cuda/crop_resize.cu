@@ -33,7 +33,7 @@
 #include <climits>
 #include <cstring>
 
-#include "../crop_resize.h"
+#include "../ops/crop_resize.h"
 
 namespace gfkernels {
 namespace {
@@ -117,16 +117,6 @@ AnyFloat any_float(const at::Tensor& t) {
   return {t.data_ptr(), kind};
 }
 
-struct Geometry {
-  int64_t N, C, H, W;
-  int64_t sN, sC, sH, sW;  // image strides, in elements
-};
-
-Geometry geometry_of(const at::Tensor& images) {
-  return {images.size(0),   images.size(1),   images.size(2),   images.size(3),
-          images.stride(0), images.stride(1), images.stride(2), images.stride(3)};
-}
-
 __device__ __forceinline__ double clamp_position(double x, int64_t size) {
   // fmax(NaN, -4) is -4: NaN boxes read the border, never out of bounds.
   return fmin(fmax(x, -4.0), static_cast<double>(size) + 4.0);
@@ -159,6 +149,16 @@ __device__ __forceinline__ Box load_box(const double* boxes, int64_t b) {
   return {boxes[b * 4 + 0], boxes[b * 4 + 1], boxes[b * 4 + 2], boxes[b * 4 + 3]};
 }
 
+// The output pixel p = i * w + j of an h x w crop that this thread computes (threads of a block
+// row cover consecutive pixels); false for the threads past the end.
+__device__ __forceinline__ bool pixel_of_thread(int h, int w, int& p, int& i, int& j) {
+  p = blockIdx.x * blockDim.x + threadIdx.x;
+  if (p >= h * w) return false;
+  i = p / w;
+  j = p - i * w;
+  return true;
+}
+
 template <typename T>
 struct AccOf {
   using type = float;
@@ -179,9 +179,8 @@ __global__ void __launch_bounds__(kThreads)
                    int64_t B, int h, int w, Mode mode, Padding padding, bool align_corners,
                    const __grid_constant__ Affine affine) {
   const int hw = h * w;
-  const int p = blockIdx.x * blockDim.x + threadIdx.x;
-  if (p >= hw) return;
-  const int i = p / w, j = p - i * w;
+  int p, i, j;
+  if (!pixel_of_thread(h, w, p, i, j)) return;
   const int nt = taps_of(mode);
   for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
     const int64_t n = image_of(batch_index, b, g.N);
@@ -244,12 +243,6 @@ dim3 pixel_grid(int64_t hw, int64_t B, const dim3& block) {
               static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(B, 1), kMaxGridY)));
 }
 
-#define GFK_CUDA_DISPATCH_IMAGE_TYPES(TYPE, NAME, ...)                      \
-  AT_DISPATCH_SWITCH(TYPE, NAME,                                            \
-                     AT_DISPATCH_CASE_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, \
-                                                          __VA_ARGS__)      \
-                         AT_DISPATCH_CASE(at::kByte, __VA_ARGS__))
-
 void check_sizes(int64_t h, int64_t w) {
   TORCH_CHECK_VALUE(h * w <= INT_MAX, "crop_resize: output size (", h, ", ", w,
                     ") is too large for the CUDA kernels (h * w must be < 2^31)");
@@ -266,31 +259,24 @@ at::Tensor crop_resize_cuda(const at::Tensor& images, const at::Tensor& boxes_in
                             c10::string_view padding_name,
                             std::optional<c10::ArrayRef<double>> mean,
                             std::optional<c10::ArrayRef<double>> std, at::ScalarType out_dtype) {
-  TORCH_CHECK_VALUE(size.size() == 2, "crop_resize: size must be (h, w), got ", size);
-  const Mode mode = parse_mode(mode_name);
-  const Padding padding = parse_padding(padding_name);
-  check_crop_resize_args(images, boxes_in, batch_index_in, size[0], size[1], mode, align_corners,
-                         mean, std, /*check_values=*/false);
-  check_out_dtype(out_dtype);
-  TORCH_CHECK_VALUE(images.is_cuda(), "crop_resize: images must be a CUDA tensor here, got ",
-                    images.device());
-  const int64_t h = size[0], w = size[1], B = boxes_in.size(0);
-  check_sizes(h, w);
   c10::cuda::CUDAGuard guard(images.device());
-  at::Tensor out = at::empty({B, images.size(1), h, w}, images.options().dtype(out_dtype));
+  CropResizeCall call = prepare_crop_resize(images, boxes_in, batch_index_in, size, mode_name,
+                                            align_corners, padding_name, mean, std, out_dtype,
+                                            /*check_values=*/false);
+  const int64_t h = call.out_h, w = call.out_w, B = boxes_in.size(0);
+  check_sizes(h, w);
+  at::Tensor& out = call.out;
   if (out.numel() == 0) return out;
   TORCH_CHECK_INDEX(images.size(0) > 0, "crop_resize: batch_index values must lie in [0, N) "
                     "with N = 0 images");
   const at::Tensor boxes = boxes_in.to(at::kDouble).contiguous();
   const std::optional<at::Tensor> batch_index = contiguous_index(batch_index_in);
-  const AffineArg affine(channel_affine(images.size(1), images.scalar_type() == at::kByte, mean,
-                                        std),
-                         images.device());
+  const AffineArg affine(call.affine, images.device());
   const Geometry g = geometry_of(images);
   const dim3 block = pixel_block(h * w), grid = pixel_grid(h * w, B, block);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t* bi = batch_index ? batch_index->data_ptr<int64_t>() : nullptr;
-  GFK_CUDA_DISPATCH_IMAGE_TYPES(images.scalar_type(), "crop_resize_cuda", [&] {
+  GFK_DISPATCH_IMAGE_TYPES(images.scalar_type(), "crop_resize_cuda", [&] {
     using in_t = scalar_t;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "crop_resize_cuda_out",
                                     [&] {
@@ -299,8 +285,8 @@ at::Tensor crop_resize_cuda(const at::Tensor& images, const at::Tensor& boxes_in
                                        double, float>;
       forward_kernel<in_t, out_t, acc_t><<<grid, block, 0, stream>>>(
           images.const_data_ptr<in_t>(), boxes.const_data_ptr<double>(), bi,
-          out.mutable_data_ptr<out_t>(), g, B, static_cast<int>(h), static_cast<int>(w), mode,
-          padding, align_corners, affine.value);
+          out.mutable_data_ptr<out_t>(), g, B, static_cast<int>(h), static_cast<int>(w),
+          call.mode, call.padding, align_corners, affine.value);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -319,9 +305,8 @@ __global__ void __launch_bounds__(kThreads)
                                   int w, Mode mode, Padding padding, bool align_corners,
                                   const __grid_constant__ Affine affine) {
   const int hw = h * w;
-  const int p = blockIdx.x * blockDim.x + threadIdx.x;
-  if (p >= hw) return;
-  const int i = p / w, j = p - i * w;
+  int p, i, j;
+  if (!pixel_of_thread(h, w, p, i, j)) return;
   const int nt = taps_of(mode);
   const int64_t plane_size = g.H * g.W;
   for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
@@ -568,53 +553,29 @@ at::Tensor crop_resize_backward_images_cuda(const at::Tensor& grad_in, const at:
                                             c10::string_view mode_name, bool align_corners,
                                             c10::string_view padding_name,
                                             std::optional<c10::ArrayRef<double>> std) {
-  TORCH_CHECK_VALUE(image_size.size() == 4,
-                    "crop_resize_backward_images: image_size must be (N, C, H, W)");
-  TORCH_CHECK_TYPE(at::isFloatingType(image_dtype),
-                   "crop_resize_backward_images: images must be floating to have a gradient, got ",
-                   image_dtype);
-  TORCH_CHECK_VALUE(grad_in.dim() == 4 && grad_in.size(1) == image_size[1] &&
-                        grad_in.size(0) == boxes_in.size(0),
-                    "crop_resize_backward_images: grad must be (B, C, h, w) with B = ",
-                    boxes_in.size(0), " and C = ", image_size[1], ", got ", grad_in.sizes());
-  TORCH_CHECK_VALUE(image_size[2] > 0 && image_size[3] > 0,
-                    "crop_resize_backward_images: image_size must have H > 0 and W > 0");
-  TORCH_CHECK_VALUE(boxes_in.dim() == 2 && boxes_in.size(1) == 4 &&
-                        at::isFloatingType(boxes_in.scalar_type()),
-                    "crop_resize_backward_images: boxes must be floating (B, 4)");
-  TORCH_CHECK_VALUE(grad_in.is_cuda() && boxes_in.device() == grad_in.device(),
-                    "crop_resize_backward_images: grad and boxes must be on one CUDA device");
-  const Mode mode = parse_mode(mode_name);
-  const Padding padding = parse_padding(padding_name);
-  if (batch_index_in.has_value()) {
-    TORCH_CHECK_VALUE(batch_index_in->scalar_type() == at::kLong && batch_index_in->dim() == 1 &&
-                          batch_index_in->size(0) == boxes_in.size(0) &&
-                          batch_index_in->device() == grad_in.device(),
-                      "crop_resize_backward_images: batch_index must be int64 (B,) on the "
-                      "grad's device");
-  } else {
-    TORCH_CHECK_VALUE(boxes_in.size(0) == image_size[0],
-                      "crop_resize_backward_images: without batch_index, B must equal N");
-  }
+  c10::cuda::CUDAGuard guard(grad_in.device());
+  const BackwardImagesCall call =
+      prepare_backward_images(grad_in, boxes_in, batch_index_in, image_size, image_dtype,
+                              mode_name, align_corners, padding_name, std,
+                              /*check_values=*/false);
   const int64_t h = grad_in.size(2), w = grad_in.size(3);
   check_sizes(h, w);
-  c10::cuda::CUDAGuard guard(grad_in.device());
-  const at::ScalarType acc_dtype = image_dtype == at::kDouble ? at::kDouble : at::kFloat;
   const bool deterministic = at::globalContext().deterministicAlgorithms();
-  at::Tensor grad_images = deterministic ? at::empty(image_size, grad_in.options().dtype(acc_dtype))
-                                         : at::zeros(image_size, grad_in.options().dtype(acc_dtype));
+  const auto acc_options = grad_in.options().dtype(call.acc_dtype);
+  at::Tensor grad_images = deterministic ? at::empty(image_size, acc_options)
+                                         : at::zeros(image_size, acc_options);
   if (grad_images.numel() == 0) return grad_images.to(image_dtype);
   if (grad_in.numel() == 0) return grad_images.zero_().to(image_dtype);
   const at::Tensor grad = grad_in.contiguous();
   const at::Tensor boxes = boxes_in.to(at::kDouble).contiguous();
   const std::optional<at::Tensor> batch_index = contiguous_index(batch_index_in);
-  const AffineArg affine(channel_affine(image_size[1], false, std::nullopt, std), grad.device());
+  const AffineArg affine(call.affine, grad.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   auto run = [&](auto acc_tag) {
     using acc_t = decltype(acc_tag);
     if (deterministic) {
-      backward_images_deterministic<acc_t>(grad, boxes, batch_index, grad_images, mode, padding,
-                                           align_corners, affine);
+      backward_images_deterministic<acc_t>(grad, boxes, batch_index, grad_images, call.mode,
+                                           call.padding, align_corners, affine);
       return;
     }
     Geometry g{image_size[0], image_size[1], image_size[2], image_size[3], 0, 0, 0, 0};
@@ -624,10 +585,10 @@ at::Tensor crop_resize_backward_images_cuda(const at::Tensor& grad_in, const at:
         any_float(grad), boxes.const_data_ptr<double>(),
         batch_index ? batch_index->const_data_ptr<int64_t>() : nullptr,
         grad_images.mutable_data_ptr<acc_t>(), g, B, static_cast<int>(h), static_cast<int>(w),
-        mode, padding, align_corners, affine.value);
+        call.mode, call.padding, align_corners, affine.value);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
-  if (acc_dtype == at::kDouble) run(double{}); else run(float{});
+  if (call.acc_dtype == at::kDouble) run(double{}); else run(float{});
   return grad_images.to(image_dtype);
 }
 
@@ -731,29 +692,19 @@ at::Tensor crop_resize_backward_boxes_cuda(const at::Tensor& grad_in, const at::
                                            c10::string_view mode_name, bool align_corners,
                                            c10::string_view padding_name,
                                            std::optional<c10::ArrayRef<double>> std) {
-  const Mode mode = parse_mode(mode_name);
-  const Padding padding = parse_padding(padding_name);
-  TORCH_CHECK_VALUE(grad_in.dim() == 4,
-                    "crop_resize_backward_boxes: grad must be (B, C, h, w), got ", grad_in.sizes());
-  check_crop_resize_args(images, boxes_in, batch_index_in, grad_in.size(2), grad_in.size(3), mode,
-                         align_corners, std::nullopt, std, /*check_values=*/false);
-  TORCH_CHECK_VALUE(grad_in.size(0) == boxes_in.size(0) && grad_in.size(1) == images.size(1),
-                    "crop_resize_backward_boxes: grad must be (", boxes_in.size(0), ", ",
-                    images.size(1), ", h, w), got ", grad_in.sizes());
-  TORCH_CHECK_VALUE(grad_in.device() == images.device(),
-                    "crop_resize_backward_boxes: grad must be on the images' device");
+  c10::cuda::CUDAGuard guard(images.device());
+  const BackwardBoxesCall call =
+      prepare_backward_boxes(grad_in, images, boxes_in, batch_index_in, mode_name, align_corners,
+                             padding_name, std, /*check_values=*/false);
   const int64_t h = grad_in.size(2), w = grad_in.size(3), B = boxes_in.size(0);
   check_sizes(h, w);
-  c10::cuda::CUDAGuard guard(images.device());
   if (grad_in.numel() == 0) return at::zeros_like(boxes_in, at::MemoryFormat::Contiguous);
   TORCH_CHECK_INDEX(images.size(0) > 0, "crop_resize: batch_index values must lie in [0, N) "
                     "with N = 0 images");
   const at::Tensor grad = grad_in.contiguous();
   const at::Tensor boxes = boxes_in.to(at::kDouble).contiguous();
   const std::optional<at::Tensor> batch_index = contiguous_index(batch_index_in);
-  const AffineArg affine(channel_affine(images.size(1), images.scalar_type() == at::kByte,
-                                        std::nullopt, std),
-                         images.device());
+  const AffineArg affine(call.affine, images.device());
   const Geometry g = geometry_of(images);
   const int64_t hw = h * w;
   // Enough blocks per box to fill the GPU when boxes are few, few partials when they are many.
@@ -765,11 +716,11 @@ at::Tensor crop_resize_backward_boxes_cuda(const at::Tensor& grad_in, const at::
   const dim3 block(kThreads), grid(static_cast<unsigned>(S),
                                    static_cast<unsigned>(std::min<int64_t>(B, kMaxGridY)));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  GFK_CUDA_DISPATCH_IMAGE_TYPES(images.scalar_type(), "crop_resize_backward_boxes_cuda", [&] {
+  GFK_DISPATCH_IMAGE_TYPES(images.scalar_type(), "crop_resize_backward_boxes_cuda", [&] {
     backward_boxes_kernel<scalar_t><<<grid, block, 0, stream>>>(
         any_float(grad), images.const_data_ptr<scalar_t>(), boxes.const_data_ptr<double>(),
         batch_index ? batch_index->const_data_ptr<int64_t>() : nullptr, g, B, static_cast<int>(h),
-        static_cast<int>(w), mode, padding, align_corners, affine.value,
+        static_cast<int>(w), call.mode, call.padding, align_corners, affine.value,
         partial.mutable_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

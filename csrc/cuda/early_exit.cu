@@ -32,14 +32,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "../ops/early_exit.h"
+
 namespace gfkernels {
-
-// Shared argument checks (metadata only), defined in cpu/early_exit.cpp.
-void check_early_exit_args(const at::Tensor& logits, const at::Tensor& threshold,
-                           const at::Tensor& active, const at::Tensor& out_logits,
-                           const at::Tensor& exit_step);
-void check_gather_rows_args(at::TensorList tensors, const at::Tensor& index, int64_t n);
-
 namespace {
 
 // ---------------------------------------------------------------------------------------
@@ -146,12 +141,11 @@ std::tuple<at::Tensor, at::Tensor> early_exit_cuda(const at::Tensor& logits,
                                                    const at::Tensor& active,
                                                    at::Tensor& out_logits, at::Tensor& exit_step,
                                                    int64_t step) {
-  check_early_exit_args(logits, threshold, active, out_logits, exit_step);
   const c10::cuda::CUDAGuard guard(logits.device());
+  at::Tensor keep, num_keep;
+  std::tie(keep, num_keep) = prepare_early_exit(logits, threshold, active, out_logits, exit_step);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t n = logits.size(0), K = logits.size(1), B = out_logits.size(0);
-  at::Tensor keep = at::empty({n}, logits.options().dtype(at::kLong));
-  at::Tensor num_keep = at::empty({}, logits.options().dtype(at::kLong));
   if (n == 0) {
     num_keep.zero_();  // a fill on the current stream
     return {keep, num_keep};
@@ -257,27 +251,11 @@ gather_kernel(const GatherBatch batch, const int64_t* __restrict__ index, int64_
   }
 }
 
-// Trailing dims of t (after the leading one) without size-1 dims, mergeable dims merged.
-void collapse_row(const at::Tensor& t, std::vector<int64_t>& sizes,
-                  std::vector<int64_t>& strides) {
-  sizes.clear();
-  strides.clear();
-  for (int64_t d = 1; d < t.dim(); ++d) {
-    if (t.size(d) == 1) continue;
-    if (!sizes.empty() && strides.back() == t.stride(d) * t.size(d)) {
-      sizes.back() *= t.size(d);
-      strides.back() = t.stride(d);
-    } else {
-      sizes.push_back(t.size(d));
-      strides.push_back(t.stride(d));
-    }
-  }
-}
-
 // Fills m for tensor t (with output out); false when its row needs more than kMaxDims dims.
 bool describe(const at::Tensor& t, const at::Tensor& out, TensorMeta& m) {
-  std::vector<int64_t> sizes, strides;
-  collapse_row(t, sizes, strides);
+  const RowLayout layout = row_layout(t);
+  const std::vector<int64_t>& sizes = layout.sizes;
+  const std::vector<int64_t>& strides = layout.strides;
   if (static_cast<int>(sizes.size()) > kMaxDims) return false;
   const int64_t e = static_cast<int64_t>(t.element_size());
   int64_t unit = e;
@@ -321,31 +299,24 @@ void launch_gather(GatherBatch& batch, int64_t blocks, const int64_t* index, int
 
 std::vector<at::Tensor> gather_rows_cuda(at::TensorList tensors, const at::Tensor& index,
                                          int64_t n) {
-  check_gather_rows_args(tensors, index, n);
-  std::vector<at::Tensor> outs;
-  outs.reserve(tensors.size());
-  if (tensors.empty()) return outs;
   const c10::cuda::CUDAGuard guard(index.device());
+  std::vector<at::Tensor> outs = prepare_gather_rows(tensors, index, n);
+  if (tensors.empty()) return outs;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor rows = index.slice(0, 0, n).contiguous();
   const int64_t N = tensors[0].size(0);
   GatherBatch batch;
   batch.count = 0;
   int64_t blocks = 0;
-  for (const at::Tensor& t : tensors) {
-    std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
-    shape[0] = n;
-    at::Tensor out = at::empty(shape, t.options());
-    if (out.numel() == 0) {
-      outs.push_back(out);
-      continue;
-    }
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const at::Tensor& t = tensors[i];
+    at::Tensor& out = outs[i];
+    if (out.numel() == 0) continue;
     TensorMeta m;
     if (!describe(t, out, m)) {  // rare: a row of more than kMaxDims non-mergeable dims
-      outs.push_back(at::index_select(t, 0, rows));
+      at::index_select_out(out, t, 0, rows);
       continue;
     }
-    outs.push_back(out);
     if (batch.count == kMaxTensors) {
       launch_gather(batch, blocks, rows.const_data_ptr<int64_t>(), n, N, stream);
       blocks = 0;

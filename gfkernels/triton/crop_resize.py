@@ -1,12 +1,12 @@
 """crop_resize as Triton kernels: forward, backward wrt images (atomics, or a deterministic
 gather under torch.use_deterministic_algorithms(True)) and backward wrt boxes.
 
-The same op as the compiled kernels (see ARCHITECTURE.md, "crop_resize", and
-csrc/sampling.h, whose maths these kernels restate: source positions and Keys' cubic weights
-are computed in float64 with the same expressions, so taps agree bit for bit). Registered
-with torch.library.triton_op + wrap_triton where torch has them (>= 2.6), so torch.compile
-sees the kernels; otherwise a plain autograd.Function launches them. Runs on CUDA tensors,
-and on CPU tensors under TRITON_INTERPRET=1.
+The same op as the compiled kernels (docs/OPS.md, and csrc/sampling.h, whose maths these
+kernels restate: source positions and Keys' cubic weights are computed in float64 with the
+same expressions, so taps agree bit for bit). Registered as gfkernels_triton::crop_resize and
+its two backward ops (see gfkernels/triton/__init__.py), with the autograd of
+gfkernels/ops/crop_resize.py. Runs on CUDA tensors, and on CPU tensors under
+TRITON_INTERPRET=1.
 
 No host syncs: positions are clamped to [-4, size + 4] (NaN -> -4) and batch_index values
 to [0, N), so nothing is read out of bounds whatever the values.
@@ -19,7 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import interpreting
+from ..ops.crop_resize import (fake_backward_boxes, fake_backward_images, fake_crop_resize,
+                               register_autograd)
+from . import launch, register_op
 
 _MODES = {"nearest": 0, "bilinear": 1, "bicubic": 2}
 _TAPS = {0: 1, 1: 2, 2: 4}
@@ -128,6 +130,33 @@ def _taps(x, size, MODE: tl.constexpr, ZEROS: tl.constexpr):
 
 
 @triton.jit
+def _cast4(a0, a1, a2, a3, DT: tl.constexpr):
+    """Four tap values (weights) converted to DT."""
+    return a0.to(DT), a1.to(DT), a2.to(DT), a3.to(DT)
+
+
+@triton.jit
+def _offsets4(i0, i1, i2, i3, stride):
+    """Four tap indices as int64 element offsets along an axis of the given stride."""
+    return (i0.to(tl.int64) * stride, i1.to(tl.int64) * stride, i2.to(tl.int64) * stride,
+            i3.to(tl.int64) * stride)
+
+
+@triton.jit
+def _pixel_taps(x1, y1, x2, y2, i, j, h, w, H, W, MODE: tl.constexpr, ZEROS: tl.constexpr,
+                ALIGN: tl.constexpr, ACC: tl.constexpr):
+    """The row taps and the column taps of output pixels (i, j) of box (x1, y1, x2, y2):
+    indices, then weights (in ACC), rows first."""
+    iy0, iy1, iy2, iy3, wy0, wy1, wy2, wy3, _d0, _d1, _d2, _d3 = _taps(
+        _position(y1, y2, i.to(tl.float64), h, ALIGN), H, MODE, ZEROS)
+    ix0, ix1, ix2, ix3, wx0, wx1, wx2, wx3, _e0, _e1, _e2, _e3 = _taps(
+        _position(x1, x2, j.to(tl.float64), w, ALIGN), W, MODE, ZEROS)
+    wy0, wy1, wy2, wy3 = _cast4(wy0, wy1, wy2, wy3, ACC)
+    wx0, wx1, wx2, wx3 = _cast4(wx0, wx1, wx2, wx3, ACC)
+    return iy0, iy1, iy2, iy3, wy0, wy1, wy2, wy3, ix0, ix1, ix2, ix3, wx0, wx1, wx2, wx3
+
+
+@triton.jit
 def _row(ptr, o0, o1, o2, o3, w0, w1, w2, w3, mask, NT: tl.constexpr, ACC: tl.constexpr):
     """sum_k w_k * ptr[o_k] over the NT column taps."""
     r = w0 * tl.load(ptr + o0, mask=mask, other=0).to(ACC)
@@ -212,26 +241,10 @@ def _forward_kernel(img, boxes, batch_index, out, affine, N, C, H, W, sN, sC, sH
             sh = tl.load(affine + C + c).to(ACC)
             tl.store(dst + c * hw, (v * sc + sh).to(out.dtype.element_ty), mask=mask)
     else:
-        iy0, iy1, iy2, iy3, wy0, wy1, wy2, wy3, _d0, _d1, _d2, _d3 = _taps(
-            _position(y1, y2, i.to(tl.float64), h, ALIGN), H, MODE, ZEROS)
-        ix0, ix1, ix2, ix3, wx0, wx1, wx2, wx3, _e0, _e1, _e2, _e3 = _taps(
-            _position(x1, x2, j.to(tl.float64), w, ALIGN), W, MODE, ZEROS)
-        oy0 = iy0.to(tl.int64) * sH
-        oy1 = iy1.to(tl.int64) * sH
-        oy2 = iy2.to(tl.int64) * sH
-        oy3 = iy3.to(tl.int64) * sH
-        ox0 = ix0.to(tl.int64) * sW
-        ox1 = ix1.to(tl.int64) * sW
-        ox2 = ix2.to(tl.int64) * sW
-        ox3 = ix3.to(tl.int64) * sW
-        wy0 = wy0.to(ACC)
-        wy1 = wy1.to(ACC)
-        wy2 = wy2.to(ACC)
-        wy3 = wy3.to(ACC)
-        wx0 = wx0.to(ACC)
-        wx1 = wx1.to(ACC)
-        wx2 = wx2.to(ACC)
-        wx3 = wx3.to(ACC)
+        (iy0, iy1, iy2, iy3, wy0, wy1, wy2, wy3, ix0, ix1, ix2, ix3, wx0, wx1, wx2,
+         wx3) = _pixel_taps(x1, y1, x2, y2, i, j, h, w, H, W, MODE, ZEROS, ALIGN, ACC)
+        oy0, oy1, oy2, oy3 = _offsets4(iy0, iy1, iy2, iy3, sH)
+        ox0, ox1, ox2, ox3 = _offsets4(ix0, ix1, ix2, ix3, sW)
         for c in range(C):
             v = _sample(plane0 + c * sC, oy0, oy1, oy2, oy3, wy0, wy1, wy2, wy3, ox0, ox1, ox2,
                         ox3, wx0, wx1, wx2, wx3, mask, NT, ACC)
@@ -262,18 +275,8 @@ def _backward_images_atomic_kernel(grad, boxes, batch_index, grad_images, affine
     x1, y1, x2, y2 = _load_box(boxes, b)
     planes = grad_images + n * C * H * W
     src = grad + b.to(tl.int64) * C * hw + p
-    iy0, iy1, iy2, iy3, wy0, wy1, wy2, wy3, _d0, _d1, _d2, _d3 = _taps(
-        _position(y1, y2, i.to(tl.float64), h, ALIGN), H, MODE, ZEROS)
-    ix0, ix1, ix2, ix3, wx0, wx1, wx2, wx3, _e0, _e1, _e2, _e3 = _taps(
-        _position(x1, x2, j.to(tl.float64), w, ALIGN), W, MODE, ZEROS)
-    wy0 = wy0.to(ACC)
-    wy1 = wy1.to(ACC)
-    wy2 = wy2.to(ACC)
-    wy3 = wy3.to(ACC)
-    wx0 = wx0.to(ACC)
-    wx1 = wx1.to(ACC)
-    wx2 = wx2.to(ACC)
-    wx3 = wx3.to(ACC)
+    (iy0, iy1, iy2, iy3, wy0, wy1, wy2, wy3, ix0, ix1, ix2, ix3, wx0, wx1, wx2,
+     wx3) = _pixel_taps(x1, y1, x2, y2, i, j, h, w, H, W, MODE, ZEROS, ALIGN, ACC)
     for c in range(C):
         g = tl.load(src + c * hw, mask=mask, other=0).to(ACC) * tl.load(affine + c).to(ACC)
         m = mask & (g != 0)
@@ -504,10 +507,7 @@ def _backward_boxes_kernel(grad, img, boxes, batch_index, affine, partial, N, C,
             _position(y1, y2, i.to(tl.float64), h, ALIGN), H, MODE, ZEROS)
         ix0, ix1, ix2, ix3, wx0, wx1, wx2, wx3, dx0, dx1, dx2, dx3 = _taps(
             _position(x1, x2, j.to(tl.float64), w, ALIGN), W, MODE, ZEROS)
-        ox0 = ix0.to(tl.int64) * sW
-        ox1 = ix1.to(tl.int64) * sW
-        ox2 = ix2.to(tl.int64) * sW
-        ox3 = ix3.to(tl.int64) * sW
+        ox0, ox1, ox2, ox3 = _offsets4(ix0, ix1, ix2, ix3, sW)
         gx = tl.zeros([BLOCK], dtype=tl.float64)
         gy = tl.zeros([BLOCK], dtype=tl.float64)
         for c in range(C):
@@ -585,19 +585,6 @@ def _boxes64(boxes: torch.Tensor) -> torch.Tensor:
     return boxes.to(torch.float64).contiguous()
 
 
-if hasattr(torch.library, "triton_op") and hasattr(torch.library, "wrap_triton"):
-    _HAVE_TRITON_OP = True
-
-    def _launch(kernel):
-        # Under the interpreter, kernels are plain Python objects that wrap_triton refuses.
-        return kernel if interpreting() else torch.library.wrap_triton(kernel)
-else:  # pragma: no cover - torch < 2.6
-    _HAVE_TRITON_OP = False
-
-    def _launch(kernel):
-        return kernel
-
-
 def _forward_impl(images: torch.Tensor, boxes: torch.Tensor, batch_index: Optional[torch.Tensor],
                   size: List[int], mode: str, align_corners: bool, padding_mode: str,
                   mean: Optional[List[float]], std: Optional[List[float]],
@@ -613,7 +600,7 @@ def _forward_impl(images: torch.Tensor, boxes: torch.Tensor, batch_index: Option
     bi = batch_index.contiguous() if batch_index is not None else boxes
     block = _block_for(h * w)
     grid = (B * triton.cdiv(h * w, block),)
-    _launch(_forward_kernel)[grid](
+    launch(_forward_kernel)[grid](
         images, _boxes64(boxes), bi, out, affine, N, C, H, W, *images.stride(), h, w,
         HAS_BI=batch_index is not None, MODE=code, NT=_TAPS[code],
         ZEROS=padding_mode == "zeros", ALIGN=bool(align_corners),
@@ -644,7 +631,7 @@ def _backward_images_impl(grad: torch.Tensor, boxes: torch.Tensor,
     if not torch.are_deterministic_algorithms_enabled():
         grad_images = torch.zeros((N, C, H, W), dtype=acc_dtype, device=device)
         block = _block_for(h * w)
-        _launch(_backward_images_atomic_kernel)[(B * triton.cdiv(h * w, block),)](
+        launch(_backward_images_atomic_kernel)[(B * triton.cdiv(h * w, block),)](
             grad, bx, bi, grad_images, affine, N, C, H, W, h, w, HAS_BI=has_bi, MODE=code,
             NT=nt, ZEROS=zeros, ALIGN=align, ACC64=acc, BLOCK=block, num_warps=_NUM_WARPS)
         return grad_images.to(image_dtype)
@@ -658,12 +645,12 @@ def _backward_images_impl(grad: torch.Tensor, boxes: torch.Tensor,
         span = torch.empty((B, out, 2), dtype=torch.int32, device=device)
         rng = torch.empty((B, length, 2), dtype=torch.int32, device=device)
         block = _block_for(B * out)
-        _launch(_axis_table_kernel)[(triton.cdiv(B * out, block),)](
+        launch(_axis_table_kernel)[(triton.cdiv(B * out, block),)](
             bx, lo_col, hi_col, B * out, out, length, index, weight, span, MODE=code, NT=nt,
             ZEROS=zeros, ALIGN=align, ACC64=acc, BLOCK=block, num_warps=_NUM_WARPS)
         block = _block_for(length, 256)
         steps = max(1, math.ceil(math.log2(out + 1)) + 1)
-        _launch(_axis_range_kernel)[(triton.cdiv(length, block), B)](
+        launch(_axis_range_kernel)[(triton.cdiv(length, block), B)](
             bx, lo_col, hi_col, B, out, length, span, rng, steps, ALIGN=align, BLOCK=block,
             num_warps=_NUM_WARPS)
         tables[axis] = (index, weight, rng)
@@ -677,7 +664,7 @@ def _backward_images_impl(grad: torch.Tensor, boxes: torch.Tensor,
     by, bx_, bj = _pow2(H, 16, 32), _pow2(W, 16, 64), _pow2(w, 16, 32)
     (yindex, yweight, yrange), (xindex, xweight, xrange) = tables["y"], tables["x"]
     grid = (N * C * triton.cdiv(H, by) * triton.cdiv(W, bx_),)
-    _launch(_backward_images_gather_kernel)[grid](
+    launch(_backward_images_gather_kernel)[grid](
         grad, order, offsets, grad_images, affine, C, H, W, h, w, yindex, yweight, yrange,
         xindex, xweight, xrange, HAS_BI=has_bi, ACC64=acc, BY=by, BX=bx_, BJ=bj,
         num_warps=_NUM_WARPS)
@@ -699,7 +686,7 @@ def _backward_boxes_impl(grad: torch.Tensor, images: torch.Tensor, boxes: torch.
     block = _block_for(h * w, 256)
     S = max(1, min(triton.cdiv(h * w, block * 4), 64, max(1, 1024 // max(B, 1))))
     partial = torch.empty((B, S, 4), dtype=torch.float64, device=images.device)
-    _launch(_backward_boxes_kernel)[(S, B)](
+    launch(_backward_boxes_kernel)[(S, B)](
         grad, images, bx, bi, affine, partial, N, C, H, W, *images.stride(), h, w, S,
         HAS_BI=batch_index is not None, MODE=code, NT=_TAPS[code],
         ZEROS=padding_mode == "zeros", ALIGN=bool(align_corners), BLOCK=block,
@@ -708,72 +695,12 @@ def _backward_boxes_impl(grad: torch.Tensor, images: torch.Tensor, boxes: torch.
 
 
 # ----------------------------------------------------------------------------------------
-# Registration: ops torch.compile can see into, with autograd
+# Registration
 # ----------------------------------------------------------------------------------------
 
-
-def _setup_context(ctx, inputs, output) -> None:
-    images, boxes, batch_index, _size, mode, align_corners, padding_mode, _mean, std, _dt = inputs
-    ctx.save_for_backward(images, boxes, batch_index)
-    ctx.options = (mode, align_corners, padding_mode, std)
-
-
-def _grads(ctx, grad, backward_images, backward_boxes):
-    images, boxes, batch_index = ctx.saved_tensors
-    mode, align_corners, padding_mode, std = ctx.options
-    grad_images = grad_boxes = None
-    if ctx.needs_input_grad[0]:
-        grad_images = backward_images(grad, boxes, batch_index, list(images.shape), images.dtype,
-                                      mode, align_corners, padding_mode, std)
-    if ctx.needs_input_grad[1]:
-        grad_boxes = backward_boxes(grad, images, boxes, batch_index, mode, align_corners,
-                                    padding_mode, std)
-    return grad_images, grad_boxes, None, None, None, None, None, None, None, None
-
-
-if _HAVE_TRITON_OP:
-    _forward_op = torch.library.triton_op("gfkernels_triton::crop_resize",
-                                          mutates_args=())(_forward_impl)
-    _backward_images_op = torch.library.triton_op("gfkernels_triton::crop_resize_backward_images",
-                                                  mutates_args=())(_backward_images_impl)
-    _backward_boxes_op = torch.library.triton_op("gfkernels_triton::crop_resize_backward_boxes",
-                                                 mutates_args=())(_backward_boxes_impl)
-
-    def _backward(ctx, grad):
-        return _grads(ctx, grad, _backward_images_op, _backward_boxes_op)
-
-    _forward_op.register_autograd(_backward, setup_context=_setup_context)
-
-    def _apply(*args):
-        return _forward_op(*args)
-
-else:  # pragma: no cover - torch < 2.6
-
-    class _CropResize(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, *inputs):
-            out = _forward_impl(*inputs)
-            _setup_context(ctx, inputs, out)
-            return out
-
-        @staticmethod
-        def backward(ctx, grad):
-            return _grads(ctx, grad, _backward_images_impl, _backward_boxes_impl)
-
-    def _apply(*args):
-        return _CropResize.apply(*args)
-
-
-def crop_resize(images: torch.Tensor, boxes: torch.Tensor, batch_index: Optional[torch.Tensor],
-                size_list: Sequence[int], mode: str, align_corners: bool, padding_mode: str,
-                mean: Optional[Sequence[float]], std: Optional[Sequence[float]],
-                out_dtype: torch.dtype) -> torch.Tensor:
-    """crop_resize with the Triton kernels; arguments as torch.ops.gfkernels.crop_resize
-    (already checked by gfkernels.ops). Differentiable wrt images and boxes."""
-    mean = None if mean is None else [float(v) for v in mean]
-    std = None if std is None else [float(v) for v in std]
-    return _apply(images, boxes, batch_index, [int(s) for s in size_list], mode,
-                  bool(align_corners), padding_mode, mean, std, out_dtype)
-
-
-__all__ = ["crop_resize"]
+forward_op = register_op("crop_resize", _forward_impl, fake=fake_crop_resize)
+backward_images_op = register_op("crop_resize_backward_images", _backward_images_impl,
+                                 fake=fake_backward_images)
+backward_boxes_op = register_op("crop_resize_backward_boxes", _backward_boxes_impl,
+                                fake=fake_backward_boxes)
+register_autograd(forward_op, backward_images_op, backward_boxes_op)

@@ -1,5 +1,7 @@
 """Triton early_exit and gather_rows (same semantics as gfkernels.reference; argument checks
-are done by gfkernels.early_exit before these run).
+are done by gfkernels.ops.early_exit before these run), registered as
+gfkernels_triton::early_exit and gfkernels_triton::gather_rows (gather_rows with the autograd
+of gfkernels/ops/early_exit.py).
 
 early_exit is two launches and reads nothing on the host: one program per row computes the
 confidence (online max / sum-exp over chunks of K, float32 or float64), writes the exiting
@@ -14,11 +16,15 @@ arbitrary strides.
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Tuple
 
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
+
+from ..ops.early_exit import fake_early_exit, fake_gather_rows, register_gather_rows_autograd
+from . import launch, register_op
 
 
 @triton.jit(do_not_specialize=["K", "step"])
@@ -88,8 +94,9 @@ def _compact_kernel(flags_ptr, keep_ptr, num_keep_ptr, n, BLOCK: tl.constexpr):
     tl.store(num_keep_ptr, total)
 
 
-def early_exit(logits: torch.Tensor, threshold: torch.Tensor, active: torch.Tensor,
-               out_logits: torch.Tensor, exit_step: torch.Tensor, step: int):
+def _early_exit_impl(logits: torch.Tensor, threshold: torch.Tensor, active: torch.Tensor,
+                     out_logits: torch.Tensor, exit_step: torch.Tensor,
+                     step: int) -> Tuple[torch.Tensor, torch.Tensor]:
     n, K = logits.shape
     device = logits.device
     keep = torch.empty((n,), dtype=torch.int64, device=device)
@@ -97,22 +104,22 @@ def early_exit(logits: torch.Tensor, threshold: torch.Tensor, active: torch.Tens
     if n == 0:
         return keep, num_keep
     acc_f64 = logits.dtype == torch.float64
-    thr_from_ptr = threshold.device == device
     thr_value = 0.0
-    if not thr_from_ptr:  # a CPU scalar with CUDA logits: read on the host, no sync
-        if acc_f64:
-            threshold = threshold.to(device, non_blocking=True)
-            thr_from_ptr = True
-        else:
-            thr_value = float(threshold.to(torch.float32))
+    if threshold.device != device and (acc_f64 or is_fake(threshold)):
+        # float64 has no exact host scalar argument, and a traced (fake) threshold has no
+        # value to read: load it from the device instead.
+        threshold = threshold.to(device, non_blocking=True)
+    thr_from_ptr = threshold.device == device
+    if not thr_from_ptr:  # a CPU scalar with CUDA logits: read on the host, no device sync
+        thr_value = float(threshold.to(torch.float32))
     flags = torch.empty((n,), dtype=torch.int32, device=device)
     block_k = min(triton.next_power_of_2(K), 2048)
-    _confidence_kernel[(n,)](
+    launch(_confidence_kernel)[(n,)](
         logits, logits.stride(0), logits.stride(1), K, threshold, thr_value, active,
         active.stride(0), out_logits, out_logits.stride(0), out_logits.stride(1), exit_step,
         exit_step.stride(0), step, flags, THR_FROM_PTR=thr_from_ptr, ACC_F64=acc_f64,
         BLOCK_K=block_k)
-    _compact_kernel[(1,)](flags, keep, num_keep, n, BLOCK=1024)
+    launch(_compact_kernel)[(1,)](flags, keep, num_keep, n, BLOCK=1024)
     return keep, num_keep
 
 
@@ -158,7 +165,8 @@ def _collapsed_row(t: torch.Tensor):
     return sizes, strides
 
 
-def gather_rows(tensors: Sequence[torch.Tensor], index: torch.Tensor, n: int) -> List[torch.Tensor]:
+def _gather_rows_impl(tensors: List[torch.Tensor], index: torch.Tensor,
+                     n: int) -> List[torch.Tensor]:
     outs = []
     rows = index[:n]
     for t in tensors:
@@ -180,6 +188,13 @@ def gather_rows(tensors: Sequence[torch.Tensor], index: torch.Tensor, n: int) ->
         strides = [0] * (3 - len(strides)) + strides
         block = min(triton.next_power_of_2(R), 1024)
         grid = (n, triton.cdiv(R, block))
-        _gather_kernel[grid](src_i, dst_i, rows, src_i.stride(0), sizes[1], sizes[2],
-                             strides[0], strides[1], strides[2], R, BLOCK=block)
+        launch(_gather_kernel)[grid](src_i, dst_i, rows, src_i.stride(0), sizes[1], sizes[2],
+                                     strides[0], strides[1], strides[2], R, BLOCK=block)
     return outs
+
+
+early_exit_op = register_op("early_exit", _early_exit_impl,
+                            mutates_args=("out_logits", "exit_step"),
+                            fake=fake_early_exit)
+gather_rows_op = register_op("gather_rows", _gather_rows_impl, fake=fake_gather_rows)
+register_gather_rows_autograd(gather_rows_op)

@@ -9,9 +9,7 @@ import pytest
 import torch
 
 import gfkernels
-from gfkernels import reference
-from gfkernels.ops import compiled_ops_with_cuda
-from gfkernels.triton import triton_available
+from gfkernels import backends, reference
 
 from tests.helpers import (IMAGE_DTYPES, assert_close_to_reference, mode_options,
                            random_boxes, random_images)
@@ -26,12 +24,12 @@ OUT_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
 def _triton_ok() -> bool:
     """Triton can run compiled kernels on the GPU (not under the CPU interpreter)."""
-    return torch.cuda.is_available() and triton_available(torch.device("cuda"))[0]
+    return torch.cuda.is_available() and backends.TABLE["triton"].available(torch.device("cuda"))
 
 
 BACKENDS = [
     pytest.param("cuda", marks=pytest.mark.skipif(
-        not compiled_ops_with_cuda(), reason="gfkernels._C was built without CUDA kernels")),
+        not backends.compiled_with_cuda(), reason="gfkernels._C was built without CUDA kernels")),
     pytest.param("triton", marks=pytest.mark.skipif(
         not _triton_ok(), reason="triton missing, or TRITON_INTERPRET=1 (CPU only)")),
 ]
@@ -274,7 +272,7 @@ def _opcheck_samples():
            torch.float16)
 
 
-@pytest.mark.skipif(not compiled_ops_with_cuda(), reason="built without CUDA kernels")
+@pytest.mark.skipif(not backends.compiled_with_cuda(), reason="built without CUDA kernels")
 def test_opcheck_cuda():
     for args in _opcheck_samples():
         torch.library.opcheck(torch.ops.gfkernels.crop_resize.default, args)
@@ -290,12 +288,9 @@ def test_opcheck_cuda():
 
 @pytest.mark.skipif(not _triton_ok(), reason="triton unavailable on the GPU")
 def test_opcheck_triton():
-    from gfkernels.triton import crop_resize as triton_crop_resize  # noqa: F401 (registers)
-
-    if not hasattr(torch.ops.gfkernels_triton, "crop_resize"):
-        pytest.skip("torch.library.triton_op unavailable (torch < 2.6)")
+    ops = backends.TABLE["triton"].ops
     for args in _opcheck_samples():
-        torch.library.opcheck(torch.ops.gfkernels_triton.crop_resize.default, args)
+        torch.library.opcheck(ops.crop_resize.default, args)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

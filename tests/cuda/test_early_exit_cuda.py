@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import gfkernels
-from gfkernels import early_exit, gather_rows, reference
+from gfkernels import backends, early_exit, gather_rows, reference
 
 pytestmark = [
     pytest.mark.cuda,
@@ -18,17 +18,9 @@ pytestmark = [
 
 
 def cuda_backends():
-    backends = []
-    if torch.cuda.is_available() and gfkernels.ops.compiled_ops_with_cuda():
-        backends.append("cuda")
-    try:
-        from gfkernels.triton import triton_available
-
-        if torch.cuda.is_available() and triton_available(torch.device("cuda"))[0]:
-            backends.append("triton")
-    except ImportError:
-        pass
-    return backends
+    if not torch.cuda.is_available():
+        return []
+    return [b for b in ("cuda", "triton") if backends.TABLE[b].available(torch.device("cuda"))]
 
 
 BACKENDS = cuda_backends() or ["cuda"]  # an empty list would hide the skip reason

@@ -14,43 +14,19 @@ from typing import Sequence
 import torch
 
 
-_WARNED = False
-
-
 def _crop_resize():
     import gfkernels
 
     return gfkernels.crop_resize
 
 
-def _backend(backend: str | None, device: torch.device) -> str | None:
-    """The gfkernels backend to use: the given one, else gfkernels' default when it is built;
-    when the compiled extension is missing (source tree not built, or built without CUDA),
-    Triton on a GPU, else the pure-PyTorch reference, with one warning."""
-    global _WARNED
-    if backend:
-        return backend
-    from gfkernels import ops
+def _backend(backend: str | None, device: torch.device) -> str:
+    """The gfkernels backend the model's patches use: the given one, else the device's default
+    from gfkernels' backend table, falling back (with one warning) where that default is not
+    built, e.g. a source tree whose extension was not compiled."""
+    from gfkernels import backends
 
-    compiled = getattr(ops, "_C", None) is not None
-    if device.type == "cpu" and compiled:
-        return None
-    if device.type == "cuda" and compiled and ops.compiled_ops_with_cuda():
-        return None
-    fallback = "reference"
-    if device.type == "cuda":
-        from gfkernels.triton import triton_available
-
-        if triton_available(device)[0]:
-            fallback = "triton"
-    if not _WARNED:
-        import warnings
-
-        warnings.warn(f"gfkernels has no compiled kernels for {device.type}: patch extraction uses "
-                      f"the {fallback!r} backend (pip install --no-build-isolation -e .)",
-                      RuntimeWarning, stacklevel=3)
-        _WARNED = True
-    return fallback
+    return backends.resolve(backend or None, device, fallback=True).name
 
 
 def whole_image_boxes(images: torch.Tensor, n: int) -> torch.Tensor:

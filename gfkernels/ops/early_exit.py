@@ -1,18 +1,18 @@
-"""Early exit (batch compaction): the Python API of the early_exit and gather_rows ops, their
-argument checks, fake kernels and autograd. Re-exported by gfkernels/__init__.py.
+"""Early exit (batch compaction): the public API of the early_exit and gather_rows ops, their
+metadata checks, fake kernels and autograd (schemas: csrc/ops/early_exit.cpp).
 
-One step of the dynamic inference loop (ARCHITECTURE.md, "early exit")::
+One step of the dynamic inference loop (docs/ARCHITECTURE.md)::
 
     keep, num_keep = gfkernels.early_exit(logits, threshold, active, out_logits, exit_step, t)
     n = int(num_keep)                      # the one host sync of a step
-    active = active[keep[:n]]
-    h, state = gfkernels.gather_rows([h, state], keep, n)
+    active, h, state = gfkernels.gather_rows([active, h, state], keep, n)
 
 gather_rows takes n as a host int, the value the loop reads from num_keep once anyway: its
 outputs then have their exact shape (n, ...), so every later op of the step (and of the next
 steps) runs on the surviving rows only, with no padding and no further sync. early_exit itself
 reads nothing on the host for CUDA tensors; its outputs have fixed shapes ((n,) and ()), so
-torch.compile needs no data-dependent sizes for it.
+torch.compile needs no data-dependent sizes for it. early_exit is not differentiable (an
+inference op); gather_rows is, wrt its floating tensors, on every backend.
 """
 
 from __future__ import annotations
@@ -22,25 +22,15 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from . import reference
-from .ops import _C, _resolve_backend, compiled_ops
+from .. import backends
+from .common import check_index_values, describe, register_compiled
 
-_LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 Threshold = Union[float, int, torch.Tensor]
 
 
-def _compiling() -> bool:
-    return torch.compiler.is_compiling()
-
-
-def _describe(x) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"a tensor of shape {tuple(x.shape)}"
-    return type(x).__name__
-
-
-def _threshold_tensor(threshold: Threshold) -> torch.Tensor:
+def threshold_tensor(threshold: Threshold) -> torch.Tensor:
     """A 0-dim floating tensor: floats become float64 CPU scalars (read on the host by the
     kernels, never copied to the GPU); tensors are kept where they are."""
     if isinstance(threshold, torch.Tensor):
@@ -64,8 +54,8 @@ def check_early_exit_args(logits, threshold, active, out_logits, exit_step, step
     torch.compile and costs no host sync); the CPU kernels also check active's values."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise ValueError(f"early_exit: logits must be a 2-D tensor (n, K), got "
-                         f"{_describe(logits)}")
-    if logits.dtype not in _LOGIT_DTYPES:
+                         f"{describe(logits)}")
+    if logits.dtype not in LOGIT_DTYPES:
         raise TypeError(f"early_exit: logits must be float16, bfloat16, float32 or float64, "
                         f"got {logits.dtype}")
     n, K = logits.shape
@@ -84,7 +74,7 @@ def check_early_exit_args(logits, threshold, active, out_logits, exit_step, step
     if not isinstance(out_logits, torch.Tensor) or out_logits.dim() != 2 or \
             out_logits.shape[1] != K:
         raise ValueError(f"early_exit: out_logits must be (B, K) with K = {K}, got "
-                         f"{_describe(out_logits)}")
+                         f"{describe(out_logits)}")
     if out_logits.dtype != logits.dtype:
         raise TypeError(f"early_exit: out_logits must have the logits' dtype {logits.dtype}, "
                         f"got {out_logits.dtype}")
@@ -100,18 +90,6 @@ def check_early_exit_args(logits, threshold, active, out_logits, exit_step, step
                              f"{logits.device}, got {t.device}")
     if isinstance(step, bool) or not isinstance(step, (int, torch.SymInt)):
         raise TypeError(f"early_exit: step must be an int, got {type(step).__name__}")
-
-
-def _check_index_values(index: torch.Tensor, bound: int, what: str, name: str) -> None:
-    """Range check of an index tensor's values, for CPU tensors only (free of host syncs);
-    CUDA kernels assert on the device instead."""
-    if index.device.type != "cpu" or index.numel() == 0 or _compiling():
-        return
-    lo, hi = int(index.min()), int(index.max())
-    if lo < 0 or hi >= bound:
-        bad = int(((index < 0) | (index >= bound)).nonzero()[0, 0])
-        raise IndexError(f"{what}: {name} values must lie in [0, {bound}), got {name}[{bad}] = "
-                         f"{int(index[bad])}")
 
 
 def early_exit(
@@ -137,21 +115,14 @@ def early_exit(
     Returns (keep, num_keep): keep (n,) int64 is a stable partition of range(n), the surviving
     positions in order first (num_keep of them), then the exiting ones in order; num_keep is a
     0-dim int64 tensor on the logits' device. Nothing is read on the host for CUDA tensors.
-    backend: None (cpp on CPU, cuda on GPU), "cpp", "cuda", "triton" or "reference".
+    backend: a name of gfkernels.backends.NAMES, or None for the device's default.
     """
-    threshold = _threshold_tensor(threshold)
+    threshold = threshold_tensor(threshold)
     check_early_exit_args(logits, threshold, active, out_logits, exit_step, step)
-    backend = _resolve_backend(backend, logits.device)
-    if backend != "cpp":  # the C++ CPU kernel checks values itself
-        _check_index_values(active, out_logits.shape[0], "early_exit", "active")
-    if backend == "reference":
-        return reference.early_exit(logits, threshold, active, out_logits, exit_step, step)
-    if backend == "triton":
-        from .triton import early_exit as triton_early_exit
-
-        return triton_early_exit.early_exit(logits, threshold, active, out_logits, exit_step,
-                                            step)
-    return compiled_ops().early_exit(logits, threshold, active, out_logits, exit_step, step)
+    chosen = backends.resolve(backend, logits.device)
+    if not chosen.checks_index_values:
+        check_index_values(active, out_logits.shape[0], "early_exit", "active")
+    return chosen.op("early_exit")(logits, threshold, active, out_logits, exit_step, step)
 
 
 def check_gather_rows_args(tensors, index, n) -> List[torch.Tensor]:
@@ -170,7 +141,7 @@ def check_gather_rows_args(tensors, index, n) -> List[torch.Tensor]:
         raise ValueError(f"gather_rows: index must be 1-D, got shape {tuple(index.shape)}")
     if isinstance(n, bool) or not isinstance(n, (int, torch.SymInt)):
         raise TypeError(f"gather_rows: n must be an int, got {type(n).__name__}")
-    if not _compiling() or isinstance(n, int):
+    if not torch.compiler.is_compiling() or isinstance(n, int):
         if n < 0 or n > index.shape[0]:
             raise ValueError(f"gather_rows: n must lie in [0, {index.shape[0]}] (the length of "
                              f"index), got {n}")
@@ -202,7 +173,7 @@ def gather_rows(
     n is a host int: the loop reads num_keep once (`n = int(num_keep)`) and passes it here. A
     0-dim integer tensor is accepted too and read with int() (that read is a host sync on a
     GPU). index (M,) int64 with M >= n, values in [0, N). Differentiable wrt floating tensors.
-    backend: None (cpp on CPU, cuda on GPU), "cpp", "cuda", "triton" or "reference".
+    backend: a name of gfkernels.backends.NAMES, or None for the device's default.
     """
     if isinstance(n, torch.Tensor):
         if n.dim() != 0 or n.is_floating_point() or n.is_complex() or n.dtype == torch.bool:
@@ -210,38 +181,26 @@ def gather_rows(
                             f"{n.dtype} of shape {tuple(n.shape)}")
         n = int(n)
     tensors = check_gather_rows_args(tensors, index, n)
-    backend = _resolve_backend(backend, index.device)
+    chosen = backends.resolve(backend, index.device)
     if not tensors:
         return []
-    if backend != "cpp":
-        _check_index_values(index[:n], tensors[0].shape[0], "gather_rows", "index")
-    if backend == "reference":
-        return reference.gather_rows(tensors, index, n)
-    if backend == "triton":
-        from .triton import early_exit as triton_early_exit
-
-        return triton_early_exit.gather_rows(tensors, index, n)
-    return list(compiled_ops().gather_rows(tensors, index, n))
+    if not chosen.checks_index_values:
+        check_index_values(index[:n], tensors[0].shape[0], "gather_rows", "index")
+    return list(chosen.op("gather_rows")(tensors, index, n))
 
 
 # ----------------------------------------------------------------------------------------
-# fake kernels and autograd of the compiled ops
+# Fake kernels and autograd (shared by the compiled and the Triton ops)
 # ----------------------------------------------------------------------------------------
 
 
-def _register() -> None:
-    @torch.library.register_fake("gfkernels::early_exit")
-    def _(logits, threshold, active, out_logits, exit_step, step):
-        n = logits.shape[0]
-        return (logits.new_empty((n,), dtype=torch.int64),
-                logits.new_empty((), dtype=torch.int64))
+def fake_early_exit(logits, threshold, active, out_logits, exit_step, step):
+    n = logits.shape[0]
+    return (logits.new_empty((n,), dtype=torch.int64), logits.new_empty((), dtype=torch.int64))
 
-    @torch.library.register_fake("gfkernels::gather_rows")
-    def _(tensors, index, n):
-        return [t.new_empty((n, *t.shape[1:])) for t in tensors]
 
-    torch.library.register_autograd("gfkernels::gather_rows", _gather_rows_backward,
-                                    setup_context=_gather_rows_setup_context)
+def fake_gather_rows(tensors, index, n):
+    return [t.new_empty((n, *t.shape[1:])) for t in tensors]
 
 
 def _gather_rows_setup_context(ctx, inputs, output) -> None:
@@ -265,16 +224,12 @@ def _gather_rows_backward(ctx, grads):
     return out, None, None
 
 
-def _ops_defined() -> bool:
-    """Whether the loaded gfkernels._C defines the early-exit ops (an extension built before
-    they existed does not: the compiled backends then fail with a clear error)."""
-    try:
-        torch.ops.gfkernels.early_exit
-        torch.ops.gfkernels.gather_rows
-    except (AttributeError, RuntimeError):
-        return False
-    return True
+def register_gather_rows_autograd(op) -> None:
+    """Makes `op` (an op name or CustomOpDef with gather_rows' schema) differentiable."""
+    torch.library.register_autograd(op, _gather_rows_backward,
+                                    setup_context=_gather_rows_setup_context)
 
 
-if _C is not None and _ops_defined():
-    _register()
+register_compiled("early_exit", fake_early_exit)
+if register_compiled("gather_rows", fake_gather_rows):
+    register_gather_rows_autograd("gfkernels::gather_rows")

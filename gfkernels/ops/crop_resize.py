@@ -1,0 +1,201 @@
+"""crop_resize: its public API, metadata checks, fake kernels and autograd.
+
+Three ops make it up in every compiled backend: crop_resize (the forward) and its backward
+wrt images and wrt boxes, with the schemas of csrc/ops/crop_resize.cpp. The autograd glue
+below wires any backend's forward to that backend's two backward ops. docs/OPS.md states the
+semantics; gfkernels/reference.py defines them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+from .. import backends, reference
+from .common import check_index_values, register_compiled
+
+IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
+OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+Size = Union[int, Sequence[int]]
+
+
+def normalise_size(size: Size) -> Tuple[int, int]:
+    if isinstance(size, int):
+        size = (size, size)
+    size = tuple(size)
+    if len(size) != 2 or not all(isinstance(s, int) for s in size):
+        raise ValueError(f"crop_resize: size must be an int or (h, w) ints, got {size!r}")
+    if size[0] <= 0 or size[1] <= 0:
+        raise ValueError(f"crop_resize: size must be positive, got {size}")
+    return size
+
+
+def per_channel_list(values) -> Optional[list]:
+    """mean/std given as a sequence, a tensor or one number -> a list of floats (or None)."""
+    if values is None:
+        return None
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().reshape(-1).tolist()
+    elif isinstance(values, (int, float)):
+        values = [values]
+    return [float(v) for v in values]
+
+
+def check_args(images, boxes, batch_index, mode, align_corners, padding_mode, mean, std,
+               out_dtype) -> None:
+    """Metadata checks shared by every backend (no tensor values are read, so this runs
+    under torch.compile); the kernels check values (finite boxes, batch_index range)."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"crop_resize: images must be 4-D (N, C, H, W), got shape {shape}")
+    if images.dtype not in IMAGE_DTYPES:
+        raise TypeError(f"crop_resize: images must be uint8, float16, bfloat16, float32 or "
+                        f"float64, got {images.dtype}")
+    if images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(f"crop_resize: images must have H > 0 and W > 0, got "
+                         f"{tuple(images.shape)}")
+    if not isinstance(boxes, torch.Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
+        shape = tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__
+        raise ValueError(f"crop_resize: boxes must be (B, 4) as (x1, y1, x2, y2), got {shape}")
+    if boxes.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"crop_resize: boxes must be float32 or float64, got {boxes.dtype}")
+    if boxes.device != images.device:
+        raise ValueError(f"crop_resize: boxes must be on the images' device {images.device}, "
+                         f"got {boxes.device}")
+    if batch_index is not None:
+        if not isinstance(batch_index, torch.Tensor) or batch_index.dtype != torch.int64:
+            raise TypeError("crop_resize: batch_index must be an int64 tensor, got "
+                            f"{getattr(batch_index, 'dtype', type(batch_index).__name__)}")
+        if batch_index.dim() != 1 or batch_index.shape[0] != boxes.shape[0]:
+            raise ValueError(f"crop_resize: batch_index must be (B,) with B = {boxes.shape[0]} "
+                             f"boxes, got shape {tuple(batch_index.shape)}")
+        if batch_index.device != images.device:
+            raise ValueError(f"crop_resize: batch_index must be on the images' device "
+                             f"{images.device}, got {batch_index.device}")
+    elif boxes.shape[0] != images.shape[0]:
+        raise ValueError("crop_resize: without batch_index, boxes must hold one box per image "
+                         f"(B == N), got B = {boxes.shape[0]} and N = {images.shape[0]}")
+    if mode not in reference.MODES:
+        raise ValueError(f"crop_resize: mode must be one of {reference.MODES}, got {mode!r}")
+    if padding_mode not in reference.PADDING_MODES:
+        raise ValueError(f"crop_resize: padding_mode must be one of {reference.PADDING_MODES}, "
+                         f"got {padding_mode!r}")
+    if mode == "nearest" and align_corners:
+        raise ValueError("crop_resize: align_corners=True is not defined for mode='nearest' "
+                         "(as in F.interpolate)")
+    channels = images.shape[1]
+    for name, values in (("mean", mean), ("std", std)):
+        if values is not None and len(values) not in (1, channels):
+            raise ValueError(f"crop_resize: {name} must hold 1 or C = {channels} values (one "
+                             f"per channel), got {len(values)}")
+    if std is not None and any(v == 0 for v in std):
+        raise ValueError("crop_resize: std must be non-zero")
+    if out_dtype not in OUT_DTYPES:
+        raise TypeError(f"crop_resize: out_dtype must be float16, bfloat16, float32 or float64, "
+                        f"got {out_dtype}")
+
+
+def crop_resize(
+    images: torch.Tensor,
+    boxes: torch.Tensor,
+    size: Size,
+    *,
+    batch_index: Optional[torch.Tensor] = None,
+    mode: str = "bilinear",
+    align_corners: bool = False,
+    padding_mode: str = "border",
+    mean=None,
+    std=None,
+    out_dtype: Optional[torch.dtype] = None,
+    backend: Optional[str] = None,
+) -> torch.Tensor:
+    """Crops box b of image ``batch_index[b]`` and resizes it to ``size`` in one pass.
+
+    images (N, C, H, W) uint8/float16/bfloat16/float32/float64, any strides; boxes (B, 4)
+    float (x1, y1, x2, y2) in pixels, may be fractional and leave the image; batch_index (B,)
+    int64 or None (box b reads image b). mode "bilinear" | "bicubic" | "nearest";
+    padding_mode "border" | "zeros"; mean/std per channel, fused: out = (v - mean) / std with
+    v divided by 255 first for uint8. Returns a contiguous (B, C, h, w) tensor of out_dtype
+    (default images.dtype if floating, else float32), differentiable wrt images (floating)
+    and boxes (bilinear, bicubic) on every backend. backend: a name of
+    gfkernels.backends.NAMES, or None for the device's default (cpp on CPU, cuda on GPU).
+    docs/OPS.md gives the exact sampling positions.
+    """
+    size = normalise_size(size)
+    mean, std = per_channel_list(mean), per_channel_list(std)
+    if out_dtype is None and isinstance(images, torch.Tensor):
+        out_dtype = images.dtype if images.is_floating_point() else torch.float32
+    check_args(images, boxes, batch_index, mode, align_corners, padding_mode, mean, std,
+               out_dtype)
+    chosen = backends.resolve(backend, images.device)
+    if batch_index is not None and not chosen.checks_index_values:
+        check_index_values(batch_index, images.shape[0], "crop_resize", "batch_index")
+    return chosen.op("crop_resize")(images, boxes, batch_index, list(size), mode,
+                                    align_corners, padding_mode, mean, std, out_dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# Fake kernels (output shapes, for torch.compile and opcheck) of the three ops
+# ----------------------------------------------------------------------------------------
+
+
+def fake_crop_resize(images, boxes, batch_index, size, mode, align_corners, padding_mode, mean,
+                     std, out_dtype):
+    return images.new_empty((boxes.shape[0], images.shape[1], size[0], size[1]),
+                            dtype=out_dtype)
+
+
+def fake_backward_images(grad, boxes, batch_index, image_size, image_dtype, mode,
+                         align_corners, padding_mode, std):
+    return grad.new_empty(image_size, dtype=image_dtype)
+
+
+def fake_backward_boxes(grad, images, boxes, batch_index, mode, align_corners, padding_mode,
+                        std):
+    return torch.empty_like(boxes, memory_format=torch.contiguous_format)
+
+
+# ----------------------------------------------------------------------------------------
+# Autograd: the forward op of a backend, differentiated by that backend's backward ops
+# ----------------------------------------------------------------------------------------
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    images, boxes, batch_index, _size, mode, align_corners, padding_mode, _mean, std, _dt = inputs
+    ctx.save_for_backward(images, boxes, batch_index)
+    ctx.options = (mode, align_corners, padding_mode, std)
+
+
+def register_autograd(forward, backward_images, backward_boxes) -> None:
+    """Makes `forward` (an op name or CustomOpDef with crop_resize's schema) differentiable
+    wrt images and boxes through the ops `backward_images` and `backward_boxes` (mean and
+    the sampling options are constants)."""
+
+    def backward(ctx, grad: torch.Tensor):
+        images, boxes, batch_index = ctx.saved_tensors
+        mode, align_corners, padding_mode, std = ctx.options
+        grad_images = grad_boxes = None
+        if ctx.needs_input_grad[0]:
+            grad_images = backward_images(grad, boxes, batch_index, list(images.shape),
+                                          images.dtype, mode, align_corners, padding_mode, std)
+        if ctx.needs_input_grad[1]:
+            grad_boxes = backward_boxes(grad, images, boxes, batch_index, mode, align_corners,
+                                        padding_mode, std)
+        return grad_images, grad_boxes, None, None, None, None, None, None, None, None
+
+    torch.library.register_autograd(forward, backward, setup_context=_setup_context)
+
+
+def _register_compiled() -> None:
+    fakes = {"crop_resize": fake_crop_resize,
+             "crop_resize_backward_images": fake_backward_images,
+             "crop_resize_backward_boxes": fake_backward_boxes}
+    if all([register_compiled(name, fake) for name, fake in fakes.items()]):
+        ops = torch.ops.gfkernels
+        register_autograd("gfkernels::crop_resize", ops.crop_resize_backward_images,
+                          ops.crop_resize_backward_boxes)
+
+
+_register_compiled()
