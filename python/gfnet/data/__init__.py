@@ -41,20 +41,23 @@ def build_datasets(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test
     if m.in_channels != 3:
         raise DataError(f"{d.dataset} images are RGB: set model.in_channels=3")
     if d.dataset == "imagefolder":
+        def folder(split_dir: str, train: bool) -> Dataset:  # the model's eval preprocessing
+            return image_folder(d.root, split_dir, m.image_size, train=train,
+                                crop_fraction=m.eval_crop_fraction, interpolation=m.eval_interpolation)
+
         if "train" in splits:
             out["train"] = image_folder(d.root, d.train_dir, m.image_size, train=True)
         if "val" in splits or "test" in splits:
             if d.val_fraction > 0:
                 tr = image_folder(d.root, d.train_dir, m.image_size, train=True)
-                ev = image_folder(d.root, d.train_dir, m.image_size, train=False)
+                ev = folder(d.train_dir, train=False)
                 rest, val = _fraction_split(tr, ev, d.val_fraction, d.split_seed)
                 if "train" in splits:
                     out["train"] = rest
                 out["val"] = val
             else:
-                out["val"] = image_folder(d.root, d.val_dir, m.image_size, train=False)
-            out["test"] = (image_folder(d.root, d.test_dir, m.image_size, train=False)
-                           if d.test_dir else image_folder(d.root, d.val_dir, m.image_size, train=False))
+                out["val"] = folder(d.val_dir, train=False)
+            out["test"] = folder(d.test_dir, train=False) if d.test_dir else folder(d.val_dir, train=False)
     else:  # cifar10 / cifar100
         ncls = 10 if d.dataset == "cifar10" else 100
         if m.num_classes != ncls:
@@ -73,9 +76,11 @@ def build_datasets(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test
     return {k: v for k, v in out.items() if k in splits}
 
 
-def read_image(path: str, channels: int, size: int) -> torch.Tensor:
+def read_image(path: str, channels: int, size: int, crop_fraction: float = 1.0,
+               interpolation: str = "bicubic") -> torch.Tensor:
     """An image file as a (C, H, W) uint8 tensor of size x size: scaled so its shorter side is
-    ``size`` (bicubic), then centre-cropped; DataError naming the file if it cannot be read."""
+    ``int(size / crop_fraction)`` (``interpolation``), then centre-cropped (the evaluation
+    preprocessing of the data loaders); DataError naming the file if it cannot be read."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -86,15 +91,7 @@ def read_image(path: str, channels: int, size: int) -> torch.Tensor:
         raise DataError(f"image {path!r} does not exist") from None
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"cannot read image {path!r} ({type(e).__name__}: {e})") from None
-    if im.size != (size, size):
-        w, h = im.size
-        s = size / min(w, h)
-        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
-        w, h = im.size
-        left, top = (w - size) // 2, (h - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-    import numpy as np
+    from .folders import eval_transform
 
-    a = np.asarray(im, dtype=np.uint8)
-    t = torch.from_numpy(a.copy())
-    return t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
+    t = eval_transform(size, crop_fraction, interpolation)(im)  # uint8 (C, size, size): the same pixels the evaluation loaders make
+    return t if t.dim() == 3 else t[None]

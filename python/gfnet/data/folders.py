@@ -16,19 +16,41 @@ from ..errors import DataError
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-def _transforms(image_size: int, train: bool, small: bool = False):
+def eval_resize_size(image_size: int, crop_fraction: float) -> int:
+    """The shorter side an evaluation image is resized to before its centre image_size crop
+    (truncated, as the official code does: 224 / 0.875 = 256, 300 / 0.904 -> 331)."""
+    return max(image_size, int(image_size / crop_fraction))
+
+
+def _interpolation(name: str):
+    from torchvision.transforms import InterpolationMode
+
+    return {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}[name]
+
+
+def _transforms(image_size: int, train: bool, small: bool = False, crop_fraction: float = 0.875,
+                interpolation: str = "bilinear"):
+    """Training: random resized crop + flip; evaluation: resize the shorter side to
+    image_size / crop_fraction, centre crop (the model's eval_crop_fraction/eval_interpolation)."""
     from torchvision import transforms as T
 
+    mode = _interpolation(interpolation)
     if small:  # CIFAR: pad-and-crop at native size, then resize
         ops = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if train else []
         if image_size != 32:
             ops.append(T.Resize((image_size, image_size), antialias=True))
     elif train:
-        ops = [T.RandomResizedCrop(image_size, antialias=True), T.RandomHorizontalFlip()]
+        ops = [T.RandomResizedCrop(image_size, interpolation=mode, antialias=True), T.RandomHorizontalFlip()]
     else:
-        ops = [T.Resize(int(round(image_size / 0.875)), antialias=True), T.CenterCrop(image_size)]
+        ops = [T.Resize(eval_resize_size(image_size, crop_fraction), interpolation=mode, antialias=True),
+               T.CenterCrop(image_size)]
     ops.append(T.PILToTensor())
     return T.Compose(ops)
+
+
+def eval_transform(image_size: int, crop_fraction: float = 0.875, interpolation: str = "bilinear"):
+    """PIL image -> uint8 (C, image_size, image_size): the evaluation preprocessing."""
+    return _transforms(image_size, False, crop_fraction=crop_fraction, interpolation=interpolation)
 
 
 def _check_folder(path: Path, what: str) -> None:
@@ -50,7 +72,8 @@ class _RGB:
         return img.convert("RGB")
 
 
-def image_folder(root: str, split_dir: str, image_size: int, train: bool) -> Dataset:
+def image_folder(root: str, split_dir: str, image_size: int, train: bool, crop_fraction: float = 0.875,
+                 interpolation: str = "bilinear") -> Dataset:
     from torchvision import datasets
     from torchvision import transforms as T
 
@@ -60,7 +83,8 @@ def image_folder(root: str, split_dir: str, image_size: int, train: bool) -> Dat
     _check_folder(Path(root), "data")
     _check_folder(path, f"{split_dir!r} split")
     try:
-        return datasets.ImageFolder(str(path), transform=T.Compose([_RGB(), _transforms(image_size, train)]))
+        tf = _transforms(image_size, train, crop_fraction=crop_fraction, interpolation=interpolation)
+        return datasets.ImageFolder(str(path), transform=T.Compose([_RGB(), tf]))
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"cannot read image folder {str(path)!r}: {e}") from None
 
