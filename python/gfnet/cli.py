@@ -1,4 +1,4 @@
-"""The ``gfnet`` command line: ``gfnet train | eval | predict | flops``.
+"""The ``gfnet`` command line: ``gfnet train | eval | predict | flops | report | import-official | demo``.
 
 Each subcommand is a function registered in ``COMMANDS`` with the arguments it adds to its
 own subparser, so new subcommands plug in without touching the others.
@@ -242,7 +242,9 @@ def _eval(args: argparse.Namespace) -> int:
         if not (step_macs[0] <= t * 1e6 <= sum(step_macs)):
             raise GFNetError(f"--target-macs {t:g} M is out of range: between the glance alone "
                              f"({step_macs[0] / 1e6:.3f} M) and all steps ({sum(step_macs) / 1e6:.3f} M)")
-    ds = build_datasets(cfg, ("val", "test"))
+    from .data.calibration import calibration_split, val_is_test
+
+    ds = build_datasets(cfg, ("test",))
     bs = args.batch_size or cfg.run.eval_batch_size or cfg.optim.batch_size
     out = Path(args.out) if args.out else ck_path.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -251,22 +253,32 @@ def _eval(args: argparse.Namespace) -> int:
     if cal is not None and ([round(m) for m in cal.step_macs] != [round(m) for m in step_macs]
                             or any(b not in {p.budget for p in cal.points} for b in budgets or range(1, NUM_BUDGETS + 1))):
         cal = None  # stale (another model's costs) or incomplete: calibrate again
+    if cal is not None and cal.split == "val" and not cal.details and val_is_test(cfg):
+        print("the stored thresholds were calibrated on the val split, which is the test split here: "
+              "calibrating again on other images")
+        cal = None
     val_logits = None
+    cal_split = None
+
+    def calibration_logits():
+        nonlocal cal_split
+        cal_split = cal_split or calibration_split(cfg)  # never the test images
+        return collect_anytime(model, _loader(cal_split.dataset, bs), device=device, max_batches=args.max_batches)[0]
+
     if cal is None:
-        val_logits, _ = collect_anytime(model, _loader(ds["val"], bs), device=device, max_batches=args.max_batches)
-        cal = calibrate(val_logits, step_macs)  # all 39 budgets: cheap once the logits are there
+        val_logits = calibration_logits()
+        cal = calibrate(val_logits, step_macs, split=cal_split.split, details=cal_split.details)  # all 39 budgets
         if not args.no_store:
             store_calibration(ck_path, cal)
-        print(f"calibrated {len(cal.points)} budgets on {cal.samples} validation images"
+        print(f"calibrated {len(cal.points)} budgets on {cal_split.describe()}"
               + ("" if args.no_store else f" (stored in {ck_path})"))
     else:
-        print(f"using the thresholds stored in {ck_path} ({len(cal.points)} budgets, {cal.samples} "
-              f"{cal.split} images)")
+        what = cal.details.get("source") or f"{cal.samples} {cal.split} images"
+        print(f"using the thresholds stored in {ck_path} ({len(cal.points)} budgets, {what})")
     points = [p for p in cal.points if budgets is None or p.budget in budgets]
     if args.target_macs:
         if val_logits is None:
-            val_logits, _ = collect_anytime(model, _loader(ds["val"], bs), device=device,
-                                            max_batches=args.max_batches)
+            val_logits = calibration_logits()
         points += [thresholds_for_macs(val_logits, step_macs, t * 1e6) for t in args.target_macs]
 
     test_loader = _loader(ds["test"], bs)
@@ -285,9 +297,15 @@ def _eval(args: argparse.Namespace) -> int:
         "checkpoint": str(ck_path), "preset": cfg.preset, "engine": "simulated" if args.simulate else "dynamic",
         "test_samples": int(labels.numel()), "step_macs": step_macs, "step_flops": [2 * m for m in step_macs],
         "static_macs": sf.static_macs, "anytime_accuracy": step_acc, "calibration_split": cal.split,
+        "calibration": {"split": cal.split, "samples": cal.samples, **cal.details},
         "baseline_accuracy": args.baseline_acc, "baseline_macs": baseline[0] if baseline else None,
         "budgets": rows,
     }
+    if ck.get("official"):  # an imported official checkpoint: the release's figures beside ours
+        from .official.figures import comparison_rows
+
+        summary["official"] = {"model_name": ck["official"].get("model_name"),
+                               "per_step": comparison_rows(ck["official"], step_macs, step_acc)}
     (out / "eval.json").write_text(json.dumps(summary, indent=2))
     T = len(step_macs)
     with open(out / "eval.csv", "w", newline="") as f:
@@ -305,6 +323,10 @@ def _eval(args: argparse.Namespace) -> int:
                            title=f"GFNet {cfg.preset}: accuracy vs average MACs")
     print(format_table(sf, f"per-step cost ({cfg.preset})"))
     print("anytime accuracy per step: " + " ".join(f"{a:.4f}" for a in step_acc))
+    if ck.get("official"):
+        from .official.figures import format_comparison
+
+        print(format_comparison(ck["official"], step_macs, step_acc))
     print(f"{'budget':>6} {'q':>6} {'acc':>7} {'avg MACs (M)':>13} {'avg FLOPs (M)':>14}  exits per step")
     for r in rows:
         b = "macs" if r["budget"] is None else str(r["budget"])
@@ -347,7 +369,8 @@ def _predict(args: argparse.Namespace) -> int:
     model, cfg, ck = load_checkpoint_model(ck_path, device)
     _threads(cfg)
     m = cfg.model
-    images = torch.stack([read_image(p, m.in_channels, m.image_size) for p in args.images])
+    images = torch.stack([read_image(p, m.in_channels, m.image_size, m.eval_crop_fraction, m.eval_interpolation)
+                          for p in args.images])
     T = m.max_steps
     if args.thresholds is not None:
         try:
@@ -384,6 +407,9 @@ command("predict", "classify images with early exit; pictures of the glance and 
 def _flops_args(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
+    p.add_argument("--checkpoint", metavar="CKPT", default=None,
+                   help="count the model of a gfnet checkpoint instead (an imported official one also "
+                        "shows the release's per-step figures)")
 
 
 def _flops(args: argparse.Namespace) -> int:
@@ -396,16 +422,34 @@ def _flops(args: argparse.Namespace) -> int:
     from .flops import count_step_flops, format_table
     from .models import build_model
 
-    cfg = config_from_args(args)
-    torch.manual_seed(0)
-    model = build_model(cfg.model)
+    from .official.figures import format_comparison, paper_note
+
+    official = None
+    if args.checkpoint:
+        from .inference import load_checkpoint_model
+
+        model, cfg, ck = load_checkpoint_model(args.checkpoint)
+        official = ck.get("official")
+    else:
+        cfg = config_from_args(args)
+        torch.manual_seed(0)
+        model = build_model(cfg.model)
     sf = count_step_flops(model)
     if args.json:
-        print(json.dumps(sf.to_dict(), indent=2))
+        d = sf.to_dict()
+        if official:
+            from .official.figures import official_step_macs
+
+            d["official_cumulative_macs"] = official_step_macs(official)
+        print(json.dumps(d, indent=2))
     else:
         m = cfg.model
         print(format_table(sf, f"{cfg.preset}: backbone {m.backbone}, image {m.image_size}, "
                                f"patch {m.patch_size}, T={m.max_steps} (per image)"))
+        if official:
+            print(format_comparison(official, [float(x) for x in sf.macs]))
+        elif paper_note(cfg.preset):
+            print(paper_note(cfg.preset))
     return 0
 
 
@@ -458,6 +502,24 @@ def _report(args: argparse.Namespace) -> int:
 
 _report.add_arguments = _report_args  # type: ignore[attr-defined]
 command("report", "report.md of a run: accuracy vs MACs against the static baseline, throughput, pictures")(_report)
+
+
+# ---------------------------------------------------------------------- import-official
+def _import_official(args: argparse.Namespace) -> int:
+    from .official.command import run
+
+    return run(args)
+
+
+def _import_official_args(p: argparse.ArgumentParser) -> None:
+    from .official.command import add_arguments
+
+    add_arguments(p)
+
+
+_import_official.add_arguments = _import_official_args  # type: ignore[attr-defined]
+command("import-official", "convert an official GFNet checkpoint (released or train.py's) into a gfnet checkpoint"
+        )(_import_official)
 
 
 # ---------------------------------------------------------------------- demo
