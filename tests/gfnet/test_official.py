@@ -412,3 +412,13 @@ def test_existing_output_is_kept_without_force(imported, tmp_path, capsys):
     assert main(["import-official", str(src), "--out", str(out)]) == 2
     assert "pass --force" in capsys.readouterr().err and out.read_bytes() == b"keep me"
     assert main(["import-official", str(src), "--out", str(out), "--force"]) == 0
+
+
+def test_a_static_baseline_starts_stage_1_only(tmp_path):
+    from gfnet.train import checkpoint as ck_io
+    from gfnet.train.warm_start import warm_start
+
+    path = tmp_path / "baseline.pt"
+    ck_io.save_atomic({"format": ck_io.FORMAT, "kind": "baseline", "config": {}, "model": {}}, path)
+    with pytest.raises(CheckpointError, match="stage 1 only"):
+        warm_start(torch.nn.Linear(1, 1), path, {}, stage=3)
