@@ -403,6 +403,18 @@ def test_bad_files_are_one_line_errors_and_write_nothing(tmp_path, capsys, make,
     assert list(out.parent.iterdir()) == []  # no output, no temp file
 
 
+def test_python_objects_need_allow_pickle(tmp_path, capsys):
+    src, out = tmp_path / "np.pth", tmp_path / "x.pt"
+    ck = _save_official(src)
+    ck["flops"] = np.asarray(ck["flops"])  # numpy values: not loadable with weights_only
+    torch.save(ck, src)
+    assert main(["import-official", str(src), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "pass --allow-pickle" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    assert main(["import-official", str(src), "--out", str(out), "--allow-pickle"]) == 0
+    assert torch.load(out, weights_only=True)["official"]["flops"] == pytest.approx(ck["flops"].tolist())
+
+
 def test_existing_output_is_kept_without_force(imported, tmp_path, capsys):
     path, _ = imported
     src = tmp_path / "in.pth"

@@ -39,7 +39,8 @@ class CalibrationSplit:
         if self.split == "train":
             aug = "training augmentation" if d.get("augment") else "evaluation preprocessing"
             return (f"{d['samples']} random training images of {d['of']} ({aug}, seed {d['seed']}), "
-                    "none of them a test image")
+                    "none of them a test image; the model may have trained on them, as in the official "
+                    "calibration (data.val_fraction holds images out of training instead)")
         return f"the {d['samples']} images of the val split (not the test split)"
 
 

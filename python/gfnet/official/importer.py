@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,9 +64,12 @@ def read_official(path: str | Path, *, allow_pickle: bool = False) -> dict[str, 
         obj = torch.load(p, map_location="cpu", weights_only=not allow_pickle)
     except Exception as e:  # noqa: BLE001 - any failure to read it is reported in one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        if isinstance(e, pickle.UnpicklingError) and ("weights_only" in str(e) or "Unsupported global" in str(e)):
-            raise CheckpointError(f"{str(p)!r} holds Python objects besides tensors ({first}); "
-                                  "if you trust the file, pass --allow-pickle") from None
+        if isinstance(e, pickle.UnpicklingError) and ("weights_only" in str(e).lower().replace(" ", "_")
+                                                      or "Unsupported global" in str(e)):
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+            what = f" ({found[1]})" if found else ""
+            raise CheckpointError(f"{str(p)!r} holds Python objects besides tensors{what}; "
+                                  "if you trust the file, pass --allow-pickle (unpickling runs its code)") from None
         raise CheckpointError(f"{str(p)!r} is corrupt, truncated or not a PyTorch file "
                               f"({type(e).__name__}: {first})") from None
     if not isinstance(obj, dict):
@@ -90,6 +94,8 @@ def _floats(x: Any, what: str) -> list:
         return x.detach().double().cpu().tolist()
     if isinstance(x, (list, tuple)):
         return [_floats(v, what) for v in x]
+    if hasattr(x, "tolist") and not isinstance(x, (int, float)):  # numpy arrays and scalars
+        return _floats(x.tolist(), what)
     try:
         return float(x)  # type: ignore[return-value]
     except (TypeError, ValueError):
