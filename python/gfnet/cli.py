@@ -36,7 +36,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", action="store_true",
                    help="initialise backbones from torchvision's pretrained weights (may download)")
     p.add_argument("--init-from", metavar="CKPT", default=None,
-                   help="start both encoders from a static baseline's weights (model.init_from)")
+                   help="where the weights start (model.init_from): a static baseline's backbone for both "
+                        "encoders (stage 1), or any gfnet checkpoint, e.g. an imported official one")
     p.add_argument("--seed", type=int, default=None, help="random seed (run.seed)")
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
 

@@ -315,7 +315,7 @@ class Trainer:
             loaded[s] = self._load(s) if s in found else None
         first = stages[0]
         if (first > 1 and loaded.get(first) is None and not self.stage_path(first - 1).exists()
-                and self.cfg.model.init_from):
+                and self.cfg.model.init_from and self.checkpoint_kind == "gfnet"):
             return loaded  # starts from model.init_from (a gfnet checkpoint, see warm_start)
         if first > 1 and loaded.get(first) is None:
             prev = self.stage_path(first - 1)
@@ -344,7 +344,7 @@ class Trainer:
         first = stages[0]
         if first > 1 and loaded.get(first) is None and loaded.get(first - 1) is not None:
             ckpt.load_model_state(self.model, loaded[first - 1]["model"], self.stage_path(first - 1))
-        elif loaded.get(first) is None and self.cfg.model.init_from:
+        elif loaded.get(first) is None and self.cfg.model.init_from and self.checkpoint_kind == "gfnet":
             # a fresh first stage starts from model.init_from (a resumed one has its own weights)
             from .warm_start import warm_start
 
