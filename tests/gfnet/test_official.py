@@ -434,3 +434,9 @@ def test_a_static_baseline_starts_stage_1_only(tmp_path):
     ck_io.save_atomic({"format": ck_io.FORMAT, "kind": "baseline", "config": {}, "model": {}}, path)
     with pytest.raises(CheckpointError, match="stage 1 only"):
         warm_start(torch.nn.Linear(1, 1), path, {}, stage=3)
+
+
+def test_flops_of_an_official_preset_names_the_release(capsys):
+    assert main(["flops", "--preset", "mobilenet_v3_large-p96"]) == 0
+    text = capsys.readouterr().out
+    assert "official model: mobilenetv3_large_100" in text and "~45 M MACs" in text

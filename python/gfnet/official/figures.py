@@ -14,17 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
-# preset -> what the paper states (approximate, read off its figures); MACs per image
-PAPER_FIGURES: dict[str, dict[str, Any]] = {
-    "resnet50-p96": {"cheapest": (0.8e9, 0.696), "static_backbone": (4.1e9, 0.761),
-                     "note": "GF-ResNet-50 curve from ~0.8 G MACs at 69.6 % to ~3.05 G at 76.7 %"},
-    "mobilenet_v3_large-p96": {"cheapest": (45e6, 0.667), "static_backbone": (217e6, 0.754),
-                               "note": "GF-MobileNet-V3 curve from ~45 M MACs at 66.7 % (P = 96) "
-                                       "to ~188 M at 75.5 % (a P = 128 model)"},
-    "mobilenet_v3_large-p128": {"top": (188e6, 0.755), "static_backbone": (217e6, 0.754),
-                                "note": "GF-MobileNet-V3's top point ~188 M MACs at 75.5 %"},
-    "efficientnet_b2-p128": {"cheapest": (0.23e9, 0.759),
-                             "note": "GF-EfficientNet curve from ~0.23 G MACs at 75.9 % to ~0.76 G at 79.8 %"},
+# preset -> what the paper states about it (approximate: read off its plots)
+PAPER_FIGURES: dict[str, str] = {
+    "resnet50-p96": "GF-ResNet-50 curve from ~0.8 G MACs at 69.6 % to ~3.05 G at 76.7 %",
+    "mobilenet_v3_large-p96": "GF-MobileNet-V3 curve from ~45 M MACs at 66.7 % (P = 96) to ~188 M at 75.5 % "
+                              "(a P = 128 model)",
+    "mobilenet_v3_large-p128": "GF-MobileNet-V3's top point ~188 M MACs at 75.5 %",
+    "efficientnet_b2-p128": "GF-EfficientNet curve from ~0.23 G MACs at 75.9 % to ~0.76 G at 79.8 %",
 }
 
 
@@ -101,9 +97,8 @@ def paper_note(preset: str) -> str:
     lines = [f"official model: {arch.model_name} ({arch.paper_name}); its per-step MACs are stored in the "
              "released checkpoints, which are not bundled here: `gfnet import-official FILE --out X.pt` then "
              "`gfnet flops --checkpoint X.pt` shows them beside ours"]
-    fig = PAPER_FIGURES.get(preset)
-    if fig:
-        lines.append(f"paper (approximate, read off its plots): {fig['note']}")
+    if preset in PAPER_FIGURES:
+        lines.append(f"paper (approximate, read off its plots): {PAPER_FIGURES[preset]}")
     return "\n".join(lines)
 
 
