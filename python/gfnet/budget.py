@@ -3,7 +3,7 @@
 Budgets as in MSDNet and the official GFNet code: for budget i = 1 .. 39, q = i / 20 and the
 target fraction of samples exiting at step k (k = 1 .. T) is q^k / sum_j q^j (a geometric exit
 distribution: q < 1 exits early, q > 1 late). The thresholds are set on held-out data (the
-validation split): at step k, among the samples that have not exited yet, the out_k =
+calibration split, never the test images: data/calibration.py): at step k, among the samples that have not exited yet, the out_k =
 floor(N * fraction_k) most confident exit; the threshold is placed half-way between the
 confidence of the last one that exits and the next one (the official code uses the last one's
 confidence itself; the midpoint selects the same samples on the calibration data and does not
@@ -98,20 +98,21 @@ class BudgetPoint:
 
 @dataclass
 class Calibration:
-    split: str
+    split: str  # which images set the thresholds: "val", "train", "official"
     samples: int
     step_macs: list[float]
     points: list[BudgetPoint] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # how those images were chosen
 
     def to_dict(self) -> dict[str, Any]:
         return {"split": self.split, "samples": self.samples, "step_macs": list(self.step_macs),
-                "points": [asdict(p) for p in self.points]}
+                "points": [asdict(p) for p in self.points], "details": dict(self.details)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
         try:
             return cls(d["split"], int(d["samples"]), [float(x) for x in d["step_macs"]],
-                       [BudgetPoint(**p) for p in d["points"]])
+                       [BudgetPoint(**p) for p in d["points"]], dict(d.get("details") or {}))
         except (KeyError, TypeError) as e:
             raise BudgetError(f"stored exit thresholds are malformed ({e})") from None
 
@@ -133,14 +134,15 @@ def _point(conf: torch.Tensor, step_macs: Sequence[float], q: float, budget: int
 
 
 def calibrate(step_logits: torch.Tensor, step_macs: Sequence[float], *,
-              budgets: Sequence[int] | None = None, split: str = "val") -> Calibration:
+              budgets: Sequence[int] | None = None, split: str = "val",
+              details: dict[str, Any] | None = None) -> Calibration:
     """Thresholds of every budget (default all 39) on held-out (T, N, K) all-step logits."""
     conf = confidences(step_logits)
     T = conf.shape[0]
     if len(step_macs) != T:
         raise BudgetError(f"{len(step_macs)} per-step MACs for {T} steps")
     budgets = list(range(1, NUM_BUDGETS + 1)) if budgets is None else list(budgets)
-    cal = Calibration(split, conf.shape[1], [float(m) for m in step_macs])
+    cal = Calibration(split, conf.shape[1], [float(m) for m in step_macs], details=dict(details or {}))
     for b in budgets:
         cal.points.append(_point(conf, step_macs, budget_q(b), b))
     return cal

@@ -1,11 +1,11 @@
-"""The ``gfnet`` command line: ``gfnet train | eval | predict | flops | report | demo``.
+"""The ``gfnet`` command line: ``gfnet train | eval | predict | flops | report | import-official | demo``.
 
 Each subcommand is a function registered in ``COMMANDS`` with the arguments it adds to its
 own subparser, so new subcommands plug in without touching the others. A command only parses
 its arguments, calls the library function that does the work (``gfnet.train.train``,
-``gfnet.evaluate.evaluate_run``, ``gfnet.predict.predict_files``, ``gfnet.flops.config_flops``,
-``gfnet.report.build_report``, ``gfnet.demo.run_demo``) and prints what it returns; errors are
-``GFNetError``s, printed as one line by ``main``.
+``gfnet.evaluate.evaluate_run``, ``gfnet.predict.predict_files``, ``gfnet.flops.flops_summary``,
+``gfnet.report.build_report``, ``gfnet.official.import_official``, ``gfnet.demo.run_demo``) and
+prints what it returns; errors are ``GFNetError``s, printed as one line by ``main``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", action="store_true",
                    help="initialise backbones from torchvision's pretrained weights (may download)")
     p.add_argument("--init-from", metavar="CKPT", default=None,
-                   help="start both encoders from a static baseline's weights (model.init_from)")
+                   help="where the weights start (model.init_from): a static baseline's backbone for both "
+                        "encoders (stage 1), or any gfnet checkpoint, e.g. an imported official one")
     p.add_argument("--seed", type=int, default=None, help="random seed (run.seed)")
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
 
@@ -173,7 +174,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-macs", type=float, action="append", default=[], metavar="M",
                    help="also evaluate thresholds for this average MACs per image, in millions (repeatable)")
     p.add_argument("--recalibrate", action="store_true",
-                   help="recompute the thresholds on the validation split even if the checkpoint has them")
+                   help="recompute the thresholds even if the checkpoint has them, on the calibration split "
+                        "(data.calibration: never the test images)")
     p.add_argument("--no-store", action="store_true", help="do not write the thresholds into the checkpoint")
     p.add_argument("--simulate", action="store_true",
                    help="simulate exits from all-step logits (the official way) instead of the dynamic engine")
@@ -250,6 +252,9 @@ command("predict", "classify images with early exit; pictures of the glance and 
 def _flops_args(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
+    p.add_argument("--checkpoint", metavar="CKPT", default=None,
+                   help="count the model of a gfnet checkpoint instead (an imported official one also "
+                        "shows the release's per-step figures)")
 
 
 def _flops(args: argparse.Namespace) -> int:
@@ -258,16 +263,22 @@ def _flops(args: argparse.Namespace) -> int:
     import json
 
     from .config import size_text
-    from .flops import config_flops, format_table
+    from .flops import flops_summary, format_table
 
-    cfg = config_from_args(args)
-    sf = config_flops(cfg)
+    if args.checkpoint:
+        summary = flops_summary(checkpoint=args.checkpoint)
+    else:
+        summary = flops_summary(config_from_args(args))
+    cfg, sf = summary.cfg, summary.counts
     if args.json:
-        print(json.dumps(sf.to_dict(), indent=2))
+        print(json.dumps(summary.to_dict(), indent=2))
     else:
         m = cfg.model
         print(format_table(sf, f"{cfg.preset}: backbone {m.backbone}, image {size_text(m.image_size)}, "
                                f"patch {m.patch_size}, T={m.max_steps} (per image)"))
+        note = summary.official_text()
+        if note:
+            print(note)
     return 0
 
 
@@ -330,6 +341,48 @@ def _print_report(r: dict) -> None:
 
 _report.add_arguments = _report_args  # type: ignore[attr-defined]
 command("report", "report.md of a run: accuracy vs MACs against the static baseline, throughput, pictures")(_report)
+
+
+# ---------------------------------------------------------------------- import-official
+def _import_official_args(p: argparse.ArgumentParser) -> None:
+    from .official.archs import OFFICIAL_ARCHS
+
+    p.add_argument("checkpoint", metavar="FILE", help="an official GFNet checkpoint (released .pth.tar "
+                                                      "or a file of the official train.py)")
+    p.add_argument("--out", metavar="OUT.pt", required=True, help="the gfnet checkpoint to write")
+    p.add_argument("--arch", choices=sorted(OFFICIAL_ARCHS), default=None,
+                   help="the official model name (needed when the file has no model_name: train.py's files)")
+    p.add_argument("--patch-size", type=int, default=None,
+                   help="patch size P (needed when the file has no patch_size: train.py's --patch_size)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="T of a train.py file (its --T; default: the preset's); released files carry it")
+    p.add_argument("--data", metavar="PATH", default=None,
+                   help="ImageNet-layout folder (train/, val/) stored as the checkpoint's data.root")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="unpickle Python objects besides tensors (only for files you trust)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+
+
+def _import_official(args: argparse.Namespace) -> int:
+    from .official.importer import import_official
+
+    r = import_official(args.checkpoint, args.out, arch=args.arch, patch_size=args.patch_size,
+                        max_steps=args.max_steps, allow_pickle=args.allow_pickle, force=args.force,
+                        data_root=args.data)
+    extra = "".join(f" {k}={v}" for k, v in r.overrides.items())
+    print(f"{r.model_name}, patch {r.patch_size}, T={r.steps} ({r.source_format} checkpoint, stage {r.stage}) "
+          f"-> preset {r.preset}{extra}")
+    print("exit thresholds: " + ("the release's 39 budgets (gfnet eval --recalibrate to set your own)"
+                                 if r.thresholds else "none (gfnet eval calibrates them)"))
+    for n in r.notes:
+        print(f"note: {n}")
+    print(f"wrote {r.out}")
+    return 0
+
+
+_import_official.add_arguments = _import_official_args  # type: ignore[attr-defined]
+command("import-official", "convert an official GFNet checkpoint (released or train.py's) into a gfnet checkpoint"
+        )(_import_official)
 
 
 # ---------------------------------------------------------------------- demo

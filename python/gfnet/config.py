@@ -57,18 +57,27 @@ class ModelConfig:
     glance_align_corners: bool = True
     classifier: str = "gru"  # "gru" (GRU + per-step heads) or "concat" (concat features)
     classifier_hidden: int = 1024  # GRU hidden size
+    # "gru": one linear head shared by every step (the official code) instead of one per step
+    classifier_shared_head: bool = False
+    # "gru": the glance's prediction is the global encoder's own head (official RegNet); the GRU
+    # still reads the glance features. ("concat" always predicts the glance this way.)
+    glance_from_head: bool = False
     policy_state: str = "mlp"  # "mlp" (flatten -> MLP) or "conv" (1x1 conv -> MLP)
-    policy_mlp_width: int = 1024  # first layer width of the "mlp" state encoder
+    policy_mlp_width: int = 1024  # first layer width of the "mlp" state encoder (official: 2048)
     policy_conv_channels: int = 32  # channels of the "conv" state encoder's 1x1 conv
+    policy_conv_bias: bool = True  # a bias on that 1x1 conv (the official one has none)
     policy_hidden: int = 1024  # state embedding and policy GRU cell size
     action_std: float = 0.1  # fixed std of the Gaussian policy
     mean: tuple[float, ...] = IMAGENET_MEAN  # normalisation fused into crop_resize
     std: tuple[float, ...] = IMAGENET_STD
     pretrained: bool = False  # torchvision weights for both encoders (downloads if needed)
-    init_from: str = ""  # a static baseline checkpoint whose backbone initialises both encoders
+    # where a fresh first stage's weights start: a static baseline's backbone for both encoders
+    # (stage 1), or any gfnet checkpoint, e.g. an imported official one (train/warm_start.py)
+    init_from: str = ""
     width: int = 16  # base width of the small "digitnet" backbone (ignored by others)
     # evaluation preprocessing (data loaders, read_image, gfnet predict, gfnet.load): scale the
-    # image to cover image_size / eval_crop_fraction, then centre-crop image_size
+    # image to cover image_size / eval_crop_fraction with eval_interpolation, then centre-crop
+    # image_size (the paper presets: the official per-model settings, timm's crop_pct)
     eval_crop_fraction: float = 0.875
     eval_interpolation: str = "bilinear"  # "bilinear" | "bicubic"
 
@@ -85,6 +94,12 @@ class DataConfig:
     val_fraction: float = 0.0  # imagefolder/cifar: held-out part of train used as val
     keep_aspect: bool = True  # resize images keeping their aspect ratio (cover, then centre-crop)
     # to a non-square model.image_size; false stretches them to it
+    # images the exit thresholds are calibrated on (gfnet eval), never the test images:
+    # "auto" = the val split when it is not the test split, else a random subset of the
+    # training images (the official way); "val" (refused when val is the test split); "train"
+    calibration: str = "auto"
+    calibration_samples: int = 200000  # at most this many training images ("train")
+    calibration_augment: bool = True  # "train": training augmentation on them (as the official)
     # cluttered digits
     digit_size: int = 28
     digit_size_jitter: int = 4  # digit side drawn uniformly in [size - j, size + j]
@@ -100,7 +115,7 @@ class DataConfig:
 class OptimConfig:
     batch_size: int = 256  # global batch (divided over ranks under torchrun)
     epochs_stage1: int = 60
-    epochs_stage2: int = 60
+    epochs_stage2: int = 15  # the official train.py runs PPO for 15 epochs
     epochs_stage3: int = 60
     lr_backbone: float = 0.01
     lr_classifier_stage1: float = 0.1
@@ -110,6 +125,9 @@ class OptimConfig:
     weight_decay: float = 1e-4
     head_loss_weight: float = 1.0  # r: weight of the backbones' own heads in the loss
     freeze_global_stage1: bool = False  # keep the global encoder frozen in stage 1
+    freeze_global_stage3: bool = False  # ... and in stage 3 (official MobileNet/EfficientNet)
+    # stage-3 focus locations: "sample" from the frozen policy (official) or its "mean"
+    stage3_actions: str = "sample"
     schedule_unit: str = "epoch"  # cosine schedule stepped per "epoch" or per "step"
     grad_clip: float = 0.0  # 0 = off
 
@@ -123,6 +141,9 @@ class PPOConfig:
     value_coef: float = 0.5
     entropy_coef: float = 0.01
     normalize_returns: bool = True
+    # clamp sampled actions to [0, 1] before taking their log-probability (official); off:
+    # the log-probability of the raw Gaussian sample (patch extraction clamps either way)
+    clamp_actions: bool = True
 
 
 @dataclass
@@ -202,6 +223,12 @@ class Config:
             raise ConfigError("optim.batch_size must be >= 1")
         if o.schedule_unit not in ("epoch", "step"):
             raise ConfigError("optim.schedule_unit must be 'epoch' or 'step'")
+        if o.stage3_actions not in ("sample", "mean"):
+            raise ConfigError(f"optim.stage3_actions must be 'sample' or 'mean', not {o.stage3_actions!r}")
+        if d.calibration not in ("auto", "val", "train"):
+            raise ConfigError(f"data.calibration must be auto|val|train, not {d.calibration!r}")
+        if d.calibration_samples < 1:
+            raise ConfigError("data.calibration_samples must be >= 1")
         if self.run.amp not in ("auto", "bf16", "fp16", "off"):
             raise ConfigError("run.amp must be auto|bf16|fp16|off")
         for k in (1, 2, 3):
@@ -378,47 +405,57 @@ def get_preset(name: str) -> Config:
     return cfg
 
 
-# The paper's per-family settings (docs/GFNET.md). One table, no if-chains.
+# The official per-family settings (docs/GFNET.md). One table, no if-chains.
 _FAMILY: dict[str, dict[str, dict[str, Any]]] = {
     "resnet": dict(
         model=dict(max_steps=5, glance_mode="bicubic", classifier="gru", classifier_hidden=1024,
-                   policy_state="mlp", policy_mlp_width=1024, policy_hidden=1024),
+                   classifier_shared_head=True, glance_from_head=False,
+                   policy_state="mlp", policy_mlp_width=2048, policy_hidden=1024),
         optim=dict(lr_backbone=0.01, weight_decay=1e-4, head_loss_weight=1.0,
-                   freeze_global_stage1=False, epochs_stage1=60, epochs_stage2=60, epochs_stage3=60),
+                   freeze_global_stage1=False, freeze_global_stage3=False,
+                   epochs_stage1=60, epochs_stage2=15, epochs_stage3=60),
     ),
     "densenet": dict(
         model=dict(max_steps=5, glance_mode="bilinear", classifier="gru", classifier_hidden=1024,
-                   policy_state="mlp", policy_mlp_width=1024, policy_hidden=1024),
+                   classifier_shared_head=True, glance_from_head=False,
+                   policy_state="mlp", policy_mlp_width=2048, policy_hidden=1024),
         optim=dict(lr_backbone=0.01, weight_decay=1e-4, head_loss_weight=1.0,
-                   freeze_global_stage1=False, epochs_stage1=60, epochs_stage2=60, epochs_stage3=60),
+                   freeze_global_stage1=False, freeze_global_stage3=False,
+                   epochs_stage1=60, epochs_stage2=15, epochs_stage3=60),
     ),
     "regnet": dict(
         model=dict(max_steps=5, glance_mode="bilinear", classifier="gru", classifier_hidden=1024,
-                   policy_state="conv", policy_conv_channels=32, policy_hidden=256),
+                   classifier_shared_head=True, glance_from_head=True,
+                   policy_state="conv", policy_conv_channels=32, policy_conv_bias=False, policy_hidden=256),
         optim=dict(lr_backbone=0.02, weight_decay=5e-5, head_loss_weight=1.0,
-                   freeze_global_stage1=False, epochs_stage1=60, epochs_stage2=60, epochs_stage3=60),
+                   freeze_global_stage1=False, freeze_global_stage3=False,
+                   epochs_stage1=60, epochs_stage2=15, epochs_stage3=60),
     ),
     "mobilenet": dict(
         model=dict(max_steps=3, glance_mode="bicubic", classifier="concat",
-                   policy_state="conv", policy_conv_channels=32, policy_hidden=256),
+                   policy_state="conv", policy_conv_channels=32, policy_conv_bias=False, policy_hidden=256),
         optim=dict(lr_backbone=0.005, weight_decay=1e-4, head_loss_weight=5.0,
-                   freeze_global_stage1=True, epochs_stage1=90, epochs_stage2=90, epochs_stage3=90),
+                   freeze_global_stage1=True, freeze_global_stage3=True,
+                   epochs_stage1=90, epochs_stage2=15, epochs_stage3=90),
     ),
     "efficientnet": dict(
         model=dict(max_steps=4, glance_mode="bicubic", classifier="concat",
-                   policy_state="conv", policy_conv_channels=32, policy_hidden=256),
+                   policy_state="conv", policy_conv_channels=32, policy_conv_bias=False, policy_hidden=256),
         optim=dict(lr_backbone=0.005, weight_decay=1e-4, head_loss_weight=5.0,
-                   freeze_global_stage1=True, epochs_stage1=30, epochs_stage2=30, epochs_stage3=30),
+                   freeze_global_stage1=True, freeze_global_stage3=True,
+                   epochs_stage1=30, epochs_stage2=15, epochs_stage3=30),
     ),
 }
 
 
-def _paper_preset(backbone: str, family: str, patch: int, image: int = 224) -> Callable[[], Config]:
+def _paper_preset(backbone: str, family: str, patch: int, image: int, crop: float,
+                  interpolation: str) -> Callable[[], Config]:
     def make() -> Config:
         cfg = Config()
         apply_dict(cfg, copy.deepcopy(_FAMILY[family]))
         apply_dict(cfg, dict(model=dict(backbone=backbone, patch_size=patch, image_size=image,
-                                        num_classes=1000),
+                                        num_classes=1000, eval_crop_fraction=crop,
+                                        eval_interpolation=interpolation),
                              data=dict(dataset="imagefolder", num_workers=8),
                              optim=dict(batch_size=256)))
         return cfg
@@ -426,18 +463,26 @@ def _paper_preset(backbone: str, family: str, patch: int, image: int = 224) -> C
     return make
 
 
-for _bb, _fam, _patches, _img in [
-    ("resnet50", "resnet", (96, 128), 224),
-    ("densenet121", "densenet", (96,), 224),
-    ("regnet_y_600mf", "regnet", (96,), 224),
-    ("regnet_y_800mf", "regnet", (96,), 224),
-    ("regnet_y_1_6gf", "regnet", (96,), 224),
-    ("mobilenet_v3_large", "mobilenet", (96, 128), 224),
-    ("efficientnet_b2", "efficientnet", (128,), 260),
-    ("efficientnet_b3", "efficientnet", (128, 144), 300),
-]:
+# (preset base name, backbone, family, patch sizes, full image size, eval crop fraction,
+#  eval resize interpolation): the models of the official GFNet release. The "_official"
+# backbones are the release's variants where torchvision's model differs (models/backbones.py).
+PAPER_PRESETS = [
+    ("resnet50", "resnet50", "resnet", (96, 128), 224, 0.875, "bilinear"),
+    ("densenet121", "densenet121", "densenet", (96,), 224, 0.875, "bilinear"),
+    ("densenet169", "densenet169", "densenet", (96,), 224, 0.875, "bilinear"),
+    ("densenet201", "densenet201", "densenet", (96,), 224, 0.875, "bilinear"),
+    ("regnet_y_600mf", "regnet_y_600mf", "regnet", (96,), 224, 0.875, "bilinear"),
+    ("regnet_y_800mf", "regnet_y_800mf_official", "regnet", (96,), 224, 0.875, "bilinear"),
+    ("regnet_y_1_6gf", "regnet_y_1_6gf", "regnet", (96,), 224, 0.875, "bilinear"),
+    ("mobilenet_v3_large", "mobilenet_v3_large_official", "mobilenet", (96, 128), 224, 0.875, "bilinear"),
+    ("mobilenet_v3_large_125", "mobilenet_v3_large_125_official", "mobilenet", (128,), 224, 0.875, "bilinear"),
+    ("efficientnet_b2", "efficientnet_b2", "efficientnet", (128,), 260, 0.875, "bicubic"),
+    ("efficientnet_b3", "efficientnet_b3", "efficientnet", (128, 144), 300, 0.904, "bicubic"),
+]
+
+for _name, _bb, _fam, _patches, _img, _crop, _interp in PAPER_PRESETS:
     for _p in _patches:
-        register_preset(f"{_bb}-p{_p}")(_paper_preset(_bb, _fam, _p, _img))
+        register_preset(f"{_name}-p{_p}")(_paper_preset(_bb, _fam, _p, _img, _crop, _interp))
 
 
 @register_preset("digits")
@@ -456,5 +501,13 @@ def _digits() -> Config:
                    lr_backbone=0.05, lr_classifier_stage1=0.1, lr_classifier_stage3=0.05,
                    weight_decay=5e-5, head_loss_weight=1.0, schedule_unit="step"),
         ppo=dict(lr=1e-3),
+    ))
+    # This preset's own recipe, kept where it differs from the official defaults: one head per
+    # GRU step, a biased 1x1 policy conv, stage 3 on the policy's mean locations, unclamped
+    # PPO samples (image files are taken whole: eval_crop_fraction 1.0 above).
+    apply_dict(cfg, dict(
+        model=dict(classifier_shared_head=False, glance_from_head=False, policy_conv_bias=True),
+        optim=dict(stage3_actions="mean", freeze_global_stage3=False),
+        ppo=dict(clamp_actions=False),
     ))
     return cfg

@@ -5,7 +5,8 @@
 1. train the static baseline (the backbone on the full image) -> OUT/baseline.pt;
 2. train GFNet through its three stages, both encoders starting from that baseline (the paper
    starts them from ImageNet-trained weights: the network a user already has);
-3. calibrate exit thresholds on the validation split and evaluate every budget on the test
+3. calibrate exit thresholds on held-out images (``data.calibration``: the validation split
+   when it is not the test split, as for digits) and evaluate every budget on the test
    split -> OUT/eval/;
 4. the report: throughput of the dynamic engine against all steps and the baseline, pictures
    -> OUT/report.md, OUT/report.json, OUT/report/.
@@ -54,7 +55,7 @@ def run_demo(cfg: Config, out: str | Path, *, images: int = 8, passes: int = 3,
     train(gf_cfg, out, [1, 2, 3], resume=True)  # finished stages are skipped
     # simulate: every budget's exits from one all-step pass (the same numbers as the dynamic
     # engine, which the tests check); the report runs the dynamic engine itself for throughput.
-    step(3, "calibrate thresholds on the validation split, evaluate every budget on the test split")
+    step(3, "calibrate thresholds on held-out images (never the test split), evaluate every budget on the test split")
     evaluate_run(out, baseline=baseline, simulate=True, device=cfg.run.device, log=log)
     step(4, "report: throughput of the dynamic engine vs all steps vs the baseline, pictures")
     return build_report(out, device=pick_device(cfg.run.device), num_images=images, passes=passes)

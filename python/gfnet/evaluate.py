@@ -2,12 +2,15 @@
 
     summary = evaluate_run("runs/digits", budgets=[1, 20, 39], log=print)
 
-1. exit thresholds for every budget (1 .. 39) are calibrated on the validation split (or read
-   from the checkpoint, where an earlier evaluation stored them) and stored in the checkpoint;
+1. exit thresholds for every budget (1 .. 39) are calibrated on the calibration split
+   (``data.calibration.calibration_split``: never the test images) or read from the checkpoint,
+   where an earlier evaluation (or ``gfnet import-official``: the release's thresholds) stored
+   them, and stored in the checkpoint; eval.json records which images set them;
 2. each asked budget (and each target average MACs) is evaluated on the test split, by the
    dynamic engine or, with ``simulate=True``, by simulating exits on all-step logits;
 3. ``OUT/eval.json`` (the summary returned), ``OUT/eval.csv`` (a row per budget) and
-   ``OUT/eval.png`` (accuracy against average MACs) are written.
+   ``OUT/eval.png`` (accuracy against average MACs) are written. For an imported official
+   checkpoint the release's own per-step MACs and accuracy go beside ours (``official``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .budget import (
@@ -32,7 +36,9 @@ from .budget import (
     thresholds_for_macs,
 )
 from .checkpoint import load_baseline_checkpoint, load_checkpoint_model, resolve_checkpoint
+from .config import Config
 from .data import build_datasets
+from .data.calibration import CalibrationSplit, calibration_split, val_is_test
 from .device import pick_device, set_threads
 from .errors import GFNetError
 from .flops import count_step_flops, format_table
@@ -50,10 +56,12 @@ def eval_loader(ds: Dataset, batch_size: int) -> DataLoader:
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
 
 
-def _usable_calibration(ck: dict[str, Any], step_macs: list[float],
-                        budgets: Sequence[int] | None) -> Calibration | None:
-    """The thresholds an earlier evaluation stored in ``ck``, unless they were calibrated for
-    other step costs (another model) or miss one of ``budgets``."""
+def _usable_calibration(ck: dict[str, Any], cfg: Config, step_macs: list[float],
+                        budgets: Sequence[int] | None, log: Log) -> Calibration | None:
+    """The thresholds an earlier evaluation (or the import of an official checkpoint) stored in
+    ``ck``, unless they were calibrated for other step costs (another model), miss one of
+    ``budgets``, or were set on a val split that is also the test split (checkpoints from before
+    calibration splits were recorded)."""
     cal = stored_calibration(ck)
     if cal is None:
         return None
@@ -61,6 +69,10 @@ def _usable_calibration(ck: dict[str, Any], step_macs: list[float],
         return None
     have = {p.budget for p in cal.points}
     if any(b not in have for b in budgets or range(1, NUM_BUDGETS + 1)):
+        return None
+    if cal.split == "val" and not cal.details and val_is_test(cfg):
+        log("the stored thresholds were calibrated on the val split, which is the test split here: "
+            "calibrating again on other images")
         return None
     return cal
 
@@ -98,29 +110,31 @@ def evaluate_run(checkpoint: str | Path, *, out: str | Path | None = None, data_
         if not (step_macs[0] <= t <= sum(step_macs)):
             raise GFNetError(f"--target-macs {t / 1e6:g} M is out of range: between the glance alone "
                              f"({step_macs[0] / 1e6:.3f} M) and all steps ({sum(step_macs) / 1e6:.3f} M)")
-    ds = build_datasets(cfg, ("val", "test"))
+    ds = build_datasets(cfg, ("test",))
     bs = batch_size or cfg.run.eval_batch_size or cfg.optim.batch_size
     out_dir = Path(out) if out else ck_path.parent / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    def val_logits():
-        return collect_anytime(model, eval_loader(ds["val"], bs), device=dev, max_batches=max_batches)[0]
+    def calibration_logits() -> tuple[torch.Tensor, CalibrationSplit]:
+        split = calibration_split(cfg)  # never the test images
+        return collect_anytime(model, eval_loader(split.dataset, bs), device=dev, max_batches=max_batches)[0], split
 
-    cal = None if recalibrate else _usable_calibration(ck, step_macs, budgets)
+    cal = None if recalibrate else _usable_calibration(ck, cfg, step_macs, budgets, log)
     logits = None
     if cal is None:
-        logits = val_logits()
-        cal = calibrate(logits, step_macs)  # all 39 budgets: cheap once the logits are there
+        logits, split = calibration_logits()
+        # all 39 budgets: cheap once the logits are there
+        cal = calibrate(logits, step_macs, split=split.split, details=split.details)
         if store:
             store_calibration(ck_path, cal)
-        log(f"calibrated {len(cal.points)} budgets on {cal.samples} validation images"
+        log(f"calibrated {len(cal.points)} budgets on {split.describe()}"
             + (f" (stored in {ck_path})" if store else ""))
     else:
-        log(f"using the thresholds stored in {ck_path} ({len(cal.points)} budgets, {cal.samples} "
-            f"{cal.split} images)")
+        what = cal.details.get("source") or f"{cal.samples} {cal.split} images"
+        log(f"using the thresholds stored in {ck_path} ({len(cal.points)} budgets, {what})")
     points = [p for p in cal.points if budgets is None or p.budget in budgets]
     if target_macs:
-        logits = logits if logits is not None else val_logits()
+        logits = logits if logits is not None else calibration_logits()[0]
         points += [thresholds_for_macs(logits, step_macs, t) for t in target_macs]
 
     test_loader = eval_loader(ds["test"], bs)
@@ -139,9 +153,16 @@ def evaluate_run(checkpoint: str | Path, *, out: str | Path | None = None, data_
         "checkpoint": str(ck_path), "preset": cfg.preset, "engine": "simulated" if simulate else "dynamic",
         "test_samples": int(labels.numel()), "step_macs": step_macs, "step_flops": [2 * m for m in step_macs],
         "static_macs": sf.static_macs, "anytime_accuracy": step_acc, "calibration_split": cal.split,
+        "calibration": {"split": cal.split, "samples": cal.samples, **cal.details},
         "baseline_accuracy": baseline_acc, "baseline_macs": plotted[0] if plotted else None,
         "budgets": rows,
     }
+    official = ck.get("official")
+    if official:  # an imported official checkpoint: the release's figures beside ours
+        from .official.figures import comparison_rows
+
+        summary["official"] = {"model_name": official.get("model_name"),
+                               "per_step": comparison_rows(official, step_macs, step_acc)}
     (out_dir / "eval.json").write_text(json.dumps(summary, indent=2))
     _write_csv(out_dir / "eval.csv", rows, len(step_macs))
     from .viz import plot_accuracy_vs_flops
@@ -150,6 +171,10 @@ def evaluate_run(checkpoint: str | Path, *, out: str | Path | None = None, data_
                            step_macs_cum=sf.cumulative_macs, step_acc=step_acc, baseline=plotted,
                            title=f"GFNet {cfg.preset}: accuracy vs average MACs")
     log(format_table(sf, f"per-step cost ({cfg.preset})"))
+    if official:
+        from .official.figures import format_comparison
+
+        log(format_comparison(official, step_macs, step_acc))
     for line in summary_lines(summary):
         log(line)
     log(f"wrote {out_dir / 'eval.json'}, {out_dir / 'eval.csv'}, {out_dir / 'eval.png'}")

@@ -28,6 +28,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -219,6 +220,47 @@ def config_flops(cfg) -> StepFlops:
     return count_step_flops(model)
 
 
+@dataclass
+class FlopsSummary:
+    """What ``gfnet flops`` reports: the per-step counts of a config's or a checkpoint's model and,
+    for a model of the official release, the release's figures beside them."""
+
+    cfg: Any  # the Config whose model was counted
+    counts: StepFlops
+    official: dict[str, Any] | None = None  # an imported official checkpoint's figures ("official")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.counts.to_dict()
+        if self.official:
+            from .official.figures import official_step_macs
+
+            d["official_cumulative_macs"] = official_step_macs(self.official)
+        return d
+
+    def official_text(self) -> str:
+        """An imported checkpoint's own per-step figures beside ours; for a preset of an official
+        model, what is known of it (the paper's approximate figures); "" otherwise."""
+        from .official.figures import format_comparison, paper_note
+
+        if self.official:
+            return format_comparison(self.official, [float(m) for m in self.counts.macs])
+        return paper_note(self.cfg.preset) if self.cfg.preset else ""
+
+
+def flops_summary(cfg=None, *, checkpoint: str | Path | None = None) -> FlopsSummary:
+    """Per-step counts of the model a config describes (random weights: the counts do not
+    depend on them) or, given ``checkpoint`` (a file or run folder), of that checkpoint's model,
+    with the release's own figures when it is an imported official one."""
+    if checkpoint is not None:
+        from .checkpoint import load_checkpoint_model
+
+        model, cfg, ck = load_checkpoint_model(checkpoint)
+        return FlopsSummary(cfg, count_step_flops(model), ck.get("official"))
+    if cfg is None:
+        raise ValueError("flops_summary needs a config or a checkpoint")
+    return FlopsSummary(cfg, config_flops(cfg))
+
+
 @functools.lru_cache(maxsize=8)
 def _preset_flops(preset: str, overrides: tuple[str, ...]) -> StepFlops:
     from .config import build_config
@@ -267,5 +309,5 @@ def format_table(sf: StepFlops, title: str = "") -> str:
     return "\n".join(lines)
 
 
-__all__ = ["StepFlops", "average_macs", "config_flops", "count_step_flops", "format_table", "fvcore_macs",
-           "preset_flops", "reached_from_exits", "torch_flops"]
+__all__ = ["FlopsSummary", "StepFlops", "average_macs", "config_flops", "count_step_flops", "flops_summary",
+           "format_table", "fvcore_macs", "preset_flops", "reached_from_exits", "torch_flops"]

@@ -7,10 +7,12 @@ from gfnet.errors import ConfigError
 
 PAPER = {
     "resnet50-p96": (96, 5, 224), "resnet50-p128": (128, 5, 224), "densenet121-p96": (96, 5, 224),
+    "densenet169-p96": (96, 5, 224), "densenet201-p96": (96, 5, 224),
     "regnet_y_600mf-p96": (96, 5, 224), "regnet_y_800mf-p96": (96, 5, 224),
     "regnet_y_1_6gf-p96": (96, 5, 224), "mobilenet_v3_large-p96": (96, 3, 224),
-    "mobilenet_v3_large-p128": (128, 3, 224), "efficientnet_b2-p128": (128, 4, 260),
-    "efficientnet_b3-p128": (128, 4, 300), "efficientnet_b3-p144": (144, 4, 300),
+    "mobilenet_v3_large-p128": (128, 3, 224), "mobilenet_v3_large_125-p128": (128, 3, 224),
+    "efficientnet_b2-p128": (128, 4, 260), "efficientnet_b3-p128": (128, 4, 300),
+    "efficientnet_b3-p144": (144, 4, 300),
 }
 
 
@@ -32,6 +34,16 @@ def test_family_settings():
     assert res.model.classifier == "gru" and res.model.policy_state == "mlp"
     assert res.model.classifier_hidden == 1024 and res.ppo.gamma == 0.7 and res.ppo.clip == 0.2
     assert get_preset("regnet_y_600mf-p96").optim.weight_decay == 5e-5
+    assert res.model.policy_mlp_width == 2048 and res.model.classifier_shared_head  # as the official code
+    assert get_preset("regnet_y_800mf-p96").model.backbone == "regnet_y_800mf_official"
+    assert mob.model.backbone == "mobilenet_v3_large_official" and mob.optim.freeze_global_stage3
+
+
+def test_digits_keeps_its_own_recipe():
+    d = get_preset("digits")
+    assert d.optim.stage3_actions == "mean" and not d.ppo.clamp_actions
+    assert not d.model.classifier_shared_head and d.model.policy_conv_bias
+    assert (d.model.eval_crop_fraction, d.model.eval_interpolation) == (1.0, "bicubic")
 
 
 def test_overrides_dotted_bare_and_typed():

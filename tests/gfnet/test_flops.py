@@ -1,4 +1,4 @@
-"""Per-step FLOPs against the paper's figures (docs/GFNET.md) and torch's own counter.
+"""Per-step FLOPs against the paper's figures (read off its plots; docs/GFNET.md) and torch's own counter.
 
 Which figures the per-step MACs must match, and why:
 - The static baselines (MobileNet-V3-L ~217 M, ResNet-50 ~4.1 G MACs at 224) are the backbone

@@ -51,18 +51,21 @@ def model_eval_transform(cfg: Config) -> EvalTransform:
     return eval_transform(m.image_size, m.eval_crop_fraction, m.eval_interpolation, cfg.data.keep_aspect)
 
 
-def train_transform(image_size: int | tuple[int, int], keep_aspect: bool = True):
+def train_transform(image_size: int | tuple[int, int], keep_aspect: bool = True, interpolation: str = "bilinear"):
     """ImageNet-style training augmentation to (H, W): a random crop of 8 % - 100 % of the image
     with aspect ratio 3/4 - 4/3 (times W / H when ``keep_aspect``, so a non-square output is not
-    stretched on average), resized to (H, W), flipped half the time; uint8 (C, H, W) out."""
+    stretched on average), resized to (H, W) with ``interpolation``, flipped half the time; uint8
+    (C, H, W) out."""
     from torchvision import transforms as T
+    from torchvision.transforms import InterpolationMode
 
     H, W = image_hw(image_size)
     ratio = (3 / 4, 4 / 3)
     if keep_aspect:
         ratio = (ratio[0] * W / H, ratio[1] * W / H)
-    return T.Compose([T.RandomResizedCrop((H, W), ratio=ratio, antialias=True), T.RandomHorizontalFlip(),
-                      T.PILToTensor()])
+    mode = InterpolationMode.BICUBIC if interpolation == "bicubic" else InterpolationMode.BILINEAR
+    return T.Compose([T.RandomResizedCrop((H, W), ratio=ratio, interpolation=mode, antialias=True),
+                      T.RandomHorizontalFlip(), T.PILToTensor()])
 
 
 def cifar_train_transform(image_size: int | tuple[int, int], keep_aspect: bool = True):
@@ -93,7 +96,9 @@ class _RGB:
         return img.convert("RGB")
 
 
-def image_folder(root: str, split_dir: str, cfg: Config, train: bool) -> Dataset:
+def image_folder(root: str, split_dir: str, cfg: Config, train: bool, transform=None) -> Dataset:
+    """The images of ``<root>/<split_dir>`` with the training augmentation (``train``) or the
+    config's evaluation transform; ``transform``: another transform instead of either."""
     from torchvision import datasets
     from torchvision import transforms as T
 
@@ -103,8 +108,9 @@ def image_folder(root: str, split_dir: str, cfg: Config, train: bool) -> Dataset
     _check_folder(Path(root), "data")
     _check_folder(path, f"{split_dir!r} split")
     try:
-        transform = (train_transform(cfg.model.image_size, cfg.data.keep_aspect) if train
-                     else model_eval_transform(cfg))
+        if transform is None:
+            transform = (train_transform(cfg.model.image_size, cfg.data.keep_aspect) if train
+                         else model_eval_transform(cfg))
         return datasets.ImageFolder(str(path), transform=T.Compose([_RGB(), transform]))
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"cannot read image folder {str(path)!r}: {e}") from None
@@ -128,17 +134,46 @@ def cifar(name: str, root: str, train: bool, cfg: Config, download: bool,
         raise DataError(f"{name} not found under {root!r}{hint}: {e}") from None
 
 
+def held_out_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(the rest, the held-out ``fraction``) of the indices 0 .. n-1, fixed by ``seed``."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    k = max(1, int(round(fraction * n)))
+    return perm[k:], perm[:k]
+
+
 def held_out_split(train: Dataset, held_out_view: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """(the rest of ``train``, the held-out ``fraction``) of one set of images, fixed by ``seed``:
     ``held_out_view`` is the same images with evaluation transforms (no augmentation)."""
-    n = len(train)  # type: ignore[arg-type]
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    k = max(1, int(round(fraction * n)))
-    return Subset(train, perm[k:]), Subset(held_out_view, perm[:k])
+    rest, held = held_out_indices(len(train), fraction, seed)  # type: ignore[arg-type]
+    return Subset(train, rest), Subset(held_out_view, held)
+
+
+def _not_held_out(cfg: Config, n: int) -> list[int]:
+    """The indices of the n training images that ``data.val_fraction`` does not hold out."""
+    d = cfg.data
+    return sorted(held_out_indices(n, d.val_fraction, d.split_seed)[0]) if d.val_fraction > 0 else list(range(n))
+
+
+def _image_folder_val_is_test(cfg: Config) -> bool:
+    """val/ is scored as the test split too, unless val_fraction holds training images out as
+    the val split or test_dir names another folder."""
+    d = cfg.data
+    return d.val_fraction <= 0 and (not d.test_dir or d.test_dir.rstrip("/") == d.val_dir.rstrip("/"))
+
+
+def _image_folder_calibration(cfg: Config, augment: bool) -> tuple[Dataset, list[int]]:
+    """The training folder for the exit-threshold calibration: augmented as the official
+    calibration does (random crops resized with the model's evaluation interpolation), or
+    through the evaluation transform."""
+    d, m = cfg.data, cfg.model
+    tf = train_transform(m.image_size, d.keep_aspect, m.eval_interpolation) if augment else model_eval_transform(cfg)
+    ds = image_folder(d.root, d.train_dir, cfg, train=augment, transform=tf)
+    return ds, _not_held_out(cfg, len(ds))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------- registered data sets
-@register_dataset("imagefolder", channels=3)
+@register_dataset("imagefolder", channels=3, val_is_test=_image_folder_val_is_test,
+                  calibration_images=_image_folder_calibration)
 def build_image_folder(cfg: Config, splits: tuple[str, ...]) -> dict[str, Dataset]:
     """``<root>/<train_dir>/<class>/*`` and ``<root>/<val_dir>/...`` (ImageNet layout); the test
     split is ``test_dir`` if set, else the validation folder; ``val_fraction`` > 0 holds part
@@ -160,7 +195,13 @@ def build_image_folder(cfg: Config, splits: tuple[str, ...]) -> dict[str, Datase
 
 
 def _register_cifar(name: str, num_classes: int) -> None:
-    @register_dataset(name, channels=3, num_classes=num_classes)
+    def calibration_images(cfg: Config, augment: bool) -> tuple[Dataset, list[int]]:
+        ds = cifar(name, cfg.data.root, True, cfg, cfg.data.download, augment=augment)
+        return ds, _not_held_out(cfg, len(ds))  # type: ignore[arg-type]
+
+    @register_dataset(name, channels=3, num_classes=num_classes,
+                      val_is_test=lambda cfg: cfg.data.val_fraction <= 0,  # the test split doubles as val
+                      calibration_images=calibration_images)
     def build(cfg: Config, splits: tuple[str, ...]) -> dict[str, Dataset]:
         """torchvision's CIFAR (downloaded only with data.download=true); the test split doubles
         as the validation split unless ``val_fraction`` > 0 holds part of train out."""

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 SPLITS = ("train", "val", "test")
 
 DatasetBuilder = Callable[["Config", tuple[str, ...]], dict[str, Dataset]]
+# (cfg, augment) -> (training images, with the training augmentation or the evaluation
+# transform, and the indices of those not held out as the val split)
+CalibrationImages = Callable[["Config", bool], tuple[Dataset, list[int]]]
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,11 @@ class DatasetEntry:
     channels: int | None = None  # image channels, when fixed: model.in_channels must match
     num_classes: int | None = None  # classes, when fixed: model.num_classes must match
     class_names: tuple[str, ...] | None = None  # the classes' names, when the data fixes them
+    # exit-threshold calibration (data/calibration.py): whether the val split holds the test
+    # images under a config (None: never), and the training images to calibrate on (None: the
+    # training split as built, taken as it is, without augmentation of its own)
+    val_is_test: Callable[[Config], bool] | None = None
+    calibration_images: CalibrationImages | None = None
 
     def check_model(self, m: ModelConfig) -> None:
         """DataError naming the config field when the model does not fit the data."""
@@ -52,15 +60,20 @@ DATASETS: Registry[DatasetEntry] = Registry("data set", "data.dataset")
 
 
 def register_dataset(name: str, *, channels: int | None = None, num_classes: int | None = None,
-                     class_names: Sequence[str] | None = None) -> Callable[[DatasetBuilder], DatasetBuilder]:
+                     class_names: Sequence[str] | None = None, val_is_test: Callable[[Config], bool] | None = None,
+                     calibration_images: CalibrationImages | None = None
+                     ) -> Callable[[DatasetBuilder], DatasetBuilder]:
     """Decorator on ``build(cfg, splits) -> {split: data set}``; ``channels`` / ``num_classes``:
     what the model must have when the data fixes them; ``class_names``: the names of the
     classes when the data fixes them (otherwise a built data set's ``classes`` attribute names
-    them, as torchvision's do)."""
+    them, as torchvision's do); ``val_is_test`` and ``calibration_images``: see ``DatasetEntry``
+    (a data set whose val split can be its test split, or whose training split is augmented,
+    gives them)."""
 
     def deco(fn: DatasetBuilder) -> DatasetBuilder:
         names = tuple(class_names) if class_names is not None else None
-        DATASETS.add(name, DatasetEntry(name, fn, channels, num_classes, names))
+        DATASETS.add(name, DatasetEntry(name, fn, channels, num_classes, names, val_is_test,
+                                        calibration_images))
         return fn
 
     return deco

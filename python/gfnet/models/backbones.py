@@ -70,19 +70,56 @@ def build_backbone(name: str, *, num_classes: int, in_channels: int = 3, pretrai
 
 
 # ---------------------------------------------------------------------- torchvision
-def _regnet_y_600mf() -> nn.Module:
-    """RegNetY-600MF (the paper's; torchvision ships 400MF and 800MF but not this one), built
-    from torchvision's RegNet pieces with the pycls design parameters. No pretrained weights."""
-    from functools import partial
+def regnet_stage_params(depth: int, w_0: int, w_a: float, w_m: float, group_width: int,
+                        quant: int = 8) -> tuple[list[int], list[int], list[int]]:
+    """(stage widths, stage depths, group widths) of a RegNet design, quantised as pycls does
+    (the official GFNet release builds its RegNet-Y models with pycls).
 
-    from torchvision.models.regnet import BlockParams, RegNet
+    Block j gets the width w_0 * w_m ** round(log((w_0 + w_a j) / w_0) / log(w_m)) rounded to a
+    multiple of ``quant``; runs of equal widths form the stages; each stage width is then
+    rounded to a multiple of its group width with Python's round (half to even). torchvision's
+    builder rounds that last step up instead (its _make_divisible), which changes some widths:
+    RegNetY-800MF is [64, 128, 320, 768] here and [64, 144, 320, 784] in torchvision.
+    """
+    import math
 
-    params = BlockParams.from_init_params(depth=15, w_0=48, w_a=32.54, w_m=2.32, group_width=16,
-                                          se_ratio=0.25)
-    return RegNet(params, norm_layer=partial(nn.BatchNorm2d, eps=1e-05, momentum=0.1))
+    widths: list[int] = []
+    depths: list[int] = []
+    for j in range(depth):
+        k = round(math.log((w_0 + w_a * j) / w_0) / math.log(w_m))
+        w = int(round(w_0 * w_m ** k / quant) * quant)
+        if widths and widths[-1] == w:
+            depths[-1] += 1
+        else:
+            widths.append(w)
+            depths.append(1)
+    groups = [min(group_width, w) for w in widths]
+    widths = [int(round(w / g) * g) for w, g in zip(widths, groups)]
+    return widths, depths, groups
 
 
-_CUSTOM_TV = {"regnet_y_600mf": _regnet_y_600mf}
+def _regnet_y(depth: int, w_0: int, w_a: float, w_m: float, group_width: int) -> Callable[[], nn.Module]:
+    """A RegNet-Y (SE ratio 0.25, bottleneck 1, stride 2 per stage) from torchvision's pieces
+    with pycls's stage widths. No pretrained weights."""
+    def make() -> nn.Module:
+        from functools import partial
+
+        from torchvision.models.regnet import BlockParams, RegNet
+
+        widths, depths, groups = regnet_stage_params(depth, w_0, w_a, w_m, group_width)
+        params = BlockParams(depths, widths, groups, [1.0] * len(widths), [2] * len(widths), se_ratio=0.25)
+        return RegNet(params, norm_layer=partial(nn.BatchNorm2d, eps=1e-05, momentum=0.1))
+
+    return make
+
+
+# The paper's RegNetY-600MF (torchvision ships 400MF and 800MF but not this one) and the
+# official release's RegNetY-800MF (pycls widths; torchvision's regnet_y_800mf differs).
+_regnet_y_600mf = _regnet_y(15, 48, 32.54, 2.32, 16)
+_regnet_y_800mf_official = _regnet_y(14, 56, 38.84, 2.4, 16)
+
+
+_CUSTOM_TV = {"regnet_y_600mf": _regnet_y_600mf, "regnet_y_800mf_official": _regnet_y_800mf_official}
 
 
 def _tv_model(name: str, pretrained: bool) -> nn.Module:
@@ -134,13 +171,19 @@ def resnet50(num_classes: int, in_channels: int = 3, pretrained: bool = False, *
     return Backbone(body, 2048, 2048, _head(m.fc, num_classes), family="resnet")
 
 
-@register_backbone("densenet121")
-def densenet121(num_classes: int, in_channels: int = 3, pretrained: bool = False, **_) -> Backbone:
-    m = _tv_model("densenet121", pretrained)
-    m.features.conv0 = _adapt_first_conv(m.features.conv0, in_channels)
-    d = m.classifier.in_features
-    return Backbone(m.features, d, d, _head(m.classifier, num_classes),
-                    fmap_act=nn.ReLU(inplace=False), family="densenet")
+def _densenet(name: str) -> BackboneFn:
+    def build(num_classes: int, in_channels: int = 3, pretrained: bool = False, **_) -> Backbone:
+        m = _tv_model(name, pretrained)
+        m.features.conv0 = _adapt_first_conv(m.features.conv0, in_channels)
+        d = m.classifier.in_features
+        return Backbone(m.features, d, d, _head(m.classifier, num_classes),
+                        fmap_act=nn.ReLU(inplace=False), family="densenet")
+
+    return build
+
+
+for _name in ("densenet121", "densenet169", "densenet201"):
+    register_backbone(_name)(_densenet(_name))
 
 
 def _regnet(name: str) -> BackboneFn:
@@ -154,7 +197,8 @@ def _regnet(name: str) -> BackboneFn:
     return build
 
 
-for _name in ("regnet_y_400mf", "regnet_y_600mf", "regnet_y_800mf", "regnet_y_1_6gf"):
+for _name in ("regnet_y_400mf", "regnet_y_600mf", "regnet_y_800mf", "regnet_y_800mf_official",
+              "regnet_y_1_6gf"):
     register_backbone(_name)(_regnet(_name))
 
 
@@ -174,6 +218,74 @@ def _mobilenet_v3(name: str) -> BackboneFn:
 
 for _name in ("mobilenet_v3_large", "mobilenet_v3_small"):
     register_backbone(_name)(_mobilenet_v3(_name))
+
+
+# MobileNet-V3-Large as the official GFNet release builds it (gen-efficientnet): per stage
+# (kernel, expansion ratio, output channels, squeeze-excite, hard-swish, stride) of each block.
+_MBV3_LARGE = [
+    (3, 1.0, 16, False, False, 1),
+    (3, 4.0, 24, False, False, 2), (3, 3.0, 24, False, False, 1),
+    (5, 3.0, 40, True, False, 2), (5, 3.0, 40, True, False, 1), (5, 3.0, 40, True, False, 1),
+    (3, 6.0, 80, False, True, 2), (3, 2.5, 80, False, True, 1), (3, 2.3, 80, False, True, 1),
+    (3, 2.3, 80, False, True, 1),
+    (3, 6.0, 112, True, True, 1), (3, 6.0, 112, True, True, 1),
+    (5, 6.0, 160, True, True, 2), (5, 6.0, 160, True, True, 1), (5, 6.0, 160, True, True, 1),
+]
+
+
+def _make_divisible(v: float, divisor: int = 8) -> int:
+    """Nearest multiple of ``divisor`` (at least ``divisor``), never more than 10 % below v."""
+    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new + divisor if new < 0.9 * v else new
+
+
+def _mobilenet_v3_large_official(width: float) -> Callable[[bool], nn.Module]:
+    """The release's MobileNet-V3-Large at ``width``: batch norm eps 1e-5 and momentum 0.1
+    (torchvision: 1e-3, 0.01); every channel count scaled and rounded from the base network
+    block by block, an expansion as make_divisible(block input x ratio) (torchvision scales
+    the base expansion instead: 248 vs the release's 264 channels in a 1.25 block); a 1280-wide
+    head at every width (torchvision scales it). The head is a 1x1 conv on the pooled features
+    in the release and a Linear here: the same map, its weight reshaped on import."""
+    def make(pretrained: bool) -> nn.Module:
+        from functools import partial
+
+        from torchvision.models.mobilenetv3 import InvertedResidualConfig, MobileNetV3
+
+        if pretrained and width != 1.0:
+            raise ConfigError(f"no pretrained weights for MobileNet-V3-Large at width {width}")
+        cin = _make_divisible(16 * width)
+        setting = []
+        for k, ratio, cout, se, hs, stride in _MBV3_LARGE:
+            out = _make_divisible(cout * width)
+            mid = cin if ratio == 1.0 else _make_divisible(cin * ratio)
+            setting.append(InvertedResidualConfig(cin, k, mid, out, se, "HS" if hs else "RE", stride, 1, 1.0))
+            cin = out
+        m = MobileNetV3(setting, last_channel=1280,
+                        norm_layer=partial(nn.BatchNorm2d, eps=1e-5, momentum=0.1))
+        if pretrained:
+            import torchvision
+
+            weights = torchvision.models.get_model_weights("mobilenet_v3_large").DEFAULT
+            m.load_state_dict(weights.get_state_dict(progress=True))
+        return m
+
+    return make
+
+
+def _mobilenet_v3_official(width: float) -> BackboneFn:
+    def build(num_classes: int, in_channels: int = 3, pretrained: bool = False, **_) -> Backbone:
+        m = _mobilenet_v3_large_official(width)(pretrained)
+        m.features[0][0] = _adapt_first_conv(m.features[0][0], in_channels)
+        neck = nn.Sequential(*[_no_inplace(c) for c in list(m.classifier.children())[:-1]])
+        last = m.classifier[-1]
+        return Backbone(m.features, last.in_features, m.classifier[0].in_features,
+                        _head(last, num_classes), neck=neck, family="mobilenet")
+
+    return build
+
+
+register_backbone("mobilenet_v3_large_official")(_mobilenet_v3_official(1.0))
+register_backbone("mobilenet_v3_large_125_official")(_mobilenet_v3_official(1.25))
 
 
 def _efficientnet(name: str) -> BackboneFn:

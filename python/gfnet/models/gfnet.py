@@ -59,20 +59,29 @@ class StepOutput:
 
 
 class GRUClassifier(nn.Module):
-    """GRU over the steps' features + one linear head per step (ResNet/DenseNet/RegNet)."""
+    """GRU over the steps' features + a linear head (ResNet/DenseNet/RegNet).
 
-    def __init__(self, feature_dim: int, hidden: int, num_classes: int, steps: int):
+    ``shared_head``: one head for every step (the official code) instead of one per step.
+    ``glance_from_head``: step 1's prediction is the global encoder's own head on the glance
+    features (the official RegNet); the GRU still reads them.
+    """
+
+    def __init__(self, feature_dim: int, hidden: int, num_classes: int, steps: int, *,
+                 shared_head: bool = False, glance_from_head: bool = False):
         super().__init__()
         self.gru = nn.GRUCell(feature_dim, hidden)
-        self.heads = nn.ModuleList(nn.Linear(hidden, num_classes) for _ in range(steps))
+        self.heads = nn.ModuleList(nn.Linear(hidden, num_classes) for _ in range(1 if shared_head else steps))
         self.hidden = hidden
+        self.glance_from_head = glance_from_head
 
     def init_state(self, n: int, device, dtype) -> torch.Tensor:
         return torch.zeros(n, self.hidden, device=device, dtype=dtype)
 
     def forward(self, feat: torch.Tensor, state: torch.Tensor, step: int, glance_head: nn.Module):
         h = self.gru(feat, state.to(feat.dtype))
-        return self.heads[step](h), h
+        if step == 0 and self.glance_from_head:
+            return glance_head(feat), h
+        return self.heads[min(step, len(self.heads) - 1)](h), h
 
 
 class ConcatClassifier(nn.Module):
@@ -112,12 +121,13 @@ class GFNet(nn.Module):
         d = self.local_encoder.feature_dim
         if cfg.classifier == "gru":
             self.classifier: nn.Module = GRUClassifier(d, cfg.classifier_hidden, cfg.num_classes,
-                                                       cfg.max_steps)
+                                                       cfg.max_steps, shared_head=cfg.classifier_shared_head,
+                                                       glance_from_head=cfg.glance_from_head)
         else:
             self.classifier = ConcatClassifier(d, cfg.num_classes, cfg.max_steps)
         self.policy = ActorCritic(fmap_shape, state=cfg.policy_state, mlp_width=cfg.policy_mlp_width,
-                                  conv_channels=cfg.policy_conv_channels, hidden=cfg.policy_hidden,
-                                  action_std=cfg.action_std)
+                                  conv_channels=cfg.policy_conv_channels, conv_bias=cfg.policy_conv_bias,
+                                  hidden=cfg.policy_hidden, action_std=cfg.action_std)
         self.register_buffer("_mean", torch.tensor(cfg.mean, dtype=torch.float32), persistent=False)
         self.register_buffer("_std", torch.tensor(cfg.std, dtype=torch.float32), persistent=False)
 

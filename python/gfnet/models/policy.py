@@ -2,8 +2,10 @@
 
 state (previous step's feature map, detached) -> state encoder (MLP on the flattened map, or
 1x1 conv + MLP) -> GRU cell -> actor (Linear(2) + sigmoid: the mean location in [0, 1]^2) and
-critic (Linear(1)). Actions are Gaussian around the mean with a fixed std, clamped to [0, 1]
-when turned into pixels; inference uses the mean.
+critic (Linear(1)). Actions are Gaussian around the mean with a fixed std; inference uses the
+mean. A sampled action is clamped to [0, 1] before its log-probability is taken
+(``clamp_samples``, as the official code does; off: the raw sample and its exact density,
+clamped only when turned into pixels).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from torch import nn
 
 class ActorCritic(nn.Module):
     def __init__(self, fmap_shape: tuple[int, int, int], *, state: str = "mlp", mlp_width: int = 1024,
-                 conv_channels: int = 32, hidden: int = 1024, action_std: float = 0.1):
+                 conv_channels: int = 32, conv_bias: bool = True, hidden: int = 1024,
+                 action_std: float = 0.1, clamp_samples: bool = True):
         super().__init__()
         c, h, w = fmap_shape
         if state == "mlp":
@@ -25,7 +28,7 @@ class ActorCritic(nn.Module):
                 nn.Linear(mlp_width, hidden), nn.ReLU(inplace=True))
         elif state == "conv":
             self.encoder = nn.Sequential(
-                nn.Conv2d(c, conv_channels, 1), nn.ReLU(inplace=True), nn.Flatten(),
+                nn.Conv2d(c, conv_channels, 1, bias=conv_bias), nn.ReLU(inplace=True), nn.Flatten(),
                 nn.Linear(conv_channels * h * w, hidden), nn.ReLU(inplace=True))
         else:
             raise ValueError(f"unknown policy state encoder {state!r}")
@@ -35,6 +38,7 @@ class ActorCritic(nn.Module):
         self.hidden_size = hidden
         self.fmap_shape = (c, h, w)
         self.action_std = float(action_std)
+        self.clamp_samples = clamp_samples  # a training option (ppo.clamp_actions), set by the trainer
 
     def init_hidden(self, n: int, device=None, dtype=torch.float32) -> torch.Tensor:
         return torch.zeros(n, self.hidden_size, device=device, dtype=dtype)
@@ -60,8 +64,8 @@ class ActorCritic(nn.Module):
         """One policy step. mode: "mean" (inference) or "sample" (PPO rollouts).
 
         Returns (action (n, 2), log_prob (n,), value (n,), new hidden).
-        The sampled action is returned unclamped (its log-prob is exact); patch extraction
-        clamps it to [0, 1].
+        A sampled action is clamped to [0, 1] first when ``clamp_samples`` (its log-prob is then
+        that of the clamped point); unclamped otherwise, and patch extraction clamps it.
         """
         mean, value, h = self(fmap, h)
         if mode == "mean":
@@ -69,6 +73,8 @@ class ActorCritic(nn.Module):
         elif mode == "sample":
             noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
             action = mean + self.action_std * noise
+            if self.clamp_samples:
+                action = action.clamp(0.0, 1.0)
         else:
             raise ValueError(f"unknown policy mode {mode!r}")
         return action, self.log_prob(mean, action), value, h

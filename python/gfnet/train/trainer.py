@@ -3,7 +3,8 @@
 Stage 1 (warm-up): random focus locations; encoders + classifier learn
     loss = (sum_t CE(classifier_t) + r * sum_t CE(encoder head on step t's features)) / T.
 Stage 2 (policy): encoders + classifier frozen (eval, no grad); PPO on the actor-critic.
-Stage 3 (fine-tune): policy frozen (mean actions); encoders + classifier learn on its patches.
+Stage 3 (fine-tune): policy frozen; encoders + classifier learn on the patches at locations
+    sampled from it (``optim.stage3_actions``: "sample", as the official code, or "mean").
 
 Files under the output folder: ``stage{k}.pt`` (latest checkpoint of stage k, rewritten
 atomically after every epoch; ``done`` once the stage is complete), ``metrics.jsonl`` (one
@@ -50,7 +51,8 @@ def trained_parts(cfg: Config, stage: int) -> tuple[str, ...]:
     if stage == 2:
         return ("policy",)
     if stage == 3:
-        return ("global_encoder", "local_encoder", "classifier")
+        enc = ("local_encoder",) if cfg.optim.freeze_global_stage3 else ("global_encoder", "local_encoder")
+        return enc + ("classifier",)
     raise ConfigError(f"stage must be 1, 2 or 3, not {stage!r}")
 
 
@@ -122,7 +124,9 @@ class Trainer:
     # ------------------------------------------------------------------ what a subclass changes
     # (the static baseline, train/baseline.py, trains another model through the same loop)
     def build_model(self) -> nn.Module:
-        return build_model(self.cfg.model, self.cfg.run.patch_backend or None)
+        model = build_model(self.cfg.model, self.cfg.run.patch_backend or None)
+        model.policy.clamp_samples = self.cfg.ppo.clamp_actions
+        return model
 
     def stage_path(self, stage: int) -> Path:
         return ckpt.stage_path(self.out, stage)
@@ -141,7 +145,8 @@ class Trainer:
         PPO actor-critic evaluator in stage 2."""
         if stage == 2:
             return PolicyEvaluator(self.model.policy)
-        return _ClassifierStage(self.model, "random" if stage == 1 else "mean", self.cfg.optim.head_loss_weight)
+        actions = "random" if stage == 1 else self.cfg.optim.stage3_actions
+        return _ClassifierStage(self.model, actions, self.cfg.optim.head_loss_weight)
 
     def find_unused_parameters(self, stage: int) -> bool:
         return stage != 2 and not self.cfg.optim.head_loss_weight
@@ -317,6 +322,9 @@ class Trainer:
         for s in stages:
             loaded[s] = self._load(s) if s in found else None
         first = stages[0]
+        if (first > 1 and loaded.get(first) is None and not self.stage_path(first - 1).exists()
+                and self.cfg.model.init_from and self.checkpoint_kind == "gfnet"):
+            return loaded  # starts from model.init_from (a gfnet checkpoint, see warm_start)
         if first > 1 and loaded.get(first) is None:
             prev = self.stage_path(first - 1)
             ck = self._load(first - 1)
@@ -342,11 +350,13 @@ class Trainer:
             except json.JSONDecodeError:
                 self.results = {}
         first = stages[0]
-        if first > 1 and loaded.get(first) is None:
+        if first > 1 and loaded.get(first) is None and loaded.get(first - 1) is not None:
             ckpt.load_model_state(self.model, loaded[first - 1]["model"], self.stage_path(first - 1))
-        if first == 1 and loaded.get(1) is None and self.cfg.model.init_from:
-            # a fresh warm-up starts from the baseline (a resumed one has its own weights)
-            ckpt.init_encoders_from_baseline(self.model, self.cfg.model.init_from)
+        elif loaded.get(first) is None and self.cfg.model.init_from and self.checkpoint_kind == "gfnet":
+            # a fresh first stage starts from model.init_from (a resumed one has its own weights)
+            from .warm_start import warm_start
+
+            self.log(warm_start(self.model, self.cfg.model.init_from, self.cfg.to_dict()["model"], first))
         for s in stages:
             ck = loaded.get(s)
             if ck is not None and ck.get("done"):
