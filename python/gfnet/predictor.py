@@ -18,7 +18,8 @@ Images: file paths (``str`` / ``Path``, any format PIL reads), PIL images, numpy
 on any device, one image or a list mixing kinds and sizes. Each becomes the model's input
 as the model was evaluated (``gfnet.data.preprocess``: channels converted grayscale <-> RGB as
 the model takes them, scaled keeping the aspect ratio to cover ``model.image_size /
-model.eval_crop_fraction``, centre-cropped to ``model.image_size``). With ``resize=False`` the
+model.eval_crop_fraction``, centre-cropped to ``model.image_size``; a data set that fixes its
+own evaluation resize, such as CIFAR's whole images, is followed: ``data.eval_settings``). With ``resize=False`` the
 images run at their own size instead (each side at least the patch size; images of one size
 are batched together): GFNet's glance is the whole image at P x P whatever its size, and the
 focus locations map into the actual image.
@@ -48,6 +49,7 @@ from .checkpoint import load_checkpoint_model, resolve_checkpoint
 from .config import Config, image_hw, size_text
 from .data.class_names import check_class_names, read_class_names
 from .data.preprocess import EvalGeometry, decode_image, eval_preprocess, pil_to_tensor, to_channels
+from .data.registry import eval_settings
 from .device import pick_device
 from .errors import CheckpointError, DataError, GFNetError
 from .inference import dynamic_inference
@@ -393,8 +395,7 @@ class Predictor:
         x = to_channels(_as_tensor(name, item), self.channels, name)
         m = self.cfg.model
         if resize:
-            x, geo = eval_preprocess(x, m.image_size, m.eval_crop_fraction, m.eval_interpolation,
-                                     self.cfg.data.keep_aspect)
+            x, geo = eval_preprocess(x, m.image_size, *eval_settings(self.cfg))
             return PreparedImage(name, x, geo)
         h, w = x.shape[-2:]
         if min(h, w) < m.patch_size:

@@ -105,3 +105,40 @@ def test_model_that_does_not_fit_the_data_set_is_named(tiny_cfg, override, messa
 
     with pytest.raises(DataError, match=re.escape(message)):
         build_datasets(tiny_cfg(**override))
+
+
+def test_evaluation_resize_follows_the_model_unless_the_data_set_fixes_it():
+    """CIFAR's registration fixes its evaluation resize: the whole 32 x 32 image scaled bilinearly
+    to the model's size, as its training does, whatever the model's eval_crop_fraction (0.875 in
+    the paper presets would cut 12.5 % of it away). The loaders' evaluation transform and the
+    predictor follow it; an ImageFolder takes the model's settings (the paper presets': the
+    official per-model ones)."""
+    from gfnet.config import build_config, get_preset
+    from gfnet.data import eval_settings
+    from gfnet.data.folders import cifar_train_transform, model_eval_transform
+    from gfnet.data.preprocess import eval_preprocess
+    from gfnet.models import build_model
+    from gfnet.predictor import Predictor
+
+    from .conftest import tiny_overrides
+
+    def cfg(dataset):
+        return build_config("digits", overrides=tiny_overrides(**{
+            "data.dataset": dataset, "model.in_channels": 3, "model.mean": "0.5,0.5,0.5",
+            "model.std": "0.25,0.25,0.25", "model.image_size": 64, "model.patch_size": 32,
+            "model.eval_crop_fraction": 0.875, "model.eval_interpolation": "bicubic"}))
+
+    x = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for dataset, settings in [("cifar10", (1.0, "bilinear")), ("cifar100", (1.0, "bilinear")),
+                              ("imagefolder", (0.875, "bicubic"))]:
+        c = cfg(dataset)
+        assert tuple(eval_settings(c)) == (*settings, True), dataset
+        want = eval_preprocess(x, 64, *settings)[0]
+        assert torch.equal(model_eval_transform(c)(x), want)
+        assert torch.equal(Predictor(build_model(c.model), c).preprocess(x)[0].image, want)
+    whole = cifar_train_transform(64).transforms[-1]  # after CIFAR's pad-and-crop at 32 x 32
+    assert (whole.crop_fraction, whole.interpolation) == (1.0, "bilinear")
+    assert not torch.equal(eval_preprocess(x, 64, 0.875, "bilinear")[0], eval_preprocess(x, 64, 1.0, "bilinear")[0])
+    for preset, settings in [("resnet50-p96", (0.875, "bilinear")), ("efficientnet_b2-p128", (0.875, "bicubic")),
+                             ("efficientnet_b3-p144", (0.904, "bicubic")), ("digits", (1.0, "bicubic"))]:
+        assert tuple(eval_settings(get_preset(preset)))[:2] == settings, preset

@@ -13,10 +13,11 @@ from .class_names import read_class_names
 from .cluttered_digits import ClutteredDigits, split_indices
 from .folders import eval_transform
 from .preprocess import decode_image, eval_preprocess, to_channels
-from .registry import DATASETS, build_datasets, class_names, get_dataset, list_datasets, register_dataset
+from .registry import (DATASETS, build_datasets, class_names, eval_settings, get_dataset, list_datasets,
+                       register_dataset)
 
-__all__ = ["DATASETS", "ClutteredDigits", "build_datasets", "class_names", "eval_transform", "get_dataset",
-           "list_datasets", "read_class_names", "read_image", "register_dataset", "split_indices"]
+__all__ = ["DATASETS", "ClutteredDigits", "build_datasets", "class_names", "eval_settings", "eval_transform",
+           "get_dataset", "list_datasets", "read_class_names", "read_image", "register_dataset", "split_indices"]
 
 
 def read_image(path: str | Path, channels: int, size: int | tuple[int, int], crop_fraction: float = 1.0,

@@ -17,9 +17,14 @@ from torch.utils.data import Dataset, Subset
 from ..config import Config, image_hw
 from ..errors import DataError
 from .preprocess import eval_preprocess, pil_to_tensor
-from .registry import register_dataset
+from .registry import eval_settings, register_dataset
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# CIFAR's 32 x 32 images are whole pictures, trained on whole (pad-and-crop at 32, then scaled to
+# the model's size): evaluation scales them the same way and crops nothing, whatever the model's
+# eval_crop_fraction (which is for photos with a border to spare, e.g. 224 of 256)
+CIFAR_CROP_FRACTION = 1.0
+CIFAR_INTERPOLATION = "bilinear"
 
 
 class EvalTransform:
@@ -45,10 +50,10 @@ def eval_transform(image_size: int | tuple[int, int], crop_fraction: float, inte
 
 
 def model_eval_transform(cfg: Config) -> EvalTransform:
-    """The evaluation transform a config's model is evaluated with (model.eval_crop_fraction,
-    model.eval_interpolation, data.keep_aspect)."""
-    m = cfg.model
-    return eval_transform(m.image_size, m.eval_crop_fraction, m.eval_interpolation, cfg.data.keep_aspect)
+    """The evaluation transform a config's model is evaluated with on its data set
+    (``registry.eval_settings``: the model's eval_crop_fraction and eval_interpolation unless the
+    data set fixes its own, data.keep_aspect)."""
+    return eval_transform(cfg.model.image_size, *eval_settings(cfg))
 
 
 def train_transform(image_size: int | tuple[int, int], keep_aspect: bool = True, interpolation: str = "bilinear"):
@@ -74,7 +79,7 @@ def cifar_train_transform(image_size: int | tuple[int, int], keep_aspect: bool =
     from torchvision import transforms as T
 
     return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.PILToTensor(),
-                      eval_transform(image_size, 1.0, "bilinear", keep_aspect)])
+                      eval_transform(image_size, CIFAR_CROP_FRACTION, CIFAR_INTERPOLATION, keep_aspect)])
 
 
 def _check_folder(path: Path, what: str) -> None:
@@ -199,7 +204,8 @@ def _register_cifar(name: str, num_classes: int) -> None:
         ds = cifar(name, cfg.data.root, True, cfg, cfg.data.download, augment=augment)
         return ds, _not_held_out(cfg, len(ds))  # type: ignore[arg-type]
 
-    @register_dataset(name, channels=3, num_classes=num_classes,
+    @register_dataset(name, channels=3, num_classes=num_classes, eval_crop_fraction=CIFAR_CROP_FRACTION,
+                      eval_interpolation=CIFAR_INTERPOLATION,
                       val_is_test=lambda cfg: cfg.data.val_fraction <= 0,  # the test split doubles as val
                       calibration_images=calibration_images)
     def build(cfg: Config, splits: tuple[str, ...]) -> dict[str, Dataset]:

@@ -4,15 +4,15 @@ Like the backbones (``gfnet.models.backbones``), every data set is one registere
 ``build(cfg, splits) -> {"train": ..., "val": ..., "test": ...}`` of (uint8 (C, H, W) image,
 label) data sets, declared beside the data it reads. ``data.dataset`` names one;
 ``build_datasets`` looks it up, checks the model fits it and that no split is empty,
-``class_names`` reports the names of its classes, and ``Config.validate`` accepts exactly the
-registered names.
+``class_names`` reports the names of its classes, ``eval_settings`` how its images are prepared
+for an evaluation, and ``Config.validate`` accepts exactly the registered names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from torch.utils.data import Dataset
 
@@ -38,6 +38,10 @@ class DatasetEntry:
     channels: int | None = None  # image channels, when fixed: model.in_channels must match
     num_classes: int | None = None  # classes, when fixed: model.num_classes must match
     class_names: tuple[str, ...] | None = None  # the classes' names, when the data fixes them
+    # the evaluation resize, when the data fixes it whatever the model's eval_crop_fraction /
+    # eval_interpolation (CIFAR: whole images, scaled as in training)
+    eval_crop_fraction: float | None = None
+    eval_interpolation: str | None = None
     # exit-threshold calibration (data/calibration.py): whether the val split holds the test
     # images under a config (None: never), and the training images to calibrate on (None: the
     # training split as built, taken as it is, without augmentation of its own)
@@ -60,20 +64,22 @@ DATASETS: Registry[DatasetEntry] = Registry("data set", "data.dataset")
 
 
 def register_dataset(name: str, *, channels: int | None = None, num_classes: int | None = None,
-                     class_names: Sequence[str] | None = None, val_is_test: Callable[[Config], bool] | None = None,
+                     class_names: Sequence[str] | None = None, eval_crop_fraction: float | None = None,
+                     eval_interpolation: str | None = None, val_is_test: Callable[[Config], bool] | None = None,
                      calibration_images: CalibrationImages | None = None
                      ) -> Callable[[DatasetBuilder], DatasetBuilder]:
     """Decorator on ``build(cfg, splits) -> {split: data set}``; ``channels`` / ``num_classes``:
     what the model must have when the data fixes them; ``class_names``: the names of the
     classes when the data fixes them (otherwise a built data set's ``classes`` attribute names
-    them, as torchvision's do); ``val_is_test`` and ``calibration_images``: see ``DatasetEntry``
-    (a data set whose val split can be its test split, or whose training split is augmented,
-    gives them)."""
+    them, as torchvision's do); ``eval_crop_fraction`` / ``eval_interpolation``: the evaluation
+    resize when the data fixes it (``eval_settings``), else the model's; ``val_is_test`` and
+    ``calibration_images``: see ``DatasetEntry`` (a data set whose val split can be its test
+    split, or whose training split is augmented, gives them)."""
 
     def deco(fn: DatasetBuilder) -> DatasetBuilder:
         names = tuple(class_names) if class_names is not None else None
-        DATASETS.add(name, DatasetEntry(name, fn, channels, num_classes, names, val_is_test,
-                                        calibration_images))
+        DATASETS.add(name, DatasetEntry(name, fn, channels, num_classes, names, eval_crop_fraction,
+                                        eval_interpolation, val_is_test, calibration_images))
         return fn
 
     return deco
@@ -113,3 +119,21 @@ def class_names(cfg: Config, datasets: dict[str, Dataset] | None = None) -> list
             if names is not None:
                 return names
     return None
+
+
+class EvalSettings(NamedTuple):
+    crop_fraction: float
+    interpolation: str
+    keep_aspect: bool
+
+
+def eval_settings(cfg: Config) -> EvalSettings:
+    """How ``cfg``'s images are prepared for an evaluation (``preprocess.eval_preprocess``'s
+    arguments after the size): the model's eval_crop_fraction and eval_interpolation, each
+    unless ``cfg.data.dataset`` fixes its own, and data.keep_aspect. The data loaders' evaluation
+    transform and the predictor (``gfnet.load``) both take them from here."""
+    entry = get_dataset(cfg.data.dataset)
+    m = cfg.model
+    crop = m.eval_crop_fraction if entry.eval_crop_fraction is None else entry.eval_crop_fraction
+    interpolation = m.eval_interpolation if entry.eval_interpolation is None else entry.eval_interpolation
+    return EvalSettings(crop, interpolation, cfg.data.keep_aspect)
