@@ -358,6 +358,9 @@ def _import_official_args(p: argparse.ArgumentParser) -> None:
                    help="T of a train.py file (its --T; default: the preset's); released files carry it")
     p.add_argument("--data", metavar="PATH", default=None,
                    help="ImageNet-layout folder (train/, val/) stored as the checkpoint's data.root")
+    p.add_argument("--class-names", metavar="FILE", default=None,
+                   help="names of the classes, one per line (or a JSON list / ImageNet index file), stored "
+                        "in the checkpoint for predict and gfnet.load (without it: class indices)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="unpickle Python objects besides tensors (only for files you trust)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
@@ -368,12 +371,13 @@ def _import_official(args: argparse.Namespace) -> int:
 
     r = import_official(args.checkpoint, args.out, arch=args.arch, patch_size=args.patch_size,
                         max_steps=args.max_steps, allow_pickle=args.allow_pickle, force=args.force,
-                        data_root=args.data)
+                        data_root=args.data, class_names=args.class_names)
     extra = "".join(f" {k}={v}" for k, v in r.overrides.items())
     print(f"{r.model_name}, patch {r.patch_size}, T={r.steps} ({r.source_format} checkpoint, stage {r.stage}) "
           f"-> preset {r.preset}{extra}")
     print("exit thresholds: " + ("the release's 39 budgets (gfnet eval --recalibrate to set your own)"
                                  if r.thresholds else "none (gfnet eval calibrates them)"))
+    print(f"class names: {f'{r.class_names} stored' if r.class_names else 'none (predictions name class indices)'}")
     for n in r.notes:
         print(f"note: {n}")
     print(f"wrote {r.out}")

@@ -308,6 +308,54 @@ def test_recalibration_never_uses_the_test_images(imported, image_folder, tmp_pa
     assert rc == 2 and "val split is the test split" in err and "Traceback" not in err
 
 
+def test_import_stores_class_names(tmp_path, capsys):
+    """--class-names FILE: read as gfnet predict reads names (a text file, or a JSON list / index
+    file), one per class, stored in the checkpoint; gfnet.load and gfnet predict name classes
+    with them. A file with the wrong count is a one-line error and nothing is written."""
+    import gfnet
+
+    src = tmp_path / "official.pth"
+    _save_official(src)
+    names = [f"thing {k}" for k in range(1000)]
+    txt, index = tmp_path / "names.txt", tmp_path / "index.json"
+    txt.write_text("\n".join(names) + "\n")
+    index.write_text(json.dumps({str(k): [f"n{k:08d}", n] for k, n in enumerate(names)}))
+    for i, names_file in enumerate((txt, index)):
+        out = tmp_path / f"named{i}.pt"
+        assert main(["import-official", str(src), "--out", str(out), "--class-names", str(names_file)]) == 0
+        assert "class names: 1000 stored" in capsys.readouterr().out
+        assert torch.load(out, weights_only=True)["class_names"] == names
+    predictor = gfnet.load(out, device="cpu")
+    image = torch.randint(0, 256, (3, 230, 250), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    p = predictor(image, budget=20)[0]
+    assert predictor.class_names == names and p.class_name == names[p.class_index]
+    png = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(png)
+    assert main(["predict", str(out), str(png), "--out", str(tmp_path / "pred")]) == 0
+    assert f"{names[p.class_index]} (class {p.class_index})" in capsys.readouterr().out
+
+    short = tmp_path / "short.txt"
+    short.write_text("cat\ndog\n")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    rc = main(["import-official", str(src), "--out", str(bad / "x.pt"), "--class-names", str(short)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "holds 2 names; the model has 1000 classes" in err, err
+    assert len(err.strip().splitlines()) == 1 and list(bad.iterdir()) == []
+
+
+def test_import_without_class_names_names_classes_by_index(imported, capsys):
+    import gfnet
+
+    path, _ = imported
+    assert torch.load(path, weights_only=True)["class_names"] is None
+    predictor = gfnet.load(path, device="cpu")
+    p = predictor(torch.zeros(3, 224, 224, dtype=torch.uint8))[0]
+    assert predictor.class_names is None and p.class_name == str(p.class_index)
+
+
 def test_flops_shows_the_official_figures(imported, capsys):
     path, ck = imported
     assert main(["flops", "--checkpoint", str(path)]) == 0

@@ -13,9 +13,10 @@ Two official formats are read:
 The output is a finished gfnet checkpoint (``stage`` 3; 1 or 2 for train.py files of those
 stages) that every command reads: the model's weights in our layout under the preset chosen
 from ``model_name`` and ``patch_size``, the release's exit thresholds as its stored
-calibration (``gfnet eval`` and ``predict --budget k`` use them until ``--recalibrate``), and
-the release's own figures under ``"official"``. Everything is checked before anything is
-written; the file is written atomically.
+calibration (``gfnet eval`` and ``predict --budget k`` use them until ``--recalibrate``), the
+release's own figures under ``"official"``, and the class names when a names file is given
+(``class_names``; the release stores none). Everything is checked before anything is written;
+the file is written atomically.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import math
 import pickle
 import re
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,7 @@ class ImportResult:
     source_format: str  # "released" | "train.py"
     stage: int
     thresholds: bool  # whether the official exit thresholds came along
+    class_names: int = 0  # how many class names were stored (0: none)
     notes: list[str] = field(default_factory=list)
 
 
@@ -248,11 +251,15 @@ def official_calibration(official: dict[str, Any], step_macs: list[float]):
 # ---------------------------------------------------------------------- importing
 def import_official(path: str | Path, out: str | Path, *, arch: str | None = None,
                     patch_size: int | None = None, max_steps: int | None = None,
-                    allow_pickle: bool = False, force: bool = False, data_root: str | None = None) -> ImportResult:
+                    allow_pickle: bool = False, force: bool = False, data_root: str | None = None,
+                    class_names: str | Path | Sequence[str] | None = None) -> ImportResult:
     """Read, check, translate and write (atomically, after every check); see the module docstring.
-    ``data_root``: the ImageNet-layout folder the checkpoint's config points to (data.root)."""
+    ``data_root``: the ImageNet-layout folder the checkpoint's config points to (data.root).
+    ``class_names``: a names file (``data.class_names.read_class_names``: one per line, a JSON
+    list or ImageNet index file) or a list, one name per class, stored in the checkpoint."""
     from .. import checkpoint as ck_io
     from ..budget import CKPT_KEY
+    from ..data.class_names import check_class_names, read_class_names
     from ..flops import count_step_flops
 
     path, out = Path(path), Path(out)
@@ -265,17 +272,23 @@ def import_official(path: str | Path, out: str | Path, *, arch: str | None = Non
     official = dict(c.official, source_file=str(path.resolve()))
     if data_root:
         c.config.data.root = str(data_root)
+    names = None
+    if class_names is not None:
+        K = c.config.model.num_classes
+        names = (read_class_names(class_names, K) if isinstance(class_names, (str, Path))
+                 else check_class_names(class_names, K))
     obj = {
         "format": ck_io.FORMAT, "kind": "gfnet", "stage": c.stage, "epoch": 0, "epochs": 0, "done": True,
         "world_size": 1, "config": c.config.to_dict(), "model": c.model.state_dict(),
         "optimizer": None, "scheduler": None, "scaler": None, "rng": [], "official": official,
+        "class_names": names,
     }
     if "dynamic_threshold" in official and official["format"] == "released":
         sf = count_step_flops(c.model, static=False)
         obj[CKPT_KEY] = official_calibration(official, [float(m) for m in sf.macs]).to_dict()
     ck_io.save_atomic(obj, out)
     return ImportResult(out, c.preset, c.overrides, official["model_name"], official["patch_size"],
-                        official["steps"], official["format"], c.stage, CKPT_KEY in obj, c.notes)
+                        official["steps"], official["format"], c.stage, CKPT_KEY in obj, len(names or ()), c.notes)
 
 
 __all__ = ["Converted", "ImportResult", "convert", "import_official", "official_calibration", "read_official"]
