@@ -377,6 +377,11 @@ class Predictor:
         cal = self._calibration("target_macs")
         if not (target > 0 and math.isfinite(target)):
             raise BudgetError(f"target_macs must be a positive number, got {target!r}")
+        if not all(math.isfinite(p.calib_avg_macs) for p in cal.points):
+            # the release's thresholds (an imported official checkpoint) come without them
+            raise BudgetError(f"the thresholds stored in {self.source} ({cal.split}) carry no average MACs on "
+                              "calibration data to choose a budget by: give a budget, or calibrate your own "
+                              "(gfnet eval --recalibrate)")
         below = [p for p in cal.points if p.calib_avg_macs <= target]
         if not below:
             cheapest = min(cal.points, key=lambda p: p.calib_avg_macs)

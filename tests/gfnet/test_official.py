@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from gfnet.cli import main
-from gfnet.errors import CheckpointError
+from gfnet.errors import CheckpointError, GFNetError
 from gfnet.official import OFFICIAL_ARCHS, preset_for
 from gfnet.official.importer import convert
 from gfnet.official.keys import classifier_keys, policy_keys, translate
@@ -306,6 +306,53 @@ def test_recalibration_never_uses_the_test_images(imported, image_folder, tmp_pa
     rc = main(["eval", str(bad), "--data", str(image_folder), "--out", str(tmp_path / "ev2"), "--recalibrate"])
     err = capsys.readouterr().err
     assert rc == 2 and "val split is the test split" in err and "Traceback" not in err
+
+
+def test_load_predicts_with_the_official_thresholds(tmp_path):
+    """gfnet.load on an imported official checkpoint gives a Predictor whose predictions are the
+    dynamic engine's, run by hand on the same images prepared with the model's evaluation
+    preprocessing, with the release's thresholds of the budget asked (1e8: nobody exits)."""
+    import gfnet
+    from gfnet.data.preprocess import eval_preprocess
+    from gfnet.inference import anytime_inference, dynamic_inference
+
+    name = "mobilenetv3_large_100"
+    P, T = RELEASED[name]
+    ck = ref.released_checkpoint(name, P, T, seed=4)
+    g = torch.Generator().manual_seed(11)
+    images = [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8)
+              for h, w in [(240, 320), (300, 260), (224, 224), (256, 400)] * 3]
+    batch = torch.stack([eval_preprocess(x, 224, 0.875, "bilinear")[0] for x in images])  # the preset's
+    # the release's thresholds, made to split these images between the steps (budget b: the
+    # (1 - b / 40) quantile of each step's confidence); budget 1's first step keeps its 1e8
+    conf = anytime_inference(convert(ck).model.eval(), batch).logits.softmax(-1).amax(-1)  # (T, N)
+    thr = torch.full((39, T), -1e8)
+    for b in range(1, 40):
+        thr[b - 1, :-1] = torch.quantile(conf[:-1].double(), 1 - b / 40, dim=1).float()
+    thr[0, 0] = 1e8
+    ck["dynamic_threshold"] = thr
+    src, out = tmp_path / "official.pth", tmp_path / "imported.pt"
+    torch.save(ck, src)
+    assert main(["import-official", str(src), "--out", str(out)]) == 0
+
+    predictor = gfnet.load(out, device="cpu")
+    assert predictor.calibration.split == "official" and predictor.exit_rule().budget == 20
+    for budget in (1, 20, 39, None):  # None: the default, budget 20
+        want = [math.inf if t >= 1e7 else float(t) for t in thr[(budget or 20) - 1, :T - 1]]
+        assert predictor.exit_rule(budget=budget).thresholds == pytest.approx(want)
+        r = dynamic_inference(predictor.model, batch, want)
+        res = predictor(images, budget=budget)
+        assert res.class_indices == r.prediction.tolist() and res.exit_steps == r.exit_step.tolist()
+        assert torch.equal(res.logits, r.logits.float()) and res.exit_counts == r.exit_counts
+        for i, p in enumerate(res):
+            assert p.model_boxes == [tuple(b) for b in r.boxes[i, :p.exit_step].tolist()]
+            assert p.class_name == str(p.class_index)  # no names given: indices
+        if budget == 1:
+            assert 1 not in res.exit_steps  # the release's 1e8 at step 1: nobody exits there
+        if budget == 20:
+            assert len(set(res.exit_steps)) > 1, res.exit_steps
+    with pytest.raises(GFNetError, match="carry no average MACs"):
+        predictor(images[:1], target_macs=1e8)
 
 
 def test_import_stores_class_names(tmp_path, capsys):
