@@ -11,6 +11,8 @@ Two kinds share the format: ``"gfnet"`` (``stage{k}.pt``, one per training stage
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -137,14 +139,21 @@ def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu",
 
 def checkpoint_config(ck: dict[str, Any], path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """The validated config a checkpoint was trained with. It is laid over the preset it names,
-    so a field the checkpoint predates takes that preset's value (the digits preset's
-    evaluation preprocessing, say), not the bare default."""
-    from .config import PRESETS, get_preset
+    so an evaluation-preprocessing field the checkpoint predates takes that preset's value (the
+    digits preset's, say), not the bare default. A model field it predates that shapes the
+    network (the official variants' options: classifier_shared_head, policy_conv_bias, ...)
+    takes its default instead: the network the checkpoint was trained as, before the field
+    existed, whatever the preset now says."""
+    from .config import PRESETS, ModelConfig, get_preset
 
     try:
         saved = ck["config"]
         preset = saved.get("preset")
         cfg = get_preset(preset) if isinstance(preset, str) and preset in PRESETS else Config()
+        saved_model = saved.get("model", {})
+        for f in dataclasses.fields(ModelConfig):
+            if f.name not in saved_model and f.name not in _NOT_THE_MODEL:
+                setattr(cfg.model, f.name, copy.deepcopy(getattr(ModelConfig(), f.name)))
         apply_dict(cfg, saved)
         if overrides:
             apply_dict(cfg, overrides)

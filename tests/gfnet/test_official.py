@@ -536,3 +536,26 @@ def test_flops_of_an_official_preset_names_the_release(capsys):
     text = capsys.readouterr().out
     assert "official model: mobilenetv3_large_100" in text and "~45 M MACs" in text
 
+
+def test_a_checkpoint_from_before_the_official_options_loads_as_trained(tmp_path):
+    """A paper-preset checkpoint written before the official model options existed holds the
+    network it was trained as (one head per GRU step, the glance through the GRU, a biased
+    policy conv): it loads as that network, not as the official variant its preset now builds."""
+    from gfnet.checkpoint import FORMAT, load_checkpoint_model, save_atomic
+    from gfnet.config import build_config
+    from gfnet.models import build_model
+
+    new = ("classifier_shared_head", "glance_from_head", "policy_conv_bias")
+    cfg = build_config("regnet_y_600mf-p96", overrides=["model.classifier_shared_head=false",
+                                                        "model.glance_from_head=false",
+                                                        "model.policy_conv_bias=true"])
+    model = build_model(cfg.model)
+    old = cfg.to_dict()
+    for k in new:
+        del old["model"][k]
+    save_atomic({"format": FORMAT, "kind": "gfnet", "stage": 3, "done": True, "config": old,
+                 "model": model.state_dict()}, tmp_path / "stage3.pt")
+    loaded, lcfg, _ = load_checkpoint_model(tmp_path / "stage3.pt")
+    assert [getattr(lcfg.model, k) for k in new] == [False, False, True]
+    assert len(loaded.classifier.heads) == 5 and loaded.policy.encoder[0].bias is not None
+    assert lcfg.model.policy_state == "conv" and lcfg.model.glance_mode == "bilinear"  # the rest: as saved
