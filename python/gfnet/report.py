@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import torch
 
+from .data.calibration import describe_calibration
 from .errors import GFNetError
 
 ACCURACY_MARGIN = 0.01  # "reaches the baseline's accuracy": within 1 point
@@ -247,7 +248,9 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
         "gfnet": {"backbone": cfg.model.backbone, "patch_size": cfg.model.patch_size, "steps": T,
                   "init_from": cfg.model.init_from, "pretrained": cfg.model.pretrained,
                   "step_macs": step_macs, "anytime_accuracy": ev["anytime_accuracy"],
-                  "test_samples": ev["test_samples"], "engine": ev["engine"]},
+                  "test_samples": ev["test_samples"], "engine": ev["engine"],
+                  # which images set the thresholds (eval.json from before the record: its split alone)
+                  "calibration": ev.get("calibration") or {"split": ev.get("calibration_split", "val")}},
         "operating_point": op, "matching_point": match, "speedup_vs_baseline": speedup,
         "speedup_vs_all_steps": dyn_t.images_per_s / all_t.images_per_s,
         "throughput": [{**asdict(t), "images_per_s": t.images_per_s} for t in best],  # each at its best batch
@@ -326,8 +329,8 @@ def render_markdown(r: dict[str, Any], out_dir: Path) -> str:
                      f"{row['avg_flops'] / 1e6:.2f} | {_pct(row['avg_macs'] / b['macs'])} | {row['exit_counts']} |")
     lines += [
         "",
-        f"Budget rows come from `gfnet eval` ({g['engine']} engine): thresholds calibrated on the validation "
-        "split, accuracy and realised exits on the test split.",
+        f"Budget rows come from `gfnet eval` ({g['engine']} engine): thresholds set on "
+        f"{describe_calibration(g['calibration'])}; accuracy and realised exits on the test split.",
         "",
         "## Realised throughput",
         "",

@@ -63,6 +63,7 @@ def test_demo_evaluates_every_budget(demo):
     ev = json.loads((out / "eval" / "eval.json").read_text())
     assert [r["budget"] for r in ev["budgets"]] == list(range(1, 40))
     assert ev["test_samples"] == 40 and ev["baseline_macs"] > sum(ev["step_macs"])
+    assert ev["calibration"] == {"split": "val", "samples": 48}  # digits' val split is not its test split
     assert (out / "eval" / "eval.csv").read_text().count("\n") == 40
     assert _is_png(out / "eval" / "eval.png")
     assert "exit_thresholds" in torch.load(out / "stage3.pt", weights_only=True)  # stored for predict
@@ -107,6 +108,7 @@ def test_demo_report(demo):
     assert _is_png(out / "report" / "accuracy_vs_flops.png")
     md = (out / "report.md").read_text()
     assert "started from the baseline's trained weights" in md
+    assert "thresholds set on the 48 images of the val split (not the test split);" in md  # digits: a real val split
     for heading in ("## The claims", "## Accuracy against average MACs", "## Realised throughput",
                     "## What the model looked at", "## Reproduce"):
         assert heading in md

@@ -452,6 +452,7 @@ def test_report_runs_on_an_imported_checkpoint(image_folder, tmp_path, capsys):
                  "--baseline", str(run / "baseline.pt")]) == 0
     rc = main(["report", str(run), "--images", "1", "--passes", "1", "--batch-sizes", "2", "--max-images", "4"])
     assert rc == 0 and (run / "report.md").is_file()
+    assert "thresholds set on the release's dynamic_threshold;" in (run / "report.md").read_text()
     capsys.readouterr()
 
 

@@ -38,13 +38,24 @@ class CalibrationSplit:
     details: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
-        d = self.details
-        if self.split == "train":
-            aug = "training augmentation" if d.get("augment") else "evaluation preprocessing"
-            return (f"{d['samples']} random training images of {d['of']} ({aug}, seed {d['seed']}), "
-                    "none of them a test image; the model may have trained on them, as in the official "
-                    "calibration (data.val_fraction holds images out of training instead)")
-        return f"the {d['samples']} images of the val split (not the test split)"
+        return describe_calibration(self.details)
+
+
+def describe_calibration(record: dict[str, Any]) -> str:
+    """Which images set a calibration's thresholds, in words, from its record (``split`` and
+    ``details``, as eval.json's ``calibration`` holds them)."""
+    d, split = record, record.get("split")
+    if split == "train":
+        aug = "training augmentation" if d.get("augment") else "evaluation preprocessing"
+        return (f"{d['samples']} random training images of {d['of']} ({aug}, seed {d['seed']}), "
+                "none of them a test image; the model may have trained on them, as in the official "
+                "calibration (data.val_fraction holds images out of training instead)")
+    if split == "val":
+        n = f"{d['samples']} " if "samples" in d else ""
+        return f"the {n}images of the val split (not the test split)"
+    if d.get("source"):  # an imported official checkpoint's: "the release's dynamic_threshold"
+        return str(d["source"])
+    return f"the {split} split"
 
 
 def val_is_test(cfg: Config) -> bool:
@@ -107,4 +118,4 @@ def calibration_split(cfg: Config) -> CalibrationSplit:
                                               "augment": augment, "seed": cfg.run.seed})
 
 
-__all__ = ["CalibrationSplit", "calibration_split", "val_is_test"]
+__all__ = ["CalibrationSplit", "calibration_split", "describe_calibration", "val_is_test"]
