@@ -202,16 +202,20 @@ for _name in ("regnet_y_400mf", "regnet_y_600mf", "regnet_y_800mf", "regnet_y_80
     register_backbone(_name)(_regnet(_name))
 
 
+def _mobilenet_v3_backbone(m: nn.Module, num_classes: int, in_channels: int) -> Backbone:
+    """A torchvision MobileNetV3 as a Backbone. Its classifier = Linear(960, 1280), Hardswish,
+    Dropout, Linear(1280, K): the pooled feature is the 1280-d vector before the last Linear,
+    which is the backbone's head."""
+    m.features[0][0] = _adapt_first_conv(m.features[0][0], in_channels)
+    neck = nn.Sequential(*[_no_inplace(c) for c in list(m.classifier.children())[:-1]])
+    last = m.classifier[-1]
+    return Backbone(m.features, last.in_features, m.classifier[0].in_features,
+                    _head(last, num_classes), neck=neck, family="mobilenet")
+
+
 def _mobilenet_v3(name: str) -> BackboneFn:
     def build(num_classes: int, in_channels: int = 3, pretrained: bool = False, **_) -> Backbone:
-        m = _tv_model(name, pretrained)
-        m.features[0][0] = _adapt_first_conv(m.features[0][0], in_channels)
-        # classifier = Linear(960, 1280), Hardswish, Dropout, Linear(1280, K): the pooled
-        # feature is the 1280-d vector before the last Linear, which is the backbone's head.
-        neck = nn.Sequential(*[_no_inplace(c) for c in list(m.classifier.children())[:-1]])
-        last = m.classifier[-1]
-        return Backbone(m.features, last.in_features, m.classifier[0].in_features,
-                        _head(last, num_classes), neck=neck, family="mobilenet")
+        return _mobilenet_v3_backbone(_tv_model(name, pretrained), num_classes, in_channels)
 
     return build
 
@@ -274,12 +278,7 @@ def _mobilenet_v3_large_official(width: float) -> Callable[[bool], nn.Module]:
 
 def _mobilenet_v3_official(width: float) -> BackboneFn:
     def build(num_classes: int, in_channels: int = 3, pretrained: bool = False, **_) -> Backbone:
-        m = _mobilenet_v3_large_official(width)(pretrained)
-        m.features[0][0] = _adapt_first_conv(m.features[0][0], in_channels)
-        neck = nn.Sequential(*[_no_inplace(c) for c in list(m.classifier.children())[:-1]])
-        last = m.classifier[-1]
-        return Backbone(m.features, last.in_features, m.classifier[0].in_features,
-                        _head(last, num_classes), neck=neck, family="mobilenet")
+        return _mobilenet_v3_backbone(_mobilenet_v3_large_official(width)(pretrained), num_classes, in_channels)
 
     return build
 

@@ -174,45 +174,45 @@ ENCODER_LAYOUTS: dict[str, Callable[[Mapping[str, torch.Tensor]], dict[str, str]
 _GRU_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
-def classifier_keys(state: Mapping[str, torch.Tensor], steps: int) -> tuple[dict[str, str], list[str]]:
-    """(official -> ours, official keys dropped as unused at ``steps`` steps)."""
+# whole-key rules of the classifier and the policy: (pattern, our key of a match, or None: dropped)
+KeyRule = tuple[str, Callable[[re.Match], str | None]]
+_GRU = r"(weight_ih|weight_hh|bias_ih|bias_hh)_l0"  # nn.GRU's layer 0 -> nn.GRUCell
+
+
+def _map_keys(state: Mapping[str, torch.Tensor], rules: list[KeyRule]) -> tuple[dict[str, str], list[str]]:
+    """(official -> ours, official keys a rule drops); the first rule whose pattern matches the
+    whole key decides. Keys no rule matches are left out (``translate`` reports them)."""
     out, dropped = {}, []
     for k in state:
-        m = re.fullmatch(r"rnn\.(weight_ih|weight_hh|bias_ih|bias_hh)_l0", k)
-        if m:
-            out[k] = f"classifier.gru.{m[1]}"
-            continue
-        m = re.fullmatch(r"fc\.(weight|bias)", k)
-        if m:
-            out[k] = f"classifier.heads.0.{m[1]}"
-            continue
-        m = re.fullmatch(r"fc_(\d+)\.(weight|bias)", k)
-        if m:
-            n = int(m[1])
-            if n <= steps:
-                out[k] = f"classifier.heads.{n - 2}.{m[2]}"
-            else:
-                dropped.append(k)
+        for pattern, ours in rules:
+            m = re.fullmatch(pattern, k)
+            if m:
+                name = ours(m)
+                if name is None:
+                    dropped.append(k)
+                else:
+                    out[k] = name
+                break
     return out, dropped
+
+
+def classifier_keys(state: Mapping[str, torch.Tensor], steps: int) -> tuple[dict[str, str], list[str]]:
+    """(official -> ours, official keys dropped as unused at ``steps`` steps)."""
+    return _map_keys(state, [
+        (rf"rnn\.{_GRU}", lambda m: f"classifier.gru.{m[1]}"),
+        (r"fc\.(weight|bias)", lambda m: f"classifier.heads.0.{m[1]}"),
+        (r"fc_(\d+)\.(weight|bias)", lambda m: f"classifier.heads.{int(m[1]) - 2}.{m[2]}" if int(m[1]) <= steps else None),
+    ])
 
 
 def policy_keys(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
     conv = state.get("state_encoder.0.weight") is not None and state["state_encoder.0.weight"].dim() == 4
-    out = {}
-    for k in state:
-        m = re.fullmatch(r"state_encoder\.(\d+)\.(weight|bias)", k)
-        if m:
-            i = int(m[1]) if conv else int(m[1]) + 1
-            out[k] = f"policy.encoder.{i}.{m[2]}"
-            continue
-        m = re.fullmatch(r"gru\.(weight_ih|weight_hh|bias_ih|bias_hh)_l0", k)
-        if m:
-            out[k] = f"policy.gru.{m[1]}"
-            continue
-        m = re.fullmatch(r"(actor|critic)\.0\.(weight|bias)", k)
-        if m:
-            out[k] = f"policy.{m[1]}.{m[2]}"
-    return out
+    first = 0 if conv else 1  # our MLP state encoder starts with a Flatten
+    return _map_keys(state, [
+        (r"state_encoder\.(\d+)\.(weight|bias)", lambda m: f"policy.encoder.{int(m[1]) + first}.{m[2]}"),
+        (rf"gru\.{_GRU}", lambda m: f"policy.gru.{m[1]}"),
+        (r"(actor|critic)\.0\.(weight|bias)", lambda m: f"policy.{m[1]}.{m[2]}"),
+    ])[0]
 
 
 # ---------------------------------------------------------------------- the whole model
