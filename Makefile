@@ -15,7 +15,7 @@ DEPS := "setuptools>=77" wheel numpy pybind11 ninja cmake pytest pytest-benchmar
         tqdm matplotlib pyyaml scikit-learn
 STAMP := $(VENV)/.deps-installed
 
-.PHONY: all deps build test test-cpp test-py bench demo clean
+.PHONY: all deps build test test-cpp test-py bench gpu-report demo clean
 
 all: test
 
@@ -47,6 +47,11 @@ bench: build
 	mkdir -p bench/results
 	$(PY) -m pytest bench --benchmark-only --benchmark-json=bench/results/latest.json \
 	    --benchmark-columns=min,median,mean,rounds
+
+# Registers, spills and shared memory of every GPU kernel, without a GPU: the sm_90 code of the
+# built extension (cuobjdump), and every Triton kernel compiled ahead of time for sm_90.
+gpu-report: build
+	env -u TRITON_INTERPRET $(PY) -m bench.gpu_report
 
 # The main job: GFNet on the embedded cluttered-digits data set (three stages), its static
 # baseline, every budget evaluated, then runs/demo/report.md with the accuracy-vs-FLOPs

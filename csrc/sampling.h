@@ -29,7 +29,7 @@ constexpr double kCubicA = -0.75;
 // Largest number of taps of any mode (bicubic).
 constexpr int kMaxTaps = 4;
 
-GFK_HOST_DEVICE int taps_of(Mode mode) {
+GFK_HOST_DEVICE constexpr int taps_of(Mode mode) {
   return mode == Mode::Nearest ? 1 : (mode == Mode::Bilinear ? 2 : 4);
 }
 

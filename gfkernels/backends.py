@@ -83,6 +83,9 @@ class Backend:
     # Its CPU kernels check index values (active, batch_index, gather index) themselves; for
     # the others the Python API checks them on CPU tensors (CUDA kernels assert on the device).
     checks_index_values: bool = False
+    # Its ops are torch.library ops whose autograd is registered in Python: calls that need no
+    # gradient skip that layer (gfkernels.ops.common.call).
+    library_ops: bool = True
 
     @property
     def device_types(self) -> Tuple[str, ...]:
@@ -131,7 +134,7 @@ TABLE: Dict[str, Backend] = {
         Backend("triton", "Triton kernels: GPU tensors, or CPU tensors under TRITON_INTERPRET=1",
                 _triton_devices, _triton_status, _triton_ops),
         Backend("reference", "gfkernels.reference: the pure-PyTorch definitions (slow)",
-                lambda: ("*",), _always, _reference_ops),
+                lambda: ("*",), _always, _reference_ops, library_ops=False),
     )
 }
 NAMES = tuple(TABLE)
@@ -143,6 +146,20 @@ FALLBACKS: Dict[str, Tuple[str, ...]] = {"cpu": ("reference",), "cuda": ("triton
 _ANY_DEVICE_FALLBACKS = ("reference",)
 
 _warned: set = set()  # (device type, fallback) pairs already warned about
+# (op, backend, device) -> (Backend, op): resolve() and the op lookup cost a few microseconds,
+# as much as a small kernel, so the ops remember their answers (availability does not change
+# in a process; tests that pretend a build is missing replace this dict).
+_resolved: Dict[tuple, tuple] = {}
+
+
+def lookup(op: str, backend: Optional[str], device: torch.device) -> Tuple[Backend, Callable]:
+    """(the backend resolve(backend, device) picks, its op `op`), remembered per arguments."""
+    key = (op, backend, device)
+    found = _resolved.get(key)
+    if found is None:
+        chosen = resolve(backend, device)
+        found = _resolved[key] = (chosen, chosen.op(op))
+    return found
 
 
 def default_name(device: torch.device) -> str:

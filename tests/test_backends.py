@@ -23,6 +23,7 @@ def without_extension(monkeypatch):
     monkeypatch.setattr(backends, "_C", None)
     monkeypatch.setattr(backends, "_C_ERROR", ImportError("no module named gfkernels._C"))
     monkeypatch.setattr(backends, "_warned", set())
+    monkeypatch.setattr(backends, "_resolved", {})
 
 
 @needs_cpp

@@ -194,3 +194,127 @@ def test_matches_cpu_kernel(generator):
     out = triton_crop(images, boxes, (4, 5), **kwargs).cpu()
     cpu = gfkernels.crop_resize(images, boxes, (4, 5), backend="cpp", **kwargs)
     torch.testing.assert_close(out, cpu, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# Launch shapes, bounds and host work (checked without running the kernels where possible)
+# ---------------------------------------------------------------------------------------
+
+CUDA_GRID_LIMITS = (2**31 - 1, 65535, 65535)
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Records (kernel name, grid, arguments) of every interpreted launch instead of running it:
+    for checks of what the host code asks of the GPU, at sizes the interpreter could not run."""
+    if not INTERPRET:
+        pytest.skip("inspects interpreted launches (TRITON_INTERPRET=1)")
+    from triton.runtime.interpreter import InterpretedFunction
+
+    seen = []
+
+    def record(self, *args, grid, warmup, **kwargs):
+        seen.append((self.fn.__name__, tuple(grid), args))
+
+    monkeypatch.setattr(InterpretedFunction, "run", record)
+    return seen
+
+
+def triton_ops():
+    return gfkernels.backends.TABLE["triton"].ops
+
+
+def test_many_boxes_fit_the_grid(launches):
+    """More than 65535 boxes: every launch (forward, both image backwards, box backward) keeps
+    the box count off the grid's y and z axes, which stop at 65535."""
+    B = 70_000
+    images = torch.rand(2, 1, 6, 5, dtype=torch.float64)
+    boxes = torch.rand(B, 4, dtype=torch.float64) * 4
+    bi = torch.randint(0, 2, (B,))
+    grad = torch.zeros(B, 1, 1, 1, dtype=torch.float64)
+    ops = triton_ops()
+    ops.crop_resize(images, boxes, bi, [1, 1], "bilinear", False, "border", None, None,
+                    torch.float64)
+    ops.crop_resize_backward_images(grad, boxes, bi, [2, 1, 6, 5], torch.float64, "bicubic",
+                                    False, "border", None)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        ops.crop_resize_backward_images(grad, boxes, bi, [2, 1, 6, 5], torch.float64, "bicubic",
+                                        False, "border", None)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    ops.crop_resize_backward_boxes(grad, images, boxes, bi, "bilinear", False, "border", None)
+    kernels = {name for name, _, _ in launches}
+    assert {"_forward_kernel", "_backward_images_atomic_kernel", "_axis_range_kernel",
+            "_backward_images_gather_kernel", "_backward_boxes_kernel"} <= kernels
+    for name, grid, _ in launches:
+        assert all(g <= limit for g, limit in zip(grid, CUDA_GRID_LIMITS)), (name, grid)
+
+
+def test_one_launch_and_no_table_per_call(launches):
+    """A forward is one launch, with the boxes as given (no float64 copy) and the same device
+    normalisation table every call (no host-to-device copy, which would sync the host)."""
+    images = torch.rand(2, 3, 10, 12)
+    boxes = torch.tensor([[0.5, 1.0, 8.0, 9.5], [2.0, 2.0, 10.0, 8.0]])  # float32
+    kwargs = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], backend="triton")
+    gfkernels.crop_resize(images, boxes, 4, **kwargs)
+    gfkernels.crop_resize(images, boxes, 4, **kwargs)
+    assert [name for name, _, _ in launches] == ["_forward_kernel", "_forward_kernel"]
+    (_, _, first), (_, _, second) = launches
+    assert first[1] is boxes and second[1] is boxes
+    tables = [a for a in first if isinstance(a, torch.Tensor) and a.dtype == torch.float64]
+    again = [a for a in second if isinstance(a, torch.Tensor) and a.dtype == torch.float64]
+    assert len(tables) == len(again) == 1 and tables[0] is again[0]
+
+
+def test_empty_image_batch_is_refused():
+    """Boxes with no image to read: an IndexError (as from the C++ ops), never a launch that
+    would clamp batch_index into [0, -1]."""
+    images = torch.rand(0, 3, 8, 8, device=DEVICE)
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0]], device=DEVICE)
+    bi = torch.zeros(1, dtype=torch.long, device=DEVICE)
+    with pytest.raises(IndexError, match=r"batch_index values must lie in \[0, "):
+        gfkernels.crop_resize(images, boxes, 4, batch_index=bi, backend="triton")
+    ops = triton_ops()
+    with pytest.raises(IndexError, match="N = 0 images"):
+        ops.crop_resize(images, boxes, bi, [4, 4], "bilinear", False, "border", None, None,
+                        torch.float32)
+    with pytest.raises(IndexError, match="N = 0 images"):
+        ops.crop_resize_backward_boxes(torch.zeros(1, 3, 4, 4, device=DEVICE), images, boxes,
+                                       bi, "bilinear", False, "border", None)
+
+
+def test_out_of_range_batch_index_same_in_both_backwards(generator):
+    """The op called directly (no value checks) with batch_index values out of range: the
+    atomic and the deterministic backward treat them alike (clamped to the nearest image, as
+    the forward reads them), where the deterministic one used to drop them."""
+    images = random_images(3, 2, 7, 8, torch.float64, generator)
+    boxes = random_boxes(4, 7, 8, generator, kind="inside", dtype=torch.float64)
+    bad = torch.tensor([0, 3, -2, 5])
+    grad = torch.randn(4, 2, 3, 4, generator=generator, dtype=torch.float64)
+    ops = triton_ops()
+    args = (grad.to(DEVICE), boxes.to(DEVICE), bad.to(DEVICE), [3, 2, 7, 8], torch.float64,
+            "bilinear", False, "border", None)
+    atomic = ops.crop_resize_backward_images(*args).cpu()
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        deterministic = ops.crop_resize_backward_images(*args).cpu()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    torch.testing.assert_close(deterministic, atomic, rtol=1e-12, atol=1e-12)
+    x = images.clone().requires_grad_()
+    out = reference.crop_resize(x, boxes, (3, 4), batch_index=bad.clamp(0, 2))
+    (expected,) = torch.autograd.grad(out, x, grad)
+    torch.testing.assert_close(atomic, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_outputs_too_large_for_int32_indices_are_refused():
+    """Pixel indices are 32-bit in the kernels: an output of 2^31 pixels per box is an error
+    before anything is allocated or launched."""
+    images = torch.rand(1, 1, 4, 4, device=DEVICE)
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0]], device=DEVICE)
+    with pytest.raises(ValueError, match="too large for the Triton kernels"):
+        triton_ops().crop_resize(images, boxes, None, [65536, 32768], "nearest", False,
+                                 "border", None, None, torch.float32)

@@ -411,6 +411,72 @@ def test_gather_rows_index_out_of_range_past_n_is_ignored():
         assert out.tolist() == [1, 0]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gather_rows_strided_index(backend):
+    """An index with a stride (index[::2], a column of a matrix) is read with it."""
+    tensors = mixed_tensors(12, seed=3)
+    wide = torch.randperm(12, generator=torch.Generator().manual_seed(2)).repeat(2)
+    for index in (wide[::2], torch.stack([wide[:12], wide[12:]], dim=1)[:, 1]):
+        assert not index.is_contiguous()
+        assert_gather_matches(backend, tensors, index, 5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_early_exit_ties_at_the_threshold(backend, dtype):
+    """Rows of K equal logits have confidence exactly 1 / K (every exp is exp(0) = 1, every sum
+    an integer), so a threshold of 1 / K rounded to the confidence's dtype is a tie, and a tie
+    exits on every backend: the division 1 / sum must be correctly rounded."""
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    for K in (3, 6, 7, 10, 11, 13, 100, 1000, 1001):
+        logits = torch.full((4, K), 0.75).to(dtype)
+        logits[1] = -2.5
+        thr = torch.tensor(1.0 / K, dtype=acc)
+        keep, num_keep, out_logits, exit_step = run_exit(backend, logits, thr, torch.arange(4),
+                                                         4)
+        assert int(num_keep) == 0, (K, backend)
+        assert (exit_step == 3).all()
+        above = torch.nextafter(thr, torch.tensor(2.0, dtype=acc))
+        keep, num_keep, *_ = run_exit(backend, logits, above, torch.arange(4), 4)
+        assert int(num_keep) == 4, (K, backend)
+
+
+needs_triton = pytest.mark.skipif("triton" not in BACKENDS,
+                                  reason="needs triton on CPU tensors (TRITON_INTERPRET=1)")
+
+
+@needs_triton
+def test_triton_early_exit_never_writes_outside_its_outputs():
+    """The op called directly (no value checks) with active values out of range: the rows
+    next to out_logits and exit_step in memory stay untouched (a device assert fires in
+    Triton's debug mode); the decision and keep are unaffected."""
+    n, K, B = 4, 3, 5
+    logits = torch.full((n, K), 1.0)
+    logits[:, 0] = 30.0  # confident: every row exits
+    base_logits = torch.full((B + 2, K), SENTINEL)
+    base_steps = torch.full((B + 2,), -1, dtype=torch.int64)
+    out_logits, exit_step = base_logits[1:B + 1], base_steps[1:B + 1]
+    active = torch.tensor([0, B, -1, 2])
+    keep, num_keep = backends.TABLE["triton"].ops.early_exit(
+        logits, torch.tensor(0.5, dtype=torch.float64), active, out_logits, exit_step, 7)
+    assert int(num_keep) == 0 and keep.tolist() == [0, 1, 2, 3]
+    assert (base_logits[0] == SENTINEL).all() and (base_logits[B + 1] == SENTINEL).all()
+    assert base_steps[0] == -1 and base_steps[B + 1] == -1
+    assert exit_step.tolist() == [7, -1, 7, -1, -1]
+
+
+@needs_triton
+def test_triton_gather_rows_never_reads_outside_its_tensors():
+    """The op called directly with index values out of range: rows outside the tensor are not
+    read (their output rows are zero; a device assert fires in Triton's debug mode)."""
+    base = torch.arange(1, 7 * 4 + 1, dtype=torch.float32).reshape(7, 4)
+    t = base[1:6]  # rows 0 and 6 of base lie outside t
+    out, = backends.TABLE["triton"].ops.gather_rows([t], torch.tensor([4, 5, -1, 0]), 4)
+    torch.testing.assert_close(out[0], t[4])
+    torch.testing.assert_close(out[3], t[0])
+    assert (out[1] == 0).all() and (out[2] == 0).all()
+
+
 # ----------------------------------------------------------------------------------------
 # opcheck and torch.compile
 # ----------------------------------------------------------------------------------------

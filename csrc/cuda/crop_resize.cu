@@ -1,21 +1,30 @@
 // crop_resize on CUDA: forward, backward wrt images (atomics, or a deterministic gather when
 // torch.use_deterministic_algorithms(True)), backward wrt boxes (block reductions).
 //
-// Layout of the work. Every kernel that walks the output maps one thread to one output pixel
-// (b, i, j) of one box: blockIdx.y picks the box (a grid-stride loop covers B > 65535) and
-// blockIdx.x * blockDim.x + threadIdx.x the pixel p = i * w + j. The thread computes its row
-// and column taps once (sampling.h, in double) and reuses them for every channel, so
-// consecutive threads store consecutive addresses of each (b, c) output plane (coalesced).
-// Integer boxes of the output's size take a plain-copy path that computes no taps at all.
+// Forward (the hot path). One launch per call, a 1-D grid: each block covers a tile of one
+// box's output, each thread a group of kPixels<MODE> consecutive pixels of one output row. The
+// mode is a template parameter, so each mode compiles to its own kernel with only its taps in
+// registers (and its own launch bounds). A thread computes its row taps once and its column
+// taps once per pixel (sampling.h, positions in double), then, for every chunk of
+// kChannelChunk channels, loads all of them before storing any (the loads overlap), applies
+// the normalisation in the accumulation type (float unless float64 is involved) and stores
+// its pixels with one vector store where alignment allows. Integer boxes of the output's size
+// (GFNet's focus crops) take a copy path in the same kernel that computes no taps, with vector
+// loads where the source rows allow. Boxes are read in their own dtype and strides and
+// batch_index with its stride: the call launches nothing but the kernel.
+//
+// Backward kernels map one thread to one output pixel: blockIdx.y picks the box (a grid-stride
+// loop covers B > 65535) and blockIdx.x * blockDim.x + threadIdx.x the pixel.
 //
 // Includes stay clear of ATen/cuda/CUDAContext.h, which needs the cuSPARSE/cuBLAS headers
 // (not every toolkit install has them); c10::cuda::getCurrentCUDAStream is the same stream
 // as at::cuda::getCurrentCUDAStream.
 //
 // No host syncs: arguments are checked without reading values (check_values=false); positions
-// are clamped to [-4, size + 4] before make_taps (NaN -> -4), which changes no result (every
-// tap is outside the image there either way, as in gfkernels.reference) and keeps every
-// index inside the image; batch_index values are checked by a device assert and clamped.
+// are clamped to [-4, size + 4] by make_taps (NaN -> -4), which changes no result (every tap
+// is outside the image there either way, as in gfkernels.reference) and keeps every index
+// inside the image; batch_index values trip a device assert and are clamped, in every kernel.
+// Pixel indices are 32-bit: outputs of more than kMaxPixels pixels per box are refused.
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -31,6 +40,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdint>
 #include <cstring>
 
 #include "../ops/crop_resize.h"
@@ -41,29 +51,35 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxGridY = 65535;
 constexpr int kAffineSlots = 64;  // channels whose affine map travels in the kernel arguments
+constexpr int kChannelChunk = 4;  // channels a forward thread loads before it stores
+// Per-box output pixels: indices are int32 with room for a tile past the end.
+constexpr int64_t kMaxPixels = INT_MAX - (int64_t{1} << 20);
 
 // ---------------------------------------------------------------------------------------
-// Small device helpers
+// Arguments read on the device
 // ---------------------------------------------------------------------------------------
 
-// Per-channel affine map out = v * scale[c] + shift[c]. Up to kAffineSlots channels travel
-// by value (read through __grid_constant__, no copy); more channels use a device table.
+// Per-channel affine map out = v * scale[c] + shift[c], in the accumulation type T. Up to
+// kAffineSlots channels travel by value (read through __grid_constant__, no copy); more
+// channels use a device table.
+template <typename T>
 struct Affine {
-  double scale[kAffineSlots];
-  double shift[kAffineSlots];
-  const double* table;  // [scale(C), shift(C)] on the device, or nullptr
+  T scale[kAffineSlots];
+  T shift[kAffineSlots];
+  const T* table;  // [scale(C), shift(C)] on the device, or nullptr
   int64_t channels;
-  __device__ __forceinline__ double scale_of(int64_t c) const {
+  __device__ __forceinline__ T scale_of(int64_t c) const {
     return table != nullptr ? table[c] : scale[c];
   }
-  __device__ __forceinline__ double shift_of(int64_t c) const {
+  __device__ __forceinline__ T shift_of(int64_t c) const {
     return table != nullptr ? table[channels + c] : shift[c];
   }
 };
 
 // Builds the Affine argument; keeps the device table (if any) alive while in scope.
+template <typename T>
 struct AffineArg {
-  Affine value;
+  Affine<T> value;
   at::Tensor table;
   AffineArg(const ChannelAffine& a, const at::Device& device) {
     std::memset(&value, 0, sizeof(value));
@@ -72,19 +88,20 @@ struct AffineArg {
     value.table = nullptr;
     if (C <= kAffineSlots) {
       for (int64_t c = 0; c < C; ++c) {
-        value.scale[c] = a.scale[c];
-        value.shift[c] = a.shift[c];
+        value.scale[c] = static_cast<T>(a.scale[c]);
+        value.shift[c] = static_cast<T>(a.shift[c]);
       }
     } else {
       // Pinned staging buffer: the copy is asynchronous (no host sync).
-      at::Tensor host = at::empty({2 * C}, at::TensorOptions().dtype(at::kDouble).pinned_memory(true));
-      double* h = host.data_ptr<double>();
+      const auto dtype = c10::CppTypeToScalarType<T>::value;
+      at::Tensor host = at::empty({2 * C}, at::TensorOptions().dtype(dtype).pinned_memory(true));
+      T* h = host.mutable_data_ptr<T>();
       for (int64_t c = 0; c < C; ++c) {
-        h[c] = a.scale[c];
-        h[C + c] = a.shift[c];
+        h[c] = static_cast<T>(a.scale[c]);
+        h[C + c] = static_cast<T>(a.shift[c]);
       }
       table = host.to(device, /*non_blocking=*/true);
-      value.table = table.data_ptr<double>();
+      value.table = table.const_data_ptr<T>();
     }
   }
 };
@@ -114,39 +131,71 @@ AnyFloat any_float(const at::Tensor& t) {
     case at::kDouble: kind = 3; break;
     default: TORCH_CHECK_TYPE(false, "crop_resize: grad must be floating, got ", t.scalar_type());
   }
-  return {t.data_ptr(), kind};
-}
-
-__device__ __forceinline__ double clamp_position(double x, int64_t size) {
-  // fmax(NaN, -4) is -4: NaN boxes read the border, never out of bounds.
-  return fmin(fmax(x, -4.0), static_cast<double>(size) + 4.0);
-}
-
-// make_taps with the mode as a compile-time constant in each branch, so that its loops
-// unroll and the Taps arrays stay in registers.
-__device__ __forceinline__ void device_taps(double x, int64_t size, Mode mode, Padding padding,
-                                            Taps& t) {
-  x = clamp_position(x, size);
-  switch (mode) {
-    case Mode::Nearest: make_taps(x, size, Mode::Nearest, padding, t); break;
-    case Mode::Bilinear: make_taps(x, size, Mode::Bilinear, padding, t); break;
-    default: make_taps(x, size, Mode::Bicubic, padding, t); break;
-  }
-}
-
-__device__ __forceinline__ int64_t image_of(const int64_t* batch_index, int64_t b, int64_t N) {
-  if (batch_index == nullptr) return b;
-  const int64_t n = batch_index[b];
-  CUDA_KERNEL_ASSERT_MSG(n >= 0 && n < N, "crop_resize: batch_index values must lie in [0, N)");
-  return n < 0 ? 0 : (n >= N ? N - 1 : n);
+  return {t.const_data_ptr(), kind};
 }
 
 struct Box {
   double x1, y1, x2, y2;
 };
 
-__device__ __forceinline__ Box load_box(const double* boxes, int64_t b) {
-  return {boxes[b * 4 + 0], boxes[b * 4 + 1], boxes[b * 4 + 2], boxes[b * 4 + 3]};
+// The boxes as given (float32 or float64, any strides): read in place, converted to double.
+struct Boxes {
+  const void* ptr;
+  int64_t s0, s1;
+  bool f64;
+  __device__ __forceinline__ double at(int64_t b, int k) const {
+    const int64_t i = b * s0 + k * s1;
+    return f64 ? static_cast<const double*>(ptr)[i]
+               : static_cast<double>(static_cast<const float*>(ptr)[i]);
+  }
+  __device__ __forceinline__ Box load(int64_t b) const {
+    return {at(b, 0), at(b, 1), at(b, 2), at(b, 3)};
+  }
+};
+
+Boxes boxes_arg(const at::Tensor& boxes) {
+  return {boxes.const_data_ptr(), boxes.stride(0), boxes.stride(1),
+          boxes.scalar_type() == at::kDouble};
+}
+
+// batch_index as given (any stride), or absent (box b reads image b).
+struct BatchIndex {
+  const int64_t* ptr;
+  int64_t stride;
+  int64_t N;
+  // The image box b reads: out-of-range values trip a device assert and are clamped, so
+  // nothing is read out of bounds (the host ensures N >= 1).
+  __device__ __forceinline__ int64_t image_of(int64_t b) const {
+    if (ptr == nullptr) return b;
+    const int64_t n = ptr[b * stride];
+    CUDA_KERNEL_ASSERT_MSG(n >= 0 && n < N, "crop_resize: batch_index values must lie in [0, N)");
+    return n < 0 ? 0 : (n >= N ? N - 1 : n);
+  }
+};
+
+BatchIndex batch_index_arg(const std::optional<at::Tensor>& batch_index, int64_t N) {
+  if (!batch_index.has_value()) return {nullptr, 0, N};
+  return {batch_index->const_data_ptr<int64_t>(), batch_index->stride(0), N};
+}
+
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+
+// make_taps with the mode as a compile-time constant in each branch (backward kernels, whose
+// mode is a run-time argument), so that its loops unroll and the Taps arrays stay in registers.
+__device__ __forceinline__ void device_taps(double x, int64_t size, Mode mode, Padding padding,
+                                            Taps& t) {
+  switch (mode) {
+    case Mode::Nearest: make_taps(x, size, Mode::Nearest, padding, t); break;
+    case Mode::Bilinear: make_taps(x, size, Mode::Bilinear, padding, t); break;
+    default: make_taps(x, size, Mode::Bicubic, padding, t); break;
+  }
 }
 
 // The output pixel p = i * w + j of an h x w crop that this thread computes (threads of a block
@@ -159,78 +208,297 @@ __device__ __forceinline__ bool pixel_of_thread(int h, int w, int& p, int& i, in
   return true;
 }
 
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
+void check_sizes(int64_t h, int64_t w) {
+  TORCH_CHECK_VALUE(h * w <= kMaxPixels, "crop_resize: output size (", h, ", ", w,
+                    ") is too large for the CUDA kernels (h * w must be at most ", kMaxPixels,
+                    ")");
+}
+
+void check_images_exist(int64_t N) {
+  TORCH_CHECK_INDEX(N > 0, "crop_resize: batch_index values must lie in [0, N) with N = 0 "
+                    "images");
+}
 
 // ---------------------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------------------
 
-template <typename in_t, typename out_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads)
-    forward_kernel(const in_t* __restrict__ img, const double* __restrict__ boxes,
-                   const int64_t* __restrict__ batch_index, out_t* __restrict__ out, Geometry g,
-                   int64_t B, int h, int w, Mode mode, Padding padding, bool align_corners,
-                   const __grid_constant__ Affine affine) {
-  const int hw = h * w;
-  int p, i, j;
-  if (!pixel_of_thread(h, w, p, i, j)) return;
-  const int nt = taps_of(mode);
-  for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
-    const int64_t n = image_of(batch_index, b, g.N);
-    const Box box = load_box(boxes, b);
-    const in_t* plane = img + n * g.sN;
-    out_t* dst = out + b * g.C * hw + p;
-    if (is_exact_copy(box.x1, box.x2, w, g.W) && is_exact_copy(box.y1, box.y2, h, g.H)) {
-      // Fast path: one read per channel, no taps.
-      const int64_t off = (static_cast<int64_t>(box.y1) + i) * g.sH +
-                          (static_cast<int64_t>(box.x1) + j) * g.sW;
-#pragma unroll 4
-      for (int64_t c = 0; c < g.C; ++c) {
-        const acc_t v = static_cast<acc_t>(plane[c * g.sC + off]);
-        dst[c * hw] = static_cast<out_t>(v * static_cast<acc_t>(affine.scale_of(c)) +
-                                         static_cast<acc_t>(affine.shift_of(c)));
-      }
-      continue;
-    }
-    Taps ty, tx;
-    device_taps(source_position(box.y1, box.y2, i, h, align_corners), g.H, mode, padding, ty);
-    device_taps(source_position(box.x1, box.x2, j, w, align_corners), g.W, mode, padding, tx);
-    int64_t offy[kMaxTaps], offx[kMaxTaps];
-    acc_t wy[kMaxTaps], wx[kMaxTaps];
+// The shape of each mode's forward kernel. A thread owns kPixels consecutive output pixels
+// of a row (the copy path moves them as one vector); the interpolating path takes them kGroup
+// at a time and loads the taps of kChannels channels before storing any, so that
+// kGroup * kChannels * taps^2 loads are in flight per thread. The launch bounds (kMinBlocks
+// blocks of kThreads per SM, i.e. at most 65536 / (256 * kMinBlocks) registers) are the
+// tightest at which no instantiation spills on sm_90 (make gpu-report; float64 needs twice
+// the registers for the same work, so it gets half the blocks).
+constexpr int kPixels = 4;
+template <Mode MODE, typename acc_t>
+struct ForwardShape;
+template <typename acc_t>
+struct ForwardShape<Mode::Nearest, acc_t> {
+  static constexpr int kGroup = 4, kChannels = 4;
+  static constexpr int kMinBlocks = std::is_same_v<acc_t, double> ? 2 : 4;
+};
+template <typename acc_t>
+struct ForwardShape<Mode::Bilinear, acc_t> {
+  static constexpr int kGroup = 2, kChannels = 4;
+  static constexpr int kMinBlocks = std::is_same_v<acc_t, double> ? 2 : 4;
+};
+template <typename acc_t>
+struct ForwardShape<Mode::Bicubic, acc_t> {
+  static constexpr int kGroup = 1, kChannels = 4;
+  static constexpr int kMinBlocks = std::is_same_v<acc_t, double> ? 2 : 3;
+};
+
+// N values of type T that move as one (vector) load or store when aligned.
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+template <int N, typename T>
+__device__ __forceinline__ bool aligned_for(const T* p) {
+  return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * N) == 0;
+}
+
+// out[k] = v[k] * scale + shift for the n (<= N) pixels of a group, one vector store when the
+// whole group is there and aligned.
+template <int N, typename out_t, typename acc_t>
+__device__ __forceinline__ void store_pixels(out_t* __restrict__ dst, const acc_t (&v)[N], int n,
+                                             acc_t scale, acc_t shift) {
+  Pack<out_t, N> pack;
 #pragma unroll
-    for (int k = 0; k < kMaxTaps; ++k) {
-      offy[k] = (k < nt ? ty.index[k] : ty.index[0]) * g.sH;
-      offx[k] = (k < nt ? tx.index[k] : tx.index[0]) * g.sW;
-      wy[k] = k < nt ? static_cast<acc_t>(ty.weight[k]) : acc_t(0);
-      wx[k] = k < nt ? static_cast<acc_t>(tx.weight[k]) : acc_t(0);
-    }
-    for (int64_t c = 0; c < g.C; ++c) {
-      const in_t* src = plane + c * g.sC;
-      acc_t v = 0;
+  for (int k = 0; k < N; ++k) pack.v[k] = static_cast<out_t>(v[k] * scale + shift);
+  if (n == N && aligned_for<N>(dst)) {
+    *reinterpret_cast<Pack<out_t, N>*>(dst) = pack;
+  } else {
 #pragma unroll
-      for (int a = 0; a < kMaxTaps; ++a) {
-        if (a < nt) {
-          const in_t* row = src + offy[a];
-          acc_t r = 0;
-#pragma unroll
-          for (int k = 0; k < kMaxTaps; ++k) {
-            if (k < nt) r += wx[k] * static_cast<acc_t>(row[offx[k]]);
-          }
-          v += wy[a] * r;
-        }
-      }
-      dst[c * hw] = static_cast<out_t>(v * static_cast<acc_t>(affine.scale_of(c)) +
-                                       static_cast<acc_t>(affine.shift_of(c)));
+    for (int k = 0; k < N; ++k) {
+      if (k < n) dst[k] = pack.v[k];
     }
   }
 }
+
+// v[k] = src[k * stride] for the n (<= N) pixels of a group, one vector load when the row is
+// contiguous, the whole group is there and the address is aligned.
+template <int N, typename in_t, typename acc_t>
+__device__ __forceinline__ void load_pixels(const in_t* __restrict__ src, int64_t stride, int n,
+                                            acc_t (&v)[N]) {
+  if (stride == 1 && n == N && aligned_for<N>(src)) {
+    const Pack<in_t, N> pack = *reinterpret_cast<const Pack<in_t, N>*>(src);
+#pragma unroll
+    for (int k = 0; k < N; ++k) v[k] = static_cast<acc_t>(pack.v[k]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < N; ++k) v[k] = k < n ? static_cast<acc_t>(src[k * stride]) : acc_t(0);
+  }
+}
+
+// The taps of one output pixel along one axis, as the forward keeps them: indices (int32, an
+// image axis is < 2^31) and weights in the accumulation type.
+template <int T, typename acc_t>
+struct AxisTaps {
+  int index[T];
+  acc_t weight[T];
+};
+
+template <Mode MODE, typename acc_t>
+__device__ __forceinline__ AxisTaps<taps_of(MODE), acc_t> axis_taps(double lo, double hi,
+                                                                     int64_t o, int64_t out,
+                                                                     int64_t size,
+                                                                     Padding padding,
+                                                                     bool align_corners) {
+  Taps t;
+  make_taps(source_position(lo, hi, o, out, align_corners), size, MODE, padding, t);
+  AxisTaps<taps_of(MODE), acc_t> a;
+#pragma unroll
+  for (int k = 0; k < taps_of(MODE); ++k) {
+    a.index[k] = static_cast<int>(t.index[k]);
+    a.weight[k] = static_cast<acc_t>(t.weight[k]);
+  }
+  return a;
+}
+
+// One image of the batch as the forward reads it: sizes and strides in 32 bits (the host checks
+// that every offset inside one image, and inside one box's output, fits), the batch stride in 64.
+struct ImageLayout {
+  int C, H, W, sC, sH, sW;
+  int64_t sN;
+};
+
+ImageLayout image_layout(const at::Tensor& images, int64_t h, int64_t w) {
+  const Geometry g = geometry_of(images);
+  const int64_t last = (g.C - 1) * g.sC + (g.H - 1) * g.sH + (g.W - 1) * g.sW;
+  TORCH_CHECK_VALUE(last < INT_MAX && g.C * h * w <= kMaxPixels,
+                    "crop_resize: an image of shape ", images.sizes(), " with strides ",
+                    images.strides(), " and crops of ", h, " x ", w, " are too large for the CUDA "
+                    "kernels (offsets inside one image and one crop must fit in 32 bits)");
+  return {static_cast<int>(g.C),  static_cast<int>(g.H),  static_cast<int>(g.W),
+          static_cast<int>(g.sC), static_cast<int>(g.sH), static_cast<int>(g.sW), g.sN};
+}
+
+template <Mode MODE, typename in_t, typename out_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads, (ForwardShape<MODE, acc_t>::kMinBlocks))
+    forward_kernel(const in_t* __restrict__ img, Boxes boxes, BatchIndex batch_index,
+                   out_t* __restrict__ out, ImageLayout g, int h, int w, int groups_per_row,
+                   int blocks_per_box, Padding padding, bool align_corners,
+                   const __grid_constant__ Affine<acc_t> affine) {
+  constexpr int P = kPixels;
+  constexpr int T = taps_of(MODE);
+  const int64_t b = blockIdx.x / blocks_per_box;
+  const int tile = static_cast<int>(blockIdx.x - b * blocks_per_box);
+  const int group = tile * static_cast<int>(blockDim.x) + static_cast<int>(threadIdx.x);
+  if (group >= h * groups_per_row) return;
+  const int i = group / groups_per_row;
+  const int j0 = (group - i * groups_per_row) * P;
+  const int n_pix = min(P, w - j0);
+  const int plane_out = h * w;
+  out_t* dst = out + b * g.C * plane_out + (i * w + j0);
+  const in_t* image = img + batch_index.image_of(b) * g.sN;
+  const Box box = boxes.load(b);
+
+  if (is_exact_copy(box.x1, box.x2, w, g.W) && is_exact_copy(box.y1, box.y2, h, g.H)) {
+    // An integer box of the output's size: a copy, no taps.
+    const in_t* src = image + ((static_cast<int>(box.y1) + i) * g.sH +
+                               (static_cast<int>(box.x1) + j0) * g.sW);
+    for (int c0 = 0; c0 < g.C; c0 += kChannelChunk) {
+      acc_t v[kChannelChunk][P];
+#pragma unroll
+      for (int cc = 0; cc < kChannelChunk; ++cc) {
+        if (c0 + cc < g.C) load_pixels<P>(src + (c0 + cc) * g.sC, g.sW, n_pix, v[cc]);
+      }
+#pragma unroll
+      for (int cc = 0; cc < kChannelChunk; ++cc) {
+        const int c = c0 + cc;
+        if (c < g.C) {
+          store_pixels<P>(dst + c * plane_out, v[cc], n_pix, affine.scale_of(c),
+                          affine.shift_of(c));
+        }
+      }
+    }
+    return;
+  }
+
+  constexpr int G = ForwardShape<MODE, acc_t>::kGroup;
+  constexpr int CH = ForwardShape<MODE, acc_t>::kChannels;
+  const AxisTaps<T, acc_t> ty =
+      axis_taps<MODE, acc_t>(box.y1, box.y2, i, h, g.H, padding, align_corners);
+  int row[T];  // offsets of the rows read, inside the image
+#pragma unroll
+  for (int a = 0; a < T; ++a) row[a] = ty.index[a] * g.sH;
+#pragma unroll 1
+  for (int k0 = 0; k0 < n_pix; k0 += G) {
+    const int n_group = min(G, n_pix - k0);
+    acc_t wx[G][T];
+    int col[G][T];  // offsets of the columns read
+#pragma unroll
+    for (int k = 0; k < G; ++k) {
+      // Pixels past the row's end sample the group's last one: valid taps, never stored.
+      const AxisTaps<T, acc_t> tx = axis_taps<MODE, acc_t>(
+          box.x1, box.x2, j0 + k0 + min(k, n_group - 1), w, g.W, padding, align_corners);
+#pragma unroll
+      for (int t = 0; t < T; ++t) {
+        wx[k][t] = tx.weight[t];
+        col[k][t] = tx.index[t] * g.sW;
+      }
+    }
+#pragma unroll 1
+    for (int c0 = 0; c0 < g.C; c0 += CH) {
+      acc_t v[CH][G];
+#pragma unroll
+      for (int cc = 0; cc < CH; ++cc) {
+        // Channels past C read channel c0 again (in bounds, never stored).
+        const in_t* plane = image + (c0 + cc < g.C ? c0 + cc : c0) * g.sC;
+#pragma unroll
+        for (int k = 0; k < G; ++k) {
+          acc_t sum = 0;
+#pragma unroll
+          for (int a = 0; a < T; ++a) {
+            acc_t r = 0;
+#pragma unroll
+            for (int t = 0; t < T; ++t) {
+              r += wx[k][t] * static_cast<acc_t>(plane[row[a] + col[k][t]]);
+            }
+            sum += ty.weight[a] * r;
+          }
+          v[cc][k] = sum;
+        }
+      }
+#pragma unroll
+      for (int cc = 0; cc < CH; ++cc) {
+        const int c = c0 + cc;
+        if (c < g.C) {
+          store_pixels<G>(dst + c * plane_out + k0, v[cc], n_group, affine.scale_of(c),
+                          affine.shift_of(c));
+        }
+      }
+    }
+  }
+}
+
+template <Mode MODE, typename in_t, typename out_t, typename acc_t>
+void launch_forward(const at::Tensor& images, const Boxes& boxes, const BatchIndex& batch_index,
+                    at::Tensor& out, int64_t B, int h, int w, Padding padding,
+                    bool align_corners, const Affine<acc_t>& affine, cudaStream_t stream) {
+  constexpr int P = kPixels;
+  const int groups_per_row = (w + P - 1) / P;
+  const int64_t groups = static_cast<int64_t>(h) * groups_per_row;
+  // Small outputs: one block of just enough warps per box.
+  const int threads = static_cast<int>(std::min<int64_t>(kThreads, (groups + 31) / 32 * 32));
+  const int64_t blocks_per_box = (groups + threads - 1) / threads;
+  TORCH_CHECK_VALUE(B * blocks_per_box <= INT_MAX, "crop_resize: ", B, " boxes of ", h, " x ", w,
+                    " pixels are too many for one launch of the CUDA kernel");
+  forward_kernel<MODE, in_t, out_t, acc_t>
+      <<<static_cast<unsigned>(B * blocks_per_box), threads, 0, stream>>>(
+          images.const_data_ptr<in_t>(), boxes, batch_index, out.mutable_data_ptr<out_t>(),
+          image_layout(images, h, w), h, w, groups_per_row, static_cast<int>(blocks_per_box),
+          padding, align_corners, affine);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor crop_resize_cuda(const at::Tensor& images, const at::Tensor& boxes,
+                            const std::optional<at::Tensor>& batch_index, at::IntArrayRef size,
+                            c10::string_view mode_name, bool align_corners,
+                            c10::string_view padding_name,
+                            std::optional<c10::ArrayRef<double>> mean,
+                            std::optional<c10::ArrayRef<double>> std, at::ScalarType out_dtype) {
+  c10::cuda::CUDAGuard guard(images.device());
+  CropResizeCall call = prepare_crop_resize(images, boxes, batch_index, size, mode_name,
+                                            align_corners, padding_name, mean, std, out_dtype,
+                                            /*check_values=*/false);
+  const int64_t h = call.out_h, w = call.out_w, B = boxes.size(0);
+  check_sizes(h, w);
+  at::Tensor& out = call.out;
+  if (out.numel() == 0) return out;
+  check_images_exist(images.size(0));
+  const Boxes box_arg = boxes_arg(boxes);
+  const BatchIndex index_arg = batch_index_arg(batch_index, images.size(0));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  GFK_DISPATCH_IMAGE_TYPES(images.scalar_type(), "crop_resize_cuda", [&] {
+    using in_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "crop_resize_cuda_out",
+                                    [&] {
+      using out_t = scalar_t;
+      using acc_t = std::conditional_t<std::is_same_v<in_t, double> || std::is_same_v<out_t, double>,
+                                       double, float>;
+      const AffineArg<acc_t> affine(call.affine, images.device());
+      const auto run = [&](auto mode) {
+        launch_forward<decltype(mode)::value, in_t, out_t, acc_t>(
+            images, box_arg, index_arg, out, B, static_cast<int>(h), static_cast<int>(w),
+            call.padding, align_corners, affine.value, stream);
+      };
+      switch (call.mode) {
+        case Mode::Nearest: run(std::integral_constant<Mode, Mode::Nearest>{}); break;
+        case Mode::Bilinear: run(std::integral_constant<Mode, Mode::Bilinear>{}); break;
+        case Mode::Bicubic: run(std::integral_constant<Mode, Mode::Bicubic>{}); break;
+      }
+    });
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward wrt images, atomics: every output pixel scatters into the taps it read.
+// ---------------------------------------------------------------------------------------
 
 dim3 pixel_block(int64_t hw) {
   // Small outputs: one block of just enough warps per box.
@@ -243,81 +511,26 @@ dim3 pixel_grid(int64_t hw, int64_t B, const dim3& block) {
               static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(B, 1), kMaxGridY)));
 }
 
-void check_sizes(int64_t h, int64_t w) {
-  TORCH_CHECK_VALUE(h * w <= INT_MAX, "crop_resize: output size (", h, ", ", w,
-                    ") is too large for the CUDA kernels (h * w must be < 2^31)");
-}
-
-std::optional<at::Tensor> contiguous_index(const std::optional<at::Tensor>& batch_index) {
-  if (!batch_index.has_value()) return std::nullopt;
-  return batch_index->contiguous();
-}
-
-at::Tensor crop_resize_cuda(const at::Tensor& images, const at::Tensor& boxes_in,
-                            const std::optional<at::Tensor>& batch_index_in,
-                            at::IntArrayRef size, c10::string_view mode_name, bool align_corners,
-                            c10::string_view padding_name,
-                            std::optional<c10::ArrayRef<double>> mean,
-                            std::optional<c10::ArrayRef<double>> std, at::ScalarType out_dtype) {
-  c10::cuda::CUDAGuard guard(images.device());
-  CropResizeCall call = prepare_crop_resize(images, boxes_in, batch_index_in, size, mode_name,
-                                            align_corners, padding_name, mean, std, out_dtype,
-                                            /*check_values=*/false);
-  const int64_t h = call.out_h, w = call.out_w, B = boxes_in.size(0);
-  check_sizes(h, w);
-  at::Tensor& out = call.out;
-  if (out.numel() == 0) return out;
-  TORCH_CHECK_INDEX(images.size(0) > 0, "crop_resize: batch_index values must lie in [0, N) "
-                    "with N = 0 images");
-  const at::Tensor boxes = boxes_in.to(at::kDouble).contiguous();
-  const std::optional<at::Tensor> batch_index = contiguous_index(batch_index_in);
-  const AffineArg affine(call.affine, images.device());
-  const Geometry g = geometry_of(images);
-  const dim3 block = pixel_block(h * w), grid = pixel_grid(h * w, B, block);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t* bi = batch_index ? batch_index->data_ptr<int64_t>() : nullptr;
-  GFK_DISPATCH_IMAGE_TYPES(images.scalar_type(), "crop_resize_cuda", [&] {
-    using in_t = scalar_t;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "crop_resize_cuda_out",
-                                    [&] {
-      using out_t = scalar_t;
-      using acc_t = std::conditional_t<std::is_same_v<in_t, double> || std::is_same_v<out_t, double>,
-                                       double, float>;
-      forward_kernel<in_t, out_t, acc_t><<<grid, block, 0, stream>>>(
-          images.const_data_ptr<in_t>(), boxes.const_data_ptr<double>(), bi,
-          out.mutable_data_ptr<out_t>(), g, B, static_cast<int>(h), static_cast<int>(w),
-          call.mode, call.padding, align_corners, affine.value);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
-  return out;
-}
-
-// ---------------------------------------------------------------------------------------
-// Backward wrt images, atomics: every output pixel scatters into the taps it read.
-// ---------------------------------------------------------------------------------------
-
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-    backward_images_atomic_kernel(AnyFloat grad, const double* __restrict__ boxes,
-                                  const int64_t* __restrict__ batch_index,
+    backward_images_atomic_kernel(AnyFloat grad, Boxes boxes, BatchIndex batch_index,
                                   acc_t* __restrict__ grad_images, Geometry g, int64_t B, int h,
                                   int w, Mode mode, Padding padding, bool align_corners,
-                                  const __grid_constant__ Affine affine) {
+                                  const __grid_constant__ Affine<acc_t> affine) {
   const int hw = h * w;
   int p, i, j;
   if (!pixel_of_thread(h, w, p, i, j)) return;
   const int nt = taps_of(mode);
   const int64_t plane_size = g.H * g.W;
   for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
-    const int64_t n = image_of(batch_index, b, g.N);
-    const Box box = load_box(boxes, b);
+    const int64_t n = batch_index.image_of(b);
+    const Box box = boxes.load(b);
     acc_t* planes = grad_images + n * g.C * plane_size;
     const int64_t gbase = b * g.C * hw + p;
     if (is_exact_copy(box.x1, box.x2, w, g.W) && is_exact_copy(box.y1, box.y2, h, g.H)) {
       const int64_t off = (static_cast<int64_t>(box.y1) + i) * g.W + static_cast<int64_t>(box.x1) + j;
       for (int64_t c = 0; c < g.C; ++c) {
-        const acc_t gv = grad.load<acc_t>(gbase + c * hw) * static_cast<acc_t>(affine.scale_of(c));
+        const acc_t gv = grad.load<acc_t>(gbase + c * hw) * affine.scale_of(c);
         if (gv != acc_t(0)) atomicAdd(planes + c * plane_size + off, gv);
       }
       continue;
@@ -326,7 +539,7 @@ __global__ void __launch_bounds__(kThreads)
     device_taps(source_position(box.y1, box.y2, i, h, align_corners), g.H, mode, padding, ty);
     device_taps(source_position(box.x1, box.x2, j, w, align_corners), g.W, mode, padding, tx);
     for (int64_t c = 0; c < g.C; ++c) {
-      const acc_t gv = grad.load<acc_t>(gbase + c * hw) * static_cast<acc_t>(affine.scale_of(c));
+      const acc_t gv = grad.load<acc_t>(gbase + c * hw) * affine.scale_of(c);
       if (gv == acc_t(0)) continue;
       acc_t* plane = planes + c * plane_size;
 #pragma unroll
@@ -360,17 +573,16 @@ __global__ void __launch_bounds__(kThreads)
 // Taps of every output index of every box along one axis: index[B][out][4] (-1 for unused
 // taps), weight[B][out][4], span[B][out][2] = (smallest, largest) index read.
 template <typename acc_t>
-__global__ void axis_table_kernel(const double* __restrict__ boxes, int64_t B, int lo_col,
-                                  int hi_col, int64_t out, int64_t size, Mode mode,
-                                  Padding padding, bool align_corners, int* __restrict__ index,
-                                  acc_t* __restrict__ weight, int* __restrict__ span) {
+__global__ void axis_table_kernel(Boxes boxes, int64_t B, int lo_col, int hi_col, int64_t out,
+                                  int64_t size, Mode mode, Padding padding, bool align_corners,
+                                  int* __restrict__ index, acc_t* __restrict__ weight,
+                                  int* __restrict__ span) {
   const int nt = taps_of(mode);
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < B * out;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = t / out, o = t - b * out;
     Taps taps;
-    device_taps(source_position(boxes[b * 4 + lo_col], boxes[b * 4 + hi_col], o, out,
-                                align_corners),
+    device_taps(source_position(boxes.at(b, lo_col), boxes.at(b, hi_col), o, out, align_corners),
                 size, mode, padding, taps);
     int lo = INT_MAX, hi = -1;
 #pragma unroll
@@ -391,16 +603,18 @@ __global__ void axis_table_kernel(const double* __restrict__ boxes, int64_t B, i
 
 // For each box b and pixel x along one axis: range[b][x] = (first, last) output indices whose
 // taps touch x (first > last: none).
-__global__ void axis_range_kernel(const double* __restrict__ boxes, int64_t B, int lo_col,
-                                  int hi_col, int64_t out, int64_t size, bool align_corners,
-                                  const int* __restrict__ span, int* __restrict__ range) {
+__global__ void axis_range_kernel(Boxes boxes, int64_t B, int lo_col, int hi_col, int64_t out,
+                                  int64_t size, bool align_corners, const int* __restrict__ span,
+                                  int* __restrict__ range) {
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < B * size;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = t / size;
     const int x = static_cast<int>(t - b * size);
-    const double lo = boxes[b * 4 + lo_col], hi = boxes[b * 4 + hi_col];
-    const double p0 = clamp_position(source_position(lo, hi, 0, out, align_corners), size);
-    const double p1 = clamp_position(source_position(lo, hi, out - 1, out, align_corners), size);
+    const double lo = boxes.at(b, lo_col), hi = boxes.at(b, hi_col);
+    // The positions of the first and last output index, clamped as make_taps clamps them.
+    const double top = static_cast<double>(size) + 4.0;
+    const double p0 = fmin(fmax(source_position(lo, hi, 0, out, align_corners), -4.0), top);
+    const double p1 = fmin(fmax(source_position(lo, hi, out - 1, out, align_corners), -4.0), top);
     const bool increasing = !(p1 < p0);
     const int* s = span + b * out * 2;
     // Smallest o in [0, out] for which a monotone (false..true) predicate holds.
@@ -425,15 +639,22 @@ __global__ void axis_range_kernel(const double* __restrict__ boxes, int64_t B, i
   }
 }
 
-// offsets[n] = first position of image n in the sorted batch_index (n in [0, N]).
+// offsets[n] = first position of image n in the sorted batch_index (n in [0, N]). Values out
+// of [0, N) trip a device assert and count for the nearest image, as the atomic path and the
+// forward clamp them (clamping keeps the sorted order, so the binary search stays valid).
 __global__ void image_offsets_kernel(const int64_t* __restrict__ sorted, int64_t B, int64_t N,
                                      int64_t* __restrict__ offsets) {
   const int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (n > N) return;
+  if (n == 0 && B > 0) {
+    CUDA_KERNEL_ASSERT_MSG(sorted[0] >= 0 && sorted[B - 1] < N,
+                           "crop_resize: batch_index values must lie in [0, N)");
+  }
   int64_t a = 0, z = B;
   while (a < z) {
     const int64_t m = (a + z) / 2;
-    if (sorted[m] >= n) z = m; else a = m + 1;
+    const int64_t v = sorted[m] < 0 ? 0 : (sorted[m] >= N ? N - 1 : sorted[m]);
+    if (v >= n) z = m; else a = m + 1;
   }
   offsets[n] = a;
 }
@@ -457,7 +678,7 @@ __global__ void __launch_bounds__(kThreads)
                                   const int* __restrict__ yrange, const int* __restrict__ xindex,
                                   const acc_t* __restrict__ xweight,
                                   const int* __restrict__ xrange, acc_t* __restrict__ grad_images,
-                                  const __grid_constant__ Affine affine) {
+                                  const __grid_constant__ Affine<acc_t> affine) {
   const int64_t total = N * C * H * W;
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < total;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -485,7 +706,7 @@ __global__ void __launch_bounds__(kThreads)
         acc += wy * r;
       }
     }
-    grad_images[t] = acc * static_cast<acc_t>(affine.scale_of(c));
+    grad_images[t] = acc * affine.scale_of(c);
   }
 }
 
@@ -497,10 +718,10 @@ unsigned blocks_for(int64_t n) {
 }
 
 template <typename acc_t>
-void backward_images_deterministic(const at::Tensor& grad, const at::Tensor& boxes,
+void backward_images_deterministic(const at::Tensor& grad, const Boxes& boxes,
                                    const std::optional<at::Tensor>& batch_index,
                                    at::Tensor& grad_images, Mode mode, Padding padding,
-                                   bool align_corners, const AffineArg& affine) {
+                                   bool align_corners, const Affine<acc_t>& affine) {
   const int64_t B = grad.size(0), C = grad.size(1), h = grad.size(2), w = grad.size(3);
   const int64_t N = grad_images.size(0), H = grad_images.size(2), W = grad_images.size(3);
   TORCH_CHECK_VALUE(H <= INT_MAX && W <= INT_MAX, "crop_resize: image too large");
@@ -511,27 +732,26 @@ void backward_images_deterministic(const at::Tensor& grad, const at::Tensor& box
   at::Tensor yweight = at::empty({B, h, kMaxTaps}, aopt), xweight = at::empty({B, w, kMaxTaps}, aopt);
   at::Tensor yspan = at::empty({B, h, 2}, iopt), xspan = at::empty({B, w, 2}, iopt);
   at::Tensor yrange = at::empty({B, H, 2}, iopt), xrange = at::empty({B, W, 2}, iopt);
-  const double* bx = boxes.const_data_ptr<double>();
   axis_table_kernel<acc_t><<<blocks_for(B * h), kThreads, 0, stream>>>(
-      bx, B, 1, 3, h, H, mode, padding, align_corners, yindex.mutable_data_ptr<int>(),
+      boxes, B, 1, 3, h, H, mode, padding, align_corners, yindex.mutable_data_ptr<int>(),
       yweight.mutable_data_ptr<acc_t>(), yspan.mutable_data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   axis_table_kernel<acc_t><<<blocks_for(B * w), kThreads, 0, stream>>>(
-      bx, B, 0, 2, w, W, mode, padding, align_corners, xindex.mutable_data_ptr<int>(),
+      boxes, B, 0, 2, w, W, mode, padding, align_corners, xindex.mutable_data_ptr<int>(),
       xweight.mutable_data_ptr<acc_t>(), xspan.mutable_data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   axis_range_kernel<<<blocks_for(B * H), kThreads, 0, stream>>>(
-      bx, B, 1, 3, h, H, align_corners, yspan.const_data_ptr<int>(), yrange.mutable_data_ptr<int>());
+      boxes, B, 1, 3, h, H, align_corners, yspan.const_data_ptr<int>(), yrange.mutable_data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   axis_range_kernel<<<blocks_for(B * W), kThreads, 0, stream>>>(
-      bx, B, 0, 2, w, W, align_corners, xspan.const_data_ptr<int>(), xrange.mutable_data_ptr<int>());
+      boxes, B, 0, 2, w, W, align_corners, xspan.const_data_ptr<int>(), xrange.mutable_data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   at::Tensor order, offsets;
   if (batch_index.has_value()) {
     auto sorted = at::sort(*batch_index, /*stable=*/true, /*dim=*/0, /*descending=*/false);
     const at::Tensor values = std::get<0>(sorted).contiguous();
     order = std::get<1>(sorted).contiguous();
-    offsets = at::empty({N + 1}, batch_index->options());
+    offsets = at::empty({N + 1}, values.options());
     image_offsets_kernel<<<static_cast<unsigned>((N + 1 + kThreads - 1) / kThreads), kThreads, 0,
                            stream>>>(values.const_data_ptr<int64_t>(), B, N,
                                      offsets.mutable_data_ptr<int64_t>());
@@ -543,21 +763,20 @@ void backward_images_deterministic(const at::Tensor& grad, const at::Tensor& box
       static_cast<int>(h), static_cast<int>(w), yindex.const_data_ptr<int>(),
       yweight.const_data_ptr<acc_t>(), yrange.const_data_ptr<int>(), xindex.const_data_ptr<int>(),
       xweight.const_data_ptr<acc_t>(), xrange.const_data_ptr<int>(),
-      grad_images.mutable_data_ptr<acc_t>(), affine.value);
+      grad_images.mutable_data_ptr<acc_t>(), affine);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor crop_resize_backward_images_cuda(const at::Tensor& grad_in, const at::Tensor& boxes_in,
-                                            const std::optional<at::Tensor>& batch_index_in,
+at::Tensor crop_resize_backward_images_cuda(const at::Tensor& grad_in, const at::Tensor& boxes,
+                                            const std::optional<at::Tensor>& batch_index,
                                             at::IntArrayRef image_size, at::ScalarType image_dtype,
                                             c10::string_view mode_name, bool align_corners,
                                             c10::string_view padding_name,
                                             std::optional<c10::ArrayRef<double>> std) {
   c10::cuda::CUDAGuard guard(grad_in.device());
   const BackwardImagesCall call =
-      prepare_backward_images(grad_in, boxes_in, batch_index_in, image_size, image_dtype,
-                              mode_name, align_corners, padding_name, std,
-                              /*check_values=*/false);
+      prepare_backward_images(grad_in, boxes, batch_index, image_size, image_dtype, mode_name,
+                              align_corners, padding_name, std, /*check_values=*/false);
   const int64_t h = grad_in.size(2), w = grad_in.size(3);
   check_sizes(h, w);
   const bool deterministic = at::globalContext().deterministicAlgorithms();
@@ -567,23 +786,21 @@ at::Tensor crop_resize_backward_images_cuda(const at::Tensor& grad_in, const at:
   if (grad_images.numel() == 0) return grad_images.to(image_dtype);
   if (grad_in.numel() == 0) return grad_images.zero_().to(image_dtype);
   const at::Tensor grad = grad_in.contiguous();
-  const at::Tensor boxes = boxes_in.to(at::kDouble).contiguous();
-  const std::optional<at::Tensor> batch_index = contiguous_index(batch_index_in);
-  const AffineArg affine(call.affine, grad.device());
+  const Boxes box_arg = boxes_arg(boxes);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   auto run = [&](auto acc_tag) {
     using acc_t = decltype(acc_tag);
+    const AffineArg<acc_t> affine(call.affine, grad.device());
     if (deterministic) {
-      backward_images_deterministic<acc_t>(grad, boxes, batch_index, grad_images, call.mode,
-                                           call.padding, align_corners, affine);
+      backward_images_deterministic<acc_t>(grad, box_arg, batch_index, grad_images, call.mode,
+                                           call.padding, align_corners, affine.value);
       return;
     }
     Geometry g{image_size[0], image_size[1], image_size[2], image_size[3], 0, 0, 0, 0};
     const int64_t B = grad.size(0);
     const dim3 block = pixel_block(h * w), grid = pixel_grid(h * w, B, block);
     backward_images_atomic_kernel<acc_t><<<grid, block, 0, stream>>>(
-        any_float(grad), boxes.const_data_ptr<double>(),
-        batch_index ? batch_index->const_data_ptr<int64_t>() : nullptr,
+        any_float(grad), box_arg, batch_index_arg(batch_index, image_size[0]),
         grad_images.mutable_data_ptr<acc_t>(), g, B, static_cast<int>(h), static_cast<int>(w),
         call.mode, call.padding, align_corners, affine.value);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -626,22 +843,23 @@ __device__ __forceinline__ void block_reduce(double (&v)[kBoxSums], double* shar
 
 template <typename in_t>
 __global__ void __launch_bounds__(kThreads)
-    backward_boxes_kernel(AnyFloat grad, const in_t* __restrict__ img,
-                          const double* __restrict__ boxes, const int64_t* __restrict__ batch_index,
-                          Geometry g, int64_t B, int h, int w, Mode mode, Padding padding,
-                          bool align_corners, const __grid_constant__ Affine affine,
+    backward_boxes_kernel(AnyFloat grad, const in_t* __restrict__ img, Boxes boxes,
+                          BatchIndex batch_index, Geometry g, int64_t B, int h, int w, Mode mode,
+                          Padding padding, bool align_corners,
+                          const __grid_constant__ Affine<double> affine,
                           double* __restrict__ partial) {
   __shared__ double shared[kBoxSums * 32];
-  const int hw = h * w;
+  const int64_t hw = static_cast<int64_t>(h) * w;
   const int nt = taps_of(mode);
   const int S = gridDim.x;
   for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
-    const int64_t n = image_of(batch_index, b, g.N);
-    const Box box = load_box(boxes, b);
-    const in_t* plane = img + n * g.sN;
+    const in_t* plane = img + batch_index.image_of(b) * g.sN;
+    const Box box = boxes.load(b);
     double sums[kBoxSums] = {0.0, 0.0, 0.0, 0.0};  // dx1, dy1, dx2, dy2
-    for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < hw; p += S * blockDim.x) {
-      const int i = p / w, j = p - i * w;
+    // 64-bit pixel index: p + S * blockDim.x may pass 2^31 on the last stride.
+    for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < hw;
+         p += static_cast<int64_t>(S) * blockDim.x) {
+      const int i = static_cast<int>(p / w), j = static_cast<int>(p - static_cast<int64_t>(i) * w);
       Taps ty, tx;
       device_taps(source_position(box.y1, box.y2, i, h, align_corners), g.H, mode, padding, ty);
       device_taps(source_position(box.x1, box.x2, j, w, align_corners), g.W, mode, padding, tx);
@@ -687,24 +905,21 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 at::Tensor crop_resize_backward_boxes_cuda(const at::Tensor& grad_in, const at::Tensor& images,
-                                           const at::Tensor& boxes_in,
-                                           const std::optional<at::Tensor>& batch_index_in,
+                                           const at::Tensor& boxes,
+                                           const std::optional<at::Tensor>& batch_index,
                                            c10::string_view mode_name, bool align_corners,
                                            c10::string_view padding_name,
                                            std::optional<c10::ArrayRef<double>> std) {
   c10::cuda::CUDAGuard guard(images.device());
   const BackwardBoxesCall call =
-      prepare_backward_boxes(grad_in, images, boxes_in, batch_index_in, mode_name, align_corners,
+      prepare_backward_boxes(grad_in, images, boxes, batch_index, mode_name, align_corners,
                              padding_name, std, /*check_values=*/false);
-  const int64_t h = grad_in.size(2), w = grad_in.size(3), B = boxes_in.size(0);
+  const int64_t h = grad_in.size(2), w = grad_in.size(3), B = boxes.size(0);
   check_sizes(h, w);
-  if (grad_in.numel() == 0) return at::zeros_like(boxes_in, at::MemoryFormat::Contiguous);
-  TORCH_CHECK_INDEX(images.size(0) > 0, "crop_resize: batch_index values must lie in [0, N) "
-                    "with N = 0 images");
+  if (grad_in.numel() == 0) return at::zeros_like(boxes, at::MemoryFormat::Contiguous);
+  check_images_exist(images.size(0));
   const at::Tensor grad = grad_in.contiguous();
-  const at::Tensor boxes = boxes_in.to(at::kDouble).contiguous();
-  const std::optional<at::Tensor> batch_index = contiguous_index(batch_index_in);
-  const AffineArg affine(call.affine, images.device());
+  const AffineArg<double> affine(call.affine, images.device());
   const Geometry g = geometry_of(images);
   const int64_t hw = h * w;
   // Enough blocks per box to fill the GPU when boxes are few, few partials when they are many.
@@ -718,13 +933,13 @@ at::Tensor crop_resize_backward_boxes_cuda(const at::Tensor& grad_in, const at::
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   GFK_DISPATCH_IMAGE_TYPES(images.scalar_type(), "crop_resize_backward_boxes_cuda", [&] {
     backward_boxes_kernel<scalar_t><<<grid, block, 0, stream>>>(
-        any_float(grad), images.const_data_ptr<scalar_t>(), boxes.const_data_ptr<double>(),
-        batch_index ? batch_index->const_data_ptr<int64_t>() : nullptr, g, B, static_cast<int>(h),
+        any_float(grad), images.const_data_ptr<scalar_t>(), boxes_arg(boxes),
+        batch_index_arg(batch_index, images.size(0)), g, B, static_cast<int>(h),
         static_cast<int>(w), call.mode, call.padding, align_corners, affine.value,
         partial.mutable_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return partial.sum(1).to(boxes_in.scalar_type());
+  return partial.sum(1).to(boxes.scalar_type());
 }
 
 }  // namespace

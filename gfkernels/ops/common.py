@@ -29,6 +29,16 @@ def check_index_values(index: torch.Tensor, bound: int, op: str, name: str) -> N
                          f"{int(index[bad])}")
 
 
+def call(backend: backends.Backend, op, needs_grad: bool, *args):
+    """op(*args). When no gradient is needed, a library op is called below the autograd
+    layer: its Python autograd kernel (several microseconds a call, as much as a small crop)
+    is skipped, as under inference_mode. Under torch.compile the call is left as it is."""
+    if needs_grad or not backend.library_ops or torch.compiler.is_compiling():
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
 def compiled_op_defined(name: str) -> bool:
     """Whether the loaded gfkernels._C defines torch.ops.gfkernels.<name>."""
     if backends._C is None:

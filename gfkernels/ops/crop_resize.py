@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 
 from .. import backends, reference
-from .common import check_index_values, register_compiled
+from .common import call, check_index_values, register_compiled
 
 IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
 OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -32,12 +32,18 @@ def normalise_size(size: Size) -> Tuple[int, int]:
     return size
 
 
-def per_channel_list(values) -> Optional[list]:
-    """mean/std given as a sequence, a tensor or one number -> a list of floats (or None)."""
+def per_channel_list(values, name: str) -> Optional[list]:
+    """mean/std given as a sequence, a CPU tensor or one number -> a list of floats (or None).
+    The values are needed on the host: a GPU tensor would be read with a hidden sync, so it is
+    refused."""
     if values is None:
         return None
     if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().reshape(-1).tolist()
+        if values.device.type != "cpu":
+            raise ValueError(f"crop_resize: {name} must be numbers or a CPU tensor, got a tensor "
+                             f"on {values.device} (reading it would synchronise with the "
+                             f"device; pass .tolist() once)")
+        values = values.detach().reshape(-1).tolist()
     elif isinstance(values, (int, float)):
         values = [values]
     return [float(v) for v in values]
@@ -124,16 +130,17 @@ def crop_resize(
     docs/OPS.md gives the exact sampling positions.
     """
     size = normalise_size(size)
-    mean, std = per_channel_list(mean), per_channel_list(std)
+    mean, std = per_channel_list(mean, "mean"), per_channel_list(std, "std")
     if out_dtype is None and isinstance(images, torch.Tensor):
         out_dtype = images.dtype if images.is_floating_point() else torch.float32
     check_args(images, boxes, batch_index, mode, align_corners, padding_mode, mean, std,
                out_dtype)
-    chosen = backends.resolve(backend, images.device)
+    chosen, op = backends.lookup("crop_resize", backend, images.device)
     if batch_index is not None and not chosen.checks_index_values:
         check_index_values(batch_index, images.shape[0], "crop_resize", "batch_index")
-    return chosen.op("crop_resize")(images, boxes, batch_index, list(size), mode,
-                                    align_corners, padding_mode, mean, std, out_dtype)
+    needs_grad = torch.is_grad_enabled() and (images.requires_grad or boxes.requires_grad)
+    return call(chosen, op, needs_grad, images, boxes, batch_index, list(size), mode,
+                align_corners, padding_mode, mean, std, out_dtype)
 
 
 # ----------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 
 from .. import backends
-from .common import check_index_values, describe, register_compiled
+from .common import call, check_index_values, describe, register_compiled
 
 LOGIT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -119,10 +119,10 @@ def early_exit(
     """
     threshold = threshold_tensor(threshold)
     check_early_exit_args(logits, threshold, active, out_logits, exit_step, step)
-    chosen = backends.resolve(backend, logits.device)
+    chosen, op = backends.lookup("early_exit", backend, logits.device)
     if not chosen.checks_index_values:
         check_index_values(active, out_logits.shape[0], "early_exit", "active")
-    return chosen.op("early_exit")(logits, threshold, active, out_logits, exit_step, step)
+    return call(chosen, op, False, logits, threshold, active, out_logits, exit_step, step)
 
 
 def check_gather_rows_args(tensors, index, n) -> List[torch.Tensor]:
@@ -181,12 +181,13 @@ def gather_rows(
                             f"{n.dtype} of shape {tuple(n.shape)}")
         n = int(n)
     tensors = check_gather_rows_args(tensors, index, n)
-    chosen = backends.resolve(backend, index.device)
+    chosen, op = backends.lookup("gather_rows", backend, index.device)
     if not tensors:
         return []
     if not chosen.checks_index_values:
         check_index_values(index[:n], tensors[0].shape[0], "gather_rows", "index")
-    return list(chosen.op("gather_rows")(tensors, index, n))
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return list(call(chosen, op, needs_grad, tensors, index, n))
 
 
 # ----------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ only torch.compile's view into the kernels is left to the GPU tests (tests/cuda)
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Callable, Iterable, Tuple
 
@@ -45,6 +46,15 @@ def register_op(name: str, impl: Callable, *, mutates_args: Iterable[str] = (),
         op.register_fake(fake)
         return op
     return torch.library.triton_op(qualname, impl, mutates_args=tuple(mutates_args))
+
+
+def on_device(tensor: torch.Tensor):
+    """A context in which launches run on `tensor`'s GPU and that GPU's current stream (Triton
+    launches on the current device: tensors on cuda:1 with cuda:0 current would otherwise run
+    on the wrong device's stream, or fault). A no-op for CPU tensors (the interpreter)."""
+    if tensor.device.type == "cuda":
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
 
 
 def launch(kernel):

@@ -8,20 +8,25 @@ its two backward ops (see gfkernels/triton/__init__.py), with the autograd of
 gfkernels/ops/crop_resize.py. Runs on CUDA tensors, and on CPU tensors under
 TRITON_INTERPRET=1.
 
-No host syncs: positions are clamped to [-4, size + 4] (NaN -> -4) and batch_index values
-to [0, N), so nothing is read out of bounds whatever the values.
+No host syncs and one launch per forward: boxes are read in their own dtype and strides,
+batch_index with its stride, and the normalisation table is built on the device once per
+normalisation (_affine). Nothing is read out of bounds whatever the values: positions are
+clamped to [-4, size + 4] (NaN -> -4) and batch_index values to [0, N) after a device assert
+(active in Triton's debug mode); an empty image batch with boxes is refused on the host.
+Launches run under the tensors' device (on_device).
 """
 
 import math
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
 
 from ..ops.crop_resize import (fake_backward_boxes, fake_backward_images, fake_crop_resize,
                                register_autograd)
-from . import launch, register_op
+from . import launch, on_device, register_op
 
 _MODES = {"nearest": 0, "bilinear": 1, "bicubic": 2}
 _TAPS = {0: 1, 1: 2, 2: 4}
@@ -181,9 +186,12 @@ def _sample(plane, oy0, oy1, oy2, oy3, wy0, wy1, wy2, wy3, ox0, ox1, ox2, ox3, w
 
 
 @triton.jit
-def _image_of(batch_index, b, N, HAS_BI: tl.constexpr):
+def _image_of(batch_index, s_bi, b, N, HAS_BI: tl.constexpr):
+    """The image box b reads. Out-of-range batch_index values trip a device assert (debug
+    builds) and are clamped, so nothing is read out of bounds (the host ensures N >= 1)."""
     if HAS_BI:
-        n = tl.load(batch_index + b)
+        n = tl.load(batch_index + b * s_bi)
+        tl.device_assert((n >= 0) & (n < N), "crop_resize: batch_index values must lie in [0, N)")
         n = tl.minimum(tl.maximum(n, 0), N - 1)
     else:
         n = b
@@ -201,10 +209,11 @@ def _is_exact(lo, hi, out, size):
 
 
 @triton.jit
-def _load_box(boxes, b):
-    """Box b as (x1, y1, x2, y2)."""
-    return (tl.load(boxes + b * 4 + 0), tl.load(boxes + b * 4 + 1),
-            tl.load(boxes + b * 4 + 2), tl.load(boxes + b * 4 + 3))
+def _load_box(boxes, sb0, sb1, b):
+    """Box b as (x1, y1, x2, y2) in float64, from float32 or float64 boxes of any strides."""
+    row = boxes + b.to(tl.int64) * sb0
+    return (tl.load(row).to(tl.float64), tl.load(row + sb1).to(tl.float64),
+            tl.load(row + 2 * sb1).to(tl.float64), tl.load(row + 3 * sb1).to(tl.float64))
 
 
 @triton.jit
@@ -220,15 +229,16 @@ def _output_tile(h, w, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _forward_kernel(img, boxes, batch_index, out, affine, N, C, H, W, sN, sC, sH, sW, h, w,
-                    HAS_BI: tl.constexpr, MODE: tl.constexpr, NT: tl.constexpr,
+def _forward_kernel(img, boxes, sb0, sb1, batch_index, s_bi, out, affine, N, C, H, W, sN, sC,
+                    sH, sW, h, w, HAS_BI: tl.constexpr, MODE: tl.constexpr, NT: tl.constexpr,
                     ZEROS: tl.constexpr, ALIGN: tl.constexpr, ACC64: tl.constexpr,
                     BLOCK: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
     hw = h * w
     b, p, mask, i, j = _output_tile(h, w, BLOCK)
-    n = _image_of(batch_index, b, N, HAS_BI)
-    x1, y1, x2, y2 = _load_box(boxes, b)
+    n = _image_of(batch_index, s_bi, b, N, HAS_BI)
+    x1, y1, x2, y2 = _load_box(boxes, sb0, sb1, b)
+    # c * sC and c * hw stay below 2^31 (the host checks the image's and the crop's span).
     plane0 = img + n * sN
     dst = out + b.to(tl.int64) * C * hw + p
     exact = _is_exact(x1, x2, w, W) & _is_exact(y1, y2, h, H)
@@ -255,24 +265,25 @@ def _forward_kernel(img, boxes, batch_index, out, affine, N, C, H, W, sN, sC, sH
 
 @triton.jit
 def _scatter_row(ptr, o0, o1, o2, o3, w0, w1, w2, w3, g, mask, NT: tl.constexpr):
-    tl.atomic_add(ptr + o0, w0 * g, mask=mask & (w0 != 0))
+    # Relaxed: the adds only accumulate; nothing in the kernel is ordered against them.
+    tl.atomic_add(ptr + o0, w0 * g, mask=mask & (w0 != 0), sem="relaxed")
     if NT > 1:
-        tl.atomic_add(ptr + o1, w1 * g, mask=mask & (w1 != 0))
+        tl.atomic_add(ptr + o1, w1 * g, mask=mask & (w1 != 0), sem="relaxed")
     if NT > 2:
-        tl.atomic_add(ptr + o2, w2 * g, mask=mask & (w2 != 0))
-        tl.atomic_add(ptr + o3, w3 * g, mask=mask & (w3 != 0))
+        tl.atomic_add(ptr + o2, w2 * g, mask=mask & (w2 != 0), sem="relaxed")
+        tl.atomic_add(ptr + o3, w3 * g, mask=mask & (w3 != 0), sem="relaxed")
 
 
 @triton.jit
-def _backward_images_atomic_kernel(grad, boxes, batch_index, grad_images, affine, N, C, H, W, h,
-                                   w, HAS_BI: tl.constexpr, MODE: tl.constexpr,
+def _backward_images_atomic_kernel(grad, boxes, sb0, sb1, batch_index, s_bi, grad_images, affine,
+                                   N, C, H, W, h, w, HAS_BI: tl.constexpr, MODE: tl.constexpr,
                                    NT: tl.constexpr, ZEROS: tl.constexpr, ALIGN: tl.constexpr,
                                    ACC64: tl.constexpr, BLOCK: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
     hw = h * w
     b, p, mask, i, j = _output_tile(h, w, BLOCK)
-    n = _image_of(batch_index, b, N, HAS_BI)
-    x1, y1, x2, y2 = _load_box(boxes, b)
+    n = _image_of(batch_index, s_bi, b, N, HAS_BI)
+    x1, y1, x2, y2 = _load_box(boxes, sb0, sb1, b)
     planes = grad_images + n * C * H * W
     src = grad + b.to(tl.int64) * C * hw + p
     (iy0, iy1, iy2, iy3, wy0, wy1, wy2, wy3, ix0, ix1, ix2, ix3, wx0, wx1, wx2,
@@ -294,7 +305,7 @@ def _backward_images_atomic_kernel(grad, boxes, batch_index, grad_images, affine
 
 
 @triton.jit
-def _axis_table_kernel(boxes, lo_col, hi_col, total, out, size, index, weight, span,
+def _axis_table_kernel(boxes, sb0, sb1, lo_col, hi_col, total, out, size, index, weight, span,
                        MODE: tl.constexpr, NT: tl.constexpr, ZEROS: tl.constexpr,
                        ALIGN: tl.constexpr, ACC64: tl.constexpr, BLOCK: tl.constexpr):
     """Taps of every (box, output index) along one axis: index[.,4] (-1 unused), weight[.,4],
@@ -304,8 +315,9 @@ def _axis_table_kernel(boxes, lo_col, hi_col, total, out, size, index, weight, s
     mask = t < total
     b = t // out
     o = t % out
-    lo = tl.load(boxes + b * 4 + lo_col, mask=mask, other=0.0)
-    hi = tl.load(boxes + b * 4 + hi_col, mask=mask, other=0.0)
+    row = boxes + b.to(tl.int64) * sb0
+    lo = tl.load(row + lo_col * sb1, mask=mask, other=0.0).to(tl.float64)
+    hi = tl.load(row + hi_col * sb1, mask=mask, other=0.0).to(tl.float64)
     i0, i1, i2, i3, w0, w1, w2, w3, _d0, _d1, _d2, _d3 = _taps(_position(lo, hi, o.to(tl.float64), out, ALIGN),
                                                                size, MODE, ZEROS)
     base = t.to(tl.int64) * 4
@@ -361,15 +373,19 @@ def _first_true(span, x, out, FIELD: tl.constexpr, KIND: tl.constexpr, steps, ma
 
 
 @triton.jit
-def _axis_range_kernel(boxes, lo_col, hi_col, B, out, size, span, rng, steps,
+def _axis_range_kernel(boxes, sb0, sb1, lo_col, hi_col, B, out, size, span, rng, steps,
                        ALIGN: tl.constexpr, BLOCK: tl.constexpr):
     """rng[b, x] = (first, last) output indices whose taps touch pixel x (first > last: none).
-    Positions, hence clamped taps, are monotone in the output index."""
-    b = tl.program_id(1)
-    x = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    Positions, hence clamped taps, are monotone in the output index. One program per BLOCK
+    pixels of one box, the box folded into grid axis 0 (axis 1 stops at 65535)."""
+    nblk = tl.cdiv(size, BLOCK)
+    pid = tl.program_id(0)
+    b = pid // nblk
+    x = (pid % nblk) * BLOCK + tl.arange(0, BLOCK)
     mask = x < size
-    lo = tl.load(boxes + b * 4 + lo_col)
-    hi = tl.load(boxes + b * 4 + hi_col)
+    row = boxes + b.to(tl.int64) * sb0
+    lo = tl.load(row + lo_col * sb1).to(tl.float64)
+    hi = tl.load(row + hi_col * sb1).to(tl.float64)
     p0 = _clamp_position(_position(lo, hi, 0.0, out, ALIGN), size)
     p1 = _clamp_position(_position(lo, hi, (out - 1) * 1.0, out, ALIGN), size)
     s = span + b.to(tl.int64) * out * 2
@@ -456,7 +472,7 @@ def _backward_images_gather_kernel(grad, order, offsets, grad_images, affine, C,
                 r = tl.sum(g[:, None] * wx, axis=0)
                 acc += wy[:, None] * r[None, :]
     scale = tl.load(affine + c).to(ACC)
-    ptrs = grad_images + ((n * C + c) * H + ys[:, None]).to(tl.int64) * W + xs[None, :]
+    ptrs = grad_images + ((n.to(tl.int64) * C + c) * H + ys[:, None]) * W + xs[None, :]
     tl.store(ptrs, acc * scale, mask=ymask[:, None] & xmask[None, :])
 
 
@@ -481,17 +497,19 @@ def _row2(ptr, o0, o1, o2, o3, w0, w1, w2, w3, d0, d1, d2, d3, mask, NT: tl.cons
 
 
 @triton.jit
-def _backward_boxes_kernel(grad, img, boxes, batch_index, affine, partial, N, C, H, W, sN, sC,
-                           sH, sW, h, w, S, HAS_BI: tl.constexpr, MODE: tl.constexpr,
+def _backward_boxes_kernel(grad, img, boxes, sb0, sb1, batch_index, s_bi, affine, partial, N, C,
+                           H, W, sN, sC, sH, sW, h, w, S, HAS_BI: tl.constexpr, MODE: tl.constexpr,
                            NT: tl.constexpr, ZEROS: tl.constexpr, ALIGN: tl.constexpr,
                            BLOCK: tl.constexpr):
-    """Program (b, s) sums the box-gradient contributions of pixels s*BLOCK + k*S*BLOCK + ...
-    in float64 and writes partial[b, s, 0:4] = (dx1, dy1, dx2, dy2) partial sums."""
-    b = tl.program_id(1)
-    s = tl.program_id(0)
+    """Program b * S + s sums the box-gradient contributions of pixels s*BLOCK + k*S*BLOCK +
+    ... in float64 and writes partial[b, s, 0:4] = (dx1, dy1, dx2, dy2) partial sums. The box
+    is folded into grid axis 0 (axis 1 stops at 65535 boxes)."""
+    pid = tl.program_id(0)
+    b = pid // S
+    s = pid % S
     hw = h * w
-    n = _image_of(batch_index, b, N, HAS_BI)
-    x1, y1, x2, y2 = _load_box(boxes, b)
+    n = _image_of(batch_index, s_bi, b, N, HAS_BI)
+    x1, y1, x2, y2 = _load_box(boxes, sb0, sb1, b)
     plane0 = img + n * sN
     gbase = grad + b.to(tl.int64) * C * hw
     sx1 = tl.zeros([BLOCK], dtype=tl.float64)
@@ -563,8 +581,33 @@ def _block_for(n: int, cap: int = 1024) -> int:
     return _pow2(n, 32, cap)
 
 
-def _affine(channels: int, uint8_input: bool, mean, std, device) -> torch.Tensor:
-    """[scale(C), shift(C)] float64: out = v * scale + shift (v / 255 first for uint8)."""
+# Output pixels per program and warps of the pixel kernels (forward, atomic backward), per mode
+# and accumulation type (float64?): the largest tiles that compile without spilling on sm_90
+# (bench/gpu_report.py prints the registers of each). Bicubic holds 16 taps per pixel, so it
+# gets fewer pixels per thread than nearest.
+_PIXEL_TILES = {
+    ("nearest", False): (1024, 4), ("nearest", True): (512, 4),
+    ("bilinear", False): (512, 4), ("bilinear", True): (256, 4),
+    ("bicubic", False): (256, 4), ("bicubic", True): (128, 4),
+}
+
+
+def _pixel_tile(mode: str, acc64: bool, pixels: int) -> Tuple[int, int]:
+    block, warps = _PIXEL_TILES[(mode, acc64)]
+    return min(block, _block_for(pixels)), warps
+
+
+# The affine table [scale(C), shift(C)] of each normalisation, on each device: built (one copy
+# to the device) the first time a normalisation is used, then reused, so that a call makes no
+# host-to-device copy (a host sync, and not capturable in a CUDA graph). Never evicted: a table
+# may still be read by a kernel in flight; past _AFFINE_CACHE_LIMIT entries calls build their own.
+_AFFINE_TABLES: Dict[tuple, torch.Tensor] = {}
+_AFFINE_CACHE_LIMIT = 1024
+
+
+def _affine(channels: int, uint8_input: bool, mean, std, like: torch.Tensor) -> torch.Tensor:
+    """[scale(C), shift(C)] float64 on like's device: out = v * scale + shift (v / 255 first
+    for uint8)."""
     value_scale = 1.0 / 255.0 if uint8_input else 1.0
     scale, shift = [], []
     for c in range(channels):
@@ -572,7 +615,16 @@ def _affine(channels: int, uint8_input: bool, mean, std, device) -> torch.Tensor
         s = 1.0 if std is None else float(std[0 if len(std) == 1 else c])
         scale.append(value_scale / s)
         shift.append(-m / s)
-    return torch.tensor(scale + shift, dtype=torch.float64, device=device)
+    values = tuple(scale + shift)
+    if is_fake(like):  # traced by torch.compile: a constant of the graph, not cached
+        return torch.tensor(values, dtype=torch.float64, device=like.device)
+    key = (like.device, values)
+    table = _AFFINE_TABLES.get(key)
+    if table is None:
+        table = torch.tensor(values, dtype=torch.float64, device=like.device)
+        if len(_AFFINE_TABLES) < _AFFINE_CACHE_LIMIT:
+            _AFFINE_TABLES[key] = table
+    return table
 
 
 def _acc64(*dtypes) -> bool:
@@ -581,8 +633,34 @@ def _acc64(*dtypes) -> bool:
     return torch.float64 in dtypes
 
 
-def _boxes64(boxes: torch.Tensor) -> torch.Tensor:
-    return boxes.to(torch.float64).contiguous()
+_INT32_LIMIT = 2**31 - 2**20  # pixel indices are int32 in the kernels, with room for a tile
+
+
+def _check_sizes(h: int, w: int, programs: int, image: Tuple[int, ...]) -> None:
+    """The kernels index pixels in int32 and offsets inside one image (channel c's plane,
+    c * stride) too: outputs and images beyond that are refused. image: (C, H, W, sC, sH, sW)."""
+    C, H, W, sC, sH, sW = image
+    if h * w > _INT32_LIMIT or programs >= 2**31 or C * h * w > _INT32_LIMIT:
+        raise ValueError(f"crop_resize: an output of {C} x {h} x {w} per box is too large for "
+                         f"the Triton kernels (C * h * w must stay below {_INT32_LIMIT})")
+    if (C - 1) * sC + (H - 1) * sH + (W - 1) * sW >= _INT32_LIMIT:
+        raise ValueError(f"crop_resize: an image of {C} x {H} x {W} with strides "
+                         f"({sC}, {sH}, {sW}) is too large for the Triton kernels (offsets "
+                         f"inside one image must stay below {_INT32_LIMIT})")
+
+
+def _check_images_exist(N: int, boxes: int) -> None:
+    """Boxes need an image to read (the C++ ops raise the same): with N = 0 every batch_index
+    value is out of range, and clamping it into [0, N) is impossible."""
+    if N == 0 and boxes > 0:
+        raise IndexError("crop_resize: batch_index values must lie in [0, N) with N = 0 images")
+
+
+def _index_args(batch_index: Optional[torch.Tensor], boxes: torch.Tensor):
+    """(pointer, stride, present) of batch_index; boxes stand in for an absent one (unread)."""
+    if batch_index is None:
+        return boxes, 0, False
+    return batch_index, batch_index.stride(0), True
 
 
 def _forward_impl(images: torch.Tensor, boxes: torch.Tensor, batch_index: Optional[torch.Tensor],
@@ -592,19 +670,23 @@ def _forward_impl(images: torch.Tensor, boxes: torch.Tensor, batch_index: Option
     h, w = int(size[0]), int(size[1])
     N, C, H, W = images.shape
     B = boxes.shape[0]
-    out = torch.empty((B, C, h, w), dtype=out_dtype, device=images.device)
-    if out.numel() == 0:
-        return out
+    if B * C * h * w == 0:
+        return torch.empty((B, C, h, w), dtype=out_dtype, device=images.device)
+    _check_images_exist(N, B)
     code = _MODES[mode]
-    affine = _affine(C, images.dtype == torch.uint8, mean, std, images.device)
-    bi = batch_index.contiguous() if batch_index is not None else boxes
-    block = _block_for(h * w)
+    acc64 = _acc64(images.dtype, out_dtype)
+    block, warps = _pixel_tile(mode, acc64, h * w)
     grid = (B * triton.cdiv(h * w, block),)
-    launch(_forward_kernel)[grid](
-        images, _boxes64(boxes), bi, out, affine, N, C, H, W, *images.stride(), h, w,
-        HAS_BI=batch_index is not None, MODE=code, NT=_TAPS[code],
-        ZEROS=padding_mode == "zeros", ALIGN=bool(align_corners),
-        ACC64=_acc64(images.dtype, out_dtype), BLOCK=block, num_warps=_NUM_WARPS)
+    _check_sizes(h, w, grid[0], (C, H, W, *images.stride()[1:]))
+    out = torch.empty((B, C, h, w), dtype=out_dtype, device=images.device)
+    bi, s_bi, has_bi = _index_args(batch_index, boxes)
+    with on_device(images):
+        affine = _affine(C, images.dtype == torch.uint8, mean, std, images)
+        launch(_forward_kernel)[grid](
+            images, boxes, boxes.stride(0), boxes.stride(1), bi, s_bi, out, affine, N, C, H, W,
+            *images.stride(), h, w, HAS_BI=has_bi, MODE=code, NT=_TAPS[code],
+            ZEROS=padding_mode == "zeros", ALIGN=bool(align_corners), ACC64=acc64, BLOCK=block,
+            num_warps=warps)
     return out
 
 
@@ -614,83 +696,95 @@ def _backward_images_impl(grad: torch.Tensor, boxes: torch.Tensor,
                           padding_mode: str, std: Optional[List[float]]) -> torch.Tensor:
     N, C, H, W = (int(v) for v in image_size)
     acc_dtype = torch.float64 if image_dtype == torch.float64 else torch.float32
-    grad = grad.contiguous()
     B, _, h, w = grad.shape
     device = grad.device
     if grad.numel() == 0 or N * C * H * W == 0:
         return torch.zeros((N, C, H, W), dtype=image_dtype, device=device)
+    _check_images_exist(N, B)
+    grad = grad.contiguous()
     code = _MODES[mode]
     nt = _TAPS[code]
     zeros = padding_mode == "zeros"
     align = bool(align_corners)
     acc = _acc64(acc_dtype)
-    affine = _affine(C, False, None, std, device)
-    bx = _boxes64(boxes)
-    has_bi = batch_index is not None
-    bi = batch_index.contiguous() if has_bi else bx
-    if not torch.are_deterministic_algorithms_enabled():
-        grad_images = torch.zeros((N, C, H, W), dtype=acc_dtype, device=device)
-        block = _block_for(h * w)
-        launch(_backward_images_atomic_kernel)[(B * triton.cdiv(h * w, block),)](
-            grad, bx, bi, grad_images, affine, N, C, H, W, h, w, HAS_BI=has_bi, MODE=code,
-            NT=nt, ZEROS=zeros, ALIGN=align, ACC64=acc, BLOCK=block, num_warps=_NUM_WARPS)
-        return grad_images.to(image_dtype)
+    bi, s_bi, has_bi = _index_args(batch_index, boxes)
+    sb0, sb1 = boxes.stride()
+    with on_device(grad):
+        affine = _affine(C, False, None, std, grad)
+        if not torch.are_deterministic_algorithms_enabled():
+            block, warps = _pixel_tile(mode, acc, h * w)
+            grid = (B * triton.cdiv(h * w, block),)
+            _check_sizes(h, w, grid[0], (C, H, W, H * W, W, 1))
+            grad_images = torch.zeros((N, C, H, W), dtype=acc_dtype, device=device)
+            launch(_backward_images_atomic_kernel)[grid](
+                grad, boxes, sb0, sb1, bi, s_bi, grad_images, affine, N, C, H, W, h, w,
+                HAS_BI=has_bi, MODE=code, NT=nt, ZEROS=zeros, ALIGN=align, ACC64=acc,
+                BLOCK=block, num_warps=warps)
+            return grad_images.to(image_dtype)
 
-    # Deterministic: tap tables per (box, output index), index ranges per (box, pixel), a CSR
-    # of boxes per image, then a gather with a fixed summation order.
-    tables = {}
-    for axis, (lo_col, hi_col, out, length) in {"y": (1, 3, h, H), "x": (0, 2, w, W)}.items():
-        index = torch.empty((B, out, 4), dtype=torch.int32, device=device)
-        weight = torch.empty((B, out, 4), dtype=acc_dtype, device=device)
-        span = torch.empty((B, out, 2), dtype=torch.int32, device=device)
-        rng = torch.empty((B, length, 2), dtype=torch.int32, device=device)
-        block = _block_for(B * out)
-        launch(_axis_table_kernel)[(triton.cdiv(B * out, block),)](
-            bx, lo_col, hi_col, B * out, out, length, index, weight, span, MODE=code, NT=nt,
-            ZEROS=zeros, ALIGN=align, ACC64=acc, BLOCK=block, num_warps=_NUM_WARPS)
-        block = _block_for(length, 256)
-        steps = max(1, math.ceil(math.log2(out + 1)) + 1)
-        launch(_axis_range_kernel)[(triton.cdiv(length, block), B)](
-            bx, lo_col, hi_col, B, out, length, span, rng, steps, ALIGN=align, BLOCK=block,
+        # Deterministic: tap tables per (box, output index), index ranges per (box, pixel), a
+        # CSR of boxes per image, then a gather with a fixed summation order.
+        tables = {}
+        for axis, (lo_col, hi_col, out, length) in {"y": (1, 3, h, H),
+                                                    "x": (0, 2, w, W)}.items():
+            index = torch.empty((B, out, 4), dtype=torch.int32, device=device)
+            weight = torch.empty((B, out, 4), dtype=acc_dtype, device=device)
+            span = torch.empty((B, out, 2), dtype=torch.int32, device=device)
+            rng = torch.empty((B, length, 2), dtype=torch.int32, device=device)
+            block = _block_for(B * out)
+            launch(_axis_table_kernel)[(triton.cdiv(B * out, block),)](
+                boxes, sb0, sb1, lo_col, hi_col, B * out, out, length, index, weight, span,
+                MODE=code, NT=nt, ZEROS=zeros, ALIGN=align, ACC64=acc, BLOCK=block,
+                num_warps=_NUM_WARPS)
+            block = _block_for(length, 256)
+            steps = max(1, math.ceil(math.log2(out + 1)) + 1)
+            launch(_axis_range_kernel)[(B * triton.cdiv(length, block),)](
+                boxes, sb0, sb1, lo_col, hi_col, B, out, length, span, rng, steps, ALIGN=align,
+                BLOCK=block, num_warps=_NUM_WARPS)
+            tables[axis] = (index, weight, rng)
+        if has_bi:
+            sorted_bi, order = torch.sort(bi, stable=True)
+            # Out-of-range values count for the nearest image, as the atomic path clamps them
+            # (clamping keeps the sorted order); a device assert would stop both in debug.
+            sorted_bi = sorted_bi.clamp(0, N - 1)
+            offsets = torch.searchsorted(sorted_bi, torch.arange(N + 1, device=device,
+                                                                 dtype=sorted_bi.dtype))
+        else:
+            order = offsets = boxes  # unused
+        grad_images = torch.empty((N, C, H, W), dtype=acc_dtype, device=device)
+        by, bx_, bj = _pow2(H, 16, 32), _pow2(W, 16, 64), _pow2(w, 16, 16)
+        (yindex, yweight, yrange), (xindex, xweight, xrange) = tables["y"], tables["x"]
+        grid = (N * C * triton.cdiv(H, by) * triton.cdiv(W, bx_),)
+        launch(_backward_images_gather_kernel)[grid](
+            grad, order, offsets, grad_images, affine, C, H, W, h, w, yindex, yweight, yrange,
+            xindex, xweight, xrange, HAS_BI=has_bi, ACC64=acc, BY=by, BX=bx_, BJ=bj,
             num_warps=_NUM_WARPS)
-        tables[axis] = (index, weight, rng)
-    if has_bi:
-        sorted_bi, order = torch.sort(bi, stable=True)
-        offsets = torch.searchsorted(sorted_bi, torch.arange(N + 1, device=device,
-                                                             dtype=sorted_bi.dtype))
-    else:
-        order = offsets = bx  # unused
-    grad_images = torch.empty((N, C, H, W), dtype=acc_dtype, device=device)
-    by, bx_, bj = _pow2(H, 16, 32), _pow2(W, 16, 64), _pow2(w, 16, 32)
-    (yindex, yweight, yrange), (xindex, xweight, xrange) = tables["y"], tables["x"]
-    grid = (N * C * triton.cdiv(H, by) * triton.cdiv(W, bx_),)
-    launch(_backward_images_gather_kernel)[grid](
-        grad, order, offsets, grad_images, affine, C, H, W, h, w, yindex, yweight, yrange,
-        xindex, xweight, xrange, HAS_BI=has_bi, ACC64=acc, BY=by, BX=bx_, BJ=bj,
-        num_warps=_NUM_WARPS)
     return grad_images.to(image_dtype)
 
 
 def _backward_boxes_impl(grad: torch.Tensor, images: torch.Tensor, boxes: torch.Tensor,
                          batch_index: Optional[torch.Tensor], mode: str, align_corners: bool,
                          padding_mode: str, std: Optional[List[float]]) -> torch.Tensor:
-    grad = grad.contiguous()
     B, C, h, w = grad.shape
     N, _, H, W = images.shape
     if grad.numel() == 0:
         return torch.zeros((B, 4), dtype=boxes.dtype, device=boxes.device)
+    _check_images_exist(N, B)
+    grad = grad.contiguous()
     code = _MODES[mode]
-    affine = _affine(C, images.dtype == torch.uint8, None, std, images.device)
-    bx = _boxes64(boxes)
-    bi = batch_index.contiguous() if batch_index is not None else bx
-    block = _block_for(h * w, 256)
+    bi, s_bi, has_bi = _index_args(batch_index, boxes)
+    # Bicubic carries 16 taps and their derivatives in float64 per pixel: half the tile.
+    block = _block_for(h * w, 128 if mode == "bicubic" else 256)
     S = max(1, min(triton.cdiv(h * w, block * 4), 64, max(1, 1024 // max(B, 1))))
+    _check_sizes(h, w, B * S, (C, H, W, *images.stride()[1:]))
     partial = torch.empty((B, S, 4), dtype=torch.float64, device=images.device)
-    launch(_backward_boxes_kernel)[(S, B)](
-        grad, images, bx, bi, affine, partial, N, C, H, W, *images.stride(), h, w, S,
-        HAS_BI=batch_index is not None, MODE=code, NT=_TAPS[code],
-        ZEROS=padding_mode == "zeros", ALIGN=bool(align_corners), BLOCK=block,
-        num_warps=_NUM_WARPS)
+    with on_device(images):
+        affine = _affine(C, images.dtype == torch.uint8, None, std, images)
+        launch(_backward_boxes_kernel)[(B * S,)](
+            grad, images, boxes, boxes.stride(0), boxes.stride(1), bi, s_bi, affine, partial, N,
+            C, H, W, *images.stride(), h, w, S, HAS_BI=has_bi, MODE=code, NT=_TAPS[code],
+            ZEROS=padding_mode == "zeros", ALIGN=bool(align_corners), BLOCK=block,
+            num_warps=_NUM_WARPS)
     return partial.sum(dim=1).to(boxes.dtype)
 
 

@@ -4,14 +4,18 @@ gfkernels_triton::early_exit and gfkernels_triton::gather_rows (gather_rows with
 of gfkernels/ops/early_exit.py).
 
 early_exit is two launches and reads nothing on the host: one program per row computes the
-confidence (online max / sum-exp over chunks of K, float32 or float64), writes the exiting
-row's logits and step to its place in the full batch and its exit flag; then a single program
-scans the flags in tiles (tl.cumsum with a running carry) into keep (survivors first, then the
-exiting rows, both in order) and num_keep.
+confidence (online max / sum-exp over chunks of K, float32 or float64, a correctly rounded
+1 / sum), writes the exiting row's logits and step to its place in the full batch and its exit
+flag; then a single program scans the flags in tiles (tl.cumsum with a running carry) into keep
+(survivors first, then the exiting rows, both in order) and num_keep.
 
 gather_rows is one launch per tensor: a 2-D grid (kept row, chunk of the row); elements are
 moved as integers of their size (any dtype), through up to 3 collapsed trailing dims with
-arbitrary strides.
+arbitrary strides; the index is read with its stride.
+
+Indices read from tensors (active, the gathered rows) are bounds-checked on the device: out of
+range, they trip a device assert (Triton's debug mode) and are never dereferenced. Launches run
+under the tensors' device.
 """
 
 from __future__ import annotations
@@ -24,12 +28,12 @@ import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 
 from ..ops.early_exit import fake_early_exit, fake_gather_rows, register_gather_rows_autograd
-from . import launch, register_op
+from . import launch, on_device, register_op
 
 
-@triton.jit(do_not_specialize=["K", "step"])
+@triton.jit(do_not_specialize=["K", "step", "B"])
 def _confidence_kernel(logits_ptr, s_n, s_k, K, thr_ptr, thr_value, active_ptr, s_a,
-                       out_ptr, o_n, o_k, steps_ptr, s_step, step, flags_ptr,
+                       out_ptr, o_n, o_k, steps_ptr, s_step, step, B, flags_ptr,
                        THR_FROM_PTR: tl.constexpr, ACC_F64: tl.constexpr,
                        BLOCK_K: tl.constexpr):
     i = tl.program_id(0).to(tl.int64)
@@ -54,13 +58,20 @@ def _confidence_kernel(logits_ptr, s_n, s_k, K, thr_ptr, thr_value, active_ptr, 
         scale = tl.where(m == m_new, 1.0, tl.exp(m - m_new))
         s = s * scale + tl.sum(tl.where(mask, tl.exp(x - m_new), 0.0), axis=0)
         m = m_new
-    conf = 1.0 / s
+    # Correctly rounded, as the CUDA kernel and the reference divide (Triton's float32 `/`
+    # is an approximate division): a confidence equal to the threshold exits on every backend.
+    if ACC_F64:
+        conf = 1.0 / s
+    else:
+        conf = tl.math.div_rn(tl.full([], 1.0, tl.float32), s)
     # softmax is undefined (NaN) with a NaN logit, a +inf max or every logit -inf
     undefined = (bad != 0) | (m == float("inf")) | (m == float("-inf"))
     exits = all_exit | ((conf >= thr) & (~undefined))
     tl.store(flags_ptr + i, exits.to(tl.int32))
-    if exits:
-        a = tl.load(active_ptr + i * s_a)
+    a = tl.load(active_ptr + i * s_a)
+    inside = (a >= 0) & (a < B)  # active values out of range are never written through
+    tl.device_assert(inside | (exits == 0), "early_exit: active values must lie in [0, B)")
+    if exits & inside:
         dst = out_ptr + a * o_n
         for start in range(0, K, BLOCK_K):
             mask = start + cols < K
@@ -100,9 +111,9 @@ def _early_exit_impl(logits: torch.Tensor, threshold: torch.Tensor, active: torc
     n, K = logits.shape
     device = logits.device
     keep = torch.empty((n,), dtype=torch.int64, device=device)
-    num_keep = torch.zeros((), dtype=torch.int64, device=device)
     if n == 0:
-        return keep, num_keep
+        return keep, torch.zeros((), dtype=torch.int64, device=device)
+    num_keep = torch.empty((), dtype=torch.int64, device=device)  # written by _compact_kernel
     acc_f64 = logits.dtype == torch.float64
     thr_value = 0.0
     if threshold.device != device and (acc_f64 or is_fake(threshold)):
@@ -114,29 +125,32 @@ def _early_exit_impl(logits: torch.Tensor, threshold: torch.Tensor, active: torc
         thr_value = float(threshold.to(torch.float32))
     flags = torch.empty((n,), dtype=torch.int32, device=device)
     block_k = min(triton.next_power_of_2(K), 2048)
-    launch(_confidence_kernel)[(n,)](
-        logits, logits.stride(0), logits.stride(1), K, threshold, thr_value, active,
-        active.stride(0), out_logits, out_logits.stride(0), out_logits.stride(1), exit_step,
-        exit_step.stride(0), step, flags, THR_FROM_PTR=thr_from_ptr, ACC_F64=acc_f64,
-        BLOCK_K=block_k)
-    launch(_compact_kernel)[(1,)](flags, keep, num_keep, n, BLOCK=1024)
+    with on_device(logits):
+        launch(_confidence_kernel)[(n,)](
+            logits, logits.stride(0), logits.stride(1), K, threshold, thr_value, active,
+            active.stride(0), out_logits, out_logits.stride(0), out_logits.stride(1), exit_step,
+            exit_step.stride(0), step, out_logits.shape[0], flags, THR_FROM_PTR=thr_from_ptr,
+            ACC_F64=acc_f64, BLOCK_K=block_k)
+        launch(_compact_kernel)[(1,)](flags, keep, num_keep, n, BLOCK=1024)
     return keep, num_keep
 
 
 @triton.jit
-def _gather_kernel(src_ptr, dst_ptr, idx_ptr, s0, d2, d3, t1, t2, t3, R,
+def _gather_kernel(src_ptr, dst_ptr, idx_ptr, s_idx, N, s0, d2, d3, t1, t2, t3, R,
                    BLOCK: tl.constexpr):
     r = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1).to(tl.int64)
-    row = tl.load(idx_ptr + r)
+    row = tl.load(idx_ptr + r * s_idx)
+    inside = (row >= 0) & (row < N)  # rows out of range are not read (the output row is 0)
+    tl.device_assert(inside, "gather_rows: index values must lie in [0, N)")
     offs = c * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    mask = offs < R
+    mask = (offs < R) & inside
     i3 = offs % d3
     q = offs // d3
     i2 = q % d2
     i1 = q // d2
-    v = tl.load(src_ptr + row * s0 + i1 * t1 + i2 * t2 + i3 * t3, mask=mask)
-    tl.store(dst_ptr + r * R + offs, v, mask=mask)
+    v = tl.load(src_ptr + row * s0 + i1 * t1 + i2 * t2 + i3 * t3, mask=mask, other=0)
+    tl.store(dst_ptr + r * R + offs, v, mask=offs < R)
 
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -188,8 +202,13 @@ def _gather_rows_impl(tensors: List[torch.Tensor], index: torch.Tensor,
         strides = [0] * (3 - len(strides)) + strides
         block = min(triton.next_power_of_2(R), 1024)
         grid = (n, triton.cdiv(R, block))
-        launch(_gather_kernel)[grid](src_i, dst_i, rows, src_i.stride(0), sizes[1], sizes[2],
-                                     strides[0], strides[1], strides[2], R, BLOCK=block)
+        if grid[1] > 65535:
+            raise ValueError(f"gather_rows: rows of {R} elements are too long for the Triton "
+                             "kernel (at most 65535 * 1024)")
+        with on_device(index):
+            launch(_gather_kernel)[grid](src_i, dst_i, rows, rows.stride(0), t.shape[0],
+                                         src_i.stride(0), sizes[1], sizes[2], strides[0],
+                                         strides[1], strides[2], R, BLOCK=block)
     return outs
 
 

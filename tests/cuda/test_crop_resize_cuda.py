@@ -128,6 +128,93 @@ def test_many_channels_many_boxes_and_empty(backend, generator):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.uint8], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_copy_path_every_alignment(backend, dtype, layout, generator):
+    """Integer boxes of the output's size at every column offset and width: the copy path's
+    vector loads and stores (taken only where aligned) give the exact pixels."""
+    images = random_images(2, 3, 20, 24, dtype, generator, layout).cuda()
+    for w in range(1, 10):
+        boxes = torch.tensor([[float(x), 3.0, float(x + w), 8.0] for x in range(8)],
+                             device="cuda")
+        bi = torch.tensor([x % 2 for x in range(8)], device="cuda")
+        out = gfkernels.crop_resize(images, boxes, (5, w), batch_index=bi, backend=backend)
+        expected = torch.stack([images[x % 2, :, 3:8, x:x + w] for x in range(8)])
+        if dtype == torch.uint8:
+            expected = expected.float() / 255
+        torch.testing.assert_close(out, expected, rtol=0, atol=0 if dtype.is_floating_point
+                                   else 1e-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic"])
+def test_every_width_and_channel_count(backend, mode, generator):
+    """Output widths 1..9 (groups of pixels cut at the row's end, scalar and vector stores)
+    and C = 1, 3, 5, 9 (channels loaded in chunks), against the reference."""
+    for C in (1, 3, 5, 9):
+        images = random_images(2, C, 17, 19, torch.float32, generator)
+        boxes = random_boxes(3, 17, 19, generator)
+        bi = torch.tensor([1, 0, 1])
+        for w in range(1, 10):
+            out = run(backend, images, boxes, (3, w), batch_index=bi, mode=mode,
+                      mean=[0.25] * C, std=[0.5] * C)
+            expected = reference.crop_resize(images, boxes, (3, w), batch_index=bi, mode=mode,
+                                             mean=[0.25] * C, std=[0.5] * C)
+            assert_close_to_reference(out.cpu(), expected, torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("box_dtype", [torch.float32, torch.float64], ids=str)
+def test_boxes_and_batch_index_of_any_strides(backend, box_dtype, generator):
+    """Boxes and batch_index are read in place with their dtype and strides."""
+    images = random_images(3, 3, 16, 18, torch.float32, generator)
+    dense = random_boxes(6, 16, 18, generator, dtype=box_dtype)
+    wide = torch.zeros(6, 8, dtype=box_dtype, device="cuda")  # views made on the GPU:
+    wide[:, ::2] = dense.cuda()                                 # .cuda() would densify them
+    boxes = wide[:, ::2]
+    long_index = torch.tensor([2, 0, 1, 1, 0, 2, 1, 0, 2, 2, 1, 0], device="cuda")
+    bi = long_index[::2]
+    assert not boxes.is_contiguous() and not bi.is_contiguous()
+    out = gfkernels.crop_resize(images.cuda(), boxes, (5, 7), batch_index=bi, mode="bicubic",
+                                backend=backend)
+    expected = reference.crop_resize(images, dense, (5, 7), batch_index=bi.cpu(),
+                                     mode="bicubic")
+    assert_close_to_reference(out.cpu(), expected, torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_is_one_launch(backend, generator):
+    """No conversion of the boxes, no copy of the normalisation table: one kernel a call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    images = random_images(4, 3, 32, 32, torch.uint8, generator).cuda()
+    boxes = random_boxes(4, 32, 32, generator).cuda()  # float32
+    kwargs = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], backend=backend)
+    gfkernels.crop_resize(images, boxes, 16, **kwargs)  # warm-up (Triton compiles)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        gfkernels.crop_resize(images, boxes, 16, **kwargs)
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    assert len(kernels) == 1, [e.name for e in kernels]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tensors_on_another_device(backend, generator):
+    """Tensors on cuda:1 while cuda:0 is current: the kernels run on cuda:1's stream."""
+    images = random_images(2, 3, 20, 20, torch.float32, generator)
+    boxes = random_boxes(2, 20, 20, generator)
+    expected = reference.crop_resize(images, boxes, 8, mode="bicubic")
+    with torch.cuda.device(0):
+        out = gfkernels.crop_resize(images.to("cuda:1"), boxes.to("cuda:1"), 8, mode="bicubic",
+                                    backend=backend)
+        torch.cuda.synchronize(1)
+    assert out.device == torch.device("cuda:1")
+    assert_close_to_reference(out.cpu(), expected, torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_and_huge_boxes_stay_in_bounds(backend):
     """The GPU backends do not sync to check box values: NaN and huge boxes are clamped in
     the kernels and read nothing out of bounds."""

@@ -191,3 +191,27 @@ def test_one_step_has_no_host_sync_but_num_keep(backend, threshold_kind):
     torch.testing.assert_close(h2, h[keep[:n]], rtol=0, atol=0)
     torch.testing.assert_close(f2, fmap[keep[:n]], rtol=0, atol=0)
     assert new_active.shape == (n,)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_at_the_threshold(backend):
+    """Rows of K equal logits: confidence exactly 1 / K, and a threshold of 1 / K (rounded to
+    float32) is a tie, which exits on every backend (correctly rounded division)."""
+    _require(backend)
+    for K in (3, 6, 7, 10, 11, 13, 100, 1000, 1001):
+        logits = torch.full((4, K), 0.75)
+        thr = torch.tensor(1.0 / K, dtype=torch.float32)
+        for threshold in (thr, thr.cuda()):
+            keep, num_keep, _, exit_step = run(backend, logits, threshold, torch.arange(4), 4,
+                                               "cuda")
+            assert int(num_keep) == 0, (K, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gather_rows_strided_index(backend):
+    _require(backend)
+    t = torch.randn(12, 5, device="cuda")
+    index = torch.randperm(12, device="cuda").repeat(2)[::2]
+    assert not index.is_contiguous()
+    out, = gather_rows([t], index, 6, backend=backend)
+    torch.testing.assert_close(out, t[index[:6]], rtol=0, atol=0)
