@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-import gfkernels
 from gfkernels import backends, early_exit, gather_rows, reference
 
 pytestmark = [

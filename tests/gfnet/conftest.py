@@ -45,3 +45,20 @@ def tiny_cfg():
         return build_config("digits", overrides=tiny_overrides(**extra))
 
     return make
+
+
+def make_image_folder(root: Path, *, classes=("cat", "dog"), splits=("train", "val"), per_split=None,
+                      size=lambda i: (70, 90), ext="png", seed=0) -> Path:
+    """A random-pixel ImageFolder in the ImageNet layout: root/<split>/<class>/<i>.<ext> with
+    ``per_split[split]`` (default 3) RGB images per class, image i of size ``size(i)`` (H, W)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        for cls in classes:
+            d = Path(root) / split / cls
+            d.mkdir(parents=True)
+            for i in range((per_split or {}).get(split, 3)):
+                Image.fromarray(rng.integers(0, 255, (*size(i), 3), dtype=np.uint8)).save(d / f"{i}.{ext}")
+    return Path(root)

@@ -3,7 +3,6 @@ preprocessing of image files (the model's crop fraction and interpolation)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -11,19 +10,14 @@ from gfnet.config import build_config
 from gfnet.data.calibration import calibration_split, val_is_test
 from gfnet.errors import DataError
 
+from .conftest import make_image_folder
+
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("imgs")
-    rng = np.random.default_rng(1)
-    for split in ("train", "val", "test"):
-        for cls in ("a", "b"):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(5 if split == "train" else 2):
-                Image.fromarray(rng.integers(0, 255, (60 + 7 * i, 80, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
-    return root
+    return make_image_folder(tmp_path_factory.mktemp("imgs"), classes=("a", "b"),
+                             splits=("train", "val", "test"), per_split={"train": 5, "val": 2, "test": 2},
+                             size=lambda i: (60 + 7 * i, 80), seed=1)
 
 
 def _cfg(folder, *extra):

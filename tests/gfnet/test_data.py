@@ -8,6 +8,8 @@ import torch
 
 from gfnet.data import ClutteredDigits, build_datasets, split_indices
 
+from .conftest import make_image_folder
+
 
 def test_splits_are_disjoint_digit_instances():
     tr, va, te = (set(split_indices(s).tolist()) for s in ("train", "val", "test"))
@@ -46,17 +48,9 @@ def test_build_datasets_from_preset(tiny_cfg):
 
 def test_imagefolder_trains_one_step(tmp_path, capsys):
     """ImageNet-layout folder -> uint8 crops -> a reduced mobilenet preset trains one step."""
-    from PIL import Image
-
     from gfnet.cli import main
 
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for cls in ("cat", "dog"):
-            d = tmp_path / "data" / split / cls
-            d.mkdir(parents=True)
-            for i in range(3):
-                Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    make_image_folder(tmp_path / "data")
     rc = main(["train", "--preset", "mobilenet_v3_large-p96", "--data", str(tmp_path / "data"),
                "--out", str(tmp_path / "o"), "--stage", "1", "--epochs", "1", "--batch-size", "4",
                "--no-progress", "--set", "model.image_size=48", "--set", "model.patch_size=32",

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 
-import numpy as np
 import pytest
 import torch
 from gfnet.config import build_config
@@ -16,6 +15,8 @@ from gfnet.data.preprocess import eval_geometry, eval_preprocess
 from gfnet.errors import ConfigError
 from gfnet.inference import dynamic_inference
 from PIL import Image
+
+from .conftest import make_image_folder
 
 import gfnet
 
@@ -76,14 +77,7 @@ def test_non_square_cover_or_stretch():
 
 @pytest.fixture
 def image_folder(tmp_path):
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for cls in ("cat", "dog"):
-            d = tmp_path / "data" / split / cls
-            d.mkdir(parents=True)
-            for i in range(3):
-                Image.fromarray(rng.integers(0, 255, (70 + 10 * i, 90, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    return tmp_path / "data"
+    return make_image_folder(tmp_path / "data", size=lambda i: (70 + 10 * i, 90))
 
 
 @pytest.mark.parametrize("keep_aspect", [True, False])

@@ -23,6 +23,7 @@ from gfnet.official.importer import convert
 from gfnet.official.keys import classifier_keys, policy_keys, translate
 
 from . import official_reference as ref
+from .conftest import make_image_folder
 
 RELEASED = {name: arch.released[0] for name, arch in OFFICIAL_ARCHS.items()}  # (P, T)
 
@@ -223,17 +224,8 @@ def imported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("imnet")
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for cls in ("n01", "n02"):
-            (root / split / cls).mkdir(parents=True)
-            for i in range(3):
-                Image.fromarray(rng.integers(0, 255, (150 + 10 * i, 200, 3), dtype=np.uint8)).save(
-                    root / split / cls / f"{i}.jpg")
-    return root
+    return make_image_folder(tmp_path_factory.mktemp("imnet"), classes=("n01", "n02"),
+                             size=lambda i: (150 + 10 * i, 200), ext="jpg")
 
 
 def test_import_writes_a_gfnet_checkpoint_with_the_official_thresholds(imported):
