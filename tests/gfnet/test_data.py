@@ -60,3 +60,17 @@ def test_imagefolder_trains_one_step(tmp_path, capsys):
                "--set", "model.num_classes=2", "--set", "data.num_workers=0", "--set", "run.threads=1"])
     assert rc == 0, capsys.readouterr().err
     assert (tmp_path / "o" / "stage1.pt").exists()
+
+
+def test_clutter_stays_off_the_digit_and_digit_box_needs_no_canvas():
+    """Fragments keep 2 px clear of the digit's box, so a patch on the digit holds it intact: the
+    box and its margin are the same as on a canvas without clutter (same stream of draws)."""
+    kw = dict(canvas_size=64, digit_size=16, digit_size_jitter=2, fragment_size=8, length=40)
+    cluttered, clean = ClutteredDigits("val", num_clutter=30, **kw), ClutteredDigits("val", num_clutter=0, **kw)
+    for i in range(40):
+        canvas, label, (x1, y1, x2, y2) = cluttered.sample(i)
+        bare, label0, box0 = clean.sample(i)
+        assert (label, (x1, y1, x2, y2)) == (label0, box0) == (label0, cluttered.digit_box(i))
+        window = (slice(max(y1 - 2, 0), y2 + 2), slice(max(x1 - 2, 0), x2 + 2))
+        assert np.array_equal(canvas[window], bare[window])
+        assert (canvas > 0).sum() > (bare > 0).sum()  # the clutter is there, elsewhere

@@ -23,6 +23,8 @@ from torch.utils.data import Dataset
 SPLITS = ("train", "val", "test")
 _SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
 _CACHE: dict = {}
+_CLEARANCE = 2  # px of empty canvas kept around the digit's box
+_PLACEMENT_TRIES = 32  # random places tried per fragment
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -96,32 +98,47 @@ class ClutteredDigits(Dataset):
         seed = self.seed if self.split == "train" else self.split_seed
         return np.random.default_rng([seed, self._split_id, epoch, index, 0x6F])
 
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} is out of range for {self.length} {self.split} canvases")
+
+    def _place_digit(self, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """(instance, side, top, left) of a canvas's digit: the first draws of its stream."""
+        k = int(rng.integers(len(self.instances)))
+        s = int(rng.integers(self.sizes.start, self.sizes.stop))
+        top, left = (int(v) for v in rng.integers(0, self.canvas_size - s + 1, size=2))
+        return k, s, top, left
+
+    def digit_box(self, index: int) -> tuple[int, int, int, int]:
+        """The digit's box (x1, y1, x2, y2) on canvas ``index``, without drawing the canvas."""
+        self._check_index(index)
+        _k, s, top, left = self._place_digit(self._rng(index))
+        return left, top, left + s, top + s
+
     def sample(self, index: int) -> tuple[np.ndarray, int, tuple[int, int, int, int]]:
         """-> (canvas float32 (H, W) in [0, 1], label, digit box (x1, y1, x2, y2))."""
-        if not 0 <= index < self.length:
-            raise IndexError(index)
+        self._check_index(index)
         rng = self._rng(index)
         H = self.canvas_size
         canvas = np.zeros((H, H), dtype=np.float32)
         n = len(self.instances)
-        k = int(rng.integers(n))
-        s = int(rng.integers(self.sizes.start, self.sizes.stop))
-        top, left = (int(v) for v in rng.integers(0, H - s + 1, size=2))
-        # clutter: fragments of other digits of the same split, kept off the digit itself
+        k, s, top, left = self._place_digit(rng)
+        # clutter: fragments of other digits of the same split, each wholly off the digit (a
+        # margin of _CLEARANCE px around its box), so a patch on the digit holds it intact
         fs = self.fragment_size
+        x1, y1, x2, y2 = left - _CLEARANCE, top - _CLEARANCE, left + s + _CLEARANCE, top + s + _CLEARANCE
         for _ in range(self.num_clutter):
             j = int(rng.integers(n))
             sj = int(rng.integers(self.sizes.start, self.sizes.stop))
             f = min(fs, sj)
             fy, fx = (int(v) for v in rng.integers(0, sj - f + 1, size=2))
             frag = self.rendered[sj][j, fy:fy + f, fx:fx + f]
-            for _try in range(8):
+            for _try in range(_PLACEMENT_TRIES):
                 py, px = (int(v) for v in rng.integers(0, H - f + 1, size=2))
-                cy, cx = py + f / 2, px + f / 2
-                if not (top - 2 <= cy <= top + s + 2 and left - 2 <= cx <= left + s + 2):
-                    break
-            region = canvas[py:py + f, px:px + f]
-            np.maximum(region, frag, out=region)
+                if px + f <= x1 or px >= x2 or py + f <= y1 or py >= y2:
+                    region = canvas[py:py + f, px:px + f]
+                    np.maximum(region, frag, out=region)
+                    break  # (no free place after all tries: this fragment is left out)
         region = canvas[top:top + s, left:left + s]
         np.maximum(region, self.rendered[s][k], out=region)
         return canvas, int(self.labels[k]), (left, top, left + s, top + s)
