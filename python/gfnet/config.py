@@ -62,6 +62,7 @@ class DataConfig:
     digit_size_jitter: int = 4  # digit side drawn uniformly in [size - j, size + j]
     num_clutter: int = 8  # fragments of other digits per canvas
     fragment_size: int = 12  # side of a fragment cut out of another (scaled) digit
+    near_clutter: int = 0  # how many of the fragments sit right beside the digit
     train_samples: int = 6000  # canvases per training epoch (freshly sampled per epoch)
     val_samples: int = 1000
     test_samples: int = 2000

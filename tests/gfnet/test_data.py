@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from gfnet.data import ClutteredDigits, build_datasets, split_indices
@@ -74,3 +75,18 @@ def test_clutter_stays_off_the_digit_and_digit_box_needs_no_canvas():
         window = (slice(max(y1 - 2, 0), y2 + 2), slice(max(x1 - 2, 0), x2 + 2))
         assert np.array_equal(canvas[window], bare[window])
         assert (canvas > 0).sum() > (bare > 0).sum()  # the clutter is there, elsewhere
+
+
+def test_near_clutter_sits_beside_the_digit():
+    kw = dict(canvas_size=96, digit_size=16, digit_size_jitter=2, fragment_size=8, length=30)
+    ds = ClutteredDigits("test", num_clutter=4, near_clutter=4, **kw)
+    reach = 2 + 2 + 8  # margin, up to 2 px more, a fragment
+    for i in range(30):
+        canvas, _, (x1, y1, x2, y2) = ds.sample(i)
+        ys, xs = np.nonzero(canvas)
+        assert ys.min() >= y1 - reach and ys.max() < y2 + reach and xs.min() >= x1 - reach and xs.max() < x2 + reach
+    far = ClutteredDigits("test", num_clutter=4, near_clutter=0, **kw)
+    spread = [np.ptp(np.nonzero(far.sample(i)[0])[1]) for i in range(30)]
+    assert max(spread) > 16 + 2 * reach  # without near_clutter the fragments go anywhere
+    with pytest.raises(ValueError, match="near_clutter"):
+        ClutteredDigits("test", num_clutter=2, near_clutter=3)

@@ -33,7 +33,8 @@ def build_datasets(cfg: Config, splits: tuple[str, ...] = ("train", "val", "test
             try:
                 out[s] = ClutteredDigits(s, canvas_size=m.image_size, digit_size=d.digit_size,
                                          digit_size_jitter=d.digit_size_jitter, num_clutter=d.num_clutter,
-                                         fragment_size=d.fragment_size, length=lengths[s],
+                                         fragment_size=d.fragment_size, near_clutter=d.near_clutter,
+                                         length=lengths[s],
                                          split_seed=d.split_seed, seed=cfg.run.seed)
             except ValueError as e:
                 raise DataError(f"cluttered digits: {e}") from None

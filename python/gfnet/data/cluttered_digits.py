@@ -62,14 +62,17 @@ class ClutteredDigits(Dataset):
 
     def __init__(self, split: str = "train", *, canvas_size: int = 128, digit_size: int = 28,
                  digit_size_jitter: int = 4, num_clutter: int = 8, fragment_size: int = 12,
-                 length: int = 6000, split_seed: int = 0, seed: int = 0):
+                 near_clutter: int = 0, length: int = 6000, split_seed: int = 0, seed: int = 0):
         if canvas_size < digit_size + digit_size_jitter:
             raise ValueError(f"canvas {canvas_size} cannot hold digits of up to "
                              f"{digit_size + digit_size_jitter} px")
         if digit_size - digit_size_jitter < 4:
             raise ValueError("digit_size - digit_size_jitter must be >= 4")
+        if not 0 <= near_clutter <= num_clutter:
+            raise ValueError(f"near_clutter must be in [0, num_clutter = {num_clutter}], not {near_clutter}")
         self.split = split
         self.canvas_size = canvas_size
+        self.near_clutter = near_clutter
         self.sizes = range(digit_size - digit_size_jitter, digit_size + digit_size_jitter + 1)
         self.num_clutter = num_clutter
         self.fragment_size = fragment_size
@@ -127,15 +130,23 @@ class ClutteredDigits(Dataset):
         # margin of _CLEARANCE px around its box), so a patch on the digit holds it intact
         fs = self.fragment_size
         x1, y1, x2, y2 = left - _CLEARANCE, top - _CLEARANCE, left + s + _CLEARANCE, top + s + _CLEARANCE
-        for _ in range(self.num_clutter):
+        for c in range(self.num_clutter):
             j = int(rng.integers(n))
             sj = int(rng.integers(self.sizes.start, self.sizes.stop))
             f = min(fs, sj)
             fy, fx = (int(v) for v in rng.integers(0, sj - f + 1, size=2))
             frag = self.rendered[sj][j, fy:fy + f, fx:fx + f]
+            near = c < self.near_clutter
             for _try in range(_PLACEMENT_TRIES):
-                py, px = (int(v) for v in rng.integers(0, H - f + 1, size=2))
-                if px + f <= x1 or px >= x2 or py + f <= y1 or py >= y2:
+                if near:  # beside one side of the digit, 0-2 px beyond the margin
+                    side, gap = int(rng.integers(4)), int(rng.integers(0, 3))
+                    along = int(rng.integers(-f + 1, s))
+                    py, px = ((top + along, x2 + gap) if side == 0 else (top + along, x1 - gap - f) if side == 1
+                              else (y2 + gap, left + along) if side == 2 else (y1 - gap - f, left + along))
+                else:
+                    py, px = (int(v) for v in rng.integers(0, H - f + 1, size=2))
+                inside = 0 <= py <= H - f and 0 <= px <= H - f
+                if inside and (px + f <= x1 or px >= x2 or py + f <= y1 or py >= y2):
                     region = canvas[py:py + f, px:px + f]
                     np.maximum(region, frag, out=region)
                     break  # (no free place after all tries: this fragment is left out)
