@@ -18,7 +18,7 @@ def test_canvas_shape_label_and_box():
     img, label = ds[3]
     assert img.shape == (1, 128, 128) and img.dtype == torch.uint8 and 0 <= label <= 9
     canvas, label2, (x1, y1, x2, y2) = ds.sample(3)
-    assert label2 == label and 24 <= x2 - x1 <= 32 and x2 - x1 == y2 - y1
+    assert label2 == label and 14 <= x2 - x1 <= 18 and x2 - x1 == y2 - y1
     assert 0 <= x1 and x2 <= 128 and 0 <= y1 and y2 <= 128
     assert canvas[y1:y2, x1:x2].max() > 0.5  # the digit is there
 

@@ -1,16 +1,26 @@
 """Cluttered digits: the embedded default data set (no download).
 
 Each sample is a canvas (128 x 128 by default, one channel, uint8) holding one handwritten digit
-from scikit-learn's ``load_digits`` (8 x 8 originals, scaled to about 28 px) at a random
-position, among fragments cut out of other digits. The glance (the whole canvas shrunk to the
-patch size) sees the digit at a few pixels and cannot tell it from the clutter reliably; a
-full-resolution patch on the digit can.
+from scikit-learn's ``load_digits`` (8 x 8 originals, drawn at 14-18 px by default) at a random
+position, among 12 fragments (8 x 8 px) cut out of other digits. The digit stays whole: no
+fragment comes within 2 px of its box. ``near_clutter`` of the fragments (6 by default) sit
+right beside it, 2-4 px off its box, the rest anywhere.
+
+So the data set asks for looking. The ``digits`` preset's glance, the canvas shrunk to 48 px,
+draws the digit at 5-7 px, merged with its neighbours: enough to tell where it is, not which it
+is. A 48 px patch at full resolution holds the whole digit clear of the fragments. In the
+demo's run (``gfnet demo``, the ``digits`` preset, seed 0): the glance alone reads 78.3 % of the
+test canvases; the first focus patch lifts that to 98.8 % where the learned policy puts it and
+to 80.7 % at uniformly random locations (its patch holds at least half of the digit for
+98.7 % of the canvases, a random one for 17.5 %); after the second, 99.5 %, the static
+baseline on the whole 128 px canvas 99.4 %.
 
 Splits are by digit instance: each of the 1797 originals belongs to exactly one of
 train / val / test (fixed by ``split_seed``), and canvases only use digits (main and clutter)
 of their own split. Val and test canvases are fixed by the seed; train canvases are sampled
 afresh each epoch (``set_epoch``), deterministically from (seed, epoch, index), so a resumed
-or data-parallel run sees exactly the same data.
+or data-parallel run sees exactly the same data. ``digit_box(i)`` gives the digit's box on
+canvas ``i`` without drawing it.
 """
 
 from __future__ import annotations
@@ -60,9 +70,9 @@ def _render(images: np.ndarray, sizes: range) -> dict[int, np.ndarray]:
 class ClutteredDigits(Dataset):
     """Cluttered-digits canvases of one split: ``ds[i] -> (uint8 (1, H, W), label)``."""
 
-    def __init__(self, split: str = "train", *, canvas_size: int = 128, digit_size: int = 28,
-                 digit_size_jitter: int = 4, num_clutter: int = 8, fragment_size: int = 12,
-                 near_clutter: int = 0, length: int = 6000, split_seed: int = 0, seed: int = 0):
+    def __init__(self, split: str = "train", *, canvas_size: int = 128, digit_size: int = 16,
+                 digit_size_jitter: int = 2, num_clutter: int = 12, fragment_size: int = 8,
+                 near_clutter: int = 6, length: int = 6000, split_seed: int = 0, seed: int = 0):
         if canvas_size < digit_size + digit_size_jitter:
             raise ValueError(f"canvas {canvas_size} cannot hold digits of up to "
                              f"{digit_size + digit_size_jitter} px")
