@@ -67,7 +67,8 @@ def test_clutter_stays_off_the_digit_and_digit_box_needs_no_canvas():
     """Fragments keep 2 px clear of the digit's box, so a patch on the digit holds it intact: the
     box and its margin are the same as on a canvas without clutter (same stream of draws)."""
     kw = dict(canvas_size=64, digit_size=16, digit_size_jitter=2, fragment_size=8, length=40)
-    cluttered, clean = ClutteredDigits("val", num_clutter=30, **kw), ClutteredDigits("val", num_clutter=0, **kw)
+    cluttered = ClutteredDigits("val", num_clutter=30, near_clutter=10, **kw)
+    clean = ClutteredDigits("val", num_clutter=0, near_clutter=0, **kw)
     for i in range(40):
         canvas, label, (x1, y1, x2, y2) = cluttered.sample(i)
         bare, label0, box0 = clean.sample(i)

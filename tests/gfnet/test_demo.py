@@ -133,6 +133,9 @@ def test_demo_report_random_locations_and_digit_hits(demo):
     assert all(abs(40 * a - round(40 * a)) < 1e-6 for a in rnd)  # a count of the 40 test images
     assert r["random_policy"]["test_samples"] == r["gfnet"]["test_samples"] == 40
     assert rnd[0] == pytest.approx(acc[0], abs=ONE_IMAGE)  # the same model: the glance is the same
+    # the learned policy on the same (here: all) test images is gfnet eval's anytime accuracy
+    learned = r["random_policy"]["policy_anytime_accuracy"]
+    assert len(learned) == 3 and all(a == pytest.approx(b, abs=ONE_IMAGE) for a, b in zip(learned, acc))
     hit = r["digit_in_first_patch"]
     assert set(hit) == {"policy", "random", "min_fraction_of_digit", "test_samples"}
     assert all(isinstance(hit[k], float) and 0.0 <= hit[k] <= 1.0 for k in ("policy", "random"))
@@ -140,7 +143,7 @@ def test_demo_report_random_locations_and_digit_hits(demo):
     claims = r["claims"]
     assert claims["glance_at_most_85pct"] == (acc[0] <= 0.85)
     assert claims["last_step_at_least_95pct"] == (acc[-1] >= 0.95)
-    assert claims["policy_beats_random_by_10pts_at_step_2"] == (acc[1] - rnd[1] >= 0.10 - 1e-12)
+    assert claims["policy_beats_random_by_10pts_at_step_2"] == (learned[1] - rnd[1] >= 0.10 - 1e-12)
     assert claims["baseline_at_least_95pct"] == (r["baseline"]["test_accuracy"] >= 0.95)
     md = (out / "report.md").read_text()
     assert "## Does looking matter?" in md and "| step | MACs so far (M) | learned policy | random locations" in md
@@ -155,6 +158,22 @@ def test_demo_report_random_locations_and_digit_hits(demo):
     with Image.open(out / "report" / "accuracy_vs_flops.png") as im:
         curves = im.text["Description"]
     assert "anytime, random focus locations" in curves and "anytime, step k" in curves
+
+
+def test_report_on_part_of_the_test_split_compares_like_with_like(demo):
+    """--max-images 20: the learned policy and the random locations both on those 20 images."""
+    from gfnet.cli import main
+
+    out, _ = demo
+    assert main(["report", str(out), "--out", str(out / "part"), "--max-images", "20", "--passes", "1",
+                 "--batch-sizes", "8", "--images", "2", "--threads", "1"]) == 0
+    r = json.loads((out / "part" / "report.json").read_text())
+    rp = r["random_policy"]
+    assert rp["test_samples"] == r["digit_in_first_patch"]["test_samples"] == 20 and r["gfnet"]["test_samples"] == 40
+    assert all(abs(20 * a - round(20 * a)) < 1e-6 for a in rp["anytime_accuracy"] + rp["policy_anytime_accuracy"])
+    assert r["claims"]["policy_beats_random_by_10pts_at_step_2"] == (
+        rp["policy_anytime_accuracy"][1] - rp["anytime_accuracy"][1] >= 0.10 - 1e-12)
+    assert all(s["test_index"] < 20 for s in r["samples"]) and len(r["samples"]) == 2
 
 
 def test_pick_samples_mixes_glance_exits_and_looks():
