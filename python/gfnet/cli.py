@@ -299,7 +299,8 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--passes", type=int, default=3, help="timed passes over the test images per engine")
     p.add_argument("--batch-sizes", default="8,16,64,128",
                    help="batch sizes of the throughput runs (comma-separated); each engine is judged at its best")
-    p.add_argument("--max-images", type=int, default=2000, help="test images in the throughput runs")
+    p.add_argument("--max-images", type=int, default=2000,
+                   help="test images in the throughput runs and the learned-vs-random comparison")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the run's run.threads)")
 
 

@@ -139,11 +139,14 @@ def dynamic_inference(model: GFNet, images: torch.Tensor, thresholds=None, *,
     return InferenceResult(out_logits, exit_step, boxes, exit_counts)
 
 
-def anytime_inference(model: GFNet, images: torch.Tensor) -> AnytimeResult:
-    """All T steps on every sample (policy means): every step's logits, (T, B, K)."""
+def anytime_inference(model: GFNet, images: torch.Tensor, *, policy: str = "mean",
+                      generator: torch.Generator | None = None) -> AnytimeResult:
+    """All T steps on every sample: every step's logits, (T, B, K), and the boxes looked at.
+    policy: "mean" (the learned policy's locations) or "random" (uniform locations drawn from
+    ``generator``: what looking anywhere gives, the yardstick of the policy)."""
     T = model.max_steps
     with torch.inference_mode(), _eval_mode(model):
-        outs = model.rollout(images, policy="mean")
+        outs = model.rollout(images, policy=policy, generator=generator)
         logits = torch.stack([o.logits for o in outs])
         boxes = torch.empty(images.shape[0], T, 4, device=images.device)
         boxes[:, 0] = _glance_box(images)

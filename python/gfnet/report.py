@@ -11,9 +11,14 @@ RUN/baseline.pt``), its GFNet checkpoint and its static baseline (``RUN/baseline
    it first matches the baseline), at several batch sizes: median of a few full passes after a
    warm-up batch. Each engine is judged at its best batch size, because the best batch differs
    (a large batch of full-size images can spill out of the caches);
-3. runs the ``gfnet predict`` path on a handful of test images (saved as PNG files) for the
-   pictures of the glance and the chosen patches;
-4. writes ``RUN/report.md`` (tables, the plot, the pictures, the two claims checked) and
+3. asks whether looking matters: every step's test accuracy with uniformly random focus
+   locations beside the learned policy's and, where the data set knows where its object is
+   (the cluttered digits' digit box), how often each one's first focus patch holds at least
+   half of it;
+4. runs the ``gfnet predict`` path on a handful of test images (saved as PNG files) for the
+   pictures of the glance and the chosen patches: about half of them images that exit at the
+   glance, the rest images that needed to look;
+5. writes ``RUN/report.md`` (tables, the plot, the pictures, the claims checked) and
    ``RUN/report.json`` (the same numbers for machines); its pictures go to ``RUN/report/``
    (``accuracy_vs_flops.png``, ``samples/``, ``patches/``).
 """
@@ -36,6 +41,13 @@ from .errors import GFNetError
 ACCURACY_MARGIN = 0.01  # "reaches the baseline's accuracy": within 1 point
 MACS_FRACTION = 0.40  # ... at no more than 40 % of the baseline's MACs
 SPEEDUP_TARGET = 2.0  # realised dynamic throughput at that point >= 2x the baseline's
+BASELINE_MIN_ACCURACY = 0.95  # the baseline is a strong one
+# looking matters: the glance alone does not do, the focus steps do, and where they look counts
+GLANCE_MAX_ACCURACY = 0.85
+LAST_STEP_MIN_ACCURACY = 0.95
+POLICY_GAIN_AT_STEP_2 = 0.10  # learned locations over uniformly random ones, at step 2
+DIGIT_HIT_MIN_FRACTION = 0.5  # a patch "holds the digit" if it holds this much of its box
+RANDOM_LOCATIONS_SEED = 4242  # + run.seed: the random-locations pass is repeatable
 
 
 @dataclass
@@ -75,13 +87,10 @@ def matching_point(rows: list[dict[str, Any]], baseline_acc: float, baseline_mac
     return None if best is None else {**best, "macs_fraction": best["avg_macs"] / baseline_macs}
 
 
-def _test_tensors(cfg, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _test_tensors(ds, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``limit`` test images and labels, loaded up front so no timing includes data."""
     from torch.utils.data import DataLoader
 
-    from .data import build_datasets
-
-    ds = build_datasets(cfg, ("test",))["test"]
     xs, ys, n = [], [], 0
     for x, y in DataLoader(ds, batch_size=256, shuffle=False):
         xs.append(x)
@@ -90,6 +99,73 @@ def _test_tensors(cfg, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
         if n >= limit:
             break
     return torch.cat(xs)[:limit], torch.cat(ys)[:limit]
+
+
+def fraction_holding(patches: torch.Tensor, objects: torch.Tensor,
+                     min_fraction: float = DIGIT_HIT_MIN_FRACTION) -> float:
+    """The fraction of (x1, y1, x2, y2) ``patches`` holding at least ``min_fraction`` of the
+    area of their row's ``objects`` box."""
+    w = (torch.minimum(patches[:, 2], objects[:, 2]) - torch.maximum(patches[:, 0], objects[:, 0])).clamp(min=0)
+    h = (torch.minimum(patches[:, 3], objects[:, 3]) - torch.maximum(patches[:, 1], objects[:, 1])).clamp(min=0)
+    area = (objects[:, 2] - objects[:, 0]) * (objects[:, 3] - objects[:, 1])
+    return float((w * h >= min_fraction * area).double().mean())
+
+
+def _anytime_pass(model, images: torch.Tensor, batch_size: int, device: torch.device, policy: str,
+                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """All steps on every image with the learned ("mean") or "random" locations:
+    ((T, N, K) logits, (N, T, 4) boxes looked at), on the CPU."""
+    from .inference import anytime_inference
+
+    logits, boxes = [], []
+    for i in range(0, images.shape[0], batch_size):
+        r = anytime_inference(model, images[i:i + batch_size].to(device), policy=policy, generator=generator)
+        logits.append(r.logits.float().cpu())
+        boxes.append(r.boxes.cpu())
+    return torch.cat(logits, dim=1), torch.cat(boxes)
+
+
+def looking_matters(model, images: torch.Tensor, labels: torch.Tensor, digit_boxes: torch.Tensor | None, *,
+                    batch_size: int, device: torch.device, seed: int) -> tuple[dict[str, Any], torch.Tensor]:
+    """The learned policy against uniformly random focus locations on the same images: each
+    one's accuracy per step and, given the digits' boxes, how often its first focus patch (step
+    2) holds at least half of the digit. Returns (the report's numbers, the learned policy's
+    (T, N, K) logits). On the whole test split, ``policy_anytime_accuracy`` is gfnet eval's
+    ``anytime_accuracy``; on its first ``max_images`` it is what the random one is compared to."""
+    from .inference import per_step_accuracy
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    runs = {policy: _anytime_pass(model, images, batch_size, device, policy, gen if policy == "random" else None)
+            for policy in ("mean", "random")}
+    out: dict[str, Any] = {
+        "random_policy": {"anytime_accuracy": per_step_accuracy(runs["random"][0], labels),
+                          "policy_anytime_accuracy": per_step_accuracy(runs["mean"][0], labels),
+                          "test_samples": int(labels.numel()), "seed": seed},
+        "digit_in_first_patch": None,
+    }
+    if digit_boxes is not None and model.max_steps > 1:
+        out["digit_in_first_patch"] = {
+            "policy": fraction_holding(runs["mean"][1][:, 1], digit_boxes),
+            "random": fraction_holding(runs["random"][1][:, 1], digit_boxes),
+            "min_fraction_of_digit": DIGIT_HIT_MIN_FRACTION, "test_samples": int(labels.numel()),
+        }
+    return out, runs["mean"][0]
+
+
+def pick_samples(exit_step: torch.Tensor, n: int) -> list[int]:
+    """``n`` image indices to draw: half of them (rounded down) exiting at the glance, the rest
+    needing to look, taken from the later exit steps in turn; the first of each kind in index
+    order, and where one kind runs short the other fills in."""
+    T = int(exit_step.max()) if exit_step.numel() else 1
+    by_step = [(exit_step == k).nonzero().flatten().tolist() for k in range(1, T + 1)]
+    glance = by_step[0][:n // 2]
+    later, looked = [list(reversed(idx)) for idx in by_step[1:]], []
+    while len(looked) < n - len(glance) and any(later):
+        for idx in later:
+            if idx and len(looked) < n - len(glance):
+                looked.append(idx.pop())
+    glance = by_step[0][:n - len(looked)]
+    return sorted(glance + looked)
 
 
 def time_engines(engines: list[tuple[str, Callable[[torch.Tensor], tuple[torch.Tensor, float]]]],
@@ -122,9 +198,10 @@ def time_engines(engines: list[tuple[str, Callable[[torch.Tensor], tuple[torch.T
             for (name, _fn), ts, (correct, macs) in zip(engines, times, stats)]
 
 
-def _predict_samples(model, cfg, images: torch.Tensor, labels: torch.Tensor, thresholds, out: Path) -> list[dict]:
-    """Save the images as PNG files, read them back as ``gfnet predict`` does, and draw its
-    pictures of the glance and focus patches."""
+def _predict_samples(model, cfg, images: torch.Tensor, labels: torch.Tensor, indices: list[int], thresholds,
+                     out: Path) -> list[dict]:
+    """Save the test images ``indices`` as PNG files, read them back as ``gfnet predict`` does,
+    and draw its pictures of the glance and focus patches."""
     import numpy as np
     from PIL import Image
 
@@ -134,19 +211,21 @@ def _predict_samples(model, cfg, images: torch.Tensor, labels: torch.Tensor, thr
     src = out / "samples"
     src.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, img in enumerate(images):
+    for i in indices:
+        img = images[i]
         a = img.permute(1, 2, 0).numpy() if img.shape[0] == 3 else img[0].numpy()
-        path = src / f"test_{i:03d}_label{int(labels[i])}.png"
+        path = src / f"test_{i:04d}_label{int(labels[i])}.png"
         Image.fromarray(np.ascontiguousarray(a.astype(np.uint8))).save(path)
         paths.append(path)
     m = cfg.model
     read = torch.stack([read_image(str(p), m.in_channels, m.image_size) for p in paths])
-    if not torch.equal(read, images):
+    if not torch.equal(read, images[indices]):
         raise GFNetError("test images did not survive the PNG round trip")  # lossless: should never happen
     device = next(model.parameters()).device
     rows = predict_pictures(model, read.to(device), [str(p) for p in paths], thresholds, out / "patches")
-    for row, y in zip(rows, labels.tolist()):
-        row["label"] = int(y)
+    for row, i in zip(rows, indices):
+        row["label"] = int(labels[i])
+        row["test_index"] = i
     return rows
 
 
@@ -154,9 +233,10 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
                  out: str | Path | None = None, device: torch.device | str = "cpu", num_images: int = 8,
                  passes: int = 3, batch_sizes: tuple[int, ...] = (8, 16, 64, 128), max_images: int = 2000,
                  threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+    from .data import build_datasets
     from .flops import average_macs
     from .checkpoint import load_baseline_model, load_checkpoint_model, resolve_checkpoint
-    from .inference import anytime_inference, dynamic_inference
+    from .inference import anytime_inference, dynamic_inference, simulate_exits
 
     run = Path(run_dir)
     eval_path = Path(eval_json) if eval_json else run / "eval" / "eval.json"
@@ -190,7 +270,8 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
     assets.mkdir(parents=True, exist_ok=True)
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
 
-    images, labels = _test_tensors(cfg, max_images)
+    test_set = build_datasets(cfg, ("test",))["test"]
+    images, labels = _test_tensors(test_set, max_images)
     all_macs = sum(step_macs)
 
     def run_static(x):
@@ -222,8 +303,20 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
     static_t, all_t, dyn_t = best[:3]
     speedup = dyn_t.images_per_s / static_t.images_per_s
 
+    say(f"report: learned focus locations against random ones on {images.shape[0]} test images")
+    boxes_of = getattr(test_set, "digit_box", None)  # the cluttered digits know where the digit is
+    digit_boxes = (torch.tensor([boxes_of(i) for i in range(images.shape[0])], dtype=torch.float32)
+                   if boxes_of is not None else None)
+    looking, policy_logits = looking_matters(
+        model, images, labels, digit_boxes, device=device, seed=cfg.run.seed + RANDOM_LOCATIONS_SEED,
+        batch_size=cfg.run.eval_batch_size or cfg.optim.batch_size)
+    random_acc = looking["random_policy"]["anytime_accuracy"]
+    learned_acc = looking["random_policy"]["policy_anytime_accuracy"]  # on the same images
+
     say(f"report: pictures of {num_images} test images")
-    samples = _predict_samples(model, cfg, images[:num_images], labels[:num_images], thr, assets) if num_images else []
+    exit_step, _ = simulate_exits(policy_logits, thr)  # where each test image exits at the operating point
+    picked = pick_samples(exit_step, num_images)
+    samples = _predict_samples(model, cfg, images, labels, picked, thr, assets) if num_images else []
 
     from .viz import plot_accuracy_vs_flops
 
@@ -231,13 +324,18 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
     cum = [sum(step_macs[:k]) for k in range(1, T + 1)]
     plot_path = plot_accuracy_vs_flops(
         assets / "accuracy_vs_flops.png", [r["avg_macs"] for r in rows], [r["accuracy"] for r in rows],
-        step_macs_cum=cum, step_acc=ev["anytime_accuracy"], baseline=(base_macs, base_acc),
+        step_macs_cum=cum, step_acc=ev["anytime_accuracy"], random_step_acc=random_acc, baseline=(base_macs, base_acc),
         highlight=(op["avg_macs"], op["accuracy"], f"operating point (budget {op['budget']})"),
         macs_limit=(MACS_FRACTION * base_macs, f"{MACS_FRACTION:.0%} of the baseline's MACs"),
         title=f"GFNet {cfg.preset} vs its static baseline")
     claims = {
         "accuracy_within_1pt_at_40pct_macs": bool(op["meets_accuracy"] and op["macs_fraction"] <= MACS_FRACTION),
         "dynamic_throughput_2x_baseline": bool(speedup >= SPEEDUP_TARGET),
+        "baseline_at_least_95pct": bool(base_acc >= BASELINE_MIN_ACCURACY),
+        "glance_at_most_85pct": bool(ev["anytime_accuracy"][0] <= GLANCE_MAX_ACCURACY),
+        "last_step_at_least_95pct": bool(ev["anytime_accuracy"][-1] >= LAST_STEP_MIN_ACCURACY),
+        "policy_beats_random_by_10pts_at_step_2": bool(
+            T > 1 and learned_acc[1] - random_acc[1] >= POLICY_GAIN_AT_STEP_2 - 1e-12),
     }
     report = {
         "run": str(run), "checkpoint": str(ck_path), "baseline_checkpoint": str(base_path), "preset": cfg.preset,
@@ -255,6 +353,7 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
         "speedup_vs_all_steps": dyn_t.images_per_s / all_t.images_per_s,
         "throughput": [{**asdict(t), "images_per_s": t.images_per_s} for t in best],  # each at its best batch
         "throughput_by_batch": [{**asdict(t), "images_per_s": t.images_per_s} for t in timings],
+        **looking,  # random_policy, digit_in_first_patch
         "claims": claims, "samples": samples, "budgets": rows,
         "files": {"report": str(out_dir / "report.md"), "plot": str(plot_path),
                   "eval": str(eval_path)},
@@ -279,6 +378,9 @@ def _rel(path: str | Path, base: Path) -> str:
 def render_markdown(r: dict[str, Any], out_dir: Path) -> str:
     b, g, op, mp = r["baseline"], r["gfnet"], r["operating_point"], r["matching_point"]
     T = g["steps"]
+    acc, hit = g["anytime_accuracy"], r["digit_in_first_patch"]
+    rnd, learned = r["random_policy"]["anytime_accuracy"], r["random_policy"]["policy_anytime_accuracy"]
+    claims = r["claims"]
     ok = {True: "**met**", False: "**NOT met**"}
     thr_txt = ", ".join(f"{t:.4f}" for t in op["thresholds"] if t is not None)
     lines = [
@@ -307,6 +409,19 @@ def render_markdown(r: dict[str, Any], out_dir: Path) -> str:
         "- " + (f"The baseline's accuracy itself is reached at budget {mp['budget']}: {_pct(mp['accuracy'])} at "
                 f"{mp['avg_macs'] / 1e6:.2f} M MACs ({_pct(mp['macs_fraction'])} of the baseline's)."
                 if mp else "No budget reaches the baseline's accuracy itself."),
+        f"- The baseline itself at least {100 * BASELINE_MIN_ACCURACY:.0f} % accurate: "
+        f"{ok[claims['baseline_at_least_95pct']]} ({_pct(b['test_accuracy'])}).",
+        "",
+        "Looking matters: the glance alone is not enough, looking closer is, and where the model looks counts.",
+        "",
+        f"- The glance alone at most {100 * GLANCE_MAX_ACCURACY:.0f} % accurate: {ok[claims['glance_at_most_85pct']]} "
+        f"({_pct(acc[0])}).",
+        f"- The last step (all {T} steps) at least {100 * LAST_STEP_MIN_ACCURACY:.0f} % accurate: "
+        f"{ok[claims['last_step_at_least_95pct']]} ({_pct(acc[-1])}).",
+        f"- The learned policy beats uniformly random focus locations by at least {100 * POLICY_GAIN_AT_STEP_2:.0f} "
+        f"points at step 2: {ok[claims['policy_beats_random_by_10pts_at_step_2']]}"
+        + (f" ({_pct(learned[1])} against {_pct(rnd[1])}, {100 * (learned[1] - rnd[1]):+.1f} points)." if T > 1 else
+           " (the model takes no focus step)."),
         "",
         "## Accuracy against average MACs",
         "",
@@ -357,12 +472,38 @@ def render_markdown(r: dict[str, Any], out_dir: Path) -> str:
         "the MACs saved (small patches and large images use the hardware differently).",
         "",
     ]
+    lines += [
+        "## Does looking matter?",
+        "",
+        f"{r['random_policy']['test_samples']} test images run through all {T} steps, the focus patches where "
+        "the learned policy puts them against uniformly random locations (the same model, so the glance is the "
+        "same):",
+        "",
+        "| step | MACs so far (M) | learned policy | random locations | policy gain |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    cum = 0.0
+    for k, (m, a, ra) in enumerate(zip(g["step_macs"], learned, rnd), start=1):
+        cum += m
+        lines.append(f"| {k}{' (glance)' if k == 1 else ''} | {cum / 1e6:.2f} | {_pct(a)} | {_pct(ra)} | "
+                     + ("" if k == 1 else f"{100 * (a - ra):+.1f} points") + " |")
+    lines.append("")
+    if hit is not None:
+        lines += [
+            f"The first focus patch (step 2) holds at least {100 * hit['min_fraction_of_digit']:.0f} % of the digit's box "
+            f"for {_pct(hit['policy'])} of the test images with the learned policy, {_pct(hit['random'])} with "
+            "random locations.",
+            "",
+        ]
     if r["samples"]:
+        looked = sum(s["exit_step"] > 1 for s in r["samples"])
         lines += [
             "## What the model looked at",
             "",
-            f"`gfnet predict` on the first {len(r['samples'])} test images at budget {op['budget']}: each picture "
-            "shows the image with the focus boxes in order, then the glance and every patch taken before exiting.",
+            f"`gfnet predict` on {len(r['samples'])} test images at budget {op['budget']}: "
+            f"{len(r['samples']) - looked} that exit at the glance and {looked} that needed to look (the first of "
+            "each exit step in the test split). Each picture shows the image with the focus boxes in order, then the "
+            "glance and every patch taken before exiting.",
             "",
             "| image | label | prediction | confidence | exit step | picture |",
             "|---|---:|---:|---:|---:|---|",

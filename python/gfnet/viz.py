@@ -21,14 +21,17 @@ def _plt():
 def plot_accuracy_vs_flops(path: str | Path, budget_macs: Sequence[float], budget_acc: Sequence[float], *,
                            step_macs_cum: Sequence[float] | None = None,
                            step_acc: Sequence[float] | None = None,
+                           random_step_acc: Sequence[float] | None = None,
                            baseline: tuple[float, float] | None = None,
                            highlight: tuple[float, float, str] | None = None,
                            macs_limit: tuple[float, str] | None = None,
                            title: str = "GFNet: accuracy vs average MACs") -> Path:
     """Budgeted accuracy against average MACs (line), each step's anytime accuracy at its
-    cumulative MACs (squares), and a static baseline (MACs, accuracy) if given (star).
-    highlight: one (MACs, accuracy, label) point circled (an operating point); macs_limit:
-    (MACs, label) drawn as a vertical dashed line. MACs in millions; FLOPs = 2 x MACs."""
+    cumulative MACs (squares), the same with uniformly random focus locations if given
+    (crosses), and a static baseline (MACs, accuracy) if given (star). highlight: one (MACs,
+    accuracy, label) point circled (an operating point); macs_limit: (MACs, label) drawn as a
+    vertical dashed line. MACs in millions; FLOPs = 2 x MACs. The PNG's "Description" text
+    lists the curves drawn (their legend labels)."""
     plt = _plt()
     path = Path(path)
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
@@ -40,6 +43,9 @@ def plot_accuracy_vs_flops(path: str | Path, budget_macs: Sequence[float], budge
                 label="anytime, step k (all samples)")
         for k, (m, a) in enumerate(zip(step_macs_cum, step_acc), start=1):
             ax.annotate(f"t={k}", (m / 1e6, 100 * a), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    if step_macs_cum is not None and random_step_acc is not None:
+        ax.plot([m / 1e6 for m in step_macs_cum], [100 * a for a in random_step_acc], "x:", ms=7,
+                color="tab:gray", label="anytime, random focus locations")
     if baseline is not None:
         ax.plot([baseline[0] / 1e6], [100 * baseline[1]], "*", ms=12, label="static baseline")
         ax.axhline(100 * baseline[1] - 1, color="gray", lw=0.8, ls=":", label="baseline - 1 point")
@@ -55,7 +61,8 @@ def plot_accuracy_vs_flops(path: str | Path, budget_macs: Sequence[float], budge
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    labels = ax.get_legend_handles_labels()[1]
+    fig.savefig(path, metadata={"Title": title, "Description": "curves: " + "; ".join(labels)})
     plt.close(fig)
     return path
 

@@ -22,7 +22,7 @@ def test_canvas_shape_label_and_box():
     img, label = ds[3]
     assert img.shape == (1, 128, 128) and img.dtype == torch.uint8 and 0 <= label <= 9
     canvas, label2, (x1, y1, x2, y2) = ds.sample(3)
-    assert label2 == label and 24 <= x2 - x1 <= 32 and x2 - x1 == y2 - y1
+    assert label2 == label and 14 <= x2 - x1 <= 18 and x2 - x1 == y2 - y1
     assert 0 <= x1 and x2 <= 128 and 0 <= y1 and y2 <= 128
     assert canvas[y1:y2, x1:x2].max() > 0.5  # the digit is there
 
@@ -136,3 +136,33 @@ def test_evaluation_resize_follows_the_model_unless_the_data_set_fixes_it():
     for preset, settings in [("resnet50-p96", (0.875, "bilinear")), ("efficientnet_b2-p128", (0.875, "bicubic")),
                              ("efficientnet_b3-p144", (0.904, "bicubic")), ("digits", (1.0, "bicubic"))]:
         assert tuple(eval_settings(get_preset(preset)))[:2] == settings, preset
+
+
+def test_clutter_stays_off_the_digit_and_digit_box_needs_no_canvas():
+    """Fragments keep 2 px clear of the digit's box, so a patch on the digit holds it intact: the
+    box and its margin are the same as on a canvas without clutter (same stream of draws)."""
+    kw = dict(canvas_size=64, digit_size=16, digit_size_jitter=2, fragment_size=8, length=40)
+    cluttered = ClutteredDigits("val", num_clutter=30, near_clutter=10, **kw)
+    clean = ClutteredDigits("val", num_clutter=0, near_clutter=0, **kw)
+    for i in range(40):
+        canvas, label, (x1, y1, x2, y2) = cluttered.sample(i)
+        bare, label0, box0 = clean.sample(i)
+        assert (label, (x1, y1, x2, y2)) == (label0, box0) == (label0, cluttered.digit_box(i))
+        window = (slice(max(y1 - 2, 0), y2 + 2), slice(max(x1 - 2, 0), x2 + 2))
+        assert np.array_equal(canvas[window], bare[window])
+        assert (canvas > 0).sum() > (bare > 0).sum()  # the clutter is there, elsewhere
+
+
+def test_near_clutter_sits_beside_the_digit():
+    kw = dict(canvas_size=96, digit_size=16, digit_size_jitter=2, fragment_size=8, length=30)
+    ds = ClutteredDigits("test", num_clutter=4, near_clutter=4, **kw)
+    reach = 2 + 2 + 8  # margin, up to 2 px more, a fragment
+    for i in range(30):
+        canvas, _, (x1, y1, x2, y2) = ds.sample(i)
+        ys, xs = np.nonzero(canvas)
+        assert ys.min() >= y1 - reach and ys.max() < y2 + reach and xs.min() >= x1 - reach and xs.max() < x2 + reach
+    far = ClutteredDigits("test", num_clutter=4, near_clutter=0, **kw)
+    spread = [np.ptp(np.nonzero(far.sample(i)[0])[1]) for i in range(30)]
+    assert max(spread) > 16 + 2 * reach  # without near_clutter the fragments go anywhere
+    with pytest.raises(ValueError, match="near_clutter"):
+        ClutteredDigits("test", num_clutter=2, near_clutter=3)

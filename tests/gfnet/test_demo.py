@@ -72,7 +72,9 @@ def test_demo_evaluates_every_budget(demo):
 def test_demo_report(demo):
     out, proc = demo
     r = json.loads((out / "report.json").read_text())
-    assert set(r["claims"]) == {"accuracy_within_1pt_at_40pct_macs", "dynamic_throughput_2x_baseline"}
+    assert set(r["claims"]) == {"accuracy_within_1pt_at_40pct_macs", "dynamic_throughput_2x_baseline",
+                                "baseline_at_least_95pct", "glance_at_most_85pct", "last_step_at_least_95pct",
+                                "policy_beats_random_by_10pts_at_step_2"}
     assert all(isinstance(v, bool) for v in r["claims"].values())
     op = r["operating_point"]
     assert op["budget"] in range(1, 40) and op["macs_fraction"] == pytest.approx(op["avg_macs"] / r["baseline"]["macs"])
@@ -100,11 +102,15 @@ def test_demo_report(demo):
     assert dynamic["accuracy"] == pytest.approx(op["accuracy"], abs=ONE_IMAGE)
     assert all_steps["accuracy"] == pytest.approx(r["gfnet"]["anytime_accuracy"][-1], abs=ONE_IMAGE)
     assert static["accuracy"] == pytest.approx(r["baseline"]["test_accuracy"], abs=ONE_IMAGE)
-    # pictures of the glance and patches, via gfnet predict's path
+    # pictures of the glance and patches, via gfnet predict's path: some exiting at the glance,
+    # some that looked (as far as the test split has them), the first of each kind
     assert len(r["samples"]) == 3
     for s in r["samples"]:
         assert _is_png(Path(s["picture"])) and _is_png(Path(s["image"]))
         assert 1 <= s["exit_step"] <= 3 and len(s["boxes"]) == s["exit_step"] and 0 <= s["label"] <= 9
+        assert 0 <= s["test_index"] < 40 and f"test_{s['test_index']:04d}_" in Path(s["image"]).name
+    indices = [s["test_index"] for s in r["samples"]]
+    assert indices == sorted(set(indices))
     assert _is_png(out / "report" / "accuracy_vs_flops.png")
     md = (out / "report.md").read_text()
     assert "started from the baseline's trained weights" in md
@@ -116,6 +122,83 @@ def test_demo_report(demo):
     assert len(links) == 1 + 3 and all(_is_png(out / link) for link in links)
     assert md.count("| budget ") + md.count("| **budget ") == 39
     assert "wrote" in proc.stdout and str(out / "report.md") in proc.stdout
+
+
+def test_demo_report_random_locations_and_digit_hits(demo):
+    """Looking matters: the learned policy against uniformly random focus locations, per step,
+    and how often each one's first focus patch holds the digit; in the JSON, the page and the plot."""
+    out, _ = demo
+    r = json.loads((out / "report.json").read_text())
+    acc, rnd = r["gfnet"]["anytime_accuracy"], r["random_policy"]["anytime_accuracy"]
+    assert isinstance(rnd, list) and len(rnd) == len(acc) == r["gfnet"]["steps"] == 3
+    assert all(isinstance(a, float) and 0.0 <= a <= 1.0 for a in rnd)
+    assert all(abs(40 * a - round(40 * a)) < 1e-6 for a in rnd)  # a count of the 40 test images
+    assert r["random_policy"]["test_samples"] == r["gfnet"]["test_samples"] == 40
+    assert rnd[0] == pytest.approx(acc[0], abs=ONE_IMAGE)  # the same model: the glance is the same
+    # the learned policy on the same (here: all) test images is gfnet eval's anytime accuracy
+    learned = r["random_policy"]["policy_anytime_accuracy"]
+    assert len(learned) == 3 and all(a == pytest.approx(b, abs=ONE_IMAGE) for a, b in zip(learned, acc))
+    hit = r["digit_in_first_patch"]
+    assert set(hit) == {"policy", "random", "min_fraction_of_digit", "test_samples"}
+    assert all(isinstance(hit[k], float) and 0.0 <= hit[k] <= 1.0 for k in ("policy", "random"))
+    assert hit["min_fraction_of_digit"] == 0.5 and hit["test_samples"] == 40
+    claims = r["claims"]
+    assert claims["glance_at_most_85pct"] == (acc[0] <= 0.85)
+    assert claims["last_step_at_least_95pct"] == (acc[-1] >= 0.95)
+    assert claims["policy_beats_random_by_10pts_at_step_2"] == (learned[1] - rnd[1] >= 0.10 - 1e-12)
+    assert claims["baseline_at_least_95pct"] == (r["baseline"]["test_accuracy"] >= 0.95)
+    md = (out / "report.md").read_text()
+    assert "## Does looking matter?" in md and "| step | MACs so far (M) | learned policy | random locations" in md
+    assert (f"{100 * hit['policy']:.2f} % of the test images with the learned policy, {100 * hit['random']:.2f} % "
+            "with random locations") in md
+    for claim in ("The glance alone at most 85 %", "The last step (all 3 steps) at least 95 %",
+                  "beats uniformly random focus locations by at least 10 points at step 2",
+                  "The baseline itself at least 95 %"):
+        assert claim in md
+    from PIL import Image
+
+    with Image.open(out / "report" / "accuracy_vs_flops.png") as im:
+        curves = im.text["Description"]
+    assert "anytime, random focus locations" in curves and "anytime, step k" in curves
+
+
+def test_report_on_part_of_the_test_split_compares_like_with_like(demo):
+    """--max-images 20: the learned policy and the random locations both on those 20 images."""
+    from gfnet.cli import main
+
+    out, _ = demo
+    assert main(["report", str(out), "--out", str(out / "part"), "--max-images", "20", "--passes", "1",
+                 "--batch-sizes", "8", "--images", "2", "--threads", "1"]) == 0
+    r = json.loads((out / "part" / "report.json").read_text())
+    rp = r["random_policy"]
+    assert rp["test_samples"] == r["digit_in_first_patch"]["test_samples"] == 20 and r["gfnet"]["test_samples"] == 40
+    assert all(abs(20 * a - round(20 * a)) < 1e-6 for a in rp["anytime_accuracy"] + rp["policy_anytime_accuracy"])
+    assert r["claims"]["policy_beats_random_by_10pts_at_step_2"] == (
+        rp["policy_anytime_accuracy"][1] - rp["anytime_accuracy"][1] >= 0.10 - 1e-12)
+    assert all(s["test_index"] < 20 for s in r["samples"]) and len(r["samples"]) == 2
+
+
+def test_pick_samples_mixes_glance_exits_and_looks():
+    from gfnet.report import pick_samples
+
+    exit_step = torch.tensor([1, 1, 3, 1, 2, 1, 3, 2, 1])
+    assert pick_samples(exit_step, 4) == [0, 1, 2, 4]  # two at the glance, then steps 2 and 3 in turn
+    assert pick_samples(exit_step, 5) == [0, 1, 2, 4, 7]
+    assert pick_samples(torch.tensor([1, 1, 1, 2]), 3) == [0, 1, 3]  # short of looks: glance exits fill in
+    assert pick_samples(torch.tensor([2, 3, 1, 3]), 3) == [0, 1, 2]  # short of glance exits: looks fill in
+    assert pick_samples(exit_step, 0) == [] and pick_samples(torch.tensor([1, 2]), 5) == [0, 1]
+
+
+def test_fraction_holding_counts_half_the_digit():
+    from gfnet.report import fraction_holding
+
+    digit = torch.tensor([[10.0, 10.0, 20.0, 20.0]] * 4)
+    patches = torch.tensor([[0.0, 0.0, 48.0, 48.0],  # all of it
+                            [15.0, 0.0, 63.0, 48.0],  # half (x 15..20)
+                            [16.0, 0.0, 64.0, 48.0],  # 40 %
+                            [30.0, 30.0, 78.0, 78.0]])  # none
+    assert fraction_holding(patches, digit) == 0.5
+    assert fraction_holding(patches[:1], digit[:1]) == 1.0 and fraction_holding(patches[3:], digit[3:]) == 0.0
 
 
 def test_demo_rerun_reuses_finished_work(demo):

@@ -34,7 +34,7 @@ def test_image_size_is_an_int_or_height_width(value, expect):
 
 @pytest.mark.parametrize("value, message", [
     ("96,160,3", "bad value '96,160,3' for model.image_size (expected int | tuple[int, int])"),
-    ("40,160", "image size 40 x 160 is smaller than the patch size 64"),
+    ("40,160", "image size 40 x 160 is smaller than the patch size 48"),
 ])
 def test_bad_image_size(value, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -154,8 +154,9 @@ def test_non_square_digits_run_trains_evaluates_and_predicts(digits_run):
     for p in res:
         assert p.image_size == p.model_size == (96, 160)
         assert p.boxes[0] == (0.0, 0.0, 160.0, 96.0)  # the glance: the whole canvas
+        P = predictor.patch_size
         for x1, y1, x2, y2 in p.boxes[1:]:
-            assert (x2 - x1, y2 - y1) == (64.0, 64.0) and 0 <= x1 and x2 <= 160 and 0 <= y1 and y2 <= 96
+            assert (x2 - x1, y2 - y1) == (P, P) and 0 <= x1 and x2 <= 160 and 0 <= y1 and y2 <= 96
 
 
 @pytest.mark.parametrize("resize", [False, True])

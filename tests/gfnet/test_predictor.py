@@ -48,7 +48,7 @@ def canvases():
 
 @pytest.fixture(scope="module")
 def gray(tmp_path_factory):
-    """A grayscale digits predictor (128 x 128, patch 64, 3 steps), calibrated."""
+    """A grayscale digits predictor (128 x 128, the digits preset's patch, 3 steps), calibrated."""
     cfg = build_config("digits", overrides=tiny_overrides())
     val = torch.stack([ClutteredDigits("val", length=32)[i][0] for i in range(32)])
     path = _checkpoint(tmp_path_factory.mktemp("gray") / "stage3.pt", cfg, val)
@@ -176,7 +176,7 @@ def test_mixed_sizes_at_their_own_size(gray, canvases):
         assert p.model_size == p.image_size and p.boxes == p.model_boxes
         for x1, y1, x2, y2 in p.boxes:
             assert 0 <= x1 < x2 <= p.image_size[1] and 0 <= y1 < y2 <= p.image_size[0]
-            assert (x2 - x1, y2 - y1) in ((64, 64), p.image_size[::-1])  # a patch, or the glance
+            assert (x2 - x1, y2 - y1) in ((gray.patch_size,) * 2, p.image_size[::-1])  # a patch, or the glance
     assert sum(res.exit_counts) == len(images)
 
 
@@ -322,8 +322,8 @@ def test_bad_input_names_it(gray, canvases, tmp_path, case):
         "float_range": ([canvases[0].float()], {}, "images[0] (tensor (1, 128, 128) float32): floating-point images "
                                                   "hold values in [0, 1], this one spans [0, 255]"),
         "int64": ([canvases[0].long()], {}, "images[0] (tensor (1, 128, 128) int64): expected uint8 or floating"),
-        "smaller_than_patch": ([canvases[0], canvases[1, :, :50, :]], {"resize": False},
-                               "images[1] is 50 x 128 pixels, smaller than the model's 64 x 64 focus patch"),
+        "smaller_than_patch": ([canvases[0], canvases[1, :, :40, :]], {"resize": False},
+                               "images[1] is 40 x 128 pixels, smaller than the model's 48 x 48 focus patch"),
         "object": ([canvases[0], {"not": "an image"}], {}, "images[1] is a dict; expected a file path"),
     }
     images, kw, message = cases[case]
