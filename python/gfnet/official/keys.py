@@ -69,9 +69,11 @@ _REGNET_BLOCK = {"proj": "proj.0", "bn": "proj.1", "f.a": "f.a.0", "f.a_bn": "f.
                  "f.se.f_ex.2": "f.se.fc2"}
 _REGNET: list[Rule] = [
     (r"stem\.conv\.", "body.0.0."), (r"stem\.bn\.", "body.0.1."), (r"fc\.", "head."),
-] + [(rf"s(\d+)\.b(\d+)\.{re.escape(src)}\.",
-      (lambda dst: lambda m: f"body.1.block{m[1]}.block{m[1]}-{int(m[2]) - 1}.{dst}.")(dst))
-     for src, dst in _REGNET_BLOCK.items()]
+    # s<i>.b<j>.<layer>. -> body.1.block<i>.block<i>-<j - 1>.<torchvision layer>. (longest names
+    # first in the alternation, so "f.a_bn" is not read as "f.a")
+    (rf"s(\d+)\.b(\d+)\.({'|'.join(re.escape(k) for k in sorted(_REGNET_BLOCK, key=len, reverse=True))})\.",
+     lambda m: f"body.1.block{m[1]}.block{m[1]}-{int(m[2]) - 1}.{_REGNET_BLOCK[m[3]]}."),
+]
 
 # gen-efficientnet block layers -> the index in torchvision's block.<i> (None: SE, see below)
 _GEN_BLOCK = {
