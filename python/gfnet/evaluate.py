@@ -138,7 +138,7 @@ def evaluate_run(checkpoint: str | Path, *, out: str | Path | None = None, data_
         points += [thresholds_for_macs(logits, step_macs, t) for t in target_macs]
 
     test_loader = eval_loader(ds["test"], bs)
-    test_logits, labels = collect_anytime(model, test_loader, device=dev, max_batches=max_batches)
+    test_logits, labels, _ = collect_anytime(model, test_loader, device=dev, max_batches=max_batches)
     step_acc = per_step_accuracy(test_logits, labels)
     if simulate:
         results = evaluate_simulated(test_logits, labels, cal, points)

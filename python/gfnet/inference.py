@@ -193,18 +193,22 @@ def run_dataset(model: GFNet, loader, thresholds=None, *, device: torch.device |
     return {"correct": correct, "total": total, "exit_counts": counts}
 
 
-def collect_anytime(model: GFNet, loader, *, device: torch.device | str = "cpu",
-                    max_batches: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every step's logits over a loader: ((T, N, K) on the CPU, labels (N,))."""
-    logits, labels = [], []
+def collect_anytime(model: GFNet, loader, *, device: torch.device | str = "cpu", max_batches: int = 0,
+                    policy: str = "mean", generator: torch.Generator | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All steps over a loader of (images, labels), focus locations as in
+    :func:`anytime_inference`: ((T, N, K) logits, labels (N,), (N, T, 4) boxes looked at), on the CPU."""
+    logits, labels, boxes = [], [], []
     for i, (x, y) in enumerate(loader):
         if max_batches and i >= max_batches:
             break
-        logits.append(anytime_inference(model, x.to(device)).logits.float().cpu())
+        r = anytime_inference(model, x.to(device), policy=policy, generator=generator)
+        logits.append(r.logits.float().cpu())
+        boxes.append(r.boxes.cpu())
         labels.append(y)
     if not logits:
         raise ValueError("no data to evaluate")
-    return torch.cat(logits, dim=1), torch.cat(labels)
+    return torch.cat(logits, dim=1), torch.cat(labels), torch.cat(boxes)
 
 
 def per_step_accuracy(step_logits: torch.Tensor, labels: torch.Tensor) -> list[float]:

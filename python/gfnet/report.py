@@ -111,20 +111,6 @@ def fraction_holding(patches: torch.Tensor, objects: torch.Tensor,
     return float((w * h >= min_fraction * area).double().mean())
 
 
-def _anytime_pass(model, images: torch.Tensor, batch_size: int, device: torch.device, policy: str,
-                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """All steps on every image with the learned ("mean") or "random" locations:
-    ((T, N, K) logits, (N, T, 4) boxes looked at), on the CPU."""
-    from .inference import anytime_inference
-
-    logits, boxes = [], []
-    for i in range(0, images.shape[0], batch_size):
-        r = anytime_inference(model, images[i:i + batch_size].to(device), policy=policy, generator=generator)
-        logits.append(r.logits.float().cpu())
-        boxes.append(r.boxes.cpu())
-    return torch.cat(logits, dim=1), torch.cat(boxes)
-
-
 def looking_matters(model, images: torch.Tensor, labels: torch.Tensor, digit_boxes: torch.Tensor | None, *,
                     batch_size: int, device: torch.device, seed: int) -> tuple[dict[str, Any], torch.Tensor]:
     """The learned policy against uniformly random focus locations on the same images: each
@@ -132,10 +118,14 @@ def looking_matters(model, images: torch.Tensor, labels: torch.Tensor, digit_box
     2) holds at least half of the digit. Returns (the report's numbers, the learned policy's
     (T, N, K) logits). On the whole test split, ``policy_anytime_accuracy`` is gfnet eval's
     ``anytime_accuracy``; on its first ``max_images`` it is what the random one is compared to."""
-    from .inference import per_step_accuracy
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from .inference import collect_anytime, per_step_accuracy
 
     gen = torch.Generator(device=device).manual_seed(seed)
-    runs = {policy: _anytime_pass(model, images, batch_size, device, policy, gen if policy == "random" else None)
+    loader = DataLoader(TensorDataset(images, labels), batch_size=batch_size)
+    runs = {policy: collect_anytime(model, loader, device=device, policy=policy,
+                                    generator=gen if policy == "random" else None)
             for policy in ("mean", "random")}
     out: dict[str, Any] = {
         "random_policy": {"anytime_accuracy": per_step_accuracy(runs["random"][0], labels),
@@ -145,8 +135,8 @@ def looking_matters(model, images: torch.Tensor, labels: torch.Tensor, digit_box
     }
     if digit_boxes is not None and model.max_steps > 1:
         out["digit_in_first_patch"] = {
-            "policy": fraction_holding(runs["mean"][1][:, 1], digit_boxes),
-            "random": fraction_holding(runs["random"][1][:, 1], digit_boxes),
+            "policy": fraction_holding(runs["mean"][2][:, 1], digit_boxes),
+            "random": fraction_holding(runs["random"][2][:, 1], digit_boxes),
             "min_fraction_of_digit": DIGIT_HIT_MIN_FRACTION, "test_samples": int(labels.numel()),
         }
     return out, runs["mean"][0]
