@@ -237,10 +237,11 @@ at::Tensor crop_resize_cpu(const at::Tensor& images, const at::Tensor& boxes_in,
                            c10::string_view padding_name,
                            std::optional<c10::ArrayRef<double>> mean,
                            std::optional<c10::ArrayRef<double>> std, at::ScalarType out_dtype) {
-  CropResizeCall call = prepare_crop_resize(images, boxes_in, batch_index, size, mode_name,
-                                            align_corners, padding_name, mean, std, out_dtype,
-                                            /*check_values=*/true);
-  at::Tensor& out = call.out;
+  const CropResizeCall call = prepare_crop_resize(images, boxes_in, batch_index, size, mode_name,
+                                                  align_corners, padding_name, mean, std,
+                                                  out_dtype, /*check_values=*/true);
+  at::Tensor out = at::empty({boxes_in.size(0), images.size(1), size[0], size[1]},
+                             images.options().dtype(out_dtype));
   if (out.numel() == 0) return out;
   const at::Tensor boxes = boxes_in.contiguous();
   const std::vector<int64_t> bi = copy_batch_index(batch_index);

@@ -462,12 +462,12 @@ at::Tensor crop_resize_cuda(const at::Tensor& images, const at::Tensor& boxes,
                             std::optional<c10::ArrayRef<double>> mean,
                             std::optional<c10::ArrayRef<double>> std, at::ScalarType out_dtype) {
   c10::cuda::CUDAGuard guard(images.device());
-  CropResizeCall call = prepare_crop_resize(images, boxes, batch_index, size, mode_name,
-                                            align_corners, padding_name, mean, std, out_dtype,
-                                            /*check_values=*/false);
-  const int64_t h = call.out_h, w = call.out_w, B = boxes.size(0);
+  const CropResizeCall call = prepare_crop_resize(images, boxes, batch_index, size, mode_name,
+                                                  align_corners, padding_name, mean, std,
+                                                  out_dtype, /*check_values=*/false);
+  const int64_t h = size[0], w = size[1], B = boxes.size(0);
   check_sizes(h, w);
-  at::Tensor& out = call.out;
+  at::Tensor out = at::empty({B, images.size(1), h, w}, images.options().dtype(out_dtype));
   if (out.numel() == 0) return out;
   check_images_exist(images.size(0));
   const Boxes box_arg = boxes_arg(boxes);

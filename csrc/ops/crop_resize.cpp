@@ -4,7 +4,6 @@
 // (gfkernels/ops/crop_resize.py).
 #include "crop_resize.h"
 
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -140,13 +139,8 @@ CropResizeCall prepare_crop_resize(const at::Tensor& images, const at::Tensor& b
                        out_dtype == at::kFloat || out_dtype == at::kDouble,
                    op, ": out_dtype must be float16, bfloat16, float32 or float64, got ",
                    out_dtype);
-  return {mode,
-          padding,
-          size[0],
-          size[1],
-          channel_affine(images.size(1), images.scalar_type() == at::kByte, mean, std),
-          at::empty({boxes.size(0), images.size(1), size[0], size[1]},
-                    images.options().dtype(out_dtype))};
+  return {mode, padding,
+          channel_affine(images.size(1), images.scalar_type() == at::kByte, mean, std)};
 }
 
 BackwardImagesCall prepare_backward_images(const at::Tensor& grad, const at::Tensor& boxes,

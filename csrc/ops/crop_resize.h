@@ -44,14 +44,13 @@ using OptionalDoubles = std::optional<c10::ArrayRef<double>>;
 // kernels do; the CUDA kernels pass false to stay free of host syncs and rely on clamped taps
 // (sampling.h) and device asserts to stay in bounds.
 
-// crop_resize(images, boxes, batch_index, size, mode, ...), checked, with its output allocated
-// (uninitialised) as a contiguous (B, C, h, w) tensor of out_dtype.
+// crop_resize(images, boxes, batch_index, size, mode, ...), checked. Each kernel allocates the
+// output, a contiguous (B, C, h, w) tensor of out_dtype, after its own checks (the CUDA one
+// refuses outputs too large for its 32-bit indices before allocating anything).
 struct CropResizeCall {
   Mode mode;
   Padding padding;
-  int64_t out_h, out_w;
   ChannelAffine affine;
-  at::Tensor out;
 };
 CropResizeCall prepare_crop_resize(const at::Tensor& images, const at::Tensor& boxes,
                                    const std::optional<at::Tensor>& batch_index,
