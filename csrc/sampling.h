@@ -89,14 +89,19 @@ GFK_HOST_DEVICE int64_t clamp_index(int64_t i, int64_t size) {
   return i < 0 ? 0 : (i >= size ? size - 1 : i);
 }
 
+// A source position clamped to [-4, size + 4], as make_taps reads it. The clamp changes no
+// result (every tap lies outside the image there either way, and border weights sum to one)
+// but keeps huge positions from overflowing the index, and turns NaN into a valid position
+// (fmax(NaN, v) is v).
+GFK_HOST_DEVICE double clamp_position(double x, int64_t size) {
+  return fmin(fmax(x, -4.0), static_cast<double>(size) + 4.0);
+}
+
 // Turns a source position into taps. Border padding clamps each tap to the image (so a
 // bilinear position just outside the edge reads the edge, as F.interpolate does); zeros
 // padding gives outside taps weight 0 (and reads a clamped, valid index).
 GFK_HOST_DEVICE void make_taps(double x, int64_t size, Mode mode, Padding padding, Taps& taps) {
-  // Clamping the position to [-4, size + 4] changes no result (every tap lies outside the
-  // image there either way, and border weights sum to one) but keeps huge positions from
-  // overflowing the index, and turns NaN into a valid position (fmax(NaN, v) is v).
-  x = fmin(fmax(x, -4.0), static_cast<double>(size) + 4.0);
+  x = clamp_position(x, size);
   int64_t first;
   int n;
   if (mode == Mode::Nearest) {

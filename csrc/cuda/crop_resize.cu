@@ -169,7 +169,7 @@ struct BatchIndex {
     if (ptr == nullptr) return b;
     const int64_t n = ptr[b * stride];
     CUDA_KERNEL_ASSERT_MSG(n >= 0 && n < N, "crop_resize: batch_index values must lie in [0, N)");
-    return n < 0 ? 0 : (n >= N ? N - 1 : n);
+    return clamp_index(n, N);
   }
 };
 
@@ -612,9 +612,8 @@ __global__ void axis_range_kernel(Boxes boxes, int64_t B, int lo_col, int hi_col
     const int x = static_cast<int>(t - b * size);
     const double lo = boxes.at(b, lo_col), hi = boxes.at(b, hi_col);
     // The positions of the first and last output index, clamped as make_taps clamps them.
-    const double top = static_cast<double>(size) + 4.0;
-    const double p0 = fmin(fmax(source_position(lo, hi, 0, out, align_corners), -4.0), top);
-    const double p1 = fmin(fmax(source_position(lo, hi, out - 1, out, align_corners), -4.0), top);
+    const double p0 = clamp_position(source_position(lo, hi, 0, out, align_corners), size);
+    const double p1 = clamp_position(source_position(lo, hi, out - 1, out, align_corners), size);
     const bool increasing = !(p1 < p0);
     const int* s = span + b * out * 2;
     // Smallest o in [0, out] for which a monotone (false..true) predicate holds.
@@ -653,8 +652,7 @@ __global__ void image_offsets_kernel(const int64_t* __restrict__ sorted, int64_t
   int64_t a = 0, z = B;
   while (a < z) {
     const int64_t m = (a + z) / 2;
-    const int64_t v = sorted[m] < 0 ? 0 : (sorted[m] >= N ? N - 1 : sorted[m]);
-    if (v >= n) z = m; else a = m + 1;
+    if (clamp_index(sorted[m], N) >= n) z = m; else a = m + 1;
   }
   offsets[n] = a;
 }
