@@ -13,8 +13,10 @@
 // loads where the source rows allow. Boxes are read in their own dtype and strides and
 // batch_index with its stride: the call launches nothing but the kernel.
 //
-// Backward kernels map one thread to one output pixel: blockIdx.y picks the box (a grid-stride
-// loop covers B > 65535) and blockIdx.x * blockDim.x + threadIdx.x the pixel.
+// Backward wrt images with atomics maps one thread to one output pixel: blockIdx.y picks the
+// box (a grid-stride loop covers B > 65535) and blockIdx.x * blockDim.x + threadIdx.x the
+// pixel. The deterministic gather maps one thread to one image pixel (grid-stride), and the
+// backward wrt boxes a block to a slice of one box's pixels (see their sections).
 //
 // Includes stay clear of ATen/cuda/CUDAContext.h, which needs the cuSPARSE/cuBLAS headers
 // (not every toolkit install has them); c10::cuda::getCurrentCUDAStream is the same stream
@@ -177,15 +179,6 @@ BatchIndex batch_index_arg(const std::optional<at::Tensor>& batch_index, int64_t
   if (!batch_index.has_value()) return {nullptr, 0, N};
   return {batch_index->const_data_ptr<int64_t>(), batch_index->stride(0), N};
 }
-
-template <typename T>
-struct AccOf {
-  using type = float;
-};
-template <>
-struct AccOf<double> {
-  using type = double;
-};
 
 // make_taps with the mode as a compile-time constant in each branch (backward kernels, whose
 // mode is a run-time argument), so that its loops unroll and the Taps arrays stay in registers.
