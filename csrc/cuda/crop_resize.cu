@@ -218,28 +218,18 @@ void check_images_exist(int64_t N) {
 
 // The shape of each mode's forward kernel. A thread owns kPixels consecutive output pixels
 // of a row (the copy path moves them as one vector); the interpolating path takes them kGroup
-// at a time and loads the taps of kChannels channels before storing any, so that
-// kGroup * kChannels * taps^2 loads are in flight per thread. The launch bounds (kMinBlocks
-// blocks of kThreads per SM, i.e. at most 65536 / (256 * kMinBlocks) registers) are the
-// tightest at which no instantiation spills on sm_90 (make gpu-report; float64 needs twice
-// the registers for the same work, so it gets half the blocks).
+// at a time, so that a thread holds kPixels column taps whatever the mode, and loads the taps
+// of kChannels channels before storing any, so that kGroup * kChannels * taps^2 loads are in
+// flight per thread. The launch bounds (kMinBlocks blocks of kThreads per SM, i.e. at most
+// 65536 / (256 * kMinBlocks) registers) are the tightest at which no instantiation spills on
+// sm_90 (make gpu-report; float64 needs twice the registers for the same work, so it gets half
+// the blocks).
 constexpr int kPixels = 4;
 template <Mode MODE, typename acc_t>
-struct ForwardShape;
-template <typename acc_t>
-struct ForwardShape<Mode::Nearest, acc_t> {
-  static constexpr int kGroup = 4, kChannels = 4;
-  static constexpr int kMinBlocks = std::is_same_v<acc_t, double> ? 2 : 4;
-};
-template <typename acc_t>
-struct ForwardShape<Mode::Bilinear, acc_t> {
-  static constexpr int kGroup = 2, kChannels = 4;
-  static constexpr int kMinBlocks = std::is_same_v<acc_t, double> ? 2 : 4;
-};
-template <typename acc_t>
-struct ForwardShape<Mode::Bicubic, acc_t> {
-  static constexpr int kGroup = 1, kChannels = 4;
-  static constexpr int kMinBlocks = std::is_same_v<acc_t, double> ? 2 : 3;
+struct ForwardShape {
+  static constexpr int kGroup = kPixels / taps_of(MODE), kChannels = kChannelChunk;
+  static constexpr int kMinBlocks =
+      std::is_same_v<acc_t, double> ? 2 : (MODE == Mode::Bicubic ? 3 : 4);
 };
 
 // N values of type T that move as one (vector) load or store when aligned.
