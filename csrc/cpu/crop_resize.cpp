@@ -215,15 +215,6 @@ void forward_impl(const at::Tensor& images, const at::Tensor& boxes, const int64
   });
 }
 
-template <typename Fn>
-void with_taps(Mode mode, Fn&& fn) {
-  switch (mode) {
-    case Mode::Nearest: return fn(std::integral_constant<int, 1>{});
-    case Mode::Bilinear: return fn(std::integral_constant<int, 2>{});
-    case Mode::Bicubic: return fn(std::integral_constant<int, 4>{});
-  }
-}
-
 std::vector<int64_t> copy_batch_index(const std::optional<at::Tensor>& batch_index) {
   if (!batch_index.has_value()) return {};
   const at::Tensor bi = batch_index->contiguous();
@@ -252,8 +243,8 @@ at::Tensor crop_resize_cpu(const at::Tensor& images, const at::Tensor& boxes_in,
       // float64 in or out: accumulate in double; otherwise float.
       using acc_t = std::conditional_t<std::is_same_v<in_t, double> || std::is_same_v<out_t, double>,
                                        double, float>;
-      with_taps(call.mode, [&](auto taps) {
-        forward_impl<in_t, out_t, acc_t, decltype(taps)::value>(
+      with_mode(call.mode, [&](auto mode) {
+        forward_impl<in_t, out_t, acc_t, taps_of(decltype(mode)::value)>(
             images, boxes, bi.empty() ? nullptr : bi.data(), out, call.mode, call.padding,
             align_corners, call.affine);
       });
@@ -340,8 +331,8 @@ at::Tensor crop_resize_backward_images_cpu(const at::Tensor& grad_in, const at::
     using grad_t = scalar_t;
     auto run = [&](auto acc_tag) {
       using acc_t = decltype(acc_tag);
-      with_taps(call.mode, [&](auto taps) {
-        backward_images_impl<grad_t, acc_t, decltype(taps)::value>(
+      with_mode(call.mode, [&](auto mode) {
+        backward_images_impl<grad_t, acc_t, taps_of(decltype(mode)::value)>(
             grad, boxes, bi, grad_images, call.mode, call.padding, align_corners, call.affine);
       });
     };
@@ -444,8 +435,8 @@ at::Tensor crop_resize_backward_boxes_cpu(const at::Tensor& grad_in, const at::T
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(),
                                     "crop_resize_backward_boxes_grad", [&] {
       using grad_t = scalar_t;
-      with_taps(call.mode, [&](auto taps) {
-        backward_boxes_impl<in_t, grad_t, acc_t, decltype(taps)::value>(
+      with_mode(call.mode, [&](auto mode) {
+        backward_boxes_impl<in_t, grad_t, acc_t, taps_of(decltype(mode)::value)>(
             grad, images, boxes, bi, grad_boxes, call.mode, call.padding, align_corners,
             call.affine);
       });

@@ -464,16 +464,11 @@ at::Tensor crop_resize_cuda(const at::Tensor& images, const at::Tensor& boxes,
       using acc_t = std::conditional_t<std::is_same_v<in_t, double> || std::is_same_v<out_t, double>,
                                        double, float>;
       const AffineArg<acc_t> affine(call.affine, images.device());
-      const auto run = [&](auto mode) {
+      with_mode(call.mode, [&](auto mode) {
         launch_forward<decltype(mode)::value, in_t, out_t, acc_t>(
             images, box_arg, index_arg, out, B, static_cast<int>(h), static_cast<int>(w),
             call.padding, align_corners, affine.value, stream);
-      };
-      switch (call.mode) {
-        case Mode::Nearest: run(std::integral_constant<Mode, Mode::Nearest>{}); break;
-        case Mode::Bilinear: run(std::integral_constant<Mode, Mode::Bilinear>{}); break;
-        case Mode::Bicubic: run(std::integral_constant<Mode, Mode::Bicubic>{}); break;
-      }
+      });
     });
   });
   return out;

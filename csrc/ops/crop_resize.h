@@ -9,6 +9,7 @@
 #include <c10/util/string_view.h>
 
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "../sampling.h"
@@ -20,6 +21,17 @@ namespace gfkernels {
   AT_DISPATCH_SWITCH(TYPE, NAME,                                                             \
                      AT_DISPATCH_CASE_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, __VA_ARGS__) \
                          AT_DISPATCH_CASE(at::kByte, __VA_ARGS__))
+
+// fn(std::integral_constant<Mode, mode>{}): the mode as a compile-time constant, for kernels
+// that take it (or its taps_of) as a template argument.
+template <typename Fn>
+void with_mode(Mode mode, Fn&& fn) {
+  switch (mode) {
+    case Mode::Nearest: return fn(std::integral_constant<Mode, Mode::Nearest>{});
+    case Mode::Bilinear: return fn(std::integral_constant<Mode, Mode::Bilinear>{});
+    case Mode::Bicubic: return fn(std::integral_constant<Mode, Mode::Bicubic>{});
+  }
+}
 
 // Sizes and strides (in elements) of an (N, C, H, W) image batch.
 struct Geometry {
