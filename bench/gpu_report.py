@@ -200,8 +200,6 @@ def _triton_cases() -> List[tuple[str, Callable[[], object]]]:
     from gfkernels.triton import crop_resize as tcr
     from gfkernels.triton import early_exit as tee
 
-    early_exit = getattr(tee, "_early_exit_impl", None) or tee.early_exit
-    gather_rows = getattr(tee, "_gather_rows_impl", None) or tee.gather_rows
     size = 96  # GFNet's patch size: the block sizes the kernels really run with
     g = torch.Generator().manual_seed(0)
 
@@ -240,18 +238,20 @@ def _triton_cases() -> List[tuple[str, Callable[[], object]]]:
                               gr, images(a), boxes, bi, m, False, "border", None)))
     for dtype in (torch.float16, torch.float32, torch.float64):
         logits = torch.randn(6, 10, generator=g).to(dtype)
-        cases.append((f"early_exit {dtype}", lambda lg=logits: early_exit(
+        cases.append((f"early_exit {dtype}", lambda lg=logits: tee._early_exit_impl(
             lg, torch.tensor(0.5, dtype=torch.float64), torch.arange(6),
             torch.zeros(8, 10, dtype=lg.dtype), torch.zeros(8, dtype=torch.int64), 1)))
     tensors = [torch.randn(6, 4, generator=g), torch.randn(6, 3, 5).transpose(1, 2),
                torch.arange(6), torch.randn(6, 2).half()]
-    cases.append(("gather_rows", lambda: gather_rows(tensors, torch.tensor([3, 1, 0]),
-                                                               2)))
+    cases.append(("gather_rows", lambda: tee._gather_rows_impl(tensors, torch.tensor([3, 1, 0]),
+                                                                2)))
     return cases
 
 
 def triton_report(arch: int = ARCH) -> List[KernelUsage]:
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    from gfkernels.triton import interpreting
+
+    if interpreting():
         raise RuntimeError("run without TRITON_INTERPRET=1: the interpreter replaces the kernels")
     import torch  # noqa: F401  (before triton's driver is touched)
     from triton.runtime import driver
