@@ -608,21 +608,20 @@ _AFFINE_CACHE_LIMIT = 1024
 def _affine(channels: int, uint8_input: bool, mean, std, like: torch.Tensor) -> torch.Tensor:
     """[scale(C), shift(C)] float64 on like's device: out = v * scale + shift (v / 255 first
     for uint8)."""
-    value_scale = 1.0 / 255.0 if uint8_input else 1.0
-    scale, shift = [], []
-    for c in range(channels):
-        m = 0.0 if mean is None else float(mean[0 if len(mean) == 1 else c])
-        s = 1.0 if std is None else float(std[0 if len(std) == 1 else c])
-        scale.append(value_scale / s)
-        shift.append(-m / s)
-    values = tuple(scale + shift)
-    if is_fake(like):  # traced by torch.compile: a constant of the graph, not cached
-        return torch.tensor(values, dtype=torch.float64, device=like.device)
-    key = (like.device, values)
-    table = _AFFINE_TABLES.get(key)
+    fake = is_fake(like)  # traced by torch.compile: a constant of the graph, not cached
+    key = (like.device, channels, uint8_input, None if mean is None else tuple(mean),
+           None if std is None else tuple(std))
+    table = None if fake else _AFFINE_TABLES.get(key)
     if table is None:
-        table = torch.tensor(values, dtype=torch.float64, device=like.device)
-        if len(_AFFINE_TABLES) < _AFFINE_CACHE_LIMIT:
+        value_scale = 1.0 / 255.0 if uint8_input else 1.0
+        scale, shift = [], []
+        for c in range(channels):
+            m = 0.0 if mean is None else float(mean[0 if len(mean) == 1 else c])
+            s = 1.0 if std is None else float(std[0 if len(std) == 1 else c])
+            scale.append(value_scale / s)
+            shift.append(-m / s)
+        table = torch.tensor(scale + shift, dtype=torch.float64, device=like.device)
+        if not fake and len(_AFFINE_TABLES) < _AFFINE_CACHE_LIMIT:
             _AFFINE_TABLES[key] = table
     return table
 
