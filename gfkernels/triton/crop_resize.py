@@ -637,9 +637,10 @@ _INT32_LIMIT = 2**31 - 2**20  # pixel indices are int32 in the kernels, with roo
 
 def _check_sizes(h: int, w: int, programs: int, image: Tuple[int, ...]) -> None:
     """The kernels index pixels in int32 and offsets inside one image (channel c's plane,
-    c * stride) too: outputs and images beyond that are refused. image: (C, H, W, sC, sH, sW)."""
+    c * stride) too: outputs and images beyond that are refused. image: (C, H, W, sC, sH, sW),
+    C >= 1 (callers return early for empty outputs), so C * h * w bounds h * w too."""
     C, H, W, sC, sH, sW = image
-    if h * w > _INT32_LIMIT or programs >= 2**31 or C * h * w > _INT32_LIMIT:
+    if programs >= 2**31 or C * h * w > _INT32_LIMIT:
         raise ValueError(f"crop_resize: an output of {C} x {h} x {w} per box is too large for "
                          f"the Triton kernels (C * h * w must stay below {_INT32_LIMIT})")
     if (C - 1) * sC + (H - 1) * sH + (W - 1) * sW >= _INT32_LIMIT:
