@@ -183,29 +183,29 @@ def _gather_rows_impl(tensors: List[torch.Tensor], index: torch.Tensor,
                      n: int) -> List[torch.Tensor]:
     outs = []
     rows = index[:n]
-    for t in tensors:
-        out = torch.empty((n, *t.shape[1:]), dtype=t.dtype, device=t.device)
-        outs.append(out)
-        R = out[0].numel() if n > 0 else 0
-        if n == 0 or R == 0:
-            continue
-        src = t
-        sizes, strides = _collapsed_row(src)
-        if len(sizes) > 3:  # rare: more than 3 non-mergeable trailing dims
-            src = src.contiguous()
+    with on_device(index):
+        for t in tensors:
+            out = torch.empty((n, *t.shape[1:]), dtype=t.dtype, device=t.device)
+            outs.append(out)
+            R = out[0].numel() if n > 0 else 0
+            if n == 0 or R == 0:
+                continue
+            src = t
             sizes, strides = _collapsed_row(src)
-        src_i, dst_i = _as_integers(src), _as_integers(out)
-        if t.element_size() == 16:  # view_as_real doubled the innermost dim
-            sizes, strides = _collapsed_row(src_i)
-            R *= 2
-        sizes = [1] * (3 - len(sizes)) + sizes
-        strides = [0] * (3 - len(strides)) + strides
-        block = min(triton.next_power_of_2(R), 1024)
-        grid = (n, triton.cdiv(R, block))
-        if grid[1] > 65535:
-            raise ValueError(f"gather_rows: rows of {R} elements are too long for the Triton "
-                             "kernel (at most 65535 * 1024)")
-        with on_device(index):
+            if len(sizes) > 3:  # rare: more than 3 non-mergeable trailing dims
+                src = src.contiguous()
+                sizes, strides = _collapsed_row(src)
+            src_i, dst_i = _as_integers(src), _as_integers(out)
+            if t.element_size() == 16:  # view_as_real doubled the innermost dim
+                sizes, strides = _collapsed_row(src_i)
+                R *= 2
+            sizes = [1] * (3 - len(sizes)) + sizes
+            strides = [0] * (3 - len(strides)) + strides
+            block = min(triton.next_power_of_2(R), 1024)
+            grid = (n, triton.cdiv(R, block))
+            if grid[1] > 65535:
+                raise ValueError(f"gather_rows: rows of {R} elements are too long for the Triton "
+                                 "kernel (at most 65535 * 1024)")
             launch(_gather_kernel)[grid](src_i, dst_i, rows, rows.stride(0), t.shape[0],
                                          src_i.stride(0), sizes[1], sizes[2], strides[0],
                                          strides[1], strides[2], R, BLOCK=block)
