@@ -26,6 +26,7 @@ import gfkernels
 from gfkernels import backends, reference
 
 from bench.harness import MEDIANS, Target, add_targets
+from tests.helpers import deterministic_algorithms, triton_on_gpu
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -34,14 +35,9 @@ MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 REPS, ROUNDS = 20, 10
 
 
-def _triton_ok() -> bool:
-    """Triton can run compiled kernels on the GPU (not under the CPU interpreter)."""
-    return torch.cuda.is_available() and backends.TABLE["triton"].available(torch.device("cuda"))
-
-
 needs_cuda_kernels = pytest.mark.skipif(not backends.compiled_with_cuda(),
                                         reason="gfkernels._C built without CUDA kernels")
-needs_triton = pytest.mark.skipif(not _triton_ok(), reason="triton unavailable on the GPU")
+needs_triton = pytest.mark.skipif(not triton_on_gpu(), reason="triton unavailable on the GPU")
 
 if torch.cuda.is_available():
     add_targets(
@@ -192,10 +188,6 @@ def test_focus_backward_images(benchmark, data, backend, deterministic):
     op = backends.TABLE[backend].ops.crop_resize_backward_images
     args = (grad, boxes, None, list(images.shape), images.dtype, "bilinear", False, "border", None)
     case = f"{backend}_{'deterministic' if deterministic else 'atomic'}"
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(deterministic)
-    try:
+    with deterministic_algorithms(deterministic):
         gpu_case(benchmark, "gpu_focus_backward_images", case, lambda: op(*args), reps=5, rounds=5)
-    finally:
-        torch.use_deterministic_algorithms(previous)
     ratios(benchmark, "gpu_focus_backward_images", case, "cuda_atomic")

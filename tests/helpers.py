@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 
@@ -12,6 +13,26 @@ from gfkernels import backends
 # The backends that run on CPU tensors here: cpp (when built), triton (under
 # TRITON_INTERPRET=1) and the reference.
 CPU_BACKENDS = list(backends.available_names(torch.device("cpu")))
+
+# Backends with registered ops (torch.ops.<namespace>.*) on CPU tensors: opcheck runs on them.
+OP_BACKENDS = [b for b in CPU_BACKENDS if b != "reference"]
+
+
+def triton_on_gpu() -> bool:
+    """Triton can run compiled kernels on the GPU (not under the CPU interpreter)."""
+    return torch.cuda.is_available() and backends.TABLE["triton"].available(torch.device("cuda"))
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool = True):
+    """torch.use_deterministic_algorithms(enabled) inside the block, the previous setting
+    after it."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(enabled)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 # Tolerances for comparing a backend with the float64 reference cast to the output dtype:
 # a few units in the last place of the output dtype, relative to the magnitude of the values.

@@ -16,11 +16,8 @@ import gfkernels
 from gfkernels import reference
 
 from gfkernels import backends
-from tests.helpers import (CPU_BACKENDS, IMAGE_DTYPES, MODES, assert_close_to_reference,
-                           mode_options, random_boxes, random_images)
-
-# Backends with registered ops (torch.ops.<namespace>.*) on CPU tensors: opcheck runs on them.
-OP_BACKENDS = [b for b in CPU_BACKENDS if b != "reference"]
+from tests.helpers import (CPU_BACKENDS, IMAGE_DTYPES, MODES, OP_BACKENDS,
+                           assert_close_to_reference, mode_options, random_boxes, random_images)
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ import torch
 import gfkernels
 from gfkernels import reference
 
-from tests.helpers import (IMAGE_DTYPES, MODES, assert_close_to_reference, mode_options,
-                           random_boxes, random_images)
+from tests.helpers import (IMAGE_DTYPES, MODES, assert_close_to_reference,
+                           deterministic_algorithms, mode_options, random_boxes, random_images)
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
@@ -174,13 +174,9 @@ def test_deterministic_backward(with_batch_index, generator):
     if with_batch_index:
         kwargs["batch_index"] = torch.tensor([2, 0, 2])
     grad = torch.randn(N, 2, 3, 4, generator=generator, dtype=torch.float64)
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic_algorithms():
         first, _ = _triton_grads(images, boxes, grad, (3, 4), **kwargs)
         again, _ = _triton_grads(images, boxes, grad, (3, 4), **kwargs)
-    finally:
-        torch.use_deterministic_algorithms(previous)
     expected, _ = _reference_grads(images, boxes, grad, (3, 4), **kwargs)
     assert torch.equal(first, again)
     torch.testing.assert_close(first, expected, rtol=1e-10, atol=1e-10)
@@ -237,13 +233,9 @@ def test_many_boxes_fit_the_grid(launches):
                     torch.float64)
     ops.crop_resize_backward_images(grad, boxes, bi, [2, 1, 6, 5], torch.float64, "bicubic",
                                     False, "border", None)
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic_algorithms():
         ops.crop_resize_backward_images(grad, boxes, bi, [2, 1, 6, 5], torch.float64, "bicubic",
                                         False, "border", None)
-    finally:
-        torch.use_deterministic_algorithms(previous)
     ops.crop_resize_backward_boxes(grad, images, boxes, bi, "bilinear", False, "border", None)
     kernels = {name for name, _, _ in launches}
     assert {"_forward_kernel", "_backward_images_atomic_kernel", "_axis_range_kernel",
@@ -297,12 +289,8 @@ def test_out_of_range_batch_index_same_in_both_backwards(generator):
     args = (grad.to(DEVICE), boxes.to(DEVICE), bad.to(DEVICE), [3, 2, 7, 8], torch.float64,
             "bilinear", False, "border", None)
     atomic = ops.crop_resize_backward_images(*args).cpu()
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic_algorithms():
         deterministic = ops.crop_resize_backward_images(*args).cpu()
-    finally:
-        torch.use_deterministic_algorithms(previous)
     torch.testing.assert_close(deterministic, atomic, rtol=1e-12, atol=1e-12)
     x = images.clone().requires_grad_()
     out = reference.crop_resize(x, boxes, (3, 4), batch_index=bad.clamp(0, 2))

@@ -12,10 +12,9 @@ import torch
 import gfkernels
 from gfkernels import backends, early_exit, gather_rows, reference
 
-from tests.helpers import CPU_BACKENDS as BACKENDS
+from tests.helpers import CPU_BACKENDS as BACKENDS, OP_BACKENDS
 
 HAVE_CPP = "cpp" in BACKENDS
-COMPILED = [b for b in BACKENDS if b != "reference"]
 needs_cpp = pytest.mark.skipif(not HAVE_CPP, reason="gfkernels._C is not built")
 
 SENTINEL = 7.25
@@ -77,7 +76,7 @@ def safe_threshold(logits, fraction):
 # ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 @pytest.mark.parametrize("n", [0, 1, 2, 37, 300])
 @pytest.mark.parametrize("K", [1, 2, 10, 1000])
 @pytest.mark.parametrize("fraction", ["none", 0.1, 0.5, 0.9, "all", "-inf"])
@@ -98,7 +97,7 @@ def test_early_exit_random(backend, n, K, fraction):
         assert int(num_keep) == 0
 
 
-@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_early_exit_dtypes(backend, dtype):
     logits, active, B = random_case(64, 100, dtype=dtype, seed=5)
@@ -106,7 +105,7 @@ def test_early_exit_dtypes(backend, dtype):
         assert_exit_matches(backend, logits, safe_threshold(logits, fraction), active, B)
 
 
-@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
 def test_early_exit_ties_at_threshold(backend, dtype):
     """Confidences that are exact in binary: equal logits over K = 2, 4 (0.5, 0.25), K = 1
@@ -136,7 +135,7 @@ def test_early_exit_ties_at_threshold(backend, dtype):
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered")  # Triton's interpreter (numpy)
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast")
-@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 def test_early_exit_nan_rows(backend):
     logits, active, B = random_case(50, 20, seed=11)
     logits[3, 7] = float("nan")
@@ -157,7 +156,7 @@ def test_early_exit_nan_rows(backend):
     assert int(num_keep) == len(special)
 
 
-@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 def test_early_exit_threshold_tensor(backend):
     logits, active, B = random_case(40, 30, seed=3)
     thr = safe_threshold(logits, 0.5)
@@ -166,7 +165,7 @@ def test_early_exit_threshold_tensor(backend):
         assert_exit_matches(backend, logits, t, active, B)
 
 
-@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 def test_early_exit_non_contiguous(backend):
     n, K, B = 33, 17, 50
     g = torch.Generator().manual_seed(2)
@@ -193,7 +192,7 @@ def test_early_exit_non_contiguous(backend):
     assert (exit_step._base[1::2] == -1).all()
 
 
-@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 def test_early_exit_keep_is_stable_partition(backend):
     logits, active, B = random_case(200, 5, seed=8)
     keep, num_keep, _, steps = run_exit(backend, logits, safe_threshold(logits, 0.4), active, B)
@@ -256,7 +255,7 @@ def assert_gather_matches(backend, tensors, index, n):
         torch.testing.assert_close(g_, r, rtol=0, atol=0, equal_nan=True)
 
 
-@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 @pytest.mark.parametrize("N,n", [(1, 0), (1, 1), (10, 0), (10, 1), (10, 7), (10, 10), (64, 40)])
 def test_gather_rows_mixed(backend, N, n):
     tensors = mixed_tensors(N, seed=N + n)
@@ -268,7 +267,7 @@ def test_gather_rows_mixed(backend, N, n):
     assert_gather_matches(backend, tensors, index, min(n, N + 3))
 
 
-@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 def test_gather_rows_with_early_exit(backend):
     """The loop's step: early_exit, then gather_rows by keep[:num_keep]."""
     B = 32
@@ -285,7 +284,7 @@ def test_gather_rows_with_early_exit(backend):
     torch.testing.assert_close(h3, h2, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 def test_gather_rows_large(backend):
     N = 300 if backend == "triton" else 3000
     t = torch.randn(N, 2048, 3, 3)
@@ -482,7 +481,7 @@ def test_triton_gather_rows_never_reads_outside_its_tensors():
 # ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 @pytest.mark.parametrize("n,K,thr", [(0, 5, 0.5), (1, 1, 1.0), (12, 10, 0.4), (12, 10, -math.inf)])
 def test_opcheck_early_exit(backend, n, K, thr):
     logits, active, B = random_case(n, K, seed=1)
@@ -491,7 +490,7 @@ def test_opcheck_early_exit(backend, n, K, thr):
     torch.library.opcheck(backends.TABLE[backend].ops.early_exit.default, args)
 
 
-@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("backend", OP_BACKENDS)
 @pytest.mark.parametrize("grad", [False, True])
 def test_opcheck_gather_rows(backend, grad):
     tensors = [torch.randn(8, 4, requires_grad=grad), torch.randn(8, 2, 3).transpose(1, 2),

@@ -11,8 +11,8 @@ import torch
 import gfkernels
 from gfkernels import backends, reference
 
-from tests.helpers import (IMAGE_DTYPES, assert_close_to_reference, mode_options,
-                           random_boxes, random_images)
+from tests.helpers import (IMAGE_DTYPES, assert_close_to_reference, deterministic_algorithms,
+                           mode_options, random_boxes, random_images, triton_on_gpu)
 
 pytestmark = [
     pytest.mark.cuda,
@@ -22,16 +22,11 @@ pytestmark = [
 OUT_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
 
-def _triton_ok() -> bool:
-    """Triton can run compiled kernels on the GPU (not under the CPU interpreter)."""
-    return torch.cuda.is_available() and backends.TABLE["triton"].available(torch.device("cuda"))
-
-
 BACKENDS = [
     pytest.param("cuda", marks=pytest.mark.skipif(
         not backends.compiled_with_cuda(), reason="gfkernels._C was built without CUDA kernels")),
     pytest.param("triton", marks=pytest.mark.skipif(
-        not _triton_ok(), reason="triton missing, or TRITON_INTERPRET=1 (CPU only)")),
+        not triton_on_gpu(), reason="triton missing, or TRITON_INTERPRET=1 (CPU only)")),
 ]
 
 
@@ -330,12 +325,8 @@ def test_deterministic_backward_bit_identical(backend, with_batch_index, generat
                                                            **kwargs), images, boxes, grad)
 
     atomic_i, atomic_b = backward()
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic_algorithms():
         runs = [backward() for _ in range(3)]
-    finally:
-        torch.use_deterministic_algorithms(previous)
     for gi, gb in runs[1:]:
         assert torch.equal(gi, runs[0][0]) and torch.equal(gb, runs[0][1])
     torch.testing.assert_close(runs[0][0], atomic_i, rtol=1e-4, atol=1e-4)
@@ -373,7 +364,7 @@ def test_opcheck_cuda():
                            [0.5, 0.6, 0.7]))
 
 
-@pytest.mark.skipif(not _triton_ok(), reason="triton unavailable on the GPU")
+@pytest.mark.skipif(not triton_on_gpu(), reason="triton unavailable on the GPU")
 def test_opcheck_triton():
     ops = backends.TABLE["triton"].ops
     for args in _opcheck_samples():
