@@ -210,7 +210,7 @@ def _as_tensor(name: str, item: Any) -> torch.Tensor:
     if isinstance(item, (str, Path)):
         return decode_image(item)
     if _is_pil(item):
-        return pil_to_tensor(item, name)
+        return pil_to_tensor(item)
     what = _describe(item)
     if _is_numpy(item):
         import numpy as np

@@ -101,12 +101,13 @@ class _RGB:
         return img.convert("RGB")
 
 
-def image_folder(root: str, split_dir: str, cfg: Config, train: bool, transform=None) -> Dataset:
-    """The images of ``<root>/<split_dir>`` with the training augmentation (``train``) or the
+def image_folder(split_dir: str, cfg: Config, train: bool = False, transform=None) -> Dataset:
+    """The images of ``<data.root>/<split_dir>`` with the training augmentation (``train``) or the
     config's evaluation transform; ``transform``: another transform instead of either."""
     from torchvision import datasets
     from torchvision import transforms as T
 
+    root = cfg.data.root
     if not root:
         raise DataError("data.root is not set: pass --data PATH (or --set data.root=PATH)")
     path = Path(root) / split_dir
@@ -121,14 +122,13 @@ def image_folder(root: str, split_dir: str, cfg: Config, train: bool, transform=
         raise DataError(f"cannot read image folder {str(path)!r}: {e}") from None
 
 
-def cifar(name: str, root: str, train: bool, cfg: Config, download: bool,
-          augment: bool | None = None) -> Dataset:
+def cifar(name: str, train: bool, cfg: Config, download: bool, augment: bool | None = None) -> Dataset:
     """The training or test images of CIFAR-10/100, augmented (default: the training images)
     or through the evaluation transform."""
     from torchvision import datasets
 
     cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
-    root = root or "data"
+    root = cfg.data.root or "data"
     augment = train if augment is None else augment
     transform = (cifar_train_transform(cfg.model.image_size, cfg.data.keep_aspect) if augment
                  else model_eval_transform(cfg))
@@ -172,7 +172,7 @@ def _image_folder_calibration(cfg: Config, augment: bool) -> tuple[Dataset, list
     through the evaluation transform."""
     d, m = cfg.data, cfg.model
     tf = train_transform(m.image_size, d.keep_aspect, m.eval_interpolation) if augment else model_eval_transform(cfg)
-    ds = image_folder(d.root, d.train_dir, cfg, train=augment, transform=tf)
+    ds = image_folder(d.train_dir, cfg, transform=tf)
     return ds, _not_held_out(cfg, len(ds))  # type: ignore[arg-type]
 
 
@@ -186,22 +186,22 @@ def build_image_folder(cfg: Config, splits: tuple[str, ...]) -> dict[str, Datase
     d = cfg.data
     out: dict[str, Dataset] = {}
     if d.val_fraction > 0 and ("train" in splits or "val" in splits):
-        out["train"], out["val"] = held_out_split(image_folder(d.root, d.train_dir, cfg, train=True),
-                                                  image_folder(d.root, d.train_dir, cfg, train=False),
+        out["train"], out["val"] = held_out_split(image_folder(d.train_dir, cfg, train=True),
+                                                  image_folder(d.train_dir, cfg),
                                                   d.val_fraction, d.split_seed)
     else:
         if "train" in splits:
-            out["train"] = image_folder(d.root, d.train_dir, cfg, train=True)
+            out["train"] = image_folder(d.train_dir, cfg, train=True)
         if "val" in splits:
-            out["val"] = image_folder(d.root, d.val_dir, cfg, train=False)
+            out["val"] = image_folder(d.val_dir, cfg)
     if "test" in splits:
-        out["test"] = image_folder(d.root, d.test_dir or d.val_dir, cfg, train=False)
+        out["test"] = image_folder(d.test_dir or d.val_dir, cfg)
     return out
 
 
 def _register_cifar(name: str, num_classes: int) -> None:
     def calibration_images(cfg: Config, augment: bool) -> tuple[Dataset, list[int]]:
-        ds = cifar(name, cfg.data.root, True, cfg, cfg.data.download, augment=augment)
+        ds = cifar(name, True, cfg, cfg.data.download, augment=augment)
         return ds, _not_held_out(cfg, len(ds))  # type: ignore[arg-type]
 
     @register_dataset(name, channels=3, num_classes=num_classes, eval_crop_fraction=CIFAR_CROP_FRACTION,
@@ -212,11 +212,11 @@ def _register_cifar(name: str, num_classes: int) -> None:
         """torchvision's CIFAR (downloaded only with data.download=true); the test split doubles
         as the validation split unless ``val_fraction`` > 0 holds part of train out."""
         d = cfg.data
-        train = cifar(name, d.root, True, cfg, d.download)
-        test = cifar(name, d.root, False, cfg, d.download)
+        train = cifar(name, True, cfg, d.download)
+        test = cifar(name, False, cfg, d.download)
         val = test
         if d.val_fraction > 0:
-            train, val = held_out_split(train, cifar(name, d.root, True, cfg, False, augment=False),
+            train, val = held_out_split(train, cifar(name, True, cfg, False, augment=False),
                                         d.val_fraction, d.split_seed)
         return {"train": train, "val": val, "test": test}
 

@@ -127,7 +127,7 @@ def to_channels(image: torch.Tensor, channels: int, name: str = "image") -> torc
     return luma.to(image.dtype)
 
 
-def pil_to_tensor(im, name: str = "image") -> torch.Tensor:
+def pil_to_tensor(im) -> torch.Tensor:
     """A PIL image -> (1 or 3, H, W) uint8: grayscale modes as 1 channel, the rest as RGB."""
     import numpy as np
 
@@ -145,7 +145,7 @@ def decode_image(path: str | Path) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             im.load()
-            return pil_to_tensor(im, str(path))
+            return pil_to_tensor(im)
     except FileNotFoundError:
         raise DataError(f"image {str(path)!r} does not exist") from None
     except IsADirectoryError:
