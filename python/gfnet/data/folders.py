@@ -9,6 +9,8 @@ defined in ``preprocess.py``) that ``gfnet predict`` and the predictor use too.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -146,11 +148,18 @@ def held_out_indices(n: int, fraction: float, seed: int) -> tuple[list[int], lis
     return perm[k:], perm[:k]
 
 
-def held_out_split(train: Dataset, held_out_view: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """(the rest of ``train``, the held-out ``fraction``) of one set of images, fixed by ``seed``:
-    ``held_out_view`` is the same images with evaluation transforms (no augmentation)."""
-    rest, held = held_out_indices(len(train), fraction, seed)  # type: ignore[arg-type]
-    return Subset(train, rest), Subset(held_out_view, held)
+def held_out_splits(cfg: Config, splits: tuple[str, ...], training_images: Callable[[bool], Dataset]
+                    ) -> dict[str, Dataset]:
+    """The asked ones of the train and val splits when ``data.val_fraction`` holds part of the
+    training images out as the val split (fixed by ``data.split_seed``): the rest of them
+    augmented (``training_images(True)``), the held-out part through the evaluation transform
+    (``training_images(False)``, the same images). Only the views the asked splits need are built."""
+    views = {s: training_images(s == "train") for s in ("train", "val") if s in splits}
+    if not views:
+        return {}
+    d, n = cfg.data, len(next(iter(views.values())))  # type: ignore[arg-type]
+    rest, held = held_out_indices(n, d.val_fraction, d.split_seed)
+    return {s: Subset(ds, rest if s == "train" else held) for s, ds in views.items()}
 
 
 def _not_held_out(cfg: Config, n: int) -> list[int]:
@@ -185,10 +194,8 @@ def build_image_folder(cfg: Config, splits: tuple[str, ...]) -> dict[str, Datase
     of the training folder out as the validation split instead."""
     d = cfg.data
     out: dict[str, Dataset] = {}
-    if d.val_fraction > 0 and ("train" in splits or "val" in splits):
-        out["train"], out["val"] = held_out_split(image_folder(d.train_dir, cfg, train=True),
-                                                  image_folder(d.train_dir, cfg),
-                                                  d.val_fraction, d.split_seed)
+    if d.val_fraction > 0:
+        out.update(held_out_splits(cfg, splits, lambda augment: image_folder(d.train_dir, cfg, train=augment)))
     else:
         if "train" in splits:
             out["train"] = image_folder(d.train_dir, cfg, train=True)
@@ -210,15 +217,22 @@ def _register_cifar(name: str, num_classes: int) -> None:
                       calibration_images=calibration_images)
     def build(cfg: Config, splits: tuple[str, ...]) -> dict[str, Dataset]:
         """torchvision's CIFAR (downloaded only with data.download=true); the test split doubles
-        as the validation split unless ``val_fraction`` > 0 holds part of train out."""
+        as the validation split unless ``val_fraction`` > 0 holds part of train out. Only what
+        the asked splits need is built; the first data set built downloads the archive (train
+        and test images) with data.download=true."""
         d = cfg.data
-        train = cifar(name, True, cfg, d.download)
-        test = cifar(name, False, cfg, d.download)
-        val = test
+        downloads = itertools.chain([d.download], itertools.repeat(False))
+        out: dict[str, Dataset] = {}
         if d.val_fraction > 0:
-            train, val = held_out_split(train, cifar(name, True, cfg, False, augment=False),
-                                        d.val_fraction, d.split_seed)
-        return {"train": train, "val": val, "test": test}
+            out.update(held_out_splits(cfg, splits, lambda augment: cifar(name, True, cfg, next(downloads),
+                                                                          augment=augment)))
+        elif "train" in splits:
+            out["train"] = cifar(name, True, cfg, next(downloads))
+        if "test" in splits or ("val" in splits and d.val_fraction <= 0):
+            out["test"] = cifar(name, False, cfg, next(downloads))
+            if d.val_fraction <= 0:
+                out["val"] = out["test"]
+        return out
 
 
 _register_cifar("cifar10", 10)
