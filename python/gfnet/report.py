@@ -190,8 +190,9 @@ def time_engines(engines: list[tuple[str, Callable[[torch.Tensor], tuple[torch.T
 
 def _predict_samples(model, cfg, images: torch.Tensor, labels: torch.Tensor, indices: list[int], thresholds,
                      out: Path) -> list[dict]:
-    """Save the test images ``indices`` as PNG files, read them back as ``gfnet predict`` does,
-    and draw its pictures of the glance and focus patches."""
+    """Save the test images ``indices`` as PNG files, read them back (``read_image`` with nothing
+    cropped: the test images already have the model's size, so they must come back pixel for
+    pixel) and draw the pictures of their glance and focus patches that ``gfnet predict`` draws."""
     import numpy as np
     from PIL import Image
 
