@@ -268,7 +268,7 @@ class Predictor:
         if isinstance(class_names, (str, Path)):
             class_names = read_class_names(class_names, K)
         self.class_names = None if class_names is None else check_class_names(class_names, K)
-        self._step_macs: list[float] | None = None
+        self._macs: tuple[list[float], list[float]] | None = None  # (per step, cumulative)
 
     # -------------------------------------------------------------- properties
     @property
@@ -295,11 +295,16 @@ class Predictor:
     @property
     def step_macs(self) -> list[float]:
         """Multiply-adds of steps 1 .. T (fvcore, counted on the first use)."""
-        if self._step_macs is None:
+        return self._counted_macs()[0]
+
+    def _counted_macs(self) -> tuple[list[float], list[float]]:
+        """(multiply-adds of steps 1 .. T, of steps 1 .. t for each t), counted on the first use."""
+        if self._macs is None:
             from .flops import count_step_flops
 
-            self._step_macs = [float(m) for m in count_step_flops(self.model, static=False).macs]
-        return self._step_macs
+            sf = count_step_flops(self.model, static=False)
+            self._macs = ([float(m) for m in sf.macs], [float(m) for m in sf.cumulative_macs])
+        return self._macs
 
     def to(self, device: torch.device | str) -> Predictor:
         self.model.to(device)
@@ -424,7 +429,7 @@ class Predictor:
             raise GFNetError(f"batch_size must be a positive integer, not {batch_size!r}")
         rule = self.exit_rule(budget, threshold, target_macs)
         items = _flatten(images)
-        cumulative = list(_cumsum(self.step_macs))  # counted outside inference mode (fvcore traces)
+        cumulative = self._counted_macs()[1]  # counted outside inference mode (fvcore traces)
         T = self.steps
         exit_counts = [0] * T
         out: list[Prediction] = []
@@ -465,13 +470,6 @@ class Predictor:
                 logits=logits[j], image_size=p.geometry.input_hw, model_size=p.geometry.output_hw,
                 model_input=p.image if keep_inputs else None))
         return out
-
-
-def _cumsum(values: Sequence[float]) -> Iterator[float]:
-    total = 0.0
-    for v in values:
-        total += v
-        yield total
 
 
 # ---------------------------------------------------------------------- loading
