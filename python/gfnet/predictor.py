@@ -167,30 +167,36 @@ def _describe(x: Any) -> str:
 
 def _flatten(images: Any) -> list[tuple[str, Any]]:
     """(name, one image) pairs of the call's ``images``, nothing decoded yet."""
-    if isinstance(images, (str, Path)):
-        return [(str(images), images)]
-    if _is_pil(images):
-        return [("image", images)]
-    if _is_numpy(images) or isinstance(images, torch.Tensor):
-        return _split_array("images", images, single_name="image")
+    one = _images_of("images", "image", images)
+    if one is not None:
+        return one
     if isinstance(images, (list, tuple)):
         out: list[tuple[str, Any]] = []
         for i, item in enumerate(images):
             name = f"images[{i}]"
-            if isinstance(item, (str, Path)):
-                out.append((str(item), item))
-            elif _is_pil(item):
-                out.append((name, item))
-            elif _is_numpy(item) or isinstance(item, torch.Tensor):
-                out.extend(_split_array(name, item, single_name=name))
-            else:
+            one = _images_of(name, name, item)
+            if one is None:
                 raise DataError(f"{name} is a {_describe(item)}; expected a file path, a PIL image, a numpy "
                                 "array or a torch tensor")
+            out.extend(one)
         if not out:
             raise DataError("images is empty: nothing to predict")
         return out
     raise DataError(f"images is a {_describe(images)}; expected a file path, a PIL image, a numpy array, "
                     "a torch tensor or a list of them")
+
+
+def _images_of(name: str, single_name: str, x: Any) -> list[tuple[str, Any]] | None:
+    """(name, one image) pairs of a file path, a PIL image or an array (one image or a batch);
+    None for anything else. name: what errors call ``x``; single_name: the name of one image
+    that is not a file (a file is named by its path)."""
+    if isinstance(x, (str, Path)):
+        return [(str(x), x)]
+    if _is_pil(x):
+        return [(single_name, x)]
+    if _is_numpy(x) or isinstance(x, torch.Tensor):
+        return _split_array(name, x, single_name=single_name)
+    return None
 
 
 def _split_array(name: str, a: Any, single_name: str) -> list[tuple[str, Any]]:
