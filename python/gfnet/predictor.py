@@ -268,6 +268,7 @@ class Predictor:
                  class_names: Sequence[str] | str | Path | None = None, source: str = "the model"):
         self.model = model.eval()
         self.cfg = cfg
+        self._eval_settings = eval_settings(cfg)  # the evaluation resize: looked up once, not per image
         self.calibration = calibration
         self.source = source
         K = cfg.model.num_classes
@@ -411,7 +412,7 @@ class Predictor:
         x = to_channels(_as_tensor(name, item), self.channels, name)
         m = self.cfg.model
         if resize:
-            x, geo = eval_preprocess(x, m.image_size, *eval_settings(self.cfg))
+            x, geo = eval_preprocess(x, m.image_size, *self._eval_settings)
             return PreparedImage(name, x, geo)
         h, w = x.shape[-2:]
         if min(h, w) < m.patch_size:
