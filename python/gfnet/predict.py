@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .device import set_threads
-from .predictor import DEFAULT_BATCH_SIZE, DEFAULT_BUDGET, load
+from .predictor import DEFAULT_BATCH_SIZE, load
 
 
 def predict_files(checkpoint: str | Path, images: Sequence[str], *, budget: int | None = None,
@@ -50,4 +50,4 @@ def predict_files(checkpoint: str | Path, images: Sequence[str], *, budget: int 
     return {"thresholds": result.exit_rule.source, "steps": predictor.steps, "predictions": rows}
 
 
-__all__ = ["DEFAULT_BUDGET", "predict_files"]
+__all__ = ["predict_files"]

@@ -49,7 +49,7 @@ from .checkpoint import load_checkpoint_model, resolve_checkpoint
 from .config import Config, image_hw, size_text
 from .data.class_names import check_class_names, read_class_names
 from .data.preprocess import EvalGeometry, decode_image, eval_preprocess, pil_to_tensor, to_channels
-from .data.registry import eval_settings
+from .data.registry import class_names as data_class_names, eval_settings
 from .device import pick_device
 from .errors import CheckpointError, DataError, GFNetError
 from .inference import dynamic_inference
@@ -498,8 +498,6 @@ def load(source: str | Path, device: torch.device | str | None = None, *,
         if isinstance(stored, (list, tuple)) and len(stored) == cfg.model.num_classes:
             class_names = list(stored)
         else:
-            from .data import class_names as data_class_names
-
             fixed = data_class_names(cfg)  # the data set's own names, without reading its data
             if fixed is not None and len(fixed) == cfg.model.num_classes:
                 class_names = fixed
