@@ -17,12 +17,13 @@ Images: file paths (``str`` / ``Path``, any format PIL reads), PIL images, numpy
 ((H, W), (C, H, W) or a (N, C, H, W) batch) -- uint8, or floating point with values in [0, 1] --
 on any device, one image or a list mixing kinds and sizes. Each becomes the model's input
 as the model was evaluated (``gfnet.data.preprocess``: channels converted grayscale <-> RGB as
-the model takes them, scaled keeping the aspect ratio to cover ``model.image_size /
-model.eval_crop_fraction``, centre-cropped to ``model.image_size``; a data set that fixes its
-own evaluation resize, such as CIFAR's whole images, is followed: ``data.eval_settings``). With ``resize=False`` the
-images run at their own size instead (each side at least the patch size; images of one size
-are batched together): GFNet's glance is the whole image at P x P whatever its size, and the
-focus locations map into the actual image.
+the model takes them, scaled keeping the aspect ratio (stretched instead with
+``data.keep_aspect=false``) to cover ``model.image_size / model.eval_crop_fraction``,
+centre-cropped to ``model.image_size``; a data set that fixes its own evaluation resize, such
+as CIFAR's whole images, is followed: ``data.eval_settings``). With ``resize=False`` the images
+run at their own size instead (each side at least the patch size; images of one size are
+batched together): GFNet's glance is the whole image at P x P whatever its size, and the focus
+locations map into the actual image.
 
 Boxes: ``Prediction.boxes`` are the regions looked at, one per step taken, as (x1, y1, x2, y2)
 in the pixels of the image as given (step 1, the glance, is the whole region the model saw:

@@ -3,8 +3,9 @@ as ``imagefolder``, ``cifar10`` and ``cifar100``.
 
 Images come out as uint8 (C, H, W) at the configured image size (``model.image_size``: S or
 (H, W)); normalisation happens in the model, fused into the crop_resize that makes the glance and
-focus patches. Evaluation splits go through the one evaluation transform (``eval_transform``,
-defined in ``preprocess.py``) that ``gfnet predict`` and the predictor use too.
+focus patches. Evaluation splits go through ``eval_transform``, a wrapper of
+``preprocess.eval_preprocess``: the evaluation resize and crop the predictor (``gfnet.load``,
+which ``gfnet predict`` runs) applies too.
 """
 
 from __future__ import annotations

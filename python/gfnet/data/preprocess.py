@@ -1,9 +1,9 @@
 """Images into the model: decoding, channels, and the evaluation resize and crop.
 
 This is the one definition of how an image becomes the model's input at evaluation time. The
-data loaders' evaluation transform (``folders.eval_transform``), ``read_image`` (``gfnet
-predict``) and the predictor (``gfnet.load``) all go through :func:`eval_preprocess`. For a
-model image size (H, W) (``model.image_size``; S means S x S):
+data loaders' evaluation transform (``folders.eval_transform``), the predictor (``gfnet.load``,
+which ``gfnet predict`` runs) and ``gfnet.data.read_image`` all go through
+:func:`eval_preprocess`. For a model image size (H, W) (``model.image_size``; S means S x S):
 
 1. the image is scaled, keeping its aspect ratio, to the smallest size that covers
    ``(int(H / crop_fraction), int(W / crop_fraction))``: for a square S that is "the shorter
