@@ -270,13 +270,14 @@ class Predictor:
         self.model = model.eval()
         self.cfg = cfg
         self._eval_settings = eval_settings(cfg)  # the evaluation resize: looked up once, not per image
+        self._cumulative_macs: list[float] = []  # of steps 1 .. t for each t, counted with _step_macs
         self.calibration = calibration
         self.source = source
         K = cfg.model.num_classes
         if isinstance(class_names, (str, Path)):
             class_names = read_class_names(class_names, K)
         self.class_names = None if class_names is None else check_class_names(class_names, K)
-        self._macs: tuple[list[float], list[float]] | None = None  # (per step, cumulative)
+        self._step_macs: list[float] | None = None
 
     # -------------------------------------------------------------- properties
     @property
@@ -307,12 +308,13 @@ class Predictor:
 
     def _counted_macs(self) -> tuple[list[float], list[float]]:
         """(multiply-adds of steps 1 .. T, of steps 1 .. t for each t), counted on the first use."""
-        if self._macs is None:
+        if self._step_macs is None:
             from .flops import count_step_flops
 
             sf = count_step_flops(self.model, static=False)
-            self._macs = ([float(m) for m in sf.macs], [float(m) for m in sf.cumulative_macs])
-        return self._macs
+            self._step_macs = [float(m) for m in sf.macs]
+            self._cumulative_macs = [float(m) for m in sf.cumulative_macs]
+        return self._step_macs, self._cumulative_macs
 
     def to(self, device: torch.device | str) -> Predictor:
         self.model.to(device)
