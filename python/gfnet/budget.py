@@ -178,11 +178,13 @@ def thresholds_for_macs(step_logits: torch.Tensor, step_macs: Sequence[float], t
 CKPT_KEY = "exit_thresholds"
 
 
-def store_calibration(ckpt_path, cal: Calibration) -> None:
-    """Adds the calibration to a checkpoint file (atomically rewritten; nothing else changes)."""
+def store_calibration(ckpt_path, cal: Calibration, ck: dict[str, Any] | None = None) -> None:
+    """Adds the calibration to a checkpoint file (atomically rewritten; nothing else changes).
+    ck: the file's contents when the caller has already loaded them (they are updated too)."""
     from .checkpoint import load, save_atomic
 
-    ck = load(ckpt_path)
+    if ck is None:
+        ck = load(ckpt_path)
     ck[CKPT_KEY] = cal.to_dict()
     save_atomic(ck, ckpt_path)
 

@@ -126,7 +126,7 @@ def evaluate_run(checkpoint: str | Path, *, out: str | Path | None = None, data_
         # all 39 budgets: cheap once the logits are there
         cal = calibrate(logits, step_macs, split=split.split, details=split.details)
         if store:
-            store_calibration(ck_path, cal)
+            store_calibration(ck_path, cal, ck)
         log(f"calibrated {len(cal.points)} budgets on {split.describe()}"
             + (f" (stored in {ck_path})" if store else ""))
     else:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .device import set_threads
-from .predictor import DEFAULT_BATCH_SIZE, DEFAULT_BUDGET, load
+from .predictor import DEFAULT_BATCH_SIZE, load
 
 
 def predict_files(checkpoint: str | Path, images: Sequence[str], *, budget: int | None = None,
@@ -37,21 +37,17 @@ def predict_files(checkpoint: str | Path, images: Sequence[str], *, budget: int 
     set_threads(predictor.cfg.run.threads)
     result = predictor(list(images), budget=budget, threshold=thresholds, target_macs=target_macs,
                        batch_size=batch_size, resize=resize, keep_inputs=True)
-    from .viz import patch_picture
+    from .viz import prediction_picture
 
-    m = predictor.cfg.model
-    out_dir = Path(out)
     rows = []
     for i, p in enumerate(result):
-        pic = out_dir / f"{i:03d}_{Path(p.input).stem}.png"
-        patch_picture(pic, p.model_input.cpu(), torch.tensor(p.model_boxes), m.patch_size,
-                      exit_step=p.exit_step, glance_mode=m.glance_mode,
-                      glance_align_corners=m.glance_align_corners,
-                      label=f"{p.class_name} ({p.confidence:.2f}), exit at step {p.exit_step}")
+        pic = prediction_picture(out, i, p.input, p.model_input.cpu(), torch.tensor(p.model_boxes),
+                                 predictor.cfg.model, exit_step=p.exit_step,
+                                 label=f"{p.class_name} ({p.confidence:.2f}), exit at step {p.exit_step}")
         rows.append({"image": p.input, "prediction": p.class_index, "class_name": p.class_name,
                      "confidence": p.confidence, "exit_step": p.exit_step,
                      "boxes": [list(b) for b in p.boxes], "macs": p.macs, "picture": str(pic)})
     return {"thresholds": result.exit_rule.source, "steps": predictor.steps, "predictions": rows}
 
 
-__all__ = ["DEFAULT_BUDGET", "predict_files"]
+__all__ = ["predict_files"]

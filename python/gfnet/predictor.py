@@ -17,12 +17,13 @@ Images: file paths (``str`` / ``Path``, any format PIL reads), PIL images, numpy
 ((H, W), (C, H, W) or a (N, C, H, W) batch) -- uint8, or floating point with values in [0, 1] --
 on any device, one image or a list mixing kinds and sizes. Each becomes the model's input
 as the model was evaluated (``gfnet.data.preprocess``: channels converted grayscale <-> RGB as
-the model takes them, scaled keeping the aspect ratio to cover ``model.image_size /
-model.eval_crop_fraction``, centre-cropped to ``model.image_size``; a data set that fixes its
-own evaluation resize, such as CIFAR's whole images, is followed: ``data.eval_settings``). With ``resize=False`` the
-images run at their own size instead (each side at least the patch size; images of one size
-are batched together): GFNet's glance is the whole image at P x P whatever its size, and the
-focus locations map into the actual image.
+the model takes them, scaled keeping the aspect ratio (stretched instead with
+``data.keep_aspect=false``) to cover ``model.image_size / model.eval_crop_fraction``,
+centre-cropped to ``model.image_size``; a data set that fixes its own evaluation resize, such
+as CIFAR's whole images, is followed: ``data.eval_settings``). With ``resize=False`` the images
+run at their own size instead (each side at least the patch size; images of one size are
+batched together): GFNet's glance is the whole image at P x P whatever its size, and the focus
+locations map into the actual image.
 
 Boxes: ``Prediction.boxes`` are the regions looked at, one per step taken, as (x1, y1, x2, y2)
 in the pixels of the image as given (step 1, the glance, is the whole region the model saw:
@@ -49,7 +50,7 @@ from .checkpoint import load_checkpoint_model, resolve_checkpoint
 from .config import Config, image_hw, size_text
 from .data.class_names import check_class_names, read_class_names
 from .data.preprocess import EvalGeometry, decode_image, eval_preprocess, pil_to_tensor, to_channels
-from .data.registry import eval_settings
+from .data.registry import class_names as data_class_names, eval_settings
 from .device import pick_device
 from .errors import CheckpointError, DataError, GFNetError
 from .inference import dynamic_inference
@@ -167,30 +168,36 @@ def _describe(x: Any) -> str:
 
 def _flatten(images: Any) -> list[tuple[str, Any]]:
     """(name, one image) pairs of the call's ``images``, nothing decoded yet."""
-    if isinstance(images, (str, Path)):
-        return [(str(images), images)]
-    if _is_pil(images):
-        return [("image", images)]
-    if _is_numpy(images) or isinstance(images, torch.Tensor):
-        return _split_array("images", images, single_name="image")
+    one = _images_of("images", "image", images)
+    if one is not None:
+        return one
     if isinstance(images, (list, tuple)):
         out: list[tuple[str, Any]] = []
         for i, item in enumerate(images):
             name = f"images[{i}]"
-            if isinstance(item, (str, Path)):
-                out.append((str(item), item))
-            elif _is_pil(item):
-                out.append((name, item))
-            elif _is_numpy(item) or isinstance(item, torch.Tensor):
-                out.extend(_split_array(name, item, single_name=name))
-            else:
+            one = _images_of(name, name, item)
+            if one is None:
                 raise DataError(f"{name} is a {_describe(item)}; expected a file path, a PIL image, a numpy "
                                 "array or a torch tensor")
+            out.extend(one)
         if not out:
             raise DataError("images is empty: nothing to predict")
         return out
     raise DataError(f"images is a {_describe(images)}; expected a file path, a PIL image, a numpy array, "
                     "a torch tensor or a list of them")
+
+
+def _images_of(name: str, single_name: str, x: Any) -> list[tuple[str, Any]] | None:
+    """(name, one image) pairs of a file path, a PIL image or an array (one image or a batch);
+    None for anything else. name: what errors call ``x``; single_name: the name of one image
+    that is not a file (a file is named by its path)."""
+    if isinstance(x, (str, Path)):
+        return [(str(x), x)]
+    if _is_pil(x):
+        return [(single_name, x)]
+    if _is_numpy(x) or isinstance(x, torch.Tensor):
+        return _split_array(name, x, single_name=single_name)
+    return None
 
 
 def _split_array(name: str, a: Any, single_name: str) -> list[tuple[str, Any]]:
@@ -210,7 +217,7 @@ def _as_tensor(name: str, item: Any) -> torch.Tensor:
     if isinstance(item, (str, Path)):
         return decode_image(item)
     if _is_pil(item):
-        return pil_to_tensor(item, name)
+        return pil_to_tensor(item)
     what = _describe(item)
     if _is_numpy(item):
         import numpy as np
@@ -262,6 +269,8 @@ class Predictor:
                  class_names: Sequence[str] | str | Path | None = None, source: str = "the model"):
         self.model = model.eval()
         self.cfg = cfg
+        self._eval_settings = eval_settings(cfg)  # the evaluation resize: looked up once, not per image
+        self._cumulative_macs: list[float] = []  # of steps 1 .. t for each t, counted with _step_macs
         self.calibration = calibration
         self.source = source
         K = cfg.model.num_classes
@@ -295,11 +304,17 @@ class Predictor:
     @property
     def step_macs(self) -> list[float]:
         """Multiply-adds of steps 1 .. T (fvcore, counted on the first use)."""
+        return self._counted_macs()[0]
+
+    def _counted_macs(self) -> tuple[list[float], list[float]]:
+        """(multiply-adds of steps 1 .. T, of steps 1 .. t for each t), counted on the first use."""
         if self._step_macs is None:
             from .flops import count_step_flops
 
-            self._step_macs = [float(m) for m in count_step_flops(self.model, static=False).macs]
-        return self._step_macs
+            sf = count_step_flops(self.model, static=False)
+            self._step_macs = [float(m) for m in sf.macs]
+            self._cumulative_macs = [float(m) for m in sf.cumulative_macs]
+        return self._step_macs, self._cumulative_macs
 
     def to(self, device: torch.device | str) -> Predictor:
         self.model.to(device)
@@ -400,7 +415,7 @@ class Predictor:
         x = to_channels(_as_tensor(name, item), self.channels, name)
         m = self.cfg.model
         if resize:
-            x, geo = eval_preprocess(x, m.image_size, *eval_settings(self.cfg))
+            x, geo = eval_preprocess(x, m.image_size, *self._eval_settings)
             return PreparedImage(name, x, geo)
         h, w = x.shape[-2:]
         if min(h, w) < m.patch_size:
@@ -424,7 +439,7 @@ class Predictor:
             raise GFNetError(f"batch_size must be a positive integer, not {batch_size!r}")
         rule = self.exit_rule(budget, threshold, target_macs)
         items = _flatten(images)
-        cumulative = list(_cumsum(self.step_macs))  # counted outside inference mode (fvcore traces)
+        cumulative = self._counted_macs()[1]  # counted outside inference mode (fvcore traces)
         T = self.steps
         exit_counts = [0] * T
         out: list[Prediction] = []
@@ -467,13 +482,6 @@ class Predictor:
         return out
 
 
-def _cumsum(values: Sequence[float]) -> Iterator[float]:
-    total = 0.0
-    for v in values:
-        total += v
-        yield total
-
-
 # ---------------------------------------------------------------------- loading
 def load(source: str | Path, device: torch.device | str | None = None, *,
          class_names: Sequence[str] | str | Path | None = None) -> Predictor:
@@ -493,8 +501,6 @@ def load(source: str | Path, device: torch.device | str | None = None, *,
         if isinstance(stored, (list, tuple)) and len(stored) == cfg.model.num_classes:
             class_names = list(stored)
         else:
-            from .data import class_names as data_class_names
-
             fixed = data_class_names(cfg)  # the data set's own names, without reading its data
             if fixed is not None and len(fixed) == cfg.model.num_classes:
                 class_names = fixed

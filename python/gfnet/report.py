@@ -15,9 +15,9 @@ RUN/baseline.pt``), its GFNet checkpoint and its static baseline (``RUN/baseline
    locations beside the learned policy's and, where the data set knows where its object is
    (the cluttered digits' digit box), how often each one's first focus patch holds at least
    half of it;
-4. runs the ``gfnet predict`` path on a handful of test images (saved as PNG files) for the
-   pictures of the glance and the chosen patches: about half of them images that exit at the
-   glance, the rest images that needed to look;
+4. draws the pictures ``gfnet predict`` draws of the glance and the chosen patches for a
+   handful of test images (saved as PNG files and read back): about half of them images that
+   exit at the glance, the rest images that needed to look;
 5. writes ``RUN/report.md`` (tables, the plot, the pictures, the claims checked) and
    ``RUN/report.json`` (the same numbers for machines); its pictures go to ``RUN/report/``
    (``accuracy_vs_flops.png``, ``samples/``, ``patches/``).
@@ -190,8 +190,9 @@ def time_engines(engines: list[tuple[str, Callable[[torch.Tensor], tuple[torch.T
 
 def _predict_samples(model, cfg, images: torch.Tensor, labels: torch.Tensor, indices: list[int], thresholds,
                      out: Path) -> list[dict]:
-    """Save the test images ``indices`` as PNG files, read them back as ``gfnet predict`` does,
-    and draw its pictures of the glance and focus patches."""
+    """Save the test images ``indices`` as PNG files, read them back (``read_image`` with nothing
+    cropped: the test images already have the model's size, so they must come back pixel for
+    pixel) and draw the pictures of their glance and focus patches that ``gfnet predict`` draws."""
     import numpy as np
     from PIL import Image
 

@@ -128,6 +128,16 @@ def patch_picture(path: str | Path, image: torch.Tensor, boxes: torch.Tensor, pa
     return path
 
 
+def prediction_picture(out_dir: str | Path, index: int, name: str, image: torch.Tensor, boxes: torch.Tensor,
+                       model_cfg, *, exit_step: int, label: str) -> Path:
+    """The picture of image ``index`` (``name``: its file or place in a call) of a prediction:
+    ``out_dir/<index>_<name's stem>.png``, drawn by ``patch_picture`` with the model's glance."""
+    m = model_cfg
+    return patch_picture(Path(out_dir) / f"{index:03d}_{Path(name).stem}.png", image, boxes, m.patch_size,
+                         exit_step=exit_step, label=label, glance_mode=m.glance_mode,
+                         glance_align_corners=m.glance_align_corners)
+
+
 def predict_pictures(model, images, names, thresholds, out_dir) -> list[dict]:
     """Early-exit inference of ``images`` (B, C, H, W) and one picture per image of its glance
     and focus patches in ``out_dir``: a row per image (prediction, confidence, exit step, boxes,
@@ -142,13 +152,11 @@ def predict_pictures(model, images, names, thresholds, out_dir) -> list[dict]:
     rows = []
     for i, name in enumerate(names):
         es = int(r.exit_step[i])
-        pic = out / f"{i:03d}_{Path(name).stem}.png"
-        patch_picture(pic, images[i].cpu(), boxes[i], m.patch_size, exit_step=es,
-                      label=f"class {int(pred[i])} ({float(conf[i]):.2f}), exit at step {es}",
-                      glance_mode=m.glance_mode, glance_align_corners=m.glance_align_corners)
+        pic = prediction_picture(out, i, name, images[i].cpu(), boxes[i], m, exit_step=es,
+                                 label=f"class {int(pred[i])} ({float(conf[i]):.2f}), exit at step {es}")
         rows.append({"image": str(name), "prediction": int(pred[i]), "confidence": float(conf[i]),
                      "exit_step": es, "boxes": boxes[i, :es].tolist(), "picture": str(pic)})
     return rows
 
 
-__all__ = ["patch_picture", "plot_accuracy_vs_flops", "predict_pictures"]
+__all__ = ["patch_picture", "plot_accuracy_vs_flops", "predict_pictures", "prediction_picture"]

@@ -14,17 +14,15 @@ pytestmark = [
 
 def test_predictor_on_gpu_matches_cpu(tmp_path):
     import gfnet
-    from gfnet.checkpoint import FORMAT, save_atomic
     from gfnet.config import build_config
     from gfnet.data import ClutteredDigits
     from gfnet.models import build_model
 
-    from ..gfnet.conftest import tiny_overrides
+    from ..gfnet.conftest import save_gfnet_checkpoint, tiny_overrides
 
     cfg = build_config("digits", overrides=tiny_overrides())
     torch.manual_seed(0)
-    save_atomic({"format": FORMAT, "kind": "gfnet", "config": cfg.to_dict(),
-                 "model": build_model(cfg.model).state_dict()}, tmp_path / "c.pt")
+    save_gfnet_checkpoint(tmp_path / "c.pt", cfg, build_model(cfg.model))
     cpu, gpu = gfnet.load(tmp_path / "c.pt", "cpu"), gfnet.load(tmp_path / "c.pt", "cuda")
     assert gpu.device.type == "cuda" and next(gpu.model.parameters()).is_cuda
     ds = ClutteredDigits("test", length=6)

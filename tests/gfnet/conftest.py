@@ -62,3 +62,14 @@ def make_image_folder(root: Path, *, classes=("cat", "dog"), splits=("train", "v
             for i in range((per_split or {}).get(split, 3)):
                 Image.fromarray(rng.integers(0, 255, (*size(i), 3), dtype=np.uint8)).save(d / f"{i}.{ext}")
     return Path(root)
+
+
+def save_gfnet_checkpoint(path: Path, cfg, model, **extra) -> Path:
+    """A gfnet checkpoint file of ``model`` trained under ``cfg`` (a Config, or a config dict
+    as a checkpoint holds it), as training writes one; ``extra``: more keys (stage, done,
+    exit_thresholds, class_names, ...)."""
+    from gfnet.checkpoint import FORMAT, save_atomic
+
+    config = cfg if isinstance(cfg, dict) else cfg.to_dict()
+    save_atomic({"format": FORMAT, "kind": "gfnet", "config": config, "model": model.state_dict(), **extra}, path)
+    return Path(path)

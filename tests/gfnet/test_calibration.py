@@ -61,7 +61,7 @@ def test_calibrating_on_the_test_images_is_refused(folder):
 
 
 def test_predict_reads_files_as_the_evaluation_loader_does(folder):
-    """read_image (gfnet predict), the predictor and the eval/test loader give the same pixels,
+    """read_image, the predictor (gfnet predict) and the eval/test loader give the same pixels,
     with the model's crop fraction and interpolation (one definition: data/preprocess.py)."""
     from gfnet.data import build_datasets, read_image
     from gfnet.data.preprocess import eval_geometry

@@ -166,3 +166,73 @@ def test_near_clutter_sits_beside_the_digit():
     assert max(spread) > 16 + 2 * reach  # without near_clutter the fragments go anywhere
     with pytest.raises(ValueError, match="near_clutter"):
         ClutteredDigits("test", num_clutter=2, near_clutter=3)
+
+
+def test_held_out_val_split_is_the_same_images_built_alone_or_with_train(tmp_path, monkeypatch):
+    """data.val_fraction holds training images out as the val split: asked alone (as the
+    calibration asks for it), it is the same images, through the same transform, as beside the
+    train split, and the training folder is read once."""
+    from gfnet.config import build_config
+    from gfnet.data import folders
+
+    root = make_image_folder(tmp_path / "data", per_split={"train": 5, "val": 2})
+    cfg = build_config("mobilenet_v3_large-p96", overrides=[
+        f"data.root={root}", "model.image_size=48", "model.patch_size=32", "data.val_fraction=0.3"])
+    built, image_folder = [], folders.image_folder
+
+    def counted(split_dir, *args, **kw):
+        built.append(split_dir)
+        return image_folder(split_dir, *args, **kw)
+
+    monkeypatch.setattr(folders, "image_folder", counted)
+    alone = build_datasets(cfg, ("val",))["val"]
+    assert built == ["train"]
+    both = build_datasets(cfg, ("train", "val"))
+    rest, held = folders.held_out_indices(10, 0.3, cfg.data.split_seed)
+    assert alone.indices == both["val"].indices == held and both["train"].indices == rest
+    assert [alone.dataset.samples[i] for i in held] == [both["val"].dataset.samples[i] for i in held]
+    for i in range(len(held)):
+        assert torch.equal(alone[i][0], both["val"][i][0])
+    assert build_datasets(cfg, ("train",))["train"].indices == rest
+
+
+def test_cifar_builds_only_what_the_asked_splits_need(monkeypatch):
+    """`gfnet eval` asks for the test split, a val calibration for the val split: each builds
+    the one CIFAR data set it needs (the first one built downloads when asked), and the held-out
+    val split is the same images alone or beside the train split."""
+    from torch.utils.data import TensorDataset
+
+    from gfnet.config import build_config
+    from gfnet.data import folders
+
+    from .conftest import tiny_overrides
+
+    calls = []
+
+    def fake_cifar(name, train, cfg, download, augment=None):
+        calls.append((train, download, train if augment is None else augment))
+        return TensorDataset(torch.arange(50 if train else 10))
+
+    monkeypatch.setattr(folders, "cifar", fake_cifar)
+
+    def build(splits, *extra):
+        cfg = build_config("digits", overrides=tiny_overrides(**{
+            "data.dataset": "cifar10", "model.in_channels": 3, "model.mean": "0.5,0.5,0.5",
+            "model.std": "0.25,0.25,0.25", "model.image_size": 64, "model.patch_size": 32,
+            "data.download": "true"}) + list(extra))
+        calls.clear()
+        return build_datasets(cfg, splits), list(calls), cfg
+
+    # (train images?, download?, augmented?) of each CIFAR data set built, in order
+    ds, made, _ = build(("test",))
+    assert made == [(False, True, False)] and len(ds["test"]) == 10
+    ds, made, _ = build(("val",))
+    assert made == [(False, True, False)] and len(ds["val"]) == 10  # the test split doubles as val
+    ds, made, _ = build(("train",))
+    assert made == [(True, True, True)] and len(ds["train"]) == 50
+    alone, made, cfg = build(("val",), "data.val_fraction=0.2")
+    rest, held = folders.held_out_indices(50, 0.2, cfg.data.split_seed)
+    assert made == [(True, True, False)] and alone["val"].indices == held
+    every, made, _ = build(("train", "val", "test"), "data.val_fraction=0.2")
+    assert made == [(True, True, True), (True, False, False), (False, False, False)]
+    assert every["val"].indices == held and every["train"].indices == rest and len(every["test"]) == 10

@@ -82,8 +82,9 @@ def image_folder(tmp_path):
 
 @pytest.mark.parametrize("keep_aspect", [True, False])
 def test_imagefolder_non_square_trains_and_evaluates_as_predicted(image_folder, tmp_path, keep_aspect):
-    """ImageFolder at 48 x 64: the validation images are exactly what read_image (gfnet predict)
-    makes of the files; one training step runs; the checkpoint stores the folder names."""
+    """ImageFolder at 48 x 64: the validation images are exactly what read_image (the evaluation
+    resize and crop the predictor applies too) makes of the files; one training step runs; the
+    checkpoint stores the folder names."""
     from gfnet.train import train
 
     cfg = build_config("mobilenet_v3_large-p96", overrides=[

@@ -22,7 +22,7 @@ from PIL import Image
 
 import gfnet
 
-from .conftest import tiny_overrides
+from .conftest import save_gfnet_checkpoint, tiny_overrides
 
 BUDGET = 20
 
@@ -34,9 +34,7 @@ def _checkpoint(path, cfg, calib_images, **extra):
     model = build_model(cfg.model).eval()
     logits = anytime_inference(model, calib_images).logits
     cal = calibrate(logits, count_step_flops(model, static=False).macs)
-    save_atomic({"format": FORMAT, "kind": "gfnet", "stage": 3, "done": True, "config": cfg.to_dict(),
-                 "model": model.state_dict(), "exit_thresholds": cal.to_dict(), **extra}, path)
-    return path
+    return save_gfnet_checkpoint(path, cfg, model, stage=3, done=True, exit_thresholds=cal.to_dict(), **extra)
 
 
 @pytest.fixture(scope="module")
@@ -264,9 +262,7 @@ def test_exit_rules_and_macs(gray, canvases):
 
 def test_uncalibrated_checkpoint(tmp_path, canvases):
     cfg = build_config("digits", overrides=tiny_overrides())
-    model = build_model(cfg.model)
-    save_atomic({"format": FORMAT, "kind": "gfnet", "config": cfg.to_dict(), "model": model.state_dict()},
-                tmp_path / "c.pt")
+    save_gfnet_checkpoint(tmp_path / "c.pt", cfg, build_model(cfg.model))
     p = gfnet.load(tmp_path / "c.pt")
     res = p(canvases[:3])
     assert res.exit_rule.thresholds is None and res.exit_steps == [3, 3, 3]  # all steps
@@ -295,8 +291,7 @@ def test_checkpoint_predating_the_eval_fields_takes_its_presets(tmp_path):
     cfg = build_config("digits", overrides=tiny_overrides())
     d = cfg.to_dict()
     del d["model"]["eval_crop_fraction"], d["model"]["eval_interpolation"]
-    save_atomic({"format": FORMAT, "kind": "gfnet", "config": d, "model": build_model(cfg.model).state_dict()},
-                tmp_path / "old.pt")
+    save_gfnet_checkpoint(tmp_path / "old.pt", d, build_model(cfg.model))
     m = gfnet.load(tmp_path / "old.pt").cfg.model
     assert (m.eval_crop_fraction, m.eval_interpolation) == (1.0, "bicubic")  # the digits preset's
 

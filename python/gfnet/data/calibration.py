@@ -34,8 +34,11 @@ from .registry import build_datasets, get_dataset
 @dataclass
 class CalibrationSplit:
     dataset: Dataset
-    split: str  # "val" or "train"
-    details: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # "split" ("val" or "train") and how chosen
+
+    @property
+    def split(self) -> str:
+        return self.details["split"]
 
     def describe(self) -> str:
         return describe_calibration(self.details)
@@ -106,7 +109,7 @@ def calibration_split(cfg: Config) -> CalibrationSplit:
         choice = "train" if val_is_test(cfg) else "val"
     if choice == "val":
         ds = build_datasets(cfg, ("val",))["val"]
-        return CalibrationSplit(ds, "val", {"split": "val", "samples": len(ds)})  # type: ignore[arg-type]
+        return CalibrationSplit(ds, {"split": "val", "samples": len(ds)})  # type: ignore[arg-type]
     ds, allowed, augment = _training_images(cfg, d.calibration_augment)
     g = torch.Generator().manual_seed(cfg.run.seed + 7)
     order = torch.randperm(len(allowed), generator=g).tolist()
@@ -114,7 +117,7 @@ def calibration_split(cfg: Config) -> CalibrationSplit:
     if not pick:
         raise DataError("no training images are left to calibrate the exit thresholds on")
     subset = Subset(_SeededItems(ds, cfg.run.seed) if augment else ds, pick)
-    return CalibrationSplit(subset, "train", {"split": "train", "samples": len(pick), "of": len(allowed),
+    return CalibrationSplit(subset, {"split": "train", "samples": len(pick), "of": len(allowed),
                                               "augment": augment, "seed": cfg.run.seed})
 
 

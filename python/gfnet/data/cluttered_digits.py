@@ -87,7 +87,6 @@ class ClutteredDigits(Dataset):
         if not 0 <= near_clutter <= num_clutter:
             raise ValueError(f"near_clutter must be in [0, num_clutter = {num_clutter}], not {near_clutter}")
         self.split = split
-        self.canvas_size = canvas_size
         self.canvas_hw = (H, W)
         self.near_clutter = near_clutter
         self.sizes = range(digit_size - digit_size_jitter, digit_size + digit_size_jitter + 1)

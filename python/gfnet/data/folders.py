@@ -3,12 +3,15 @@ as ``imagefolder``, ``cifar10`` and ``cifar100``.
 
 Images come out as uint8 (C, H, W) at the configured image size (``model.image_size``: S or
 (H, W)); normalisation happens in the model, fused into the crop_resize that makes the glance and
-focus patches. Evaluation splits go through the one evaluation transform (``eval_transform``,
-defined in ``preprocess.py``) that ``gfnet predict`` and the predictor use too.
+focus patches. Evaluation splits go through ``eval_transform``, a wrapper of
+``preprocess.eval_preprocess``: the evaluation resize and crop the predictor (``gfnet.load``,
+which ``gfnet predict`` runs) applies too.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -101,12 +104,13 @@ class _RGB:
         return img.convert("RGB")
 
 
-def image_folder(root: str, split_dir: str, cfg: Config, train: bool, transform=None) -> Dataset:
-    """The images of ``<root>/<split_dir>`` with the training augmentation (``train``) or the
+def image_folder(split_dir: str, cfg: Config, train: bool = False, transform=None) -> Dataset:
+    """The images of ``<data.root>/<split_dir>`` with the training augmentation (``train``) or the
     config's evaluation transform; ``transform``: another transform instead of either."""
     from torchvision import datasets
     from torchvision import transforms as T
 
+    root = cfg.data.root
     if not root:
         raise DataError("data.root is not set: pass --data PATH (or --set data.root=PATH)")
     path = Path(root) / split_dir
@@ -121,14 +125,13 @@ def image_folder(root: str, split_dir: str, cfg: Config, train: bool, transform=
         raise DataError(f"cannot read image folder {str(path)!r}: {e}") from None
 
 
-def cifar(name: str, root: str, train: bool, cfg: Config, download: bool,
-          augment: bool | None = None) -> Dataset:
+def cifar(name: str, train: bool, cfg: Config, download: bool, augment: bool | None = None) -> Dataset:
     """The training or test images of CIFAR-10/100, augmented (default: the training images)
     or through the evaluation transform."""
     from torchvision import datasets
 
     cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
-    root = root or "data"
+    root = cfg.data.root or "data"
     augment = train if augment is None else augment
     transform = (cifar_train_transform(cfg.model.image_size, cfg.data.keep_aspect) if augment
                  else model_eval_transform(cfg))
@@ -146,11 +149,18 @@ def held_out_indices(n: int, fraction: float, seed: int) -> tuple[list[int], lis
     return perm[k:], perm[:k]
 
 
-def held_out_split(train: Dataset, held_out_view: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """(the rest of ``train``, the held-out ``fraction``) of one set of images, fixed by ``seed``:
-    ``held_out_view`` is the same images with evaluation transforms (no augmentation)."""
-    rest, held = held_out_indices(len(train), fraction, seed)  # type: ignore[arg-type]
-    return Subset(train, rest), Subset(held_out_view, held)
+def held_out_splits(cfg: Config, splits: tuple[str, ...], training_images: Callable[[bool], Dataset]
+                    ) -> dict[str, Dataset]:
+    """The asked ones of the train and val splits when ``data.val_fraction`` holds part of the
+    training images out as the val split (fixed by ``data.split_seed``): the rest of them
+    augmented (``training_images(True)``), the held-out part through the evaluation transform
+    (``training_images(False)``, the same images). Only the views the asked splits need are built."""
+    views = {s: training_images(s == "train") for s in ("train", "val") if s in splits}
+    if not views:
+        return {}
+    d, n = cfg.data, len(next(iter(views.values())))  # type: ignore[arg-type]
+    rest, held = held_out_indices(n, d.val_fraction, d.split_seed)
+    return {s: Subset(ds, rest if s == "train" else held) for s, ds in views.items()}
 
 
 def _not_held_out(cfg: Config, n: int) -> list[int]:
@@ -172,7 +182,7 @@ def _image_folder_calibration(cfg: Config, augment: bool) -> tuple[Dataset, list
     through the evaluation transform."""
     d, m = cfg.data, cfg.model
     tf = train_transform(m.image_size, d.keep_aspect, m.eval_interpolation) if augment else model_eval_transform(cfg)
-    ds = image_folder(d.root, d.train_dir, cfg, train=augment, transform=tf)
+    ds = image_folder(d.train_dir, cfg, transform=tf)
     return ds, _not_held_out(cfg, len(ds))  # type: ignore[arg-type]
 
 
@@ -185,23 +195,21 @@ def build_image_folder(cfg: Config, splits: tuple[str, ...]) -> dict[str, Datase
     of the training folder out as the validation split instead."""
     d = cfg.data
     out: dict[str, Dataset] = {}
-    if d.val_fraction > 0 and ("train" in splits or "val" in splits):
-        out["train"], out["val"] = held_out_split(image_folder(d.root, d.train_dir, cfg, train=True),
-                                                  image_folder(d.root, d.train_dir, cfg, train=False),
-                                                  d.val_fraction, d.split_seed)
+    if d.val_fraction > 0:
+        out.update(held_out_splits(cfg, splits, lambda augment: image_folder(d.train_dir, cfg, train=augment)))
     else:
         if "train" in splits:
-            out["train"] = image_folder(d.root, d.train_dir, cfg, train=True)
+            out["train"] = image_folder(d.train_dir, cfg, train=True)
         if "val" in splits:
-            out["val"] = image_folder(d.root, d.val_dir, cfg, train=False)
+            out["val"] = image_folder(d.val_dir, cfg)
     if "test" in splits:
-        out["test"] = image_folder(d.root, d.test_dir or d.val_dir, cfg, train=False)
+        out["test"] = image_folder(d.test_dir or d.val_dir, cfg)
     return out
 
 
 def _register_cifar(name: str, num_classes: int) -> None:
     def calibration_images(cfg: Config, augment: bool) -> tuple[Dataset, list[int]]:
-        ds = cifar(name, cfg.data.root, True, cfg, cfg.data.download, augment=augment)
+        ds = cifar(name, True, cfg, cfg.data.download, augment=augment)
         return ds, _not_held_out(cfg, len(ds))  # type: ignore[arg-type]
 
     @register_dataset(name, channels=3, num_classes=num_classes, eval_crop_fraction=CIFAR_CROP_FRACTION,
@@ -210,15 +218,22 @@ def _register_cifar(name: str, num_classes: int) -> None:
                       calibration_images=calibration_images)
     def build(cfg: Config, splits: tuple[str, ...]) -> dict[str, Dataset]:
         """torchvision's CIFAR (downloaded only with data.download=true); the test split doubles
-        as the validation split unless ``val_fraction`` > 0 holds part of train out."""
+        as the validation split unless ``val_fraction`` > 0 holds part of train out. Only what
+        the asked splits need is built; the first data set built downloads the archive (train
+        and test images) with data.download=true."""
         d = cfg.data
-        train = cifar(name, d.root, True, cfg, d.download)
-        test = cifar(name, d.root, False, cfg, d.download)
-        val = test
+        downloads = itertools.chain([d.download], itertools.repeat(False))
+        out: dict[str, Dataset] = {}
         if d.val_fraction > 0:
-            train, val = held_out_split(train, cifar(name, d.root, True, cfg, False, augment=False),
-                                        d.val_fraction, d.split_seed)
-        return {"train": train, "val": val, "test": test}
+            out.update(held_out_splits(cfg, splits, lambda augment: cifar(name, True, cfg, next(downloads),
+                                                                          augment=augment)))
+        elif "train" in splits:
+            out["train"] = cifar(name, True, cfg, next(downloads))
+        if "test" in splits or ("val" in splits and d.val_fraction <= 0):
+            out["test"] = cifar(name, False, cfg, next(downloads))
+            if d.val_fraction <= 0:
+                out["val"] = out["test"]
+        return out
 
 
 _register_cifar("cifar10", 10)

@@ -1,9 +1,9 @@
 """Images into the model: decoding, channels, and the evaluation resize and crop.
 
 This is the one definition of how an image becomes the model's input at evaluation time. The
-data loaders' evaluation transform (``folders.eval_transform``), ``read_image`` (``gfnet
-predict``) and the predictor (``gfnet.load``) all go through :func:`eval_preprocess`. For a
-model image size (H, W) (``model.image_size``; S means S x S):
+data loaders' evaluation transform (``folders.eval_transform``), the predictor (``gfnet.load``,
+which ``gfnet predict`` runs) and ``gfnet.data.read_image`` all go through
+:func:`eval_preprocess`. For a model image size (H, W) (``model.image_size``; S means S x S):
 
 1. the image is scaled, keeping its aspect ratio, to the smallest size that covers
    ``(int(H / crop_fraction), int(W / crop_fraction))``: for a square S that is "the shorter
@@ -127,7 +127,7 @@ def to_channels(image: torch.Tensor, channels: int, name: str = "image") -> torc
     return luma.to(image.dtype)
 
 
-def pil_to_tensor(im, name: str = "image") -> torch.Tensor:
+def pil_to_tensor(im) -> torch.Tensor:
     """A PIL image -> (1 or 3, H, W) uint8: grayscale modes as 1 channel, the rest as RGB."""
     import numpy as np
 
@@ -145,7 +145,7 @@ def decode_image(path: str | Path) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             im.load()
-            return pil_to_tensor(im, str(path))
+            return pil_to_tensor(im)
     except FileNotFoundError:
         raise DataError(f"image {str(path)!r} does not exist") from None
     except IsADirectoryError:
