@@ -162,15 +162,20 @@ def checkpoint_config(ck: dict[str, Any], path: str | Path, overrides: dict[str,
         raise CheckpointError(f"checkpoint {str(path)!r} has no usable config ({e})") from None
 
 
-def load_baseline_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A finished static-baseline checkpoint, or a CheckpointError saying what it is instead."""
-    ck = load(path)
+def check_baseline_checkpoint(ck: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """``ck`` (loaded from ``path``) if it is a finished static-baseline checkpoint, or a
+    CheckpointError saying what it is instead."""
     if ck.get("kind") != "baseline":
         raise CheckpointError(f"{str(path)!r} is not a baseline checkpoint (gfnet train --baseline)")
     if not ck.get("done"):
         raise CheckpointError(f"baseline checkpoint {str(path)!r} is not finished (epoch {ck.get('epoch')}/"
                               f"{ck.get('epochs')}); run gfnet train --baseline --resume")
     return ck
+
+
+def load_baseline_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A finished static-baseline checkpoint, or a CheckpointError saying what it is instead."""
+    return check_baseline_checkpoint(load(path), path)
 
 
 def load_baseline_model(path: str | Path, device: torch.device | str = "cpu"):
@@ -182,11 +187,12 @@ def load_baseline_model(path: str | Path, device: torch.device | str = "cpu"):
     return model.to(device).eval(), cfg, ck
 
 
-def init_encoders_from_baseline(model, path: str | Path) -> None:
+def init_encoders_from_baseline(model, ck: dict[str, Any], path: str | Path) -> None:
     """Both encoders of a GFNet ``model`` start from a finished static baseline's backbone (with
     its head), as the paper's start from ImageNet-trained weights: GFNet then builds on the
-    network a user already has. Checked against the model's backbone config."""
-    ck = load_baseline_checkpoint(path)
+    network a user already has. ``ck``: the checkpoint loaded from ``path``. Checked against the
+    model's backbone config."""
+    check_baseline_checkpoint(ck, path)
     saved = ck.get("config", {}).get("model", {})
     mine = model.cfg
     for key in ("backbone", "width", "in_channels", "num_classes"):
