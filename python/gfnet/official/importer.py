@@ -265,7 +265,7 @@ def import_official(path: str | Path, out: str | Path, *, arch: str | None = Non
     list or ImageNet index file) or a list, one name per class, stored in the checkpoint."""
     from .. import checkpoint as ck_io
     from ..budget import CKPT_KEY
-    from ..data.class_names import check_class_names, read_class_names
+    from ..data.class_names import class_names_from
     from ..flops import count_step_flops
 
     path, out = Path(path), Path(out)
@@ -278,11 +278,7 @@ def import_official(path: str | Path, out: str | Path, *, arch: str | None = Non
     official = dict(c.official, source_file=str(path.resolve()))
     if data_root:
         c.config.data.root = str(data_root)
-    names = None
-    if class_names is not None:
-        K = c.config.model.num_classes
-        names = (read_class_names(class_names, K) if isinstance(class_names, (str, Path))
-                 else check_class_names(class_names, K))
+    names = None if class_names is None else class_names_from(class_names, c.config.model.num_classes)
     obj = {
         "format": ck_io.FORMAT, "kind": "gfnet", "stage": c.stage, "epoch": 0, "epochs": 0, "done": True,
         "world_size": 1, "config": c.config.to_dict(), "model": c.model.state_dict(),
