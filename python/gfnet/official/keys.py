@@ -69,9 +69,8 @@ _REGNET_BLOCK = {"proj": "proj.0", "bn": "proj.1", "f.a": "f.a.0", "f.a_bn": "f.
                  "f.se.f_ex.2": "f.se.fc2"}
 _REGNET: list[Rule] = [
     (r"stem\.conv\.", "body.0.0."), (r"stem\.bn\.", "body.0.1."), (r"fc\.", "head."),
-    # s<i>.b<j>.<layer>. -> body.1.block<i>.block<i>-<j - 1>.<torchvision layer>. (longest names
-    # first in the alternation, so "f.a_bn" is not read as "f.a")
-    (rf"s(\d+)\.b(\d+)\.({'|'.join(re.escape(k) for k in sorted(_REGNET_BLOCK, key=len, reverse=True))})\.",
+    # s<i>.b<j>.<layer>. -> body.1.block<i>.block<i>-<j - 1>.<torchvision layer>.
+    (rf"s(\d+)\.b(\d+)\.({'|'.join(map(re.escape, _REGNET_BLOCK))})\.",
      lambda m: f"body.1.block{m[1]}.block{m[1]}-{int(m[2]) - 1}.{_REGNET_BLOCK[m[3]]}."),
 ]
 
@@ -173,9 +172,6 @@ ENCODER_LAYOUTS: dict[str, Callable[[Mapping[str, torch.Tensor]], dict[str, str]
 
 
 # ---------------------------------------------------------------------- classifier, policy
-_GRU_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-
-
 # whole-key rules of the classifier and the policy: (pattern, our key of a match, or None: dropped)
 KeyRule = tuple[str, Callable[[re.Match], str | None]]
 _GRU = r"(weight_ih|weight_hh|bias_ih|bias_hh)_l0"  # nn.GRU's layer 0 -> nn.GRUCell
