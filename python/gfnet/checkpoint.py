@@ -11,7 +11,6 @@ Two kinds share the format: ``"gfnet"`` (``stage{k}.pt``, one per training stage
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import tempfile
@@ -20,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .config import Config, apply_dict
+from .config import PRESETS, Config, ModelConfig, apply_dict, get_preset, image_hw
 from .errors import CheckpointError
 from .models import build_model
 from .models.static import build_static_baseline
@@ -90,9 +89,7 @@ def check_compatible(ck: dict[str, Any], model_cfg: dict[str, Any], path: str | 
 
 def _norm(key: str, v: Any) -> Any:
     if key == "image_size" and v is not None:
-        from .config import image_hw
-
-        return list(image_hw(tuple(v) if isinstance(v, list) else v))
+        return list(image_hw(v))
     if isinstance(v, (list, tuple)):
         return [_norm("", x) for x in v]
     return v
@@ -144,16 +141,15 @@ def checkpoint_config(ck: dict[str, Any], path: str | Path, overrides: dict[str,
     network (the official variants' options: classifier_shared_head, policy_conv_bias, ...)
     takes its default instead: the network the checkpoint was trained as, before the field
     existed, whatever the preset now says."""
-    from .config import PRESETS, ModelConfig, get_preset
-
     try:
         saved = ck["config"]
         preset = saved.get("preset")
         cfg = get_preset(preset) if isinstance(preset, str) and preset in PRESETS else Config()
         saved_model = saved.get("model", {})
+        defaults = ModelConfig()
         for f in dataclasses.fields(ModelConfig):
             if f.name not in saved_model and f.name not in _NOT_THE_MODEL:
-                setattr(cfg.model, f.name, copy.deepcopy(getattr(ModelConfig(), f.name)))
+                setattr(cfg.model, f.name, getattr(defaults, f.name))  # defaults is ours alone: no copy
         apply_dict(cfg, saved)
         if overrides:
             apply_dict(cfg, overrides)
