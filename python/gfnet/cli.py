@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .errors import GFNetError
+
+if TYPE_CHECKING:
+    from .train.callbacks import TrainerCallback
 
 # name -> (add_arguments(parser), run(args) -> exit code, help)
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
@@ -109,7 +113,8 @@ def train_config(args: argparse.Namespace):
     return config_from_args(args, extra)
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, callbacks: Sequence[TrainerCallback] = ()) -> int:
+    """``gfnet train``; ``callbacks`` go to the Trainer (tests/gfnet/train_with_callbacks.py)."""
     if args.list_presets:
         return _list_presets()
     cfg = train_config(args)
@@ -124,14 +129,14 @@ def _train(args: argparse.Namespace) -> int:
         from .config import size_text
         from .train.baseline import train_baseline
 
-        ck = train_baseline(cfg, args.out, resume=args.resume)
+        ck = train_baseline(cfg, args.out, resume=args.resume, callbacks=callbacks)
         print(f"static baseline ({cfg.model.backbone}, {size_text(cfg.model.image_size)} px): test accuracy "
               f"{ck['test_accuracy']:.4f}, {ck['macs'] / 1e6:.2f} M MACs per image")
         return 0
     stages = [1, 2, 3] if args.stage == "all" else [int(args.stage)]
     from .train import train
 
-    results = train(cfg, args.out, stages, resume=args.resume)
+    results = train(cfg, args.out, stages, resume=args.resume, callbacks=callbacks)
     last = results.get(f"stage{stages[-1]}")
     if last:
         print(f"test accuracy per step (policy): {' '.join(f'{a:.4f}' for a in last['policy'])}")
