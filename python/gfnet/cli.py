@@ -221,7 +221,8 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
                         "millions")
     p.add_argument("--class-names", metavar="FILE", default=None,
                    help="names of the classes, one per line (or a JSON list), for a checkpoint without them")
-    p.add_argument("--batch-size", type=int, default=64, help="images per engine call (default 64)")
+    # default: predictor.DEFAULT_BATCH_SIZE, read when the command runs (the predictor imports torch)
+    p.add_argument("--batch-size", type=int, default=None, help="images per engine call (default 64)")
     p.add_argument("--no-resize", action="store_true",
                    help="run each image at its own size instead of the model's evaluation resize and crop")
     p.add_argument("--out", metavar="DIR", default=None, help="where the pictures go (default: ./predict)")
@@ -230,6 +231,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     from .predict import predict_files
+    from .predictor import DEFAULT_BATCH_SIZE
 
     thresholds = None
     if args.thresholds is not None:
@@ -240,7 +242,8 @@ def _predict(args: argparse.Namespace) -> int:
     r = predict_files(args.checkpoint, args.images, budget=args.budget, thresholds=thresholds,
                       target_macs=None if args.target_macs is None else args.target_macs * 1e6,
                       out=args.out or "predict", device=args.device, class_names=args.class_names,
-                      batch_size=args.batch_size, resize=not args.no_resize)
+                      batch_size=DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size,
+                      resize=not args.no_resize)
     print(f"thresholds: {r['thresholds']}")
     for row in r["predictions"]:
         print(f"{row['image']}: {row['class_name']} (class {row['prediction']}) confidence "

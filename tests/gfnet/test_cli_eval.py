@@ -171,3 +171,13 @@ def test_parsing_the_command_line_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_predict_help_names_the_predictors_batch_size(capsys):
+    """--batch-size defaults to predictor.DEFAULT_BATCH_SIZE (read when predict runs, so that
+    parsing imports no torch); its help states the number."""
+    from gfnet.predictor import DEFAULT_BATCH_SIZE
+
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert f"(default {DEFAULT_BATCH_SIZE})" in " ".join(capsys.readouterr().out.split())
