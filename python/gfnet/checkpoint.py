@@ -11,7 +11,6 @@ Two kinds share the format: ``"gfnet"`` (``stage{k}.pt``, one per training stage
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import tempfile
@@ -20,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .config import Config, apply_dict
+from .config import PRESETS, Config, ModelConfig, apply_dict, get_preset, image_hw
 from .errors import CheckpointError
 from .models import build_model
 from .models.static import build_static_baseline
@@ -90,9 +89,7 @@ def check_compatible(ck: dict[str, Any], model_cfg: dict[str, Any], path: str | 
 
 def _norm(key: str, v: Any) -> Any:
     if key == "image_size" and v is not None:
-        from .config import image_hw
-
-        return list(image_hw(tuple(v) if isinstance(v, list) else v))
+        return list(image_hw(v))
     if isinstance(v, (list, tuple)):
         return [_norm("", x) for x in v]
     return v
@@ -144,16 +141,15 @@ def checkpoint_config(ck: dict[str, Any], path: str | Path, overrides: dict[str,
     network (the official variants' options: classifier_shared_head, policy_conv_bias, ...)
     takes its default instead: the network the checkpoint was trained as, before the field
     existed, whatever the preset now says."""
-    from .config import PRESETS, ModelConfig, get_preset
-
     try:
         saved = ck["config"]
         preset = saved.get("preset")
         cfg = get_preset(preset) if isinstance(preset, str) and preset in PRESETS else Config()
         saved_model = saved.get("model", {})
+        defaults = ModelConfig()
         for f in dataclasses.fields(ModelConfig):
             if f.name not in saved_model and f.name not in _NOT_THE_MODEL:
-                setattr(cfg.model, f.name, copy.deepcopy(getattr(ModelConfig(), f.name)))
+                setattr(cfg.model, f.name, getattr(defaults, f.name))  # defaults is ours alone: no copy
         apply_dict(cfg, saved)
         if overrides:
             apply_dict(cfg, overrides)
@@ -162,15 +158,20 @@ def checkpoint_config(ck: dict[str, Any], path: str | Path, overrides: dict[str,
         raise CheckpointError(f"checkpoint {str(path)!r} has no usable config ({e})") from None
 
 
-def load_baseline_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A finished static-baseline checkpoint, or a CheckpointError saying what it is instead."""
-    ck = load(path)
+def check_baseline_checkpoint(ck: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """``ck`` (loaded from ``path``) if it is a finished static-baseline checkpoint, or a
+    CheckpointError saying what it is instead."""
     if ck.get("kind") != "baseline":
         raise CheckpointError(f"{str(path)!r} is not a baseline checkpoint (gfnet train --baseline)")
     if not ck.get("done"):
         raise CheckpointError(f"baseline checkpoint {str(path)!r} is not finished (epoch {ck.get('epoch')}/"
                               f"{ck.get('epochs')}); run gfnet train --baseline --resume")
     return ck
+
+
+def load_baseline_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A finished static-baseline checkpoint, or a CheckpointError saying what it is instead."""
+    return check_baseline_checkpoint(load(path), path)
 
 
 def load_baseline_model(path: str | Path, device: torch.device | str = "cpu"):
@@ -182,11 +183,12 @@ def load_baseline_model(path: str | Path, device: torch.device | str = "cpu"):
     return model.to(device).eval(), cfg, ck
 
 
-def init_encoders_from_baseline(model, path: str | Path) -> None:
+def init_encoders_from_baseline(model, ck: dict[str, Any], path: str | Path) -> None:
     """Both encoders of a GFNet ``model`` start from a finished static baseline's backbone (with
     its head), as the paper's start from ImageNet-trained weights: GFNet then builds on the
-    network a user already has. Checked against the model's backbone config."""
-    ck = load_baseline_checkpoint(path)
+    network a user already has. ``ck``: the checkpoint loaded from ``path``. Checked against the
+    model's backbone config."""
+    check_baseline_checkpoint(ck, path)
     saved = ck.get("config", {}).get("model", {})
     mine = model.cfg
     for key in ("backbone", "width", "in_channels", "num_classes"):

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .errors import GFNetError
+
+if TYPE_CHECKING:
+    from .train.callbacks import TrainerCallback
 
 # name -> (add_arguments(parser), run(args) -> exit code, help)
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
@@ -109,7 +113,8 @@ def train_config(args: argparse.Namespace):
     return config_from_args(args, extra)
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, callbacks: Sequence[TrainerCallback] = ()) -> int:
+    """``gfnet train``; ``callbacks`` go to the Trainer (tests/gfnet/train_with_callbacks.py)."""
     if args.list_presets:
         return _list_presets()
     cfg = train_config(args)
@@ -124,14 +129,14 @@ def _train(args: argparse.Namespace) -> int:
         from .config import size_text
         from .train.baseline import train_baseline
 
-        ck = train_baseline(cfg, args.out, resume=args.resume)
+        ck = train_baseline(cfg, args.out, resume=args.resume, callbacks=callbacks)
         print(f"static baseline ({cfg.model.backbone}, {size_text(cfg.model.image_size)} px): test accuracy "
               f"{ck['test_accuracy']:.4f}, {ck['macs'] / 1e6:.2f} M MACs per image")
         return 0
     stages = [1, 2, 3] if args.stage == "all" else [int(args.stage)]
     from .train import train
 
-    results = train(cfg, args.out, stages, resume=args.resume)
+    results = train(cfg, args.out, stages, resume=args.resume, callbacks=callbacks)
     last = results.get(f"stage{stages[-1]}")
     if last:
         print(f"test accuracy per step (policy): {' '.join(f'{a:.4f}' for a in last['policy'])}")
@@ -216,7 +221,8 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
                         "millions")
     p.add_argument("--class-names", metavar="FILE", default=None,
                    help="names of the classes, one per line (or a JSON list), for a checkpoint without them")
-    p.add_argument("--batch-size", type=int, default=64, help="images per engine call (default 64)")
+    # default: predictor.DEFAULT_BATCH_SIZE, read when the command runs (the predictor imports torch)
+    p.add_argument("--batch-size", type=int, default=None, help="images per engine call (default 64)")
     p.add_argument("--no-resize", action="store_true",
                    help="run each image at its own size instead of the model's evaluation resize and crop")
     p.add_argument("--out", metavar="DIR", default=None, help="where the pictures go (default: ./predict)")
@@ -225,6 +231,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     from .predict import predict_files
+    from .predictor import DEFAULT_BATCH_SIZE
 
     thresholds = None
     if args.thresholds is not None:
@@ -235,7 +242,8 @@ def _predict(args: argparse.Namespace) -> int:
     r = predict_files(args.checkpoint, args.images, budget=args.budget, thresholds=thresholds,
                       target_macs=None if args.target_macs is None else args.target_macs * 1e6,
                       out=args.out or "predict", device=args.device, class_names=args.class_names,
-                      batch_size=args.batch_size, resize=not args.no_resize)
+                      batch_size=DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size,
+                      resize=not args.no_resize)
     print(f"thresholds: {r['thresholds']}")
     for row in r["predictions"]:
         print(f"{row['image']}: {row['class_name']} (class {row['prediction']}) confidence "

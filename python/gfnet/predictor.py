@@ -48,7 +48,7 @@ import torch
 from .budget import BudgetError, Calibration, budget_q, stored_calibration
 from .checkpoint import load_checkpoint_model, resolve_checkpoint
 from .config import Config, image_hw, size_text
-from .data.class_names import check_class_names, read_class_names
+from .data.class_names import class_names_from
 from .data.preprocess import EvalGeometry, decode_image, eval_preprocess, pil_to_tensor, to_channels
 from .data.registry import class_names as data_class_names, eval_settings
 from .device import pick_device
@@ -273,10 +273,7 @@ class Predictor:
         self._cumulative_macs: list[float] = []  # of steps 1 .. t for each t, counted with _step_macs
         self.calibration = calibration
         self.source = source
-        K = cfg.model.num_classes
-        if isinstance(class_names, (str, Path)):
-            class_names = read_class_names(class_names, K)
-        self.class_names = None if class_names is None else check_class_names(class_names, K)
+        self.class_names = None if class_names is None else class_names_from(class_names, cfg.model.num_classes)
         self._step_macs: list[float] | None = None
 
     # -------------------------------------------------------------- properties

@@ -27,8 +27,10 @@ import torch.nn.functional as F
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
-# model_name -> (layout, feature dim, fmap channels, GRU classifier, MLP policy, glance mode,
-#                policy hidden)
+# model_name -> layout (of the encoders' state dicts), gru (a GRU classifier, else the concat
+# heads fc_2 .. fc_5), mlp (an MLP state encoder in the policy, else a 1x1 conv), glance (the
+# glance's interpolation mode), hidden (the policy's GRU width) and, by family, design (RegNet:
+# depth, w_0, w_a, w_m, group width) or width / depth (gen-efficientnet's channel / block multipliers)
 ARCHS: dict[str, dict[str, Any]] = {
     "resnet50": dict(layout="resnet", gru=True, mlp=True, glance="bicubic", hidden=1024),
     "densenet121": dict(layout="densenet", gru=True, mlp=True, glance="bilinear", hidden=1024),
@@ -163,7 +165,7 @@ class _Filler:
         for k, v in template.items():
             if k.endswith("num_batches_tracked"):
                 self.sd[k] = torch.tensor(1000)
-            elif k.endswith("bn3.weight"):  # a bottleneck's last batch norm: small, see RESIDUAL_GAIN
+            elif k.endswith("bn3.weight"):  # a bottleneck's last batch norm: small, see _Filler
                 self.sd[k] = 0.1 + 0.2 * torch.rand(v.shape, generator=self.g)
             elif k.endswith("running_var") or (k.endswith(".weight") and v.dim() == 1):
                 self.sd[k] = 0.6 + 0.6 * torch.rand(v.shape, generator=self.g)
@@ -253,7 +255,7 @@ def feature_dims(name: str) -> tuple[int, int]:
     return head, head
 
 
-def official_state_dicts(name: str, patch_size: int, steps: int, seed: int = 0) -> dict[str, dict]:
+def official_state_dicts(name: str, patch_size: int, seed: int = 0) -> dict[str, dict]:
     """The four state dicts of an official checkpoint, random, keys and shapes as released."""
     a = ARCHS[name]
     dim, fmap_c = feature_dims(name)
@@ -289,7 +291,7 @@ def released_checkpoint(name: str, patch_size: int, steps: int, seed: int = 0, *
                         ) -> dict[str, Any]:
     """A whole released-format checkpoint: the state dicts (encoders with DataParallel's
     'module.' prefix, as inference.py loads them) and made-up figures of the right shapes."""
-    sd = official_state_dicts(name, patch_size, steps, seed)
+    sd = official_state_dicts(name, patch_size, seed)
     if data_parallel:
         for k in ("model_state_dict", "model_prime_state_dict"):
             sd[k] = {f"module.{n}": v for n, v in sd[k].items()}

@@ -158,3 +158,26 @@ def test_bad_input_is_a_clear_error(run_dir, images, tmp_path, capsys, argv, mes
     assert rc == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_parsing_the_command_line_imports_no_torch():
+    """``gfnet --help`` and ``--list-presets`` stay quick: building the parser imports no torch."""
+    import subprocess
+    import sys
+
+    from .conftest import subprocess_env
+
+    code = "import sys; from gfnet.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_predict_help_names_the_predictors_batch_size(capsys):
+    """--batch-size defaults to predictor.DEFAULT_BATCH_SIZE (read when predict runs, so that
+    parsing imports no torch); its help states the number."""
+    from gfnet.predictor import DEFAULT_BATCH_SIZE
+
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert f"(default {DEFAULT_BATCH_SIZE})" in " ".join(capsys.readouterr().out.split())

@@ -121,7 +121,7 @@ def test_key_rules_name_by_name():
 
 def test_gen_efficientnet_blocks_by_type():
     """gen-efficientnet block layers land in torchvision's block.<i> by block type, SE or not."""
-    sd = ref.official_state_dicts("mobilenetv3_large_100", 96, 3)["model_state_dict"]
+    sd = ref.official_state_dicts("mobilenetv3_large_100", 96)["model_state_dict"]
     parts = {"model_prime_state_dict": {}, "model_state_dict": sd, "fc": {}, "policy": {}}
     mapped, unknown, _ = translate(parts, "mobilenetv3", 3)
     by_official = {v[0].split(":", 1)[1]: k for k, v in mapped.items()}

@@ -4,9 +4,9 @@ callback interface (gfnet.train.TrainerCallback), for the subprocess tests of te
     python tests/gfnet/train_with_callbacks.py [--kill-after STAGE:EPOCH] [--dump-params DIR] \\
         <gfnet train arguments>
 
-It runs alone or under torchrun (every rank installs the same callbacks). The configuration
-comes from ``gfnet train``'s own argument parser, so a run here is configured exactly as the
-same ``python -m gfnet train`` command line would be.
+It runs alone or under torchrun (every rank installs the same callbacks). The rest of the
+command line goes through ``gfnet train``'s own parser and command (``gfnet.cli._train``, given
+the callbacks), so a run here is the same ``python -m gfnet train`` command line would be.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from gfnet.cli import build_parser, train_config
+from gfnet import cli
+from gfnet.cli import build_parser
 from gfnet.errors import GFNetError
-from gfnet.train import TrainerCallback, train
-from gfnet.train.baseline import BASELINE_STAGE, train_baseline
+from gfnet.train import TrainerCallback
+from gfnet.train.baseline import BASELINE_STAGE
 
 
 class KillAfterEpoch(TrainerCallback):
@@ -67,16 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         callbacks.append(DumpParams(ours.dump_params))
     args = build_parser().parse_args(["train", *rest])
     try:
-        cfg = train_config(args)
-        if args.baseline:
-            train_baseline(cfg, args.out, resume=args.resume, callbacks=callbacks)
-        else:
-            stages = [1, 2, 3] if args.stage == "all" else [int(args.stage)]
-            train(cfg, args.out, stages, resume=args.resume, callbacks=callbacks)
+        return cli._train(args, callbacks=callbacks)
     except GFNetError as e:
         print(f"train_with_callbacks: error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

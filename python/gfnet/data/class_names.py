@@ -85,6 +85,14 @@ def check_class_names(names: Sequence[str], num_classes: int, what: str = "class
     return list(names)
 
 
+def class_names_from(names: str | Path | Sequence[str], num_classes: int) -> list[str]:
+    """One name per class from a names file (``read_class_names``) or a list of names
+    (``check_class_names``); a DataError if they do not fit."""
+    if isinstance(names, (str, Path)):
+        return read_class_names(names, num_classes)
+    return check_class_names(names, num_classes)
+
+
 def dataset_classes(ds: Dataset) -> list[str] | None:
     """The ``classes`` a data set declares (torchvision's ImageFolder and CIFAR do), looking
     through Subset; None if it declares none."""
@@ -96,4 +104,4 @@ def dataset_classes(ds: Dataset) -> list[str] | None:
     return None
 
 
-__all__ = ["check_class_names", "dataset_classes", "read_class_names"]
+__all__ = ["check_class_names", "class_names_from", "dataset_classes", "read_class_names"]

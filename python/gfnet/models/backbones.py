@@ -237,12 +237,6 @@ _MBV3_LARGE = [
 ]
 
 
-def _make_divisible(v: float, divisor: int = 8) -> int:
-    """Nearest multiple of ``divisor`` (at least ``divisor``), never more than 10 % below v."""
-    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    return new + divisor if new < 0.9 * v else new
-
-
 def _mobilenet_v3_large_official(width: float) -> Callable[[bool], nn.Module]:
     """The release's MobileNet-V3-Large at ``width``: batch norm eps 1e-5 and momentum 0.1
     (torchvision: 1e-3, 0.01); every channel count scaled and rounded from the base network
@@ -257,11 +251,12 @@ def _mobilenet_v3_large_official(width: float) -> Callable[[bool], nn.Module]:
 
         if pretrained and width != 1.0:
             raise ConfigError(f"no pretrained weights for MobileNet-V3-Large at width {width}")
-        cin = _make_divisible(16 * width)
+        adjust = InvertedResidualConfig.adjust_channels  # make_divisible(channels x factor, 8)
+        cin = adjust(16, width)
         setting = []
         for k, ratio, cout, se, hs, stride in _MBV3_LARGE:
-            out = _make_divisible(cout * width)
-            mid = cin if ratio == 1.0 else _make_divisible(cin * ratio)
+            out = adjust(cout, width)
+            mid = cin if ratio == 1.0 else adjust(cin, ratio)
             setting.append(InvertedResidualConfig(cin, k, mid, out, se, "HS" if hs else "RE", stride, 1, 1.0))
             cin = out
         m = MobileNetV3(setting, last_channel=1280,

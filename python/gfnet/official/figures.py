@@ -12,6 +12,7 @@ The paper itself states the end points of each curve only approximately (read of
 
 from __future__ import annotations
 
+from itertools import accumulate
 from typing import Any
 
 # preset -> what the paper states about it (approximate: read off its plots)
@@ -46,10 +47,7 @@ def official_step_macs(official: dict[str, Any]) -> list[float] | None:
 def comparison_rows(official: dict[str, Any], our_step_macs: list[float],
                     our_accuracy: list[float] | None = None) -> list[dict[str, Any]]:
     """Per step: our cumulative MACs (fvcore), the release's, our accuracy and the release's."""
-    ours_cum, s = [], 0.0
-    for m in our_step_macs:
-        s += m
-        ours_cum.append(s)
+    ours_cum = list(accumulate(map(float, our_step_macs)))
     theirs = official_step_macs(official) or []
     acc = official.get("anytime_classification") or []
     rows = []

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from .archs import official_arch, preset_for
+from .archs import OfficialArch, official_arch, preset_for
 from .keys import PARTS, check_against, strip_module_prefix, translate
 
 RELEASED_FIELDS = ("model_name", "patch_size", "flops")
@@ -106,8 +106,9 @@ def _floats(x: Any, what: str) -> list:
 
 
 def _identify(ck: dict[str, Any], source: str, arch: str | None, patch_size: int | None,
-              max_steps: int | None) -> tuple[str, int, int, str]:
-    """(model_name, patch size, T, format) from the file and the caller's options."""
+              max_steps: int | None) -> tuple[OfficialArch, int, int, str, list | None]:
+    """(official architecture, patch size, T, format, the released flops as floats -- None for
+    a train.py file) from the file and the caller's options."""
     released = "model_name" in ck
     name = ck.get("model_name")
     if released:
@@ -123,7 +124,7 @@ def _identify(ck: dict[str, Any], source: str, arch: str | None, patch_size: int
         name = arch
     if not isinstance(name, str):
         raise CheckpointError(f"model_name is a {type(name).__name__}, not a name")
-    official_arch(name)  # unknown model_name -> error listing the known ones
+    info = official_arch(name)  # unknown model_name -> error listing the known ones
     p = ck.get("patch_size") if released else patch_size
     if released and patch_size is not None and patch_size != p:
         raise CheckpointError(f"--patch-size {patch_size} contradicts the checkpoint's patch_size {p}")
@@ -134,14 +135,16 @@ def _identify(ck: dict[str, Any], source: str, arch: str | None, patch_size: int
         p = int(p)
     except (TypeError, ValueError):
         raise CheckpointError(f"patch_size {p!r} is not a number") from None
+    flops = None
     if released:
-        steps = len(_floats(ck["flops"], "flops"))
+        flops = _floats(ck["flops"], "flops")
+        steps = len(flops)
         if max_steps is not None and max_steps != steps:
             raise CheckpointError(f"--max-steps {max_steps} contradicts the checkpoint's {steps} steps "
                                   "(the length of its flops)")
     else:
         steps = max_steps if max_steps is not None else 0  # 0: the preset's T
-    return name, p, steps, "released" if released else "train.py"
+    return info, p, steps, "released" if released else "train.py", flops
 
 
 def _stage_of(ck: dict[str, Any], fmt: str) -> int:
@@ -175,17 +178,18 @@ def convert(ck: dict[str, Any], *, source: str = "checkpoint", arch: str | None 
     from ..config import build_config
     from ..models import build_model
 
-    name, p, steps, fmt = _identify(ck, source, arch, patch_size, max_steps)
+    info, p, steps, fmt, flops = _identify(ck, source, arch, patch_size, max_steps)
+    name = info.model_name
     stage = _stage_of(ck, fmt)
-    info = official_arch(name)
     preset, overrides = preset_for(name, p)
-    cfg = build_config(preset, overrides=dict(overrides))
-    if steps and steps != cfg.model.max_steps:
-        overrides["model.max_steps"] = steps
+    cfg = build_config(preset, overrides=overrides)
+    other_steps = steps and steps != cfg.model.max_steps
     steps = steps or cfg.model.max_steps
     if cfg.model.classifier == "concat" and not 2 <= steps <= 5:
         raise CheckpointError(f"{name} has heads for 2 .. 5 steps, not {steps}")
-    cfg = build_config(preset, overrides=dict(overrides))
+    if other_steps:
+        overrides["model.max_steps"] = steps
+        cfg = build_config(preset, overrides=overrides)
 
     notes: list[str] = []
     with torch.random.fork_rng(devices=[]):
@@ -206,8 +210,10 @@ def convert(ck: dict[str, Any], *, source: str = "checkpoint", arch: str | None 
                      f"({', '.join(sorted({d.split(':')[1].split('.')[0] for d in dropped}))}: heads for more steps)")
     official: dict[str, Any] = {"model_name": name, "patch_size": p, "steps": steps, "format": fmt,
                                 "paper_name": info.paper_name}
+    if flops is not None:
+        official["flops"] = flops
     for f in FIGURE_FIELDS:
-        if ck.get(f) is not None:
+        if f not in official and ck.get(f) is not None:
             official[f] = _floats(ck[f], f)
     for f in ("epoch", "acc", "best_acc"):
         if isinstance(ck.get(f), (int, float, torch.Tensor)):
@@ -259,7 +265,7 @@ def import_official(path: str | Path, out: str | Path, *, arch: str | None = Non
     list or ImageNet index file) or a list, one name per class, stored in the checkpoint."""
     from .. import checkpoint as ck_io
     from ..budget import CKPT_KEY
-    from ..data.class_names import check_class_names, read_class_names
+    from ..data.class_names import class_names_from
     from ..flops import count_step_flops
 
     path, out = Path(path), Path(out)
@@ -272,11 +278,7 @@ def import_official(path: str | Path, out: str | Path, *, arch: str | None = Non
     official = dict(c.official, source_file=str(path.resolve()))
     if data_root:
         c.config.data.root = str(data_root)
-    names = None
-    if class_names is not None:
-        K = c.config.model.num_classes
-        names = (read_class_names(class_names, K) if isinstance(class_names, (str, Path))
-                 else check_class_names(class_names, K))
+    names = None if class_names is None else class_names_from(class_names, c.config.model.num_classes)
     obj = {
         "format": ck_io.FORMAT, "kind": "gfnet", "stage": c.stage, "epoch": 0, "epochs": 0, "done": True,
         "world_size": 1, "config": c.config.to_dict(), "model": c.model.state_dict(),

@@ -69,9 +69,8 @@ _REGNET_BLOCK = {"proj": "proj.0", "bn": "proj.1", "f.a": "f.a.0", "f.a_bn": "f.
                  "f.se.f_ex.2": "f.se.fc2"}
 _REGNET: list[Rule] = [
     (r"stem\.conv\.", "body.0.0."), (r"stem\.bn\.", "body.0.1."), (r"fc\.", "head."),
-    # s<i>.b<j>.<layer>. -> body.1.block<i>.block<i>-<j - 1>.<torchvision layer>. (longest names
-    # first in the alternation, so "f.a_bn" is not read as "f.a")
-    (rf"s(\d+)\.b(\d+)\.({'|'.join(re.escape(k) for k in sorted(_REGNET_BLOCK, key=len, reverse=True))})\.",
+    # s<i>.b<j>.<layer>. -> body.1.block<i>.block<i>-<j - 1>.<torchvision layer>.
+    (rf"s(\d+)\.b(\d+)\.({'|'.join(map(re.escape, _REGNET_BLOCK))})\.",
      lambda m: f"body.1.block{m[1]}.block{m[1]}-{int(m[2]) - 1}.{_REGNET_BLOCK[m[3]]}."),
 ]
 
@@ -86,25 +85,27 @@ _GEN_BLOCK = {
 _SE = {"conv_reduce": "fc1", "conv_expand": "fc2"}
 
 
-def _gen_blocks(state: Mapping[str, torch.Tensor]) -> dict[tuple[int, int], str]:
-    """(stage, index) -> block type ("ds", "ir", "cn") from the layer names a block holds."""
+def _gen_blocks(state: Mapping[str, torch.Tensor]) -> dict[tuple[int, int], tuple[str, bool]]:
+    """(stage, index) -> (block type "ds" | "ir" | "cn", whether it has squeeze-excite) from the
+    layer names a block holds."""
     layers: dict[tuple[int, int], set[str]] = {}
     for k in state:
         m = re.match(r"blocks\.(\d+)\.(\d+)\.([a-z_]+)", k)
         if m:
             layers.setdefault((int(m[1]), int(m[2])), set()).add(m[3])
-    kinds = {}
+    blocks = {}
     for pos, names in layers.items():
         if "conv_pwl" in names:
-            kinds[pos] = "ir"
+            kind = "ir"
         elif "conv_dw" in names:
-            kinds[pos] = "ds"
+            kind = "ds"
         elif "conv" in names:
-            kinds[pos] = "cn"  # a plain conv + bn + activation (MobileNet-V3's last block)
+            kind = "cn"  # a plain conv + bn + activation (MobileNet-V3's last block)
         else:
             raise CheckpointError(f"encoder block blocks.{pos[0]}.{pos[1]} has no layer this importer "
                                   f"knows ({', '.join(sorted(names))})")
-    return kinds
+        blocks[pos] = (kind, "se" in names)
+    return blocks
 
 
 def _gen_block_key(kind: str, has_se: bool, rest: str) -> str | None:
@@ -129,26 +130,26 @@ def _gen_block_key(kind: str, has_se: bool, rest: str) -> str | None:
 def _translate_gen(state: Mapping[str, torch.Tensor], flat: bool) -> dict[str, str]:
     """gen-efficientnet keys -> ours. ``flat``: MobileNet-V3 (blocks numbered through all
     stages, 1x1-conv head on pooled features) else EfficientNet (a Sequential per stage)."""
-    kinds = _gen_blocks(state)
-    order = sorted(kinds)
+    blocks = _gen_blocks(state)
+    order = sorted(blocks)
     flat_index = {pos: n + 1 for n, pos in enumerate(order)}
     stages = 1 + max((s for s, _ in order), default=-1)
-    has_se = {pos for pos in kinds if any(k.startswith(f"blocks.{pos[0]}.{pos[1]}.se.") for k in state)}
+    top_rules: list[Rule] = [(r"conv_stem\.", "body.0.0."), (r"bn1\.", "body.0.1.")] + (
+        [(r"conv_head\.", "neck.0."), (r"classifier\.", "head.")] if flat else
+        [(r"conv_head\.", f"body.{stages + 1}.0."), (r"bn2\.", f"body.{stages + 1}.1."),
+         (r"classifier\.", "head.1.")])
     out = {}
     for k in state:
         m = re.match(r"blocks\.(\d+)\.(\d+)\.(.*)$", k)
         if m:
             pos = (int(m[1]), int(m[2]))
-            inner = _gen_block_key(kinds[pos], pos in has_se, m[3])
+            inner = _gen_block_key(*blocks[pos], m[3])
             if inner is None:
                 continue
             prefix = f"body.{flat_index[pos]}." if flat else f"body.{pos[0] + 1}.{pos[1]}."
             out[k] = prefix + inner
             continue
-        top = _apply_rules(k, [(r"conv_stem\.", "body.0.0."), (r"bn1\.", "body.0.1.")] + (
-            [(r"conv_head\.", "neck.0."), (r"classifier\.", "head.")] if flat else
-            [(r"conv_head\.", f"body.{stages + 1}.0."), (r"bn2\.", f"body.{stages + 1}.1."),
-             (r"classifier\.", "head.1.")]))
+        top = _apply_rules(k, top_rules)
         if top is not None:
             out[k] = top
     return out
@@ -173,9 +174,6 @@ ENCODER_LAYOUTS: dict[str, Callable[[Mapping[str, torch.Tensor]], dict[str, str]
 
 
 # ---------------------------------------------------------------------- classifier, policy
-_GRU_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-
-
 # whole-key rules of the classifier and the policy: (pattern, our key of a match, or None: dropped)
 KeyRule = tuple[str, Callable[[re.Match], str | None]]
 _GRU = r"(weight_ih|weight_hh|bias_ih|bias_hh)_l0"  # nn.GRU's layer 0 -> nn.GRUCell

@@ -50,6 +50,9 @@ class BaselineTrainer(Trainer):
     def build_model(self) -> nn.Module:
         return build_static_baseline(self.cfg.model)
 
+    def warm_starts(self) -> bool:
+        return False  # the static baseline starts from torchvision's weights or fresh, never init_from
+
     def stage_path(self, stage: int) -> Path:
         return self.out / BASELINE_FILE
 

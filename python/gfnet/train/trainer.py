@@ -322,11 +322,10 @@ class Trainer:
         for s in stages:
             loaded[s] = self._load(s) if s in found else None
         first = stages[0]
-        if (first > 1 and loaded.get(first) is None and not self.stage_path(first - 1).exists()
-                and self.cfg.model.init_from and self.checkpoint_kind == "gfnet"):
-            return loaded  # starts from model.init_from (a gfnet checkpoint, see warm_start)
         if first > 1 and loaded.get(first) is None:
             prev = self.stage_path(first - 1)
+            if not prev.exists() and self.warm_starts():
+                return loaded  # starts from model.init_from (see warm_start)
             ck = self._load(first - 1)
             if not ck.get("done"):
                 raise CheckpointError(f"stage {first - 1} checkpoint {str(prev)!r} is not finished "
@@ -334,6 +333,10 @@ class Trainer:
                                       f"--stage {first - 1} --resume first")
             loaded[first - 1] = ck
         return loaded
+
+    def warm_starts(self) -> bool:
+        """Whether a fresh first stage starts from ``model.init_from`` (train/warm_start.py)."""
+        return bool(self.cfg.model.init_from)
 
     def run(self, stages: list[int]) -> dict[str, Any]:
         stages = sorted(set(stages))
@@ -352,7 +355,7 @@ class Trainer:
         first = stages[0]
         if first > 1 and loaded.get(first) is None and loaded.get(first - 1) is not None:
             ckpt.load_model_state(self.model, loaded[first - 1]["model"], self.stage_path(first - 1))
-        elif loaded.get(first) is None and self.cfg.model.init_from and self.checkpoint_kind == "gfnet":
+        elif loaded.get(first) is None and self.warm_starts():
             # a fresh first stage starts from model.init_from (a resumed one has its own weights)
             from .warm_start import warm_start
 

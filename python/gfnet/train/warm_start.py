@@ -21,14 +21,9 @@ from ..errors import CheckpointError
 CLASS_HEAD = re.compile(r"^((global|local)_encoder\.head\.|classifier\.heads\.)")
 
 
-def checkpoint_kind(path: str | Path) -> str:
-    return str(ckpt.load(path).get("kind", "gfnet"))
-
-
-def init_from_gfnet_checkpoint(model: torch.nn.Module, path: str | Path, model_cfg: dict) -> list[str]:
-    """Load a gfnet checkpoint's weights into ``model`` (built from ``model_cfg``, a dict).
-    Returns the class-head keys left at their fresh initialisation."""
-    ck = ckpt.load(path)
+def init_from_gfnet_checkpoint(model: torch.nn.Module, ck: dict, path: str | Path, model_cfg: dict) -> list[str]:
+    """Load a gfnet checkpoint's weights (``ck``, loaded from ``path``) into ``model`` (built from
+    ``model_cfg``, a dict). Returns the class-head keys left at their fresh initialisation."""
     if ck.get("kind", "gfnet") != "gfnet":
         raise CheckpointError(f"model.init_from {str(path)!r} is a {ck.get('kind')!r} checkpoint, not a GFNet one")
     saved = dict(ck.get("config", {}).get("model", {}))
@@ -40,25 +35,24 @@ def init_from_gfnet_checkpoint(model: torch.nn.Module, path: str | Path, model_c
     state = dict(ck["model"])
     fresh = []
     if heads_differ:
-        for k in list(state):
-            if CLASS_HEAD.match(k) and k in own and own[k].shape != state[k].shape:
-                del state[k]
+        for k, v in state.items():
+            if CLASS_HEAD.match(k) and k in own and own[k].shape != v.shape:
+                state[k] = own[k]
                 fresh.append(k)
-        state.update({k: own[k] for k in fresh})
     ckpt.load_model_state(model, state, path)
     return fresh
 
 
 def warm_start(model: torch.nn.Module, path: str | Path, model_cfg: dict, stage: int) -> str:
     """Initialise ``model`` from ``path`` for a fresh start of ``stage``; a one-line note."""
-    kind = checkpoint_kind(path)
-    if kind == "baseline":
+    ck = ckpt.load(path)
+    if ck.get("kind") == "baseline":
         if stage != 1:
             raise CheckpointError(f"model.init_from {str(path)!r} is a static baseline: it can start "
                                   f"stage 1 only, not stage {stage}")
-        ckpt.init_encoders_from_baseline(model, path)
+        ckpt.init_encoders_from_baseline(model, ck, path)
         return f"both encoders start from the static baseline {path}"
-    fresh = init_from_gfnet_checkpoint(model, path, model_cfg)
+    fresh = init_from_gfnet_checkpoint(model, ck, path, model_cfg)
     note = f"the model starts from {path}"
     if fresh:
         note += f" (class heads start fresh: {', '.join(sorted({k.rsplit('.', 1)[0] for k in fresh}))})"
