@@ -7,20 +7,19 @@ both backwards, the deterministic backward)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 import gfkernels
 from gfkernels import reference
+from gfkernels.triton import interpreting
 
 from tests.helpers import (IMAGE_DTYPES, MODES, assert_close_to_reference,
                            deterministic_algorithms, mode_options, random_boxes, random_images)
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+INTERPRET = interpreting()
 if not INTERPRET and not torch.cuda.is_available():
     pytest.skip("Triton kernels need a CUDA GPU or TRITON_INTERPRET=1 (CPU interpreter)",
                 allow_module_level=True)
