@@ -218,16 +218,15 @@ def _as_tensor(name: str, item: Any) -> torch.Tensor:
         return decode_image(item)
     if _is_pil(item):
         return pil_to_tensor(item)
-    what = _describe(item)
     if _is_numpy(item):
         import numpy as np
 
         a = item
         if a.ndim == 3 and a.shape[2] not in (1, 3):
-            raise DataError(f"{name} ({what}) has {a.shape[2]} channels; numpy images are (H, W) or "
+            raise DataError(f"{name} ({_describe(item)}) has {a.shape[2]} channels; numpy images are (H, W) or "
                             "(H, W, C) with C = 1 (grayscale) or 3 (RGB)")
         if a.dtype != np.uint8 and not np.issubdtype(a.dtype, np.floating):
-            raise DataError(f"{name} ({what}): expected uint8 or floating-point values in [0, 1]")
+            raise DataError(f"{name} ({_describe(item)}): expected uint8 or floating-point values in [0, 1]")
         if not a.flags.writeable or any(s < 0 for s in a.strides) or not a.dtype.isnative:
             a = np.array(a, dtype=a.dtype.newbyteorder("="))  # an own, native, positive-stride copy
         x = torch.from_numpy(a)
@@ -235,17 +234,17 @@ def _as_tensor(name: str, item: Any) -> torch.Tensor:
     else:
         x = item[None] if item.dim() == 2 else item
         if x.shape[0] not in (1, 3):
-            raise DataError(f"{name} ({what}) has {x.shape[0]} channels; tensor images are (H, W) or "
+            raise DataError(f"{name} ({_describe(item)}) has {x.shape[0]} channels; tensor images are (H, W) or "
                             "(C, H, W) with C = 1 (grayscale) or 3 (RGB)")
         if x.dtype != torch.uint8 and not x.is_floating_point():
-            raise DataError(f"{name} ({what}): expected uint8 or floating-point values in [0, 1]")
+            raise DataError(f"{name} ({_describe(item)}): expected uint8 or floating-point values in [0, 1]")
     if x.shape[-2] < 1 or x.shape[-1] < 1:
-        raise DataError(f"{name} ({what}) has no pixels")
+        raise DataError(f"{name} ({_describe(item)}) has no pixels")
     if x.is_floating_point():
         x = x.float()
         lo, hi = torch.aminmax(x)
         if not (float(lo) >= 0.0 and float(hi) <= 1.0):
-            raise DataError(f"{name} ({what}): floating-point images hold values in [0, 1], this one "
+            raise DataError(f"{name} ({_describe(item)}): floating-point images hold values in [0, 1], this one "
                             f"spans [{float(lo):.4g}, {float(hi):.4g}] (divide 0-255 values by 255, or "
                             "pass uint8)")
     return x
@@ -465,15 +464,18 @@ class Predictor:
         classes = logits.argmax(1).tolist()
         exit_steps = r.exit_step.cpu().tolist()
         boxes = r.boxes.cpu()
+        box_lists = boxes.tolist()  # one conversion for the batch, not one per image
         out = []
         for j, p in enumerate(prepared):
             e = exit_steps[j]
-            model_boxes = boxes[j, :e]
-            given = p.geometry.to_input(model_boxes)
+            model_boxes = [tuple(b) for b in box_lists[j][:e]]
+            # an image taken as it is (no resize, no crop) has its boxes in the model's pixels
+            given = (list(model_boxes) if p.geometry.identity
+                     else [tuple(b) for b in p.geometry.to_input(boxes[j, :e]).tolist()])
             out.append(Prediction(
                 input=p.input, class_index=classes[j], class_name=self.class_name(classes[j]),
-                confidence=conf[j], exit_step=e, boxes=[tuple(b) for b in given.tolist()],
-                model_boxes=[tuple(b) for b in model_boxes.tolist()], macs=cumulative[e - 1],
+                confidence=conf[j], exit_step=e, boxes=given,
+                model_boxes=model_boxes, macs=cumulative[e - 1],
                 logits=logits[j], image_size=p.geometry.input_hw, model_size=p.geometry.output_hw,
                 model_input=p.image if keep_inputs else None))
         return out
