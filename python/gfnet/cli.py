@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -407,18 +408,46 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.add_argument("--images", type=int, default=8, help="test images to draw (report)")
     p.add_argument("--passes", type=int, default=3, help="timed passes per engine (report)")
+    p.add_argument("--seeds", type=_int_list, default=None, metavar="S,S,...",
+                   help="run the demo once per seed (and per --threads count), each into OUT/seed{s}-threads{n}, "
+                        "and write the spread of every headline figure to OUT/spread.md")
+    p.add_argument("--threads", type=_int_list, default=None, metavar="N,N,...",
+                   help="with --seeds: the thread counts to run each seed with (default: run.threads, else "
+                        "torch's current count)")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, not {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
 
 
 def _demo(args: argparse.Namespace) -> int:
     """Everything `make demo` does, resumable: each step reuses what a previous run finished."""
-    from .demo import run_demo
+    from .demo import run_demo, run_demo_seeds
 
     if args.list_presets:
         return _list_presets()
     _check_report_counts(args)
     cfg = config_from_args(args, _run_shortcuts(args))
-    _print_report(run_demo(cfg, args.out, images=args.images, passes=args.passes,
-                           log=lambda msg: print(msg, flush=True)))
+    say = lambda msg: print(msg, flush=True)  # noqa: E731
+    if args.seeds is None:
+        if args.threads is not None:
+            raise GFNetError("--threads goes with --seeds (for one run: --set run.threads=N)")
+        _print_report(run_demo(cfg, args.out, images=args.images, passes=args.passes, log=say))
+        return 0
+    if any(n < 1 for n in args.threads or [1]):
+        raise GFNetError("--threads takes thread counts of at least 1")
+    import torch
+
+    threads = args.threads or [cfg.run.threads or torch.get_num_threads()]
+    rows = run_demo_seeds(cfg, args.out, args.seeds, threads, images=args.images, passes=args.passes, log=say)
+    print(f"\nevery claim met in {sum(r['claims_met'] for r in rows)} of {len(rows)} runs: "
+          f"{Path(args.out) / 'spread.md'}")
     return 0
 
 

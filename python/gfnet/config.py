@@ -101,6 +101,11 @@ class DataConfig:
     calibration: str = "auto"
     calibration_samples: int = 200000  # at most this many training images ("train")
     calibration_augment: bool = True  # "train": training augmentation on them (as the official)
+    # the fraction of the static baseline's training images shown zoomed out: shrunk by a random
+    # factor between the glance's (patch_size / image side) and 1 onto an empty canvas, so the
+    # backbone GFNet's encoders start from knows objects at the glance's scale, as ImageNet-trained
+    # backbones do from RandomResizedCrop (docs/TRAINING.md: why the digits demo needs it)
+    baseline_zoom_out: float = 0.0
     # cluttered digits
     digit_size: int = 16
     digit_size_jitter: int = 2  # digit side drawn uniformly in [size - j, size + j]
@@ -229,6 +234,8 @@ class Config:
             raise ConfigError(f"optim.stage3_actions must be 'sample' or 'mean', not {o.stage3_actions!r}")
         if d.calibration not in ("auto", "val", "train"):
             raise ConfigError(f"data.calibration must be auto|val|train, not {d.calibration!r}")
+        if not 0.0 <= d.baseline_zoom_out <= 1.0:
+            raise ConfigError(f"data.baseline_zoom_out must be a fraction in [0, 1], not {d.baseline_zoom_out!r}")
         if d.calibration_samples < 1:
             raise ConfigError("data.calibration_samples must be >= 1")
         if self.run.amp not in ("auto", "bf16", "fp16", "off"):

@@ -15,7 +15,11 @@ Every step resumes: finished stages, a finished baseline and stored thresholds a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,4 +65,109 @@ def run_demo(cfg: Config, out: str | Path, *, images: int = 8, passes: int = 3,
     return build_report(out, device=pick_device(cfg.run.device), num_images=images, passes=passes)
 
 
-__all__ = ["run_demo"]
+# The headline figures of one demo run (a row of the spread table): key -> (heading, kind);
+# "pct" figures are fractions shown in percent, "x" ratios, "min" minutes.
+HEADLINE: dict[str, tuple[str, str]] = {
+    "baseline": ("baseline", "pct"),
+    "glance": ("glance (step 1)", "pct"),
+    "step2": ("step 2", "pct"),
+    "last_step": ("last step", "pct"),
+    "random_step2": ("random locations, step 2", "pct"),
+    "policy_gain": ("policy gain at step 2 (points)", "pts"),
+    "best_budget_accuracy": ("best budget within 1 pt", "pct"),
+    "best_budget_macs": ("its share of the baseline's MACs", "pct"),
+    "speedup": ("dynamic throughput vs baseline", "x"),
+    "minutes": ("wall time (min)", "min"),
+}
+
+
+def headline(report: dict[str, Any], *, seed: int, threads: int, seconds: float) -> dict[str, Any]:
+    """One run's row of the spread table from its report (report.json)."""
+    acc = report["gfnet"]["anytime_accuracy"]
+    learned = report["random_policy"]["policy_anytime_accuracy"]
+    rnd = report["random_policy"]["anytime_accuracy"]
+    op = report["operating_point"]
+    step2 = 1 if len(acc) > 1 else 0
+    return {
+        "seed": seed, "threads": threads,
+        "baseline": report["baseline"]["test_accuracy"], "glance": acc[0], "step2": acc[step2], "last_step": acc[-1],
+        "random_step2": rnd[step2], "policy_gain": 100 * (learned[step2] - rnd[step2]),
+        # the operating point: the cheapest budget within 1 point (else the most accurate one)
+        "best_budget_accuracy": op["accuracy"], "best_budget_macs": op["macs_fraction"],
+        "best_budget_meets_accuracy": bool(op["meets_accuracy"]),
+        "speedup": report["speedup_vs_baseline"], "minutes": seconds / 60,
+        "claims": dict(report["claims"]), "claims_met": all(report["claims"].values()),
+        "warnings": list(report.get("training", {}).get("warnings", [])),
+    }
+
+
+def spread(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """min / median / max of every headline figure over the runs."""
+    return {k: {"min": min(r[k] for r in rows), "median": statistics.median(r[k] for r in rows),
+                "max": max(r[k] for r in rows)} for k in HEADLINE}
+
+
+def _fmt(value: float, kind: str) -> str:
+    return {"pct": f"{100 * value:.2f} %", "pts": f"{value:+.1f}", "x": f"{value:.2f}x",
+            "min": f"{value:.1f}"}[kind]
+
+
+def spread_markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
+    """The per-run table, then min / median / max of each figure, then which claims failed where."""
+    keys = list(HEADLINE)
+    lines = [f"# {title}", "",
+             f"{len(rows)} run(s) of `gfnet demo`; every figure on the test split, as in each run's report.md "
+             "(RUN/seed*-threads*/report.md).", "",
+             "| seed | threads | " + " | ".join(HEADLINE[k][0] for k in keys) + " | all claims met |",
+             "|---:|---:|" + "---:|" * len(keys) + "---|"]
+    for r in rows:
+        lines.append(f"| {r['seed']} | {r['threads']} | " + " | ".join(_fmt(r[k], HEADLINE[k][1]) for k in keys)
+                     + f" | {'yes' if r['claims_met'] else '**no**'} |")
+    lines += ["", "| figure | min | median | max |", "|---|---:|---:|---:|"]
+    for k, s in spread(rows).items():
+        name, kind = HEADLINE[k]
+        lines.append(f"| {name} | {_fmt(s['min'], kind)} | {_fmt(s['median'], kind)} | {_fmt(s['max'], kind)} |")
+    met = sum(r["claims_met"] for r in rows)
+    lines += ["", f"Every claim met in {met} of {len(rows)} run(s)."]
+    for r in rows:
+        failed = [k for k, ok in r["claims"].items() if not ok]
+        if failed:
+            lines.append(f"- seed {r['seed']}, {r['threads']} thread(s): NOT met: {', '.join(failed)}")
+        for w in r["warnings"]:
+            lines.append(f"- seed {r['seed']}, {r['threads']} thread(s): warning: {w}")
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_demo_seeds(cfg: Config, out: str | Path, seeds: Sequence[int], threads: Sequence[int], *,
+                   images: int = 8, passes: int = 3,
+                   log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """The demo once per (seed, thread count), each into ``out/seed{s}-threads{n}`` (resumable
+    like a single demo), then ``out/spread.md`` and ``out/spread.json``: each run's headline
+    figures and their min / median / max (rewritten after every run). Returns the rows."""
+    say = log or (lambda _msg: None)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for seed in seeds:
+        for n in threads:
+            run_cfg = cfg.copy()
+            run_cfg.run.seed, run_cfg.run.threads = int(seed), int(n)
+            run_dir = out / f"seed{seed}-threads{n}"
+            say(f"\n=== gfnet demo: seed {seed}, {n} thread(s) -> {run_dir} ===")
+            t0 = time.time()
+            report = run_demo(run_cfg, run_dir, images=images, passes=passes, log=log)
+            rows.append(headline(report, seed=int(seed), threads=int(n), seconds=time.time() - t0))
+            _write_atomic(out / "spread.json", json.dumps({"runs": rows, "spread": spread(rows)}, indent=2))
+            _write_atomic(out / "spread.md", spread_markdown(rows, f"gfnet demo over seeds and thread counts: "
+                                                                  f"{cfg.preset}"))
+    say(f"\nwrote {out / 'spread.md'}")
+    return rows
+
+
+__all__ = ["HEADLINE", "headline", "run_demo", "run_demo_seeds", "spread", "spread_markdown"]

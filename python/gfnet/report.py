@@ -319,6 +319,18 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
         highlight=(op["avg_macs"], op["accuracy"], f"operating point (budget {op['budget']})"),
         macs_limit=(MACS_FRACTION * base_macs, f"{MACS_FRACTION:.0%} of the baseline's MACs"),
         title=f"GFNet {cfg.preset} vs its static baseline")
+    from .train.curves import curve_warnings, read_metrics, stage_curves
+    from .viz import plot_training_curves
+
+    curves = stage_curves(read_metrics(run / "metrics.jsonl"))
+    curves_path = (plot_training_curves(assets / "training_curves.png", curves,
+                                        title=f"Training curves: {cfg.preset}") if curves else None)
+    training = {
+        "curves": [{"stage": c.stage, "label": c.label, "epochs": c.epochs, "loss": c.loss,
+                    "val_mode": c.val_mode, "val_accuracy": c.val_accuracy} for c in curves],
+        "warnings": [w for c in curves for w in curve_warnings(c, cfg.model.num_classes)],
+        "plot": str(curves_path) if curves_path else None,
+    }
     claims = {
         "accuracy_within_1pt_at_40pct_macs": bool(op["meets_accuracy"] and op["macs_fraction"] <= MACS_FRACTION),
         "dynamic_throughput_2x_baseline": bool(speedup >= SPEEDUP_TARGET),
@@ -345,7 +357,7 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
         "throughput": [{**asdict(t), "images_per_s": t.images_per_s} for t in best],  # each at its best batch
         "throughput_by_batch": [{**asdict(t), "images_per_s": t.images_per_s} for t in timings],
         **looking,  # random_policy, digit_in_first_patch
-        "claims": claims, "samples": samples, "budgets": rows,
+        "claims": claims, "samples": samples, "budgets": rows, "training": training,
         "files": {"report": str(out_dir / "report.md"), "plot": str(plot_path),
                   "eval": str(eval_path)},
     }
@@ -364,6 +376,24 @@ def _rel(path: str | Path, base: Path) -> str:
         return str(Path(path).resolve().relative_to(base.resolve()))
     except ValueError:
         return str(path)
+
+
+def _training_section(training: dict[str, Any] | None, out_dir: Path) -> list[str]:
+    """The training curves (loss and validation accuracy per epoch and stage) and their warnings."""
+    if not training or not training["curves"]:
+        return []
+    lines = ["## Training", "", f"![training curves]({_rel(training['plot'], out_dir)})", "",
+             "| stage | epochs | last loss | validation accuracy per step at its last epoch (mode) |",
+             "|---|---:|---:|---|"]
+    for c in training["curves"]:
+        acc = " / ".join(_pct(a) for a in c["val_accuracy"][-1])
+        lines.append(f"| {c['label']} | {c['epochs'][-1]} | {c['loss'][-1]:.4f} | {acc} ({c['val_mode']}) |")
+    lines.append("")
+    if training["warnings"]:
+        lines += ["Warnings:", ""] + [f"- **warning:** {w}" for w in training["warnings"]] + [""]
+    else:
+        lines += ["Every stage ended above chance with its validation accuracy levelling off (no warnings).", ""]
+    return lines
 
 
 def render_markdown(r: dict[str, Any], out_dir: Path) -> str:
@@ -463,6 +493,7 @@ def render_markdown(r: dict[str, Any], out_dir: Path) -> str:
         "the MACs saved (small patches and large images use the hardware differently).",
         "",
     ]
+    lines += _training_section(r.get("training"), out_dir)
     lines += [
         "## Does looking matter?",
         "",

@@ -67,6 +67,53 @@ def plot_accuracy_vs_flops(path: str | Path, budget_macs: Sequence[float], budge
     return path
 
 
+def plot_training_curves(path: str | Path, curves, *, title: str = "Training curves") -> Path:
+    """Per epoch, each stage in turn (train/curves.StageCurve, baseline first): the training loss
+    (left) and the validation accuracy of every step (right; the baseline's one line is its
+    whole-image accuracy). Stages follow each other along the x axis, separated by dotted lines
+    and named above the plot, so a user sees where each stage started, ended and converged."""
+    plt = _plt()
+    path = Path(path)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+    start = 0
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+    labelled_steps: set[int] = set()
+    for curve in curves:
+        if not curve.epochs:
+            continue
+        x = [start + e for e in curve.epochs]
+        ax_loss.plot(x, curve.loss, "o-", ms=3, color="black" if curve.stage == 0 else "tab:blue")
+        steps = len(curve.val_accuracy[0])
+        for k in range(steps):
+            acc = [100 * row[k] for row in curve.val_accuracy]
+            if curve.stage == 0:
+                ax_acc.plot(x, acc, "*-", ms=5, color="black", label="baseline (whole image)")
+                continue
+            label = None if k in labelled_steps else ("step 1 (glance)" if k == 0 else f"step {k + 1}")
+            labelled_steps.add(k)
+            ax_acc.plot(x, acc, "o-", ms=3, color=colors[k % len(colors)], label=label)
+        for ax in (ax_loss, ax_acc):
+            ax.axvline(start + 0.5, color="gray", lw=0.8, ls=":")
+            ax.text(start + 0.5 + (x[-1] - start) / 2, 1.01, curve.label.split(" (")[0],
+                    transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=7)
+        start = x[-1]
+    ax_loss.set_xlabel("epoch (stages in turn)")
+    ax_loss.set_ylabel("training loss")
+    ax_acc.set_xlabel("epoch (stages in turn)")
+    ax_acc.set_ylabel("validation accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    if ax_acc.get_legend_handles_labels()[1]:
+        ax_acc.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stages = "; ".join(c.label for c in curves if c.epochs)
+    fig.savefig(path, metadata={"Title": title, "Description": "stages: " + stages})
+    plt.close(fig)
+    return path
+
+
 def _to_display(img: torch.Tensor, mean=None, std=None):
     """(C, H, W) uint8 or float -> numpy (H, W[, 3]) in [0, 1] for imshow."""
     x = img.detach().float().cpu()
@@ -159,4 +206,5 @@ def predict_pictures(model, images, names, thresholds, out_dir) -> list[dict]:
     return rows
 
 
-__all__ = ["patch_picture", "plot_accuracy_vs_flops", "predict_pictures", "prediction_picture"]
+__all__ = ["patch_picture", "plot_accuracy_vs_flops", "plot_training_curves", "predict_pictures",
+           "prediction_picture"]

@@ -91,3 +91,41 @@ def test_resume_does_not_need_the_baseline_again(tmp_path, baseline_ckpt):
     copy.unlink()
     Trainer(gcfg, tmp_path / "gf", resume=True).run([1, 2])
     assert torch.load(tmp_path / "gf" / "stage2.pt", weights_only=True)["done"]
+
+
+def test_zoom_out_boxes_place_the_shrunk_image_inside_the_canvas():
+    from gfnet.models.patches import zoom_out_boxes
+
+    g = torch.Generator().manual_seed(0)
+    boxes = zoom_out_boxes(500, (128, 96), 0.375, generator=g).double()
+    s = 96 / (boxes[:, 2] - boxes[:, 0])  # the shrink factor, the same along both axes
+    assert torch.allclose(s, 128 / (boxes[:, 3] - boxes[:, 1]), rtol=1e-6)
+    assert float(s.min()) >= 0.375 - 1e-6 and float(s.max()) <= 1 + 1e-6 and float(s.min()) < 0.4
+    ox, oy = -boxes[:, 0] * s, -boxes[:, 1] * s  # where the image's top-left lands on the canvas
+    assert float(ox.min()) >= -1e-4 and bool((ox + 96 * s <= 96 + 1e-4).all())
+    assert float(oy.min()) >= -1e-4 and bool((oy + 128 * s <= 128 + 1e-4).all())
+    assert torch.equal(zoom_out_boxes(3, (128, 96), 1.0), torch.tensor([[0.0, 0.0, 96.0, 128.0]] * 3))
+
+
+def test_zoom_out_patches_shrink_onto_an_empty_canvas():
+    from gfnet.models.patches import zoom_out_patches
+    from gfnet.models.static import normalise_images
+
+    x = torch.zeros(64, 1, 128, 128, dtype=torch.uint8)
+    x[:, :, 40:88, 40:88] = 200  # a 48 px square
+    mean, std = torch.tensor([0.1]), torch.tensor([0.25])
+    torch.manual_seed(0)
+    same = zoom_out_patches(x, 1.0, mean=[0.1], std=[0.25])
+    assert torch.allclose(same, normalise_images(x, mean, std), atol=1e-6)  # scale 1: the image itself
+    z = zoom_out_patches(x, 0.375, mean=[0.1], std=[0.25])
+    assert z.shape == (64, 1, 128, 128) and z.dtype == torch.float32
+    lit = (z > 0).flatten(1).sum(1).double()  # the square's area shrinks with the square of the scale
+    assert float(lit.min()) < 0.25 * 48 * 48 and float(lit.max()) <= 48 * 48 + 4 * 48
+    assert float(z.min()) == pytest.approx(-0.4)  # the empty canvas: raw 0, normalised
+
+
+def test_baseline_zoom_out_is_validated(tiny_cfg):
+    from gfnet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.baseline_zoom_out must be a fraction in"):
+        tiny_cfg(**{"data.baseline_zoom_out": 1.5})

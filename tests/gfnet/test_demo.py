@@ -116,10 +116,10 @@ def test_demo_report(demo):
     assert "started from the baseline's trained weights" in md
     assert "thresholds set on the 48 images of the val split (not the test split);" in md  # digits: a real val split
     for heading in ("## The claims", "## Accuracy against average MACs", "## Realised throughput",
-                    "## What the model looked at", "## Reproduce"):
+                    "## Training", "## What the model looked at", "## Reproduce"):
         assert heading in md
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert len(links) == 1 + 3 and all(_is_png(out / link) for link in links)
+    assert len(links) == 2 + 3 and all(_is_png(out / link) for link in links)  # 2 plots, 3 samples
     assert md.count("| budget ") + md.count("| **budget ") == 39
     assert "wrote" in proc.stdout and str(out / "report.md") in proc.stdout
 
@@ -221,3 +221,61 @@ def test_make_demo_runs_gfnet_demo():
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"-m gfnet demo --out runs/demo", proc.stdout), proc.stdout
     assert "pip install" in proc.stdout  # the build step precedes it
+
+
+def test_demo_report_training_curves(demo):
+    """The report draws every stage's loss and validation accuracy per epoch from metrics.jsonl
+    and lists what they warn of (the shortened demo learns nothing: near-chance warnings)."""
+    out, _ = demo
+    r = json.loads((out / "report.json").read_text())
+    curves = r["training"]["curves"]
+    assert [c["stage"] for c in curves] == [0, 1, 2, 3]
+    assert [c["val_mode"] for c in curves] == ["static", "random", "policy", "policy"]
+    for c in curves:
+        assert c["epochs"] == [1] and len(c["loss"]) == 1
+        assert len(c["val_accuracy"][0]) == (1 if c["stage"] == 0 else 3)
+    assert _is_png(Path(r["training"]["plot"])) and Path(r["training"]["plot"]).name == "training_curves.png"
+    assert all(isinstance(w, str) for w in r["training"]["warnings"])
+    md = (out / "report.md").read_text()
+    for c in curves:
+        assert f"| {c['label']} | 1 |" in md
+
+
+def test_demo_over_seeds_writes_the_spread(tmp_path):
+    """`gfnet demo --seeds 0,1`: one shortened demo per seed, then every headline figure per run
+    and its min / median / max, and the claims judged per run from each run's own report."""
+    out = tmp_path / "spread"
+    proc = _demo(out, "--seeds", "0,1", "--threads", "1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    spread = json.loads((out / "spread.json").read_text())
+    runs = spread["runs"]
+    assert [(r["seed"], r["threads"]) for r in runs] == [(0, 1), (1, 1)]
+    for r in runs:
+        run_dir = out / f"seed{r['seed']}-threads1"
+        report = json.loads((run_dir / "report.json").read_text())
+        assert report["threads"] == 1
+        assert torch.load(run_dir / "stage1.pt", weights_only=True)["config"]["run"]["seed"] == r["seed"]
+        assert r["claims"] == report["claims"] and r["claims_met"] == all(report["claims"].values())
+        assert r["glance"] == report["gfnet"]["anytime_accuracy"][0]
+        assert r["baseline"] == report["baseline"]["test_accuracy"]
+        assert r["best_budget_macs"] == pytest.approx(report["operating_point"]["macs_fraction"])
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert {row["stage"] for row in rows} == {0, 1, 2, 3}
+        assert all("val_accuracy" in row and "val_mode" in row for row in rows)
+    for key, s in spread["spread"].items():
+        values = sorted(r[key] for r in runs)
+        assert s["min"] == values[0] and s["max"] == values[-1]
+        assert s["median"] == pytest.approx((values[0] + values[1]) / 2)
+    md = (out / "spread.md").read_text()
+    assert "| 0 | 1 |" in md and "| 1 | 1 |" in md and "| figure | min | median | max |" in md
+    assert f"Every claim met in {sum(r['claims_met'] for r in runs)} of 2 run(s)." in md
+    assert f"every claim met in {sum(r['claims_met'] for r in runs)} of 2 runs" in proc.stdout
+    # the two seeds trained different models
+    w0 = torch.load(out / "seed0-threads1" / "stage1.pt", weights_only=True)["model"]
+    w1 = torch.load(out / "seed1-threads1" / "stage1.pt", weights_only=True)["model"]
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)
+
+
+def test_demo_threads_needs_seeds(tmp_path):
+    proc = _demo(tmp_path / "x", "--threads", "1")
+    assert proc.returncode == 2 and "--threads goes with --seeds" in proc.stderr

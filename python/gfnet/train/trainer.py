@@ -36,6 +36,7 @@ from ..device import set_threads
 from ..errors import CheckpointError, ConfigError
 from ..models import GFNet, build_model
 from .callbacks import TrainerCallback
+from .curves import curve_warnings, primary_val, read_metrics, stage_curves
 from .distributed import (DistInfo, all_gather_object, all_reduce_sum, average_buffers, barrier, setup,
                           teardown)
 from .ppo import PolicyEvaluator, RolloutMemory, ppo_update, true_class_prob
@@ -429,18 +430,30 @@ class Trainer:
                 sched.step()
             average_buffers(self.model, self.dist)
             val = self.evaluate("val", self.val_modes(stage))
-            rec.update(stage=stage, epoch=epoch + 1, epochs=epochs, val=val,
+            mode, acc = primary_val(val)
+            rec.update(stage=stage, epoch=epoch + 1, epochs=epochs, val=val, val_mode=mode, val_accuracy=acc,
                        epoch_time_s=round(time.time() - t0, 2), time=time.time())
             self._metrics(rec)
-            acc = next(iter(val.values()))
             self.log(f"{label} epoch {epoch + 1}/{epochs}: loss {rec['loss']:.4f} "
                      f"val acc/step {' '.join(f'{a:.3f}' for a in acc)} "
                      f"({rec['images_per_s']:.0f} img/s, {rec['epoch_time_s']:.0f}s)")
             done = epoch + 1 == epochs
+            if done:
+                self._warn_about_curve(stage)
             extra = self.final_extras(stage, self._test(stage)) if done else {}
             self._save(stage, epoch + 1, epochs, done, opt, sched, scaler, extra)
         if epochs == 0 or start >= epochs:
             self._save(stage, epochs, epochs, True, opt, sched, scaler, self.final_extras(stage, self._test(stage)))
+
+    def _warn_about_curve(self, stage: int) -> None:
+        """Log what the stage's validation curve warns of (train/curves.py): a stage ending near
+        chance, a glance that never learned, accuracy still climbing steeply, or falling with steps."""
+        if not self.dist.is_main:
+            return
+        curves = [c for c in stage_curves(read_metrics(self.out / "metrics.jsonl")) if c.stage == stage]
+        for curve in curves:
+            for warning in curve_warnings(curve, self.cfg.model.num_classes):
+                self.log(f"warning: {warning}")
 
     def _test(self, stage: int) -> dict[str, list[float]]:
         test = self.evaluate("test", self.test_modes())
