@@ -44,36 +44,6 @@ def focus_boxes(actions: torch.Tensor, image_hw: tuple[int, int], patch: int) ->
     return gfkernels.focus_boxes(actions.detach().float(), tuple(image_hw), patch)
 
 
-def zoom_out_boxes(n: int, image_hw: tuple[int, int], min_scale: float, *, device: torch.device | str = "cpu",
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """(n, 4) float32 boxes that show each whole image shrunk by a factor s drawn uniformly from
-    [min_scale, 1], at a uniformly random place on an empty canvas of the image's own size.
-
-    Output pixel centre u reads the source at (u - offset) / s, so with align_corners=False the
-    box is x1 = -offset_x / s, x2 = x1 + W / s (rows alike); everything outside the image is
-    padding (crop_resize's padding_mode="zeros": raw value 0, the empty canvas).
-    """
-    H, W = image_hw
-    u = torch.rand(n, 3, generator=generator, device=device, dtype=torch.float64)
-    s = min_scale + (1.0 - min_scale) * u[:, 0]
-    ox, oy = u[:, 1] * W * (1.0 - s), u[:, 2] * H * (1.0 - s)
-    x1, y1 = -ox / s, -oy / s
-    return torch.stack([x1, y1, x1 + W / s, y1 + H / s], dim=1).float()
-
-
-def zoom_out_patches(images: torch.Tensor, min_scale: float, *, mode: str = "bilinear",
-                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                     generator: torch.Generator | None = None, backend: str | None = None) -> torch.Tensor:
-    """Each image shrunk by a random factor in [min_scale, 1] onto an empty canvas of its size
-    (``zoom_out_boxes``), normalised, float32: scale augmentation for the static baseline, whose
-    backbone GFNet's glance encoder starts from (config ``data.baseline_zoom_out``)."""
-    n = images.shape[0]
-    boxes = zoom_out_boxes(n, tuple(images.shape[-2:]), min_scale, device=images.device, generator=generator)
-    return _crop_resize()(images, boxes, tuple(images.shape[-2:]), mode=mode, align_corners=False,
-                          padding_mode="zeros", mean=mean, std=std, out_dtype=torch.float32,
-                          backend=_backend(backend, images.device))
-
-
 def glance_patches(images: torch.Tensor, patch: int, *, batch_index: torch.Tensor | None = None,
                    mode: str = "bicubic", align_corners: bool = True,
                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None,

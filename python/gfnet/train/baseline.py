@@ -21,9 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import load_baseline_checkpoint
-from ..config import Config, image_hw
-from ..models.patches import zoom_out_patches
-from ..models.static import StaticBaseline, build_static_baseline, normalise_images
+from ..config import Config
+from ..models.static import StaticBaseline, build_static_baseline
 from .callbacks import TrainerCallback
 from .distributed import setup, teardown
 from .trainer import Trainer
@@ -33,32 +32,14 @@ BASELINE_FILE = "baseline.pt"
 
 
 class _BaselineStage(nn.Module):
-    """forward(images, labels) -> (cross-entropy, [logits]): the module DDP wraps.
+    """forward(images, labels) -> (cross-entropy, [logits]): the module DDP wraps."""
 
-    zoom_out: the fraction of images shown shrunk by a random factor in [min_scale, 1] (the
-    glance's scale at the low end: models/patches.zoom_out_patches), drawn from the global RNG,
-    which checkpoints carry, so a resumed run draws the same.
-    """
-
-    def __init__(self, model: StaticBaseline, zoom_out: float = 0.0, min_scale: float = 1.0,
-                 backend: str | None = None):
+    def __init__(self, model: StaticBaseline):
         super().__init__()
         self.model = model
-        self.zoom_out = zoom_out
-        self.min_scale = min_scale
-        self.backend = backend
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor):
-        if self.zoom_out > 0 and self.min_scale < 1:
-            x = normalise_images(images, self.model.mean, self.model.std)
-            pick = torch.rand(images.shape[0], device=images.device) < self.zoom_out
-            if bool(pick.any()):
-                x[pick] = zoom_out_patches(images[pick], self.min_scale, mean=self.model.mean.tolist(),
-                                           std=self.model.std.tolist(), backend=self.backend)
-            feat, _ = self.model.backbone(x)
-            logits = self.model.backbone.head(feat)
-        else:
-            logits = self.model(images)
+        logits = self.model(images)
         return F.cross_entropy(logits.float(), labels), [logits.detach()]
 
 
@@ -88,10 +69,7 @@ class BaselineTrainer(Trainer):
             p.requires_grad_(True)
 
     def stage_runner(self, stage: int) -> nn.Module:
-        m = self.cfg.model
-        min_scale = m.patch_size / min(image_hw(m.image_size))  # the glance's shrink factor
-        return _BaselineStage(self.model, self.cfg.data.baseline_zoom_out, min_scale,
-                              self.cfg.run.patch_backend or None)
+        return _BaselineStage(self.model)
 
     def find_unused_parameters(self, stage: int) -> bool:
         return False
