@@ -27,6 +27,8 @@ import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 
+from .. import contract
+from ..ops.common import check_index_values
 from ..ops.early_exit import fake_early_exit, fake_gather_rows, register_gather_rows_autograd
 from . import launch, on_device, register_op
 
@@ -110,6 +112,12 @@ def _early_exit_impl(logits: torch.Tensor, threshold: torch.Tensor, active: torc
                      step: int) -> Tuple[torch.Tensor, torch.Tensor]:
     n, K = logits.shape
     device = logits.device
+    contract.check_int("early_exit", "step", step)
+    if threshold.device.type == "cpu" and not is_fake(threshold):  # a host value: no sync
+        contract.check_threshold_value(threshold)
+    if device.type == "cpu" and not is_fake(active):  # the interpreter: values cost no sync
+        check_index_values(active, out_logits.shape[0], "early_exit", "active")
+        contract.check_distinct("early_exit", "active", active)
     keep = torch.empty((n,), dtype=torch.int64, device=device)
     if n == 0:
         return keep, torch.zeros((), dtype=torch.int64, device=device)
@@ -181,6 +189,9 @@ def _collapsed_row(t: torch.Tensor):
 
 def _gather_rows_impl(tensors: List[torch.Tensor], index: torch.Tensor,
                      n: int) -> List[torch.Tensor]:
+    contract.check_int("gather_rows", "n", n)
+    if index.device.type == "cpu" and tensors and not is_fake(index):  # the interpreter
+        check_index_values(index[:n], tensors[0].shape[0], "gather_rows", "index")
     outs = []
     rows = index[:n]
     with on_device(index):
