@@ -692,7 +692,7 @@ def _forward_impl(images: torch.Tensor, boxes: torch.Tensor, batch_index: Option
     contract.check_per_channel_values("std", std, nonzero=True)
     if boxes.device.type == "cpu" and not is_fake(boxes):  # the interpreter: values cost no sync
         contract.check_finite_boxes("crop_resize", boxes)
-        if batch_index is not None:
+        if batch_index is not None and N > 0:  # N = 0: _check_images_exist says so below
             check_index_values(batch_index, N, "crop_resize", "batch_index")
     if B * C * h * w == 0:
         return torch.empty((B, C, h, w), dtype=out_dtype, device=images.device)
