@@ -4,6 +4,8 @@
 // compiles in a second.
 #include <Python.h>
 
+#include "sampling.h"
+
 #ifndef GFK_CUDA_ARCH_LIST
 #define GFK_CUDA_ARCH_LIST ""
 #endif
@@ -22,7 +24,9 @@ PyMODINIT_FUNC PyInit__C() {
   PyObject* module = PyModule_Create(&gfkernels_module);
   if (module == nullptr) return nullptr;
   if (PyModule_AddObject(module, "with_cuda", PyBool_FromLong(kWithCuda)) < 0 ||
-      PyModule_AddStringConstant(module, "cuda_arch_list", GFK_CUDA_ARCH_LIST) < 0) {
+      PyModule_AddStringConstant(module, "cuda_arch_list", GFK_CUDA_ARCH_LIST) < 0 ||
+      PyModule_AddObject(module, "max_output_elements_per_box",
+                         PyLong_FromLongLong(gfkernels::kMaxOutputElementsPerBox)) < 0) {
     Py_DECREF(module);
     return nullptr;
   }

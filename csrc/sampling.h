@@ -29,6 +29,11 @@ constexpr double kCubicA = -0.75;
 // Largest number of taps of any mode (bicubic).
 constexpr int kMaxTaps = 4;
 
+// crop_resize refuses outputs of more than this many elements (C * h * w) per box on every
+// backend: the GPU kernels index pixels in 32 bits, with room for a tile. The Python side holds
+// the same number (gfkernels/contract.py, MAX_OUTPUT_ELEMENTS_PER_BOX; a test checks they agree).
+constexpr int64_t kMaxOutputElementsPerBox = int64_t{2147483647} - (int64_t{1} << 20);
+
 GFK_HOST_DEVICE constexpr int taps_of(Mode mode) {
   return mode == Mode::Nearest ? 1 : (mode == Mode::Bilinear ? 2 : 4);
 }

@@ -1,7 +1,9 @@
 """Pure-PyTorch definitions of every gfkernels op: the specification the kernels are tested
 against. Written for clarity, not speed; differentiable through autograd.
 
-docs/OPS.md states each definition in formulas.
+docs/OPS.md states each definition in formulas. Each op first checks its arguments as the
+public API and the kernels do (gfkernels/contract.py): metadata, then values, with the same
+exception types, so the reference called directly is held to the same contract.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import math
 from typing import Optional, Sequence
 
 import torch
+
+from . import contract
 
 MODES = ("bilinear", "bicubic", "nearest")
 PADDING_MODES = ("border", "zeros")
@@ -58,7 +62,9 @@ def axis_taps(x: torch.Tensor, size: int, mode: str, padding_mode: str):
     valid. Positions are first clamped to [-4, size + 4], which changes no result (every tap
     is outside the image there either way) but keeps indices small for huge boxes.
     """
-    x = x.clamp(-4.0, size + 4.0)
+    # NaN (0 * inf from a finite box too wide for float64) reads the border, as fmax does in
+    # the kernels; torch.clamp would keep the NaN
+    x = torch.where(torch.isnan(x), -4.0, x).clamp(-4.0, size + 4.0)
     if mode == "nearest":
         first = torch.floor(x + 0.5)
         weight = torch.ones_like(x)[..., None]
@@ -95,10 +101,21 @@ def crop_resize(
     Computed in float64, then cast to out_dtype (default: images.dtype if floating, else
     float32). uint8 values are divided by 255; then out = (v - mean) / std per channel.
     """
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    N, C, H, W = images.shape
-    if out_dtype is None:
+    from .ops.common import check_index_values
+    from .ops.crop_resize import check_args, normalise_size, per_channel_list
+
+    h, w = normalise_size(size)
+    mean, std = per_channel_list(mean, "mean"), per_channel_list(std, "std")
+    if out_dtype is None and isinstance(images, torch.Tensor):
         out_dtype = images.dtype if images.is_floating_point() else torch.float32
+    check_args(images, boxes, batch_index, mode, align_corners, padding_mode, mean, std, out_dtype,
+               (h, w))
+    contract.check_finite_boxes("crop_resize", boxes)
+    if batch_index is not None:
+        check_index_values(batch_index, images.shape[0], "crop_resize", "batch_index")
+    elif boxes.shape[0] and not images.shape[0]:
+        raise IndexError("crop_resize: batch_index values must lie in [0, N) with N = 0 images")
+    N, C, H, W = images.shape
     boxes64 = boxes.to(torch.float64)
     if batch_index is None:
         batch_index = torch.arange(N, device=images.device)
@@ -193,6 +210,14 @@ def early_exit(logits: torch.Tensor, threshold, active: torch.Tensor, out_logits
     range(n), the surviving positions in order first (valid up to num_keep), then the exiting
     ones in order; num_keep is a 0-dim int64 tensor on the logits' device.
     """
+    from .ops.common import check_index_values
+    from .ops.early_exit import check_early_exit_args, threshold_tensor
+
+    threshold = threshold_tensor(threshold)
+    check_early_exit_args(logits, threshold, active, out_logits, exit_step, step)
+    contract.check_threshold_value(threshold)
+    check_index_values(active, out_logits.shape[0], "early_exit", "active", always=True)
+    contract.check_distinct("early_exit", "active", active)
     exits = exit_mask(logits, threshold)
     rows = active[exits]
     out_logits[rows] = logits[exits].to(out_logits.dtype)
@@ -205,5 +230,11 @@ def early_exit(logits: torch.Tensor, threshold, active: torch.Tensor, out_logits
 
 def gather_rows(tensors: Sequence[torch.Tensor], index: torch.Tensor, n: int):
     """[t[index[:n]] for t in tensors]: each a new contiguous tensor (n, *t.shape[1:])."""
+    from .ops.common import check_index_values
+    from .ops.early_exit import check_gather_rows_args
+
+    tensors = check_gather_rows_args(tensors, index, n)
+    if tensors:
+        check_index_values(index[:n], tensors[0].shape[0], "gather_rows", "index", always=True)
     rows = index[:n]
     return [t[rows].contiguous() for t in tensors]

@@ -446,9 +446,12 @@ needs_triton = pytest.mark.skipif("triton" not in BACKENDS,
 
 @needs_triton
 def test_triton_early_exit_never_writes_outside_its_outputs():
-    """The op called directly (no value checks) with active values out of range: the rows
-    next to out_logits and exit_step in memory stay untouched (a device assert fires in
-    Triton's debug mode); the decision and keep are unaffected."""
+    """The kernels (what runs on a GPU, where values are not checked on the host) with active
+    values out of range: the rows next to out_logits and exit_step in memory stay untouched (a
+    device assert fires in Triton's debug mode); the decision and keep are unaffected. The op on
+    CPU tensors refuses those values first, as every CPU backend does."""
+    from gfkernels.triton.early_exit import early_exit_kernels
+
     n, K, B = 4, 3, 5
     logits = torch.full((n, K), 1.0)
     logits[:, 0] = 30.0  # confident: every row exits
@@ -456,8 +459,11 @@ def test_triton_early_exit_never_writes_outside_its_outputs():
     base_steps = torch.full((B + 2,), -1, dtype=torch.int64)
     out_logits, exit_step = base_logits[1:B + 1], base_steps[1:B + 1]
     active = torch.tensor([0, B, -1, 2])
-    keep, num_keep = backends.TABLE["triton"].ops.early_exit(
-        logits, torch.tensor(0.5, dtype=torch.float64), active, out_logits, exit_step, 7)
+    with pytest.raises(IndexError, match="active values must lie in"):
+        backends.TABLE["triton"].ops.early_exit(logits, torch.tensor(0.5, dtype=torch.float64), active,
+                                                out_logits, exit_step, 7)
+    keep, num_keep = early_exit_kernels(logits, torch.tensor(0.5, dtype=torch.float64), active, out_logits,
+                                        exit_step, 7)
     assert int(num_keep) == 0 and keep.tolist() == [0, 1, 2, 3]
     assert (base_logits[0] == SENTINEL).all() and (base_logits[B + 1] == SENTINEL).all()
     assert base_steps[0] == -1 and base_steps[B + 1] == -1
@@ -466,11 +472,16 @@ def test_triton_early_exit_never_writes_outside_its_outputs():
 
 @needs_triton
 def test_triton_gather_rows_never_reads_outside_its_tensors():
-    """The op called directly with index values out of range: rows outside the tensor are not
-    read (their output rows are zero; a device assert fires in Triton's debug mode)."""
+    """The kernels (unchecked, as on a GPU) with index values out of range: rows outside the
+    tensor are not read (their output rows are zero; a device assert fires in Triton's debug
+    mode). The op on CPU tensors refuses those values first."""
+    from gfkernels.triton.early_exit import gather_rows_kernels
+
     base = torch.arange(1, 7 * 4 + 1, dtype=torch.float32).reshape(7, 4)
     t = base[1:6]  # rows 0 and 6 of base lie outside t
-    out, = backends.TABLE["triton"].ops.gather_rows([t], torch.tensor([4, 5, -1, 0]), 4)
+    with pytest.raises(IndexError, match="index values must lie in"):
+        backends.TABLE["triton"].ops.gather_rows([t], torch.tensor([4, 5, -1, 0]), 4)
+    out, = gather_rows_kernels([t], torch.tensor([4, 5, -1, 0]), 4)
     torch.testing.assert_close(out[0], t[4])
     torch.testing.assert_close(out[3], t[0])
     assert (out[1] == 0).all() and (out[2] == 0).all()

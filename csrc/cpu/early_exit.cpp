@@ -20,8 +20,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <limits>
 #include <vector>
+#include <limits>
 
 #include "../ops/early_exit.h"
 
@@ -220,7 +220,16 @@ std::tuple<at::Tensor, at::Tensor> early_exit_cpu(const at::Tensor& logits,
     TORCH_CHECK_INDEX(a[i] >= 0 && a[i] < B, "early_exit: active values must lie in [0, B) with "
                       "B = ", B, " rows of out_logits, got active[", i, "] = ", a[i]);
   }
+  // Each row of out_logits is written once: a repeated value is refused (the message is
+  // gfkernels/contract.py's check_distinct, which the other backends use).
+  std::vector<int64_t> times(n > 1 ? B : 0, 0);
+  for (int64_t i = 0; i < n && n > 1; ++i) ++times[a[i]];
+  for (int64_t i = 0; i < n && n > 1; ++i) {
+    TORCH_CHECK_VALUE(times[a[i]] == 1, "early_exit: active values must be distinct, got ", a[i],
+                      " ", times[a[i]], " times");
+  }
   const double thr = threshold.item<double>();  // a CPU tensor here: no device sync
+  TORCH_CHECK_VALUE(!std::isnan(thr), "early_exit: threshold must not be NaN");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "early_exit",
                                   [&] {
     early_exit_impl<scalar_t>(logits, thr, a, out_logits, exit_step, step,

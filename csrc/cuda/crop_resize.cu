@@ -55,7 +55,7 @@ constexpr int64_t kMaxGridY = 65535;
 constexpr int kAffineSlots = 64;  // channels whose affine map travels in the kernel arguments
 constexpr int kChannelChunk = 4;  // channels a forward thread loads before it stores
 // Per-box output pixels: indices are int32 with room for a tile past the end.
-constexpr int64_t kMaxPixels = INT_MAX - (int64_t{1} << 20);
+constexpr int64_t kMaxPixels = kMaxOutputElementsPerBox;  // the ops' own limit (sampling.h)
 
 // ---------------------------------------------------------------------------------------
 // Arguments read on the device

@@ -133,6 +133,16 @@ CropResizeCall prepare_crop_resize(const at::Tensor& images, const at::Tensor& b
                     ", ", size[1], ")");
   const auto [mode, padding] = parse_options(mode_name, align_corners, padding_name);
   check_images_boxes(op, images, boxes, batch_index, check_values);
+  // The output limit (gfkernels/contract.py words it the same), before anything is allocated.
+  // Compared in double: C * h * w of absurd sizes would overflow int64.
+  const int64_t C = images.size(1);
+  TORCH_CHECK_VALUE(static_cast<double>(C) * static_cast<double>(size[0]) *
+                            static_cast<double>(size[1]) <=
+                        static_cast<double>(kMaxOutputElementsPerBox),
+                    op, ": size (", size[0], ", ", size[1], ") with C = ", C,
+                    " channels is ", C * size[0] * size[1],
+                    " output elements per box, over the limit of ", kMaxOutputElementsPerBox,
+                    " (C * h * w)");
   check_per_channel(mean, "mean", images.size(1), false);
   check_per_channel(std, "std", images.size(1), true);
   TORCH_CHECK_TYPE(out_dtype == at::kHalf || out_dtype == at::kBFloat16 ||

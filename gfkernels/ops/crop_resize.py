@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from .. import backends, reference
+from .. import backends, contract, reference
 from .common import call, check_index_values, register_compiled
 
 IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -50,9 +50,10 @@ def per_channel_list(values, name: str) -> Optional[list]:
 
 
 def check_args(images, boxes, batch_index, mode, align_corners, padding_mode, mean, std,
-               out_dtype) -> None:
-    """Metadata checks shared by every backend (no tensor values are read, so this runs
-    under torch.compile); the kernels check values (finite boxes, batch_index range)."""
+               out_dtype, size=None) -> None:
+    """Metadata checks shared by every backend, and by the fake kernels (no tensor values are
+    read, so this runs under torch.compile and on meta tensors); the backends check values
+    (gfkernels/contract.py). size: (h, w), checked against the output limit when given."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"crop_resize: images must be 4-D (N, C, H, W), got shape {shape}")
@@ -96,11 +97,13 @@ def check_args(images, boxes, batch_index, mode, align_corners, padding_mode, me
         if values is not None and len(values) not in (1, channels):
             raise ValueError(f"crop_resize: {name} must hold 1 or C = {channels} values (one "
                              f"per channel), got {len(values)}")
-    if std is not None and any(v == 0 for v in std):
-        raise ValueError("crop_resize: std must be non-zero")
+    contract.check_per_channel_values("mean", mean, nonzero=False)
+    contract.check_per_channel_values("std", std, nonzero=True)
     if out_dtype not in OUT_DTYPES:
         raise TypeError(f"crop_resize: out_dtype must be float16, bfloat16, float32 or float64, "
                         f"got {out_dtype}")
+    if size is not None:
+        contract.check_output_size(channels, size[0], size[1])
 
 
 def crop_resize(
@@ -134,7 +137,7 @@ def crop_resize(
     if out_dtype is None and isinstance(images, torch.Tensor):
         out_dtype = images.dtype if images.is_floating_point() else torch.float32
     check_args(images, boxes, batch_index, mode, align_corners, padding_mode, mean, std,
-               out_dtype)
+               out_dtype, size)
     chosen, op = backends.lookup("crop_resize", backend, images.device)
     if batch_index is not None and not chosen.checks_index_values:
         check_index_values(batch_index, images.shape[0], "crop_resize", "batch_index")
@@ -150,6 +153,10 @@ def crop_resize(
 
 def fake_crop_resize(images, boxes, batch_index, size, mode, align_corners, padding_mode, mean,
                      std, out_dtype):
+    # the checks too: on meta tensors mixed with real ones this runs instead of a kernel
+    concrete = all(isinstance(s, int) for s in size)  # not symbolic sizes under torch.compile
+    check_args(images, boxes, batch_index, mode, align_corners, padding_mode, mean, std,
+               out_dtype, tuple(size) if concrete else None)
     return images.new_empty((boxes.shape[0], images.shape[1], size[0], size[1]),
                             dtype=out_dtype)
 

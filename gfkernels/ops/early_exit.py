@@ -196,11 +196,14 @@ def gather_rows(
 
 
 def fake_early_exit(logits, threshold, active, out_logits, exit_step, step):
+    # the checks too: on meta tensors mixed with real ones this runs instead of a kernel
+    check_early_exit_args(logits, threshold, active, out_logits, exit_step, step)
     n = logits.shape[0]
     return (logits.new_empty((n,), dtype=torch.int64), logits.new_empty((), dtype=torch.int64))
 
 
 def fake_gather_rows(tensors, index, n):
+    check_gather_rows_args(tensors, index, n)
     return [t.new_empty((n, *t.shape[1:])) for t in tensors]
 
 

@@ -24,6 +24,8 @@ import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 
+from .. import contract
+from ..ops.common import check_index_values
 from ..ops.crop_resize import (fake_backward_boxes, fake_backward_images, fake_crop_resize,
                                register_autograd)
 from . import launch, on_device, register_op
@@ -48,8 +50,10 @@ def _position(lo, hi, of, out, ALIGN: tl.constexpr):
     if ALIGN:
         single = out == 1
         den = (out - 1 + single) * 1.0
-        # out == 1 (then of == 0): lo + (extent - 1) / 2; else lo + of * (extent - 1) / (out - 1)
-        x = lo + of * (extent - 1.0) / den + (extent - 1.0) * (single * 0.5)
+        # out == 1 (then of == 0): lo + (extent - 1) / 2; else lo + of * (extent - 1) / (out - 1).
+        # A where, not (extent - 1) * (single * 0.5): that is inf * 0 = NaN at every position
+        # when the extent overflows float64 (a finite box like [-1e308, 1e308])
+        x = lo + of * (extent - 1.0) / den + tl.where(single, (extent - 1.0) * 0.5, 0.0)
     else:
         x = lo + (of + 0.5) * extent / out - 0.5
     return x
@@ -229,6 +233,17 @@ def _output_tile(h, w, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _to_output(v, DT: tl.constexpr):
+    """v (float32 or float64) as the output dtype DT. bfloat16 is reached through float32:
+    Triton's interpreter converts float64 to bfloat16 wrongly (it reads the float64 bits as if
+    narrower: tiny values and NaN instead of the number); on a GPU the two roundings give the
+    correctly rounded bfloat16 except at an exact float32 tie, one ulp apart at most."""
+    if DT == tl.bfloat16:
+        return v.to(tl.float32).to(DT)
+    return v.to(DT)
+
+
+@triton.jit
 def _forward_kernel(img, boxes, sb0, sb1, batch_index, s_bi, out, affine, N, C, H, W, sN, sC,
                     sH, sW, h, w, HAS_BI: tl.constexpr, MODE: tl.constexpr, NT: tl.constexpr,
                     ZEROS: tl.constexpr, ALIGN: tl.constexpr, ACC64: tl.constexpr,
@@ -249,7 +264,7 @@ def _forward_kernel(img, boxes, sb0, sb1, batch_index, s_bi, out, affine, N, C, 
             v = tl.load(plane0 + c * sC + off, mask=mask, other=0).to(ACC)
             sc = tl.load(affine + c).to(ACC)
             sh = tl.load(affine + C + c).to(ACC)
-            tl.store(dst + c * hw, (v * sc + sh).to(out.dtype.element_ty), mask=mask)
+            tl.store(dst + c * hw, _to_output(v * sc + sh, out.dtype.element_ty), mask=mask)
     else:
         (iy0, iy1, iy2, iy3, wy0, wy1, wy2, wy3, ix0, ix1, ix2, ix3, wx0, wx1, wx2,
          wx3) = _pixel_taps(x1, y1, x2, y2, i, j, h, w, H, W, MODE, ZEROS, ALIGN, ACC)
@@ -260,7 +275,7 @@ def _forward_kernel(img, boxes, sb0, sb1, batch_index, s_bi, out, affine, N, C, 
                         ox3, wx0, wx1, wx2, wx3, mask, NT, ACC)
             sc = tl.load(affine + c).to(ACC)
             sh = tl.load(affine + C + c).to(ACC)
-            tl.store(dst + c * hw, (v * sc + sh).to(out.dtype.element_ty), mask=mask)
+            tl.store(dst + c * hw, _to_output(v * sc + sh, out.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -632,7 +647,8 @@ def _acc64(*dtypes) -> bool:
     return torch.float64 in dtypes
 
 
-_INT32_LIMIT = 2**31 - 2**20  # pixel indices are int32 in the kernels, with room for a tile
+# pixel indices are int32 in the kernels, with room for a tile: the ops' own output limit
+_INT32_LIMIT = contract.MAX_OUTPUT_ELEMENTS_PER_BOX
 
 
 def _check_sizes(h: int, w: int, programs: int, image: Tuple[int, ...]) -> None:
@@ -640,9 +656,10 @@ def _check_sizes(h: int, w: int, programs: int, image: Tuple[int, ...]) -> None:
     c * stride) too: outputs and images beyond that are refused. image: (C, H, W, sC, sH, sW),
     C >= 1 (callers return early for empty outputs), so C * h * w bounds h * w too."""
     C, H, W, sC, sH, sW = image
-    if programs >= 2**31 or C * h * w > _INT32_LIMIT:
-        raise ValueError(f"crop_resize: an output of {C} x {h} x {w} per box is too large for "
-                         f"the Triton kernels (C * h * w must stay below {_INT32_LIMIT})")
+    contract.check_output_size(C, h, w)
+    if programs >= 2**31:
+        raise ValueError(f"crop_resize: {programs} programs of outputs of {C} x {h} x {w} are too "
+                         "many for one Triton launch (fewer boxes per call)")
     if (C - 1) * sC + (H - 1) * sH + (W - 1) * sW >= _INT32_LIMIT:
         raise ValueError(f"crop_resize: an image of {C} x {H} x {W} with strides "
                          f"({sC}, {sH}, {sW}) is too large for the Triton kernels (offsets "
@@ -670,6 +687,13 @@ def _forward_impl(images: torch.Tensor, boxes: torch.Tensor, batch_index: Option
     h, w = int(size[0]), int(size[1])
     N, C, H, W = images.shape
     B = boxes.shape[0]
+    contract.check_output_size(C, h, w)
+    contract.check_per_channel_values("mean", mean, nonzero=False)
+    contract.check_per_channel_values("std", std, nonzero=True)
+    if boxes.device.type == "cpu" and not is_fake(boxes):  # the interpreter: values cost no sync
+        contract.check_finite_boxes("crop_resize", boxes)
+        if batch_index is not None and N > 0:  # N = 0: _check_images_exist says so below
+            check_index_values(batch_index, N, "crop_resize", "batch_index")
     if B * C * h * w == 0:
         return torch.empty((B, C, h, w), dtype=out_dtype, device=images.device)
     _check_images_exist(N, B)

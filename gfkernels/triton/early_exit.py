@@ -27,6 +27,8 @@ import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 
+from .. import contract
+from ..ops.common import check_index_values
 from ..ops.early_exit import fake_early_exit, fake_gather_rows, register_gather_rows_autograd
 from . import launch, on_device, register_op
 
@@ -108,6 +110,20 @@ def _compact_kernel(flags_ptr, keep_ptr, num_keep_ptr, n, BLOCK: tl.constexpr):
 def _early_exit_impl(logits: torch.Tensor, threshold: torch.Tensor, active: torch.Tensor,
                      out_logits: torch.Tensor, exit_step: torch.Tensor,
                      step: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    contract.check_int("early_exit", "step", step)
+    if threshold.device.type == "cpu" and not is_fake(threshold):  # a host value: no sync
+        contract.check_threshold_value(threshold)
+    if logits.device.type == "cpu" and not is_fake(active):  # the interpreter: values cost no sync
+        check_index_values(active, out_logits.shape[0], "early_exit", "active")
+        contract.check_distinct("early_exit", "active", active)
+    return early_exit_kernels(logits, threshold, active, out_logits, exit_step, step)
+
+
+def early_exit_kernels(logits: torch.Tensor, threshold: torch.Tensor, active: torch.Tensor,
+                       out_logits: torch.Tensor, exit_step: torch.Tensor,
+                       step: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The kernels of the op, without the value checks: what runs on a GPU, where values are not
+    read on the host (the tests call it on CPU tensors to see that bad values stay in bounds)."""
     n, K = logits.shape
     device = logits.device
     keep = torch.empty((n,), dtype=torch.int64, device=device)
@@ -181,6 +197,14 @@ def _collapsed_row(t: torch.Tensor):
 
 def _gather_rows_impl(tensors: List[torch.Tensor], index: torch.Tensor,
                      n: int) -> List[torch.Tensor]:
+    contract.check_int("gather_rows", "n", n)
+    if index.device.type == "cpu" and tensors and not is_fake(index):  # the interpreter
+        check_index_values(index[:n], tensors[0].shape[0], "gather_rows", "index")
+    return gather_rows_kernels(tensors, index, n)
+
+
+def gather_rows_kernels(tensors: List[torch.Tensor], index: torch.Tensor, n: int) -> List[torch.Tensor]:
+    """The kernels of the op, without the value checks (see early_exit_kernels)."""
     outs = []
     rows = index[:n]
     with on_device(index):

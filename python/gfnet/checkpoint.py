@@ -7,13 +7,24 @@ inference never imports the trainer.
 
 Two kinds share the format: ``"gfnet"`` (``stage{k}.pt``, one per training stage) and
 ``"baseline"`` (``baseline.pt``, the static baseline of ``gfnet train --baseline``).
+
+Content hash: every checkpoint written since the hash was introduced holds ``content_sha256``,
+one sha256 digest over everything else in it (:func:`content_digest`: each tensor's dtype,
+shape and bytes, each plain value, with its place in the dict), and :func:`load` recomputes it:
+bytes flipped on disk or in a copy, which unpickle without complaint, are a CheckpointError
+instead of a model running on altered weights. A checkpoint without the key (written before)
+loads with a :class:`UncheckedCheckpointWarning`; saving it again (``gfnet eval`` storing
+thresholds, a resumed stage) adds the hash.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
+import hashlib
+import io
+import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +32,7 @@ import torch
 
 from .config import PRESETS, Config, ModelConfig, apply_dict, get_preset, image_hw
 from .errors import CheckpointError
+from .files import write_atomic
 from .models import build_model
 from .models.static import build_static_baseline
 
@@ -31,43 +43,93 @@ def stage_path(out_dir: str | Path, stage: int) -> Path:
     return Path(out_dir) / f"stage{stage}.pt"
 
 
+HASH_KEY = "content_sha256"
+
+
+class UncheckedCheckpointWarning(UserWarning):
+    """A checkpoint without a content hash was loaded: its contents could not be verified."""
+
+
+def _feed(h: Any, where: str, x: Any) -> None:
+    """Adds ``x`` (found at ``where`` in the checkpoint) to the digest ``h``."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach().cpu().contiguous()
+        h.update(f"{where}\0tensor\0{t.dtype}\0{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    elif isinstance(x, dict):
+        h.update(f"{where}\0dict\0{len(x)}\n".encode())
+        for k in sorted(x, key=repr):  # key order is no part of the content
+            _feed(h, f"{where}/{k!r}", x[k])
+    elif isinstance(x, (list, tuple)):
+        h.update(f"{where}\0{type(x).__name__}\0{len(x)}\n".encode())
+        for i, v in enumerate(x):
+            _feed(h, f"{where}[{i}]", v)
+    elif x is None or isinstance(x, (bool, int, float, str, bytes)):
+        h.update(f"{where}\0{type(x).__name__}\0{x!r}\n".encode())
+    else:  # nothing else unpickles under weights_only; its type at least is covered
+        h.update(f"{where}\0{type(x).__name__}\n".encode())
+
+
+def content_digest(ck: dict[str, Any]) -> str:
+    """sha256 (hex) of a checkpoint's contents, all but its own ``content_sha256``."""
+    h = hashlib.sha256()
+    _feed(h, "", {k: v for k, v in ck.items() if k != HASH_KEY})
+    return h.hexdigest()
+
+
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
+    """Writes the checkpoint ``obj`` with its content hash, atomically (``gfnet.files.write_atomic``:
+    a temp file beside it, fsync, rename; a full disk is a CheckpointError naming the file and
+    the old file stays). It is serialised in memory first, so a failed write is a plain OSError
+    and never a half-written zip archive."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    buffer = io.BytesIO()
+    torch.save({**obj, HASH_KEY: content_digest(obj)}, buffer)
+    write_atomic(path, buffer.getbuffer(), error=CheckpointError)
+
+
+_PICKLED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|global:?) ([\w.]+)")
+
+
+def _unpickling_error(path: Path, e: BaseException) -> CheckpointError:
+    """The CheckpointError of a file torch.load(weights_only=True) refused. A file holding pickled
+    Python objects gets our own advice: torch's (retry with weights_only=False) would run
+    whatever code the file names, which gfnet never does."""
+    text = str(e).strip()
+    if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in text:
+        found = _PICKLED_GLOBAL.search(text)
+        what = f" (it names {found.group(1)})" if found else ""
+        return CheckpointError(
+            f"checkpoint {str(path)!r} holds pickled Python objects{what}, not only tensors and plain values: "
+            "gfnet loads checkpoints without running code from them, so it does not read this file. If it "
+            "comes from the official GFNet code, convert it with `gfnet import-official`; if it is a "
+            "checkpoint of your own you trust, load it in your own Python and save its tensors and plain "
+            "values again")
+    first = text.splitlines()[0] if text else type(e).__name__
+    return CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a gfnet checkpoint ({first})")
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A gfnet checkpoint's dict, its content hash checked (module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to unpickle is a corrupt file
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a gfnet checkpoint ({msg})") from None
+        raise _unpickling_error(path, e) from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a gfnet checkpoint (no {FORMAT!r} marker)")
+    stored = ck.get(HASH_KEY)
+    if stored is None:
+        warnings.warn(f"checkpoint {str(path)!r} has no content hash (it was written by an older gfnet): "
+                      "its weights cannot be checked for corruption; saving it again adds one",
+                      UncheckedCheckpointWarning, stacklevel=2)
+    elif stored != content_digest(ck):
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: its contents do not match the sha256 "
+                              "stored in it when it was written (bytes changed on disk or in a copy); restore "
+                              "it from a backup or train that stage again")
     return ck
 
 

@@ -173,7 +173,11 @@ def _parse_budgets(text: str) -> list[int] | None:
 # ---------------------------------------------------------------------- eval
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or training output folder")
-    p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: CKPT's folder / eval)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="output folder (default: CKPT's folder / eval). The thresholds are stored in the "
+                        "checkpoint only when DIR is inside its folder: nothing outside DIR is written")
+    p.add_argument("--force", action="store_true",
+                   help="replace files (or links) in DIR that an evaluation did not write")
     p.add_argument("--data", metavar="PATH", default=None, help="data folder (data.root), if moved")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--budgets", default="all", help="budgets to evaluate: all (1..39) or e.g. 1,5,10-12")
@@ -200,7 +204,7 @@ def _eval(args: argparse.Namespace) -> int:
                  budgets=_parse_budgets(args.budgets), target_macs=[t * 1e6 for t in args.target_macs],
                  recalibrate=args.recalibrate, store=not args.no_store, simulate=args.simulate,
                  batch_size=args.batch_size, max_batches=args.max_batches, baseline=args.baseline,
-                 baseline_acc=args.baseline_acc, log=print)
+                 baseline_acc=args.baseline_acc, force=args.force, log=print)
     return 0
 
 
@@ -227,6 +231,8 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-resize", action="store_true",
                    help="run each image at its own size instead of the model's evaluation resize and crop")
     p.add_argument("--out", metavar="DIR", default=None, help="where the pictures go (default: ./predict)")
+    p.add_argument("--force", action="store_true",
+                   help="replace files (or links) in DIR that a prediction did not write")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
 
 
@@ -244,7 +250,7 @@ def _predict(args: argparse.Namespace) -> int:
                       target_macs=None if args.target_macs is None else args.target_macs * 1e6,
                       out=args.out or "predict", device=args.device, class_names=args.class_names,
                       batch_size=DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size,
-                      resize=not args.no_resize)
+                      resize=not args.no_resize, force=args.force)
     print(f"thresholds: {r['thresholds']}")
     for row in r["predictions"]:
         print(f"{row['image']}: {row['class_name']} (class {row['prediction']}) confidence "

@@ -5,17 +5,23 @@
 1. exit thresholds for every budget (1 .. 39) are calibrated on the calibration split
    (``data.calibration.calibration_split``: never the test images) or read from the checkpoint,
    where an earlier evaluation (or ``gfnet import-official``: the release's thresholds) stored
-   them, and stored in the checkpoint; eval.json records which images set them;
+   them, and stored in the checkpoint when the outputs go to the run's own folder (no ``out``, or
+   an ``out`` inside the checkpoint's folder; never through a symbolic link to the checkpoint):
+   an evaluation writing elsewhere changes nothing outside ``out``, and its thresholds are in
+   ``OUT/eval.json``; eval.json records which images set them;
 2. each asked budget (and each target average MACs) is evaluated on the test split, by the
    dynamic engine or, with ``simulate=True``, by simulating exits on all-step logits;
 3. ``OUT/eval.json`` (the summary returned), ``OUT/eval.csv`` (a row per budget) and
    ``OUT/eval.png`` (accuracy against average MACs) are written. For an imported official
    checkpoint the release's own per-step MACs and accuracy go beside ours (``official``).
+   They are written as ``gfnet.files.OutputFolder`` writes (atomically, never through a link,
+   never over a file an evaluation did not write unless ``force=True``).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,6 +47,7 @@ from .data import build_datasets
 from .data.calibration import CalibrationSplit, calibration_split, val_is_test
 from .device import pick_device, set_threads
 from .errors import GFNetError
+from .files import OutputFolder
 from .flops import count_step_flops, format_table
 from .inference import collect_anytime, per_step_accuracy
 
@@ -82,13 +89,15 @@ def evaluate_run(checkpoint: str | Path, *, out: str | Path | None = None, data_
                  target_macs: Sequence[float] = (), recalibrate: bool = False, store: bool = True,
                  simulate: bool = False, batch_size: int | None = None, max_batches: int = 0,
                  baseline: str | Path | None = None, baseline_acc: float | None = None,
-                 log: Log | None = None) -> dict[str, Any]:
+                 force: bool = False, log: Log | None = None) -> dict[str, Any]:
     """Evaluate the checkpoint (file or run folder) at ``budgets`` (None: all 39) and at each
     target average of ``target_macs`` MACs per image; write eval.json, eval.csv and eval.png
     into ``out`` (default: the checkpoint's folder / eval) and return the summary.
 
     data_root: where the data is now, if it moved since training. device: auto | cpu | cuda |
-    cuda:N. recalibrate: ignore stored thresholds; store: write new ones into the checkpoint.
+    cuda:N. recalibrate: ignore stored thresholds; store: write new ones into the checkpoint
+    (only when ``out`` is the run's folder, see the module docstring). force: replace files in
+    ``out`` that an evaluation did not write.
     baseline: a finished static baseline checkpoint, plotted at its accuracy and MACs (or give
     ``baseline_acc``, plotted at the backbone's MACs on the full image). max_batches: evaluate at
     most this many batches per split (0 = all). log: receives progress and result lines.
@@ -113,7 +122,10 @@ def evaluate_run(checkpoint: str | Path, *, out: str | Path | None = None, data_
     ds = build_datasets(cfg, ("test",))
     bs = batch_size or cfg.run.eval_batch_size or cfg.optim.batch_size
     out_dir = Path(out) if out else ck_path.parent / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    folder = OutputFolder(out_dir, force=force, command="gfnet eval")
+    for name in OUTPUT_NAMES:
+        folder.target(name)  # refuse before the work, not after it
+    store_here = store and _stores_in_checkpoint(ck_path, out_dir, log)
 
     def calibration_logits() -> tuple[torch.Tensor, CalibrationSplit]:
         split = calibration_split(cfg)  # never the test images
@@ -125,10 +137,10 @@ def evaluate_run(checkpoint: str | Path, *, out: str | Path | None = None, data_
         logits, split = calibration_logits()
         # all 39 budgets: cheap once the logits are there
         cal = calibrate(logits, step_macs, split=split.split, details=split.details)
-        if store:
+        if store_here:
             store_calibration(ck_path, cal, ck)
         log(f"calibrated {len(cal.points)} budgets on {split.describe()}"
-            + (f" (stored in {ck_path})" if store else ""))
+            + (f" (stored in {ck_path})" if store_here else ""))
     else:
         what = cal.details.get("source") or f"{cal.samples} {cal.split} images"
         log(f"using the thresholds stored in {ck_path} ({len(cal.points)} budgets, {what})")
@@ -163,13 +175,15 @@ def evaluate_run(checkpoint: str | Path, *, out: str | Path | None = None, data_
 
         summary["official"] = {"model_name": official.get("model_name"),
                                "per_step": comparison_rows(official, step_macs, step_acc)}
-    (out_dir / "eval.json").write_text(json.dumps(summary, indent=2))
-    _write_csv(out_dir / "eval.csv", rows, len(step_macs))
+    folder.write_text("eval.json", json.dumps(summary, indent=2))
+    folder.write_text("eval.csv", _csv_text(rows, len(step_macs)))
     from .viz import plot_accuracy_vs_flops
 
-    plot_accuracy_vs_flops(out_dir / "eval.png", [r["avg_macs"] for r in rows], [r["accuracy"] for r in rows],
+    png = io.BytesIO()
+    plot_accuracy_vs_flops(png, [r["avg_macs"] for r in rows], [r["accuracy"] for r in rows],
                            step_macs_cum=sf.cumulative_macs, step_acc=step_acc, baseline=plotted,
                            title=f"GFNet {cfg.preset}: accuracy vs average MACs")
+    folder.write("eval.png", png.getbuffer())
     log(format_table(sf, f"per-step cost ({cfg.preset})"))
     if official:
         from .official.figures import format_comparison
@@ -181,15 +195,37 @@ def evaluate_run(checkpoint: str | Path, *, out: str | Path | None = None, data_
     return summary
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]], steps: int) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["budget", "q", "accuracy", "avg_macs", "avg_flops"]
-                   + [f"thr{k}" for k in range(1, steps)] + [f"exit{k}" for k in range(1, steps + 1)])
-        for r in rows:
-            w.writerow([r["budget"] if r["budget"] is not None else "", f"{r['q']:.6g}", f"{r['accuracy']:.6f}",
-                        f"{r['avg_macs']:.1f}", f"{r['avg_flops']:.1f}"]
-                       + ["" if t is None else f"{t:.6f}" for t in r["thresholds"]] + r["exit_counts"])
+OUTPUT_NAMES = ("eval.json", "eval.csv", "eval.png")
+
+
+def _stores_in_checkpoint(ck_path: Path, out_dir: Path, log: Log) -> bool:
+    """Whether this evaluation may write its thresholds into the checkpoint: only when its
+    outputs go to the checkpoint's own folder, and never through a link (that would replace the
+    link, or write into a file elsewhere)."""
+    run = ck_path.parent.resolve()
+    out_resolved = out_dir.resolve()
+    if out_resolved != run and run not in out_resolved.parents:
+        log(f"the thresholds are not stored in {ck_path} (--out is outside its folder; they are in "
+            f"{out_dir / 'eval.json'}): evaluate without --out to store them")
+        return False
+    if ck_path.is_symlink():
+        log(f"the thresholds are not stored in {ck_path}: it is a symbolic link (evaluate the file it "
+            "points to, in its own folder, to store them)")
+        return False
+    return True
+
+
+def _csv_text(rows: list[dict[str, Any]], steps: int) -> str:
+    """eval.csv: a row per budget (thresholds and exit counts per step)."""
+    f = io.StringIO(newline="")
+    w = csv.writer(f)
+    w.writerow(["budget", "q", "accuracy", "avg_macs", "avg_flops"]
+               + [f"thr{k}" for k in range(1, steps)] + [f"exit{k}" for k in range(1, steps + 1)])
+    for r in rows:
+        w.writerow([r["budget"] if r["budget"] is not None else "", f"{r['q']:.6g}", f"{r['accuracy']:.6f}",
+                    f"{r['avg_macs']:.1f}", f"{r['avg_flops']:.1f}"]
+                   + ["" if t is None else f"{t:.6f}" for t in r["thresholds"]] + r["exit_counts"])
+    return f.getvalue()
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:

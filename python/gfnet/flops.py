@@ -26,7 +26,8 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,20 @@ class _Static(nn.Module):
         return self.b.head(feat)
 
 
+@contextmanager
+def _in_eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` and every submodule in eval mode, each given back its own mode afterwards.
+    ``module.train(was)`` would not do: the counting wrappers above are new modules (in training
+    mode), and restoring theirs would switch every module of the model they wrap to training."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def _parts(model: GFNet) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]:
     """The model's parts with batch-1 inputs at the config's sizes: encoders, policy and the
     classifier at each step (step t's state is the one after steps 0 .. t-1)."""
@@ -93,17 +108,12 @@ def _parts(model: GFNet) -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]
         "local_encoder": (_Encoder(model.local_encoder), (x,)),
         "policy": (_Policy(model), (fmap, h)),
     }
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            feat, _ = model.local_encoder(x)
-            cls = model.classifier.init_state(1, p.device, p.dtype)
-            for t in range(model.max_steps):
-                parts[f"classifier{t + 1}"] = (_Classifier(model, t), (feat, cls.clone()))
-                _, cls = model.classifier(feat, cls, t, model.global_encoder.head)
-    finally:
-        model.train(was)
+    with _in_eval_mode(model), torch.no_grad():
+        feat, _ = model.local_encoder(x)
+        cls = model.classifier.init_state(1, p.device, p.dtype)
+        for t in range(model.max_steps):
+            parts[f"classifier{t + 1}"] = (_Classifier(model, t), (feat, cls.clone()))
+            _, cls = model.classifier(feat, cls, t, model.global_encoder.head)
     return parts
 
 
@@ -129,31 +139,21 @@ def fvcore_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
         from fvcore.nn import FlopCountAnalysis
 
     logging.getLogger("fvcore").setLevel(logging.ERROR)
-    was = module.training
-    module.eval()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # fvcore's torch.jit deprecation and tracer warnings
-            fca = FlopCountAnalysis(module, inputs)
-            fca.set_op_handle("aten::gru_cell", _gru_cell_handle)
-            fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-            return int(sum(v for k, v in fca.by_operator().items() if k in _COUNTED))
-    finally:
-        module.train(was)
+    with _in_eval_mode(module), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fvcore's torch.jit deprecation and tracer warnings
+        fca = FlopCountAnalysis(module, inputs)
+        fca.set_op_handle("aten::gru_cell", _gru_cell_handle)
+        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+        return int(sum(v for k, v in fca.by_operator().items() if k in _COUNTED))
 
 
 def torch_flops(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
     """FLOPs (2 per multiply-add) by torch.utils.flop_counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    was = module.training
-    module.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            module(*inputs)
-        return int(fc.get_total_flops())
-    finally:
-        module.train(was)
+    with _in_eval_mode(module), torch.no_grad(), FlopCounterMode(display=False) as fc:
+        module(*inputs)
+    return int(fc.get_total_flops())
 
 
 @dataclass

@@ -78,7 +78,13 @@ def normalise_thresholds(thresholds, steps: int) -> list[float]:
 
 @contextmanager
 def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode for the block, each module given back its own mode afterwards. A
+    model already all in eval mode (a Predictor's) is not written to at all, so threads running
+    it at once cannot switch modes under each other."""
     modes = {m: m.training for m in model.modules()}
+    if not any(modes.values()):
+        yield
+        return
     model.eval()
     try:
         yield

@@ -31,13 +31,24 @@ the whole image, or its centre crop). ``Prediction.model_boxes`` are the same bo
 model's input (after the resize and crop); they are whole pixels.
 
 MACs: a prediction's ``macs`` is the multiply-adds of the steps it ran (per-step counts by
-fvcore, ``gfnet.flops``, counted once per predictor); they do not depend on the image size,
-since the glance and every patch are P x P.
+fvcore, ``gfnet.flops``, counted once per predictor on a copy of the model, so counting never
+touches the model the predictor runs); they do not depend on the image size, since the glance
+and every patch are P x P.
+
+Threads: one predictor may be called from several threads at once, and every call gives the
+answer a call alone would. A call never changes the model: it stays in eval mode (nothing sets
+a mode, so BatchNorm statistics are never updated), inference runs under
+``torch.inference_mode`` on tensors of its own, and the one piece of shared state a call
+builds, the MAC counts, is counted once under a lock. The predictor does not serialise the
+calls: they run in parallel as far as torch's own threads allow. (Moving it with :meth:`to`
+while another thread calls it is not supported.)
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,6 +285,7 @@ class Predictor:
         self.source = source
         self.class_names = None if class_names is None else class_names_from(class_names, cfg.model.num_classes)
         self._step_macs: list[float] | None = None
+        self._macs_lock = threading.Lock()  # the first calls from several threads count once
 
     # -------------------------------------------------------------- properties
     @property
@@ -303,14 +315,17 @@ class Predictor:
         return self._counted_macs()[0]
 
     def _counted_macs(self) -> tuple[list[float], list[float]]:
-        """(multiply-adds of steps 1 .. T, of steps 1 .. t for each t), counted on the first use."""
-        if self._step_macs is None:
-            from .flops import count_step_flops
+        """(multiply-adds of steps 1 .. T, of steps 1 .. t for each t), counted on the first use.
+        fvcore traces the modules it is given; it gets a copy, so calls running the model in
+        other threads meanwhile never see a module traced, wrapped or switched to training."""
+        with self._macs_lock:
+            if self._step_macs is None:
+                from .flops import count_step_flops
 
-            sf = count_step_flops(self.model, static=False)
-            self._step_macs = [float(m) for m in sf.macs]
-            self._cumulative_macs = [float(m) for m in sf.cumulative_macs]
-        return self._step_macs, self._cumulative_macs
+                sf = count_step_flops(copy.deepcopy(self.model), static=False)
+                self._cumulative_macs = [float(m) for m in sf.cumulative_macs]
+                self._step_macs = [float(m) for m in sf.macs]
+            return self._step_macs, self._cumulative_macs
 
     def to(self, device: torch.device | str) -> Predictor:
         self.model.to(device)

@@ -33,7 +33,7 @@ def plot_accuracy_vs_flops(path: str | Path, budget_macs: Sequence[float], budge
     vertical dashed line. MACs in millions; FLOPs = 2 x MACs. The PNG's "Description" text
     lists the curves drawn (their legend labels)."""
     plt = _plt()
-    path = Path(path)
+    path = path if hasattr(path, "write") else Path(path)
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=110)
     order = sorted(range(len(budget_macs)), key=lambda i: budget_macs[i])
     ax.plot([budget_macs[i] / 1e6 for i in order], [100 * budget_acc[i] for i in order], "o-",
@@ -60,11 +60,22 @@ def plot_accuracy_vs_flops(path: str | Path, budget_macs: Sequence[float], budge
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     labels = ax.get_legend_handles_labels()[1]
-    fig.savefig(path, metadata={"Title": title, "Description": "curves: " + "; ".join(labels)})
-    plt.close(fig)
+    _save(fig, path, metadata={"Title": title, "Description": "curves: " + "; ".join(labels)})
     return path
+
+
+def _save(fig, path, **kwargs) -> None:
+    """Saves and closes ``fig`` as a PNG: into ``path`` (its folder created), or into a binary
+    file object (what ``gfnet.files.OutputFolder`` writes atomically)."""
+    try:
+        if hasattr(path, "write"):
+            fig.savefig(path, format="png", **kwargs)
+        else:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, **kwargs)
+    finally:
+        _plt().close(fig)
 
 
 def plot_training_curves(path: str | Path, curves, *, title: str = "Training curves") -> Path:
@@ -107,10 +118,8 @@ def plot_training_curves(path: str | Path, curves, *, title: str = "Training cur
         ax_acc.legend(fontsize=7, loc="lower right")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     stages = "; ".join(c.label for c in curves if c.epochs)
-    fig.savefig(path, metadata={"Title": title, "Description": "stages: " + stages})
-    plt.close(fig)
+    _save(fig, path, metadata={"Title": title, "Description": "stages: " + stages})
     return path
 
 
@@ -136,7 +145,7 @@ def patch_picture(path: str | Path, image: torch.Tensor, boxes: torch.Tensor, pa
     import torch.nn.functional as F
 
     plt = _plt()
-    path = Path(path)
+    path = path if hasattr(path, "write") else Path(path)
     taken = [t for t in range(boxes.shape[0]) if not math.isnan(float(boxes[t, 0]))]
     if exit_step is not None:
         taken = [t for t in taken if t < exit_step]
@@ -169,20 +178,24 @@ def patch_picture(path: str | Path, image: torch.Tensor, boxes: torch.Tensor, pa
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
-def prediction_picture(out_dir: str | Path, index: int, name: str, image: torch.Tensor, boxes: torch.Tensor,
-                       model_cfg, *, exit_step: int, label: str) -> Path:
+def prediction_picture_name(index: int, name: str) -> str:
+    """The file name of the picture of image ``index`` (``name``: its file or place in a call)."""
+    return f"{index:03d}_{Path(name).stem}.png"
+
+
+def prediction_picture(out_dir, index: int, name: str, image: torch.Tensor, boxes: torch.Tensor,
+                       model_cfg, *, exit_step: int, label: str):
     """The picture of image ``index`` (``name``: its file or place in a call) of a prediction:
-    ``out_dir/<index>_<name's stem>.png``, drawn by ``patch_picture`` with the model's glance."""
+    ``out_dir/<index>_<name's stem>.png`` (or into ``out_dir`` itself when it is a binary file
+    object), drawn by ``patch_picture`` with the model's glance."""
     m = model_cfg
-    return patch_picture(Path(out_dir) / f"{index:03d}_{Path(name).stem}.png", image, boxes, m.patch_size,
-                         exit_step=exit_step, label=label, glance_mode=m.glance_mode,
-                         glance_align_corners=m.glance_align_corners)
+    path = out_dir if hasattr(out_dir, "write") else Path(out_dir) / prediction_picture_name(index, name)
+    return patch_picture(path, image, boxes, m.patch_size, exit_step=exit_step, label=label,
+                         glance_mode=m.glance_mode, glance_align_corners=m.glance_align_corners)
 
 
 def predict_pictures(model, images, names, thresholds, out_dir) -> list[dict]:
@@ -207,4 +220,4 @@ def predict_pictures(model, images, names, thresholds, out_dir) -> list[dict]:
 
 
 __all__ = ["patch_picture", "plot_accuracy_vs_flops", "plot_training_curves", "predict_pictures",
-           "prediction_picture"]
+           "prediction_picture", "prediction_picture_name"]

@@ -49,7 +49,7 @@ def images(tmp_path_factory):
 
 
 def test_eval_writes_table_plot_and_stores_thresholds(run_dir, tmp_path, capsys):
-    out = tmp_path / "ev"
+    out = run_dir / "ev"  # inside the run's folder: the thresholds are stored in its checkpoint
     # --target-macs 3 (M): between the tiny digits model's glance (1.6 M) and all its steps (4.9 M)
     rc = main(["eval", str(run_dir), "--out", str(out), "--budgets", "1,20,39",
                "--target-macs", "3", "--baseline-acc", "0.5"])
@@ -181,3 +181,92 @@ def test_predict_help_names_the_predictors_batch_size(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     assert f"(default {DEFAULT_BATCH_SIZE})" in " ".join(capsys.readouterr().out.split())
+
+
+# ---------------------------------------------------------------------- outputs (issue 21)
+def test_eval_elsewhere_writes_nothing_outside_out(run_dir, tmp_path, capsys):
+    """gfnet eval RUN --out X leaves RUN/stage3.pt as it was (the thresholds are in X/eval.json),
+    even when it has to calibrate."""
+    ck = run_dir / "stage3.pt"
+    before, stat = ck.read_bytes(), ck.stat()
+    out = tmp_path / "elsewhere"
+    rc = main(["eval", str(run_dir), "--out", str(out), "--budgets", "20", "--recalibrate", "--simulate"])
+    assert rc == 0
+    assert "not stored" in capsys.readouterr().out
+    assert ck.read_bytes() == before and ck.stat().st_mtime_ns == stat.st_mtime_ns
+    assert json.loads((out / "eval.json").read_text())["budgets"][0]["budget"] == 20
+
+
+def test_eval_never_replaces_a_symlinked_checkpoint(run_dir, tmp_path, capsys):
+    """Evaluating a run whose stage3.pt is a link: the link stays a link, its target unchanged."""
+    run = tmp_path / "linked"
+    run.mkdir()
+    (run / "stage3.pt").symlink_to(run_dir / "stage3.pt")
+    before = (run_dir / "stage3.pt").read_bytes()
+    assert main(["eval", str(run), "--budgets", "20", "--recalibrate", "--simulate"]) == 0
+    assert "symbolic link" in capsys.readouterr().out
+    assert (run / "stage3.pt").is_symlink() and (run_dir / "stage3.pt").read_bytes() == before
+
+
+def test_outputs_never_go_through_links_or_over_a_users_files(run_dir, images, tmp_path, capsys):
+    """A link at OUT/000_digit0.png or OUT/eval.json, or a user's file there, is refused (exit 2,
+    nothing written anywhere); --force replaces the link itself, never its target; a rerun
+    replaces the command's own files."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    (pred / "000_digit0.png").symlink_to(victim)
+    rc = main(["predict", str(run_dir), images[0], "--out", str(pred), "--thresholds", "0.0,0.0"])
+    assert rc == 2 and "symbolic link" in capsys.readouterr().err
+    assert victim.read_text() == "mine" and (pred / "000_digit0.png").is_symlink()
+    rc = main(["predict", str(run_dir), images[0], "--out", str(pred), "--thresholds", "0.0,0.0", "--force"])
+    assert rc == 0
+    assert victim.read_text() == "mine" and not (pred / "000_digit0.png").is_symlink()
+    # a rerun replaces its own picture; a user's file of that name is refused
+    assert main(["predict", str(run_dir), images[0], "--out", str(pred), "--thresholds", "0.0,0.0"]) == 0
+    (pred / "000_digit0.png").write_bytes(b"user's drawing")
+    assert main(["predict", str(run_dir), images[0], "--out", str(pred), "--thresholds", "0.0,0.0"]) == 2
+    assert "did not write" in capsys.readouterr().err
+    assert (pred / "000_digit0.png").read_bytes() == b"user's drawing"
+
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    (ev / "eval.json").symlink_to(victim)
+    assert main(["eval", str(run_dir), "--out", str(ev), "--budgets", "20", "--simulate"]) == 2
+    assert victim.read_text() == "mine" and not (ev / "eval.csv").exists()
+    assert main(["eval", str(run_dir), "--out", str(ev), "--budgets", "20", "--simulate", "--force"]) == 0
+    assert victim.read_text() == "mine" and json.loads((ev / "eval.json").read_text())["budgets"]
+    assert main(["eval", str(run_dir), "--out", str(ev), "--budgets", "20", "--simulate"]) == 0  # ours now
+
+
+def test_a_full_disk_is_a_clear_error_with_no_partial_files(run_dir, images, tmp_path, capsys, monkeypatch):
+    """ENOSPC while writing eval.json or a picture: one error line saying so and naming the file,
+    no zero-byte or temporary files left, an earlier file of ours kept whole."""
+    import errno
+    import os
+
+    import gfnet.files
+
+    ev = tmp_path / "ev"
+    assert main(["eval", str(run_dir), "--out", str(ev), "--budgets", "20", "--simulate"]) == 0
+    first = (ev / "eval.json").read_bytes()
+    real_write = os.write
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gfnet.files.os, "write", full)
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--out", str(ev), "--budgets", "20", "--simulate"]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on device" in err and str(ev / "eval.json") in err and "Traceback" not in err
+    assert (ev / "eval.json").read_bytes() == first
+    pred = tmp_path / "pred"
+    assert main(["predict", str(run_dir), images[0], "--out", str(pred), "--thresholds", "0.0,0.0"]) == 2
+    assert "no space left on device" in capsys.readouterr().err
+    monkeypatch.setattr(gfnet.files.os, "write", real_write)
+    leftovers = [p.name for d in (ev, pred) for p in d.iterdir()
+                 if p.name.endswith(".tmp") or p.stat().st_size == 0]
+    assert leftovers == []
+    assert not (pred / "000_digit0.png").exists()

@@ -359,3 +359,125 @@ def test_import_gfnet_stays_light():
     out = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[] False"
+
+
+# ---------------------------------------------------------------------- reliability (issue 21)
+def test_model_stays_in_eval_mode_and_unchanged_after_calls(gray, canvases):
+    """Counting MACs (fvcore wraps the modules) and running calls leave every module in eval
+    mode and every buffer (BatchNorm statistics) as loaded."""
+    predictor = gfnet.load(gray.source, device="cpu")  # MACs not counted yet
+    before = {k: v.clone() for k, v in predictor.model.state_dict().items()}
+    for _ in range(2):
+        predictor(canvases[:4], budget=BUDGET)
+    training = [name for name, m in predictor.model.named_modules() if m.training]
+    assert training == []
+    after = predictor.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_macs_counting_keeps_each_modules_mode(gray):
+    """count_step_flops gives every module back its own mode (a model in training stays so)."""
+    model = gfnet.load(gray.source, device="cpu").model
+    model.train()
+    model.global_encoder.eval()
+    modes = {name: m.training for name, m in model.named_modules()}
+    count_step_flops(model, static=False)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+
+
+def test_four_threads_calling_one_predictor_get_the_answers_of_one_call(gray, canvases):
+    """4 threads call one fresh predictor at once (the first calls count MACs meanwhile): every
+    result equals what a predictor alone gives, and the model is unchanged afterwards."""
+    import threading
+
+    alone = gfnet.load(gray.source, device="cpu")(canvases, budget=BUDGET)
+    shared = gfnet.load(gray.source, device="cpu")
+    before = {k: v.clone() for k, v in shared.model.state_dict().items()}
+    start = threading.Barrier(4)
+    results, errors = [], []
+
+    def work():
+        try:
+            start.wait()
+            for _ in range(3):
+                results.append(shared(canvases, budget=BUDGET))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(results) == 12
+    for r in results:
+        assert r.class_indices == alone.class_indices
+        assert r.exit_steps == alone.exit_steps
+        assert torch.equal(r.logits, alone.logits)
+        assert [p.macs for p in r] == [p.macs for p in alone]
+    assert not any(m.training for m in shared.model.modules())
+    after = shared.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_16_bit_png_keeps_its_precision(gray, tmp_path):
+    """A 16-bit grayscale PNG decodes to value / 65535 (float32), not clipped to 255, and the
+    predictor gives what it gives for the same values as a float tensor."""
+    values = np.array([[0, 257, 16448, 32896, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "row.png")
+    from gfnet.data.preprocess import decode_image
+
+    x = decode_image(tmp_path / "row.png")
+    assert x.dtype == torch.float32 and x.shape == (1, 1, 5)
+    assert torch.equal(x[0, 0], torch.tensor(values[0] / 65535.0, dtype=torch.float32))
+    g = np.random.default_rng(0)
+    image = (g.integers(0, 65536, (128, 128))).astype(np.uint16)
+    Image.fromarray(image).save(tmp_path / "deep.png")
+    from_file = gray(str(tmp_path / "deep.png"), budget=BUDGET)
+    from_tensor = gray(torch.from_numpy(image.astype(np.float32) / 65535.0), budget=BUDGET)
+    assert torch.equal(from_file.logits, from_tensor.logits)
+
+
+def test_16_bit_values_beyond_16_bits_are_refused(tmp_path):
+    from gfnet.data.preprocess import pil_to_tensor
+
+    with pytest.raises(DataError, match="read as 16-bit"):
+        pil_to_tensor(Image.fromarray(np.array([[0, 70000]], dtype=np.int32)))
+    with pytest.raises(DataError, match=r"values in \[0, 1\]"):
+        pil_to_tensor(Image.fromarray(np.array([[0.0, 2.0]], dtype=np.float32)))
+
+
+def test_exif_orientation_is_applied(gray, tmp_path):
+    """An image stored sideways with EXIF orientation 6 (turn 90 degrees clockwise to view) is
+    decoded upright, in the predictor and through gfnet predict's decoding."""
+    from gfnet.data.preprocess import decode_image
+
+    g = np.random.default_rng(1)
+    upright = g.integers(0, 256, (96, 128), dtype=np.uint8)
+    stored = np.rot90(upright, 1)  # what a camera held sideways writes: (128, 96)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.ascontiguousarray(stored)).save(tmp_path / "side.png", exif=exif)
+    assert torch.equal(decode_image(tmp_path / "side.png")[0], torch.from_numpy(upright))
+    with Image.open(tmp_path / "side.png") as im:
+        r_pil = gray(im, budget=BUDGET)
+    r_file = gray(str(tmp_path / "side.png"), budget=BUDGET)
+    r_upright = gray(upright, budget=BUDGET)
+    assert torch.equal(r_pil.logits, r_upright.logits)
+    assert torch.equal(r_file.logits, r_upright.logits)
+    assert r_file[0].image_size == (96, 128)
+
+
+def test_animated_image_is_read_as_its_first_frame(tmp_path):
+    from gfnet.data.preprocess import decode_image
+
+    frames = [Image.fromarray(np.full((8, 8), v, dtype=np.uint8)) for v in (10, 200, 90)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    with Image.open(tmp_path / "a.gif") as im:
+        im.seek(2)  # a PIL image left at another frame is read from its first too
+        assert int(np.asarray(im.convert("L")).max()) != 10
+        from gfnet.data.preprocess import pil_to_tensor
+
+        assert int(pil_to_tensor(im).float().mean()) == 10
+    assert int(decode_image(tmp_path / "a.gif").float().mean()) == 10

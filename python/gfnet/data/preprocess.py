@@ -19,6 +19,15 @@ sizes and the crop offset, so boxes on the model's input map back to the origina
 Channels: a file or PIL image is decoded as grayscale (1 channel) or RGB (3), whichever it is
 (palette, alpha and CMYK images become RGB); :func:`to_channels` then gives the model what it
 takes (grayscale -> RGB repeats the channel, RGB -> grayscale is the ITU-R 601-2 luma PIL uses).
+
+Decoding (:func:`pil_to_tensor`, :func:`decode_image`) shows the image as a viewer does:
+- EXIF orientation is applied (a phone photo stored sideways with orientation 6 is turned
+  upright), so the pixels are the ones people see;
+- 8-bit images become uint8; 16-bit grayscale (PIL modes I;16*, and I from a 16-bit PNG) becomes
+  float32 value / 65535 in [0, 1], keeping its precision (a 32-bit integer image with values
+  beyond 65535 is refused); a floating-point image (mode F) is taken as it is when its values
+  lie in [0, 1] and refused otherwise. (PIL itself reads 16-bit RGB as 8-bit RGB.)
+- an animated image (GIF, APNG, WebP, multi-page TIFF) is read as its first frame.
 """
 
 from __future__ import annotations
@@ -33,7 +42,10 @@ from ..config import EVAL_INTERPOLATIONS, image_hw
 from ..errors import DataError
 
 # PIL modes decoded as one channel; every other mode (RGB, RGBA, P, CMYK, YCbCr, ...) as RGB
-_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F")
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+# grayscale modes of more than 8 bits: decoded to float32 in [0, 1] instead of uint8
+_INTEGER_DEEP_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+_UINT16_MAX = 65535.0
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, PIL's convert("L")
 
 
@@ -128,9 +140,28 @@ def to_channels(image: torch.Tensor, channels: int, name: str = "image") -> torc
 
 
 def pil_to_tensor(im) -> torch.Tensor:
-    """A PIL image -> (1 or 3, H, W) uint8: grayscale modes as 1 channel, the rest as RGB."""
+    """A PIL image -> (1 or 3, H, W) as a viewer shows it (module docstring): EXIF orientation
+    applied, the first frame of an animation; uint8 for 8-bit images, float32 in [0, 1] for 16-bit
+    grayscale (value / 65535) and floating-point ones. Grayscale modes give 1 channel, the rest
+    RGB. A DataError for a deep image whose values do not fit (mode I beyond 16 bits, mode F
+    outside [0, 1])."""
     import numpy as np
+    from PIL import ImageOps
 
+    if getattr(im, "n_frames", 1) > 1:
+        im.seek(0)
+    im = ImageOps.exif_transpose(im)  # a copy turned upright, or the image itself without EXIF
+    if im.mode in _INTEGER_DEEP_MODES or im.mode == "F":
+        a = np.asarray(im).astype(np.float64)
+        if im.mode in _INTEGER_DEEP_MODES:
+            if a.size and (a.min() < 0 or a.max() > _UINT16_MAX):
+                raise DataError(f"a {im.mode} image with values in [{a.min():.0f}, {a.max():.0f}]: integer images "
+                                "of more than 8 bits are read as 16-bit (0 .. 65535)")
+            a = a / _UINT16_MAX
+        elif a.size and not (a.min() >= 0.0 and a.max() <= 1.0):  # NaN fails too
+            raise DataError(f"a floating-point (F) image with values in [{a.min():.4g}, {a.max():.4g}]: "
+                            "floating-point images hold values in [0, 1]")
+        return torch.from_numpy(a.astype(np.float32))[None]
     im = im.convert("L" if im.mode in _GRAY_MODES else "RGB")
     a = np.asarray(im, dtype=np.uint8)
     t = torch.from_numpy(a.copy())
@@ -138,14 +169,17 @@ def pil_to_tensor(im) -> torch.Tensor:
 
 
 def decode_image(path: str | Path) -> torch.Tensor:
-    """An image file (any format PIL reads) -> (1 or 3, H, W) uint8; DataError naming the file
-    if it is missing or unreadable."""
+    """An image file (any format PIL reads) -> (1 or 3, H, W) as :func:`pil_to_tensor` decodes it
+    (uint8, or float32 in [0, 1] for 16-bit and floating-point images); DataError naming the file
+    if it is missing, unreadable, or its values do not fit."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im.load()
             return pil_to_tensor(im)
+    except DataError as e:
+        raise DataError(f"image {str(path)!r}: {e}") from None
     except FileNotFoundError:
         raise DataError(f"image {str(path)!r} does not exist") from None
     except IsADirectoryError:

@@ -34,6 +34,7 @@ from ..config import Config
 from ..data import build_datasets, class_names
 from ..device import set_threads
 from ..errors import CheckpointError, ConfigError
+from ..files import write_atomic
 from ..models import GFNet, build_model
 from .callbacks import TrainerCallback
 from .curves import curve_warnings, primary_val, read_metrics, stage_curves
@@ -415,6 +416,8 @@ class Trainer:
             start = int(ck["epoch"])
             self._set_rng_state(ck["rng"])
             self.log(f"{label}: resuming after epoch {start}/{epochs} from {path}")
+        if self.dist.is_main:
+            discard_unsaved_progress(self.out, self.stage_path(stage), stage, start)
         runner = self.stage_runner(stage)
         if self.dist.enabled:
             runner = DDP(runner, device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -545,6 +548,30 @@ class Trainer:
         return {"loss": float(stats[0]) / nb, "value_loss": float(stats[1]) / nb,
                 "reward": float(stats[2]) / nb, "lr": {"policy": opt.param_groups[0]["lr"]},
                 "images_per_s": float(stats[4]) / max(dt, 1e-9), "train_time_s": round(dt, 2)}
+
+
+def discard_unsaved_progress(out: Path, checkpoint: Path, stage: int, saved_epoch: int) -> None:
+    """Removes what an interrupted run left of ``stage`` beyond its checkpoint (``saved_epoch``
+    epochs done): metrics.jsonl rows of later epochs of the stage (an epoch's row is written
+    before its checkpoint, so a kill in between left a row the resumed run writes again; the
+    file is rewritten atomically) and the temporary files of checkpoint writes that were killed
+    (``.<checkpoint name>.*.tmp``, see ``checkpoint.save_atomic``)."""
+    for stale in out.glob(f".{checkpoint.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    metrics = out / "metrics.jsonl"
+    if not metrics.is_file():
+        return
+    lines = metrics.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None  # a line cut by the kill: dropped
+        if isinstance(row, dict) and not (row.get("stage") == stage and int(row.get("epoch", 0)) > saved_epoch):
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+        write_atomic(metrics, "".join(kept).encode())
 
 
 def train(cfg: Config, out_dir: str | Path, stages: list[int], resume: bool = False,
