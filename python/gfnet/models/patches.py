@@ -24,10 +24,10 @@ def _crop_resize():
 def _backend(backend: str | None, device: torch.device) -> str:
     """The gfkernels backend the model's patches use: the given one, else the device's default
     from gfkernels' backend table, falling back (with one warning) where that default is not
-    built, e.g. a source tree whose extension was not compiled."""
+    built, e.g. a source tree whose extension was not compiled (remembered by the table)."""
     from gfkernels import backends
 
-    return backends.resolve(backend or None, device, fallback=True).name
+    return backends.resolve_remembered(backend or None, device, fallback=True).name
 
 
 def _make_whole_image_box(device: torch.device, h: int, w: int) -> torch.Tensor:
