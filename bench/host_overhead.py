@@ -31,16 +31,21 @@ import time
 import torch
 
 
-def _per_call_us(fn, calls: int, repeats: int) -> float:
-    for _ in range(min(calls, 200)):  # warm-up: caches, first-call paths
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.thread_time()  # CPU time of this thread: steadier than wall time on a busy machine
-        for _ in range(calls):
+def per_call_us(fns: dict, calls: int, repeats: int) -> dict:
+    """{name: microseconds per call}: the best of `repeats` rounds of `calls` calls, the cases
+    interleaved round by round (so that a busy spell of the machine hits every case alike),
+    timed in CPU time of this thread (steadier than wall time on a shared machine)."""
+    for fn in fns.values():
+        for _ in range(min(calls, 200)):  # warm-up: caches, first-call paths
             fn()
-        best = min(best, time.thread_time() - start)
-    return best / calls * 1e6
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.thread_time()
+            for _ in range(calls):
+                fn()
+            best[name] = min(best[name], time.thread_time() - start)
+    return {name: round(seconds / calls * 1e6, 2) for name, seconds in best.items()}
 
 
 def cases(device: str = "cpu") -> dict:
@@ -79,10 +84,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", help="also write {case: microseconds per call} here")
     args = parser.parse_args(argv)
-    results = {}
     with torch.inference_mode():  # as the engine runs them
-        for name, fn in cases().items():
-            results[name] = round(_per_call_us(fn, args.calls, args.repeats), 2)
+        results = per_call_us(cases(), args.calls, args.repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); us per call, best of "
           f"{args.repeats} x {args.calls} calls")
     print("| call | us |\n|---|---:|")
