@@ -13,14 +13,16 @@
 # 480 s: a step that would start past it is skipped as out of time; a failing step never stops
 # the later ones; GPU_CHECK_SKIP="tests bench" skips named steps, e.g. in a second run):
 #   device      nvidia-smi, torch / CUDA / nvcc / compute-sanitizer versions
-#   build       pip install -e . for the visible card's arch with GFKERNELS_CUDA=1: fails, with
-#               setup.py's reason, unless the CUDA kernels were built; build_info.json
+#   build       pip install -e . for the visible card's arch (GPU_CHECK_ARCH overrides it) with
+#               GFKERNELS_CUDA=1: fails, with setup.py's reason in summary.md, unless the CUDA
+#               kernels were built; build_info.json, pip.out (pip's own output)
 #   sync-debug  the engine and the crop ops under torch.cuda.set_sync_debug_mode("error"):
 #               one host sync per engine step and none elsewhere (bench/gpu_sync_check.py)
 #   tests       tests/cuda, the Triton tests compiled for the GPU, the engine's GPU test
 #   bench       the GPU benchmarks: bench.json and bench/summary.md
 #   memcheck, racecheck, synccheck
-#               compute-sanitizer over every CUDA op once (bench/gpu_sanitize_ops.py)
+#               compute-sanitizer over every CUDA op once (bench/gpu_sanitize_ops.py); skipped,
+#               saying so, where no compute-sanitizer is found
 #   gpu-report  registers, spills and shared memory of every kernel (bench/gpu_report.py)
 # --dry-run (fvcore hidden, as on the GPU machine): device without nvidia-smi; build as the
 # decision setup.py takes (no compile) and the installed build_info; tests and bench collected
@@ -104,6 +106,12 @@ skip() {  # skip NAME REASON
     echo "== $1: skipped ($2)"
 }
 
+# compute-sanitizer: in the toolkit's bin, its own folder, or on PATH
+SANITIZER_BIN=""
+for candidate in "$CUDA_HOME/bin/compute-sanitizer" "$CUDA_HOME/compute-sanitizer/compute-sanitizer" \
+                 "$(command -v compute-sanitizer || true)"; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ]; then SANITIZER_BIN=$candidate; break; fi
+done
 ARCH_OF_CARD="$PYTHON -c 'import torch; print(\"%d.%d\" % torch.cuda.get_device_capability())'"
 BUILD_INFO="$PYTHON -c 'import gfkernels, json; print(json.dumps(gfkernels.build_info(), indent=1))' > '$R/build_info.json' && cat '$R/build_info.json'"
 # the CUDA kernels are in the build when the extension lists the archs it was compiled for
@@ -114,16 +122,23 @@ GPU_BENCH="bench/test_bench_crop_resize_gpu.py bench/test_bench_early_exit.py be
 PYTEST="$PYTHON -m pytest -p no:cacheprovider"
 
 if [ "$DRY_RUN" = 0 ]; then
-    step device 60 "card, driver, versions" "nvidia-smi && nvidia-smi -q -d CLOCK,MEMORY,COMPUTE | head -80; \
-        $PYTHON -c 'import torch, sys; print(sys.version); print(\"torch\", torch.__version__, \"CUDA\", torch.version.cuda, torch.cuda.get_device_name(), torch.cuda.get_device_capability())'; \
-        \"\$CUDA_HOME/bin/nvcc\" --version; \"\$CUDA_HOME/bin/compute-sanitizer\" --version; nproc"
+    step device 60 "card, driver, versions" "nvidia-smi || exit 1; nvidia-smi -q -d CLOCK,MEMORY,COMPUTE | head -80; \
+        $PYTHON -c 'import torch, sys; print(sys.version); print(\"torch\", torch.__version__, \"CUDA\", torch.version.cuda, torch.cuda.get_device_name(), torch.cuda.get_device_capability())' || exit 1; \
+        \"\$CUDA_HOME/bin/nvcc\" --version; echo \"compute-sanitizer: ${SANITIZER_BIN:-not found}\"; nproc"
 
-    # setup.py raises "GFKERNELS_CUDA=1 but the CUDA kernels cannot be built: <why>": kept as the reason
-    step build 330 "GFKERNELS_CUDA=1, arch of the visible card" "arch=\$($ARCH_OF_CARD) && echo TORCH_CUDA_ARCH_LIST=\$arch && \
-        GFKERNELS_CUDA=1 TORCH_CUDA_ARCH_LIST=\$arch $PYTHON -m pip install -v --no-build-isolation --no-deps -e . ; rc=\$?; \
-        grep -o 'CUDA kernels cannot be built: .*' '$R/build.log' | head -1 > '$R/build.reason'; \
-        [ \$rc = 0 ] || exit \$rc; $BUILD_INFO && \
-        { $CUDA_BUILT || { echo 'the extension has no CUDA kernels (build_info cuda_arch_list is empty)' | tee '$R/build.reason'; exit 1; }; }"
+    # setup.py raises "GFKERNELS_CUDA=1 but the CUDA kernels cannot be built: <why>": kept as
+    # the step's reason (else the build's last error line). GPU_CHECK_ARCH overrides the card's.
+    step build 330 "GFKERNELS_CUDA=1, arch of the visible card" "
+        arch=\${GPU_CHECK_ARCH:-\$($ARCH_OF_CARD)} || { echo 'no compute capability: no GPU visible to torch' | tee '$R/build.reason'; exit 1; }
+        echo TORCH_CUDA_ARCH_LIST=\$arch
+        GFKERNELS_CUDA=1 TORCH_CUDA_ARCH_LIST=\$arch $PYTHON -m pip install -v --no-build-isolation --no-deps -e . 2>&1 | tee '$R/pip.out'
+        rc=\${PIPESTATUS[0]}
+        if [ \$rc != 0 ]; then
+            { grep -o 'CUDA kernels cannot be built: .*' '$R/pip.out' || grep -i 'error' '$R/pip.out' | tail -1; } | head -1 | cut -c1-300 > '$R/build.reason'
+            exit \$rc
+        fi
+        $BUILD_INFO || exit 1
+        $CUDA_BUILT || { echo 'the extension has no CUDA kernels (build_info cuda_arch_list is empty)' | tee '$R/build.reason'; exit 1; }"
 
     step sync-debug 90 "one host sync per engine step, none in the ops" \
         "$PYTHON -m bench.gpu_sync_check --device cuda"
@@ -135,12 +150,18 @@ if [ "$DRY_RUN" = 0 ]; then
         "GFKERNELS_BENCH_RESULTS='$R/bench' $PYTEST -q $GPU_BENCH -k 'cuda or gpu' --benchmark-only \
          --benchmark-json='$R/bench.json' --benchmark-columns=min,median,mean,rounds"
 
-    SANITIZER="\"\$CUDA_HOME/bin/compute-sanitizer\" --error-exitcode 3 --print-limit 20"
-    # without the caching allocator, memcheck sees each tensor's own bounds
-    step memcheck 60 "every CUDA op once" "PYTORCH_NO_CUDA_MEMORY_CACHING=1 $SANITIZER --tool memcheck --leak-check no \
-        $PYTHON -m bench.gpu_sanitize_ops --device cuda"
-    step racecheck 60 "shared-memory races" "$SANITIZER --tool racecheck $PYTHON -m bench.gpu_sanitize_ops --device cuda"
-    step synccheck 60 "barriers" "$SANITIZER --tool synccheck $PYTHON -m bench.gpu_sanitize_ops --device cuda"
+    if [ -n "$SANITIZER_BIN" ]; then
+        SANITIZER="'$SANITIZER_BIN' --error-exitcode 3 --print-limit 20"
+        # without the caching allocator, memcheck sees each tensor's own bounds
+        step memcheck 60 "every CUDA op once" "PYTORCH_NO_CUDA_MEMORY_CACHING=1 $SANITIZER --tool memcheck --leak-check no \
+            $PYTHON -m bench.gpu_sanitize_ops --device cuda"
+        step racecheck 60 "shared-memory races" "$SANITIZER --tool racecheck $PYTHON -m bench.gpu_sanitize_ops --device cuda"
+        step synccheck 60 "barriers" "$SANITIZER --tool synccheck $PYTHON -m bench.gpu_sanitize_ops --device cuda"
+    else
+        for tool in memcheck racecheck synccheck; do
+            skip "$tool" "compute-sanitizer not found (\$CUDA_HOME/bin, \$CUDA_HOME/compute-sanitizer, PATH)"
+        done
+    fi
 
     step gpu-report 120 "gpu_report.md, gpu_report.json" \
         "env -u TRITON_INTERPRET $PYTHON -m bench.gpu_report --json '$R/gpu_report.json' | tee '$R/gpu_report.md'"
