@@ -47,6 +47,8 @@ def threshold_tensor(threshold: Threshold) -> torch.Tensor:
                         f"{type(threshold).__name__}")
     if math.isnan(threshold):
         raise ValueError("early_exit: threshold must not be NaN")
+    if torch.compiler.is_compiling():  # a constant of the graph (dynamo skips caches)
+        return torch.tensor(float(threshold), dtype=torch.float64)
     return _host_threshold(float(threshold))
 
 
