@@ -15,7 +15,7 @@ DEPS := "setuptools>=77" wheel numpy pybind11 ninja cmake pytest pytest-benchmar
         tqdm matplotlib pyyaml scikit-learn
 STAMP := $(VENV)/.deps-installed
 
-.PHONY: all deps build test test-cpp test-py bench gpu-report demo clean
+.PHONY: all deps build test test-cpp test-py bench gpu-report gpu-check gpu-check-dry-run demo clean
 
 all: test
 
@@ -52,6 +52,17 @@ bench: build
 # built extension (cuobjdump), and every Triton kernel compiled ahead of time for sm_90.
 gpu-report: build
 	env -u TRITON_INTERPRET $(PY) -m bench.gpu_report
+
+# On a GPU machine (no network, no fvcore needed): build for the card with the CUDA kernels
+# required, the GPU tests, sync-debug and compute-sanitizer passes, the GPU benchmarks and the
+# register report, each step under its own timeout, in at most 8 minutes; logs and summary.md
+# under $(OUT) (default gpu-results/). Uses the python on PATH, as the GPU image has no venv.
+gpu-check:
+	bash bench/gpu_check.sh
+
+# The same script's steps that need no GPU, with fvcore hidden (what CI runs).
+gpu-check-dry-run: build
+	PYTHON=$(PY) bash bench/gpu_check.sh --dry-run
 
 # The main job: GFNet on the embedded cluttered-digits data set (three stages), its static
 # baseline, every budget evaluated, then runs/demo/report.md with the accuracy-vs-FLOPs

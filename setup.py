@@ -1,7 +1,8 @@
 """Builds gfkernels._C (C++ CPU kernels, plus CUDA kernels when a matching toolkit is found).
 
 Switches (environment variables):
-  GFKERNELS_CUDA=0|1    force the CUDA kernels off, or on (an error if no toolkit matches torch)
+  GFKERNELS_CUDA=0|1    force the CUDA kernels off, or on (an error, with the reason, if nvcc cannot
+                        build them: another major version than torch's CUDA, or too old for an arch)
   TORCH_CUDA_ARCH_LIST  GPU architectures; defaults to the visible GPUs, else "8.0;9.0"
   MAX_JOBS              parallel compile jobs for ninja
   GFKERNELS_BUILD_TEMP  where object files are kept (default build/temp, for incremental builds)
@@ -46,6 +47,41 @@ def _nvcc_version(cuda_home):
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+# The first nvcc release that compiles for each GPU architecture (compute capability).
+NVCC_FOR_ARCH = {(9, 0): (11, 8), (8, 9): (11, 8), (8, 7): (11, 4), (8, 6): (11, 1),
+                 (8, 0): (11, 0), (10, 0): (12, 8), (10, 1): (12, 8), (12, 0): (12, 8),
+                 (10, 3): (12, 9), (12, 1): (12, 9), (11, 0): (13, 0)}
+
+
+def _arch_list():
+    """The compute capabilities to build for: TORCH_CUDA_ARCH_LIST ("8.0;9.0+PTX", "9.0a"),
+    else the visible GPUs', else csrc/build.cfg's default."""
+    text = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if text:
+        return sorted({(int(m.group(1)), int(m.group(2)))
+                       for m in re.finditer(r"(\d+)\.(\d+)", text)})
+    if torch.cuda.is_available():
+        return sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    return sorted({(int(m.group(1)), int(m.group(2)))
+                   for m in re.finditer(r"(\d+)\.(\d+)", BUILD["default_cuda_arch_list"][0])})
+
+
+def _toolkit_problem(found, torch_cuda, archs):
+    """Why nvcc `found` (major, minor) cannot build kernels for torch built with CUDA
+    `torch_cuda` (major, minor) and these archs, or None. The major versions must agree (the
+    kernels link against torch's CUDA runtime, whose ABI changes with the major version); within
+    a major version any minor works both ways (CUDA's minor-version compatibility), but nvcc
+    must be new enough for every architecture asked for."""
+    if found[0] != torch_cuda[0]:
+        return (f"nvcc {found[0]}.{found[1]} and torch's CUDA {torch_cuda[0]}.{torch_cuda[1]} differ "
+                "in major version (use a toolkit of the same major version as torch's CUDA)")
+    too_old = [f"sm_{a}{b} needs nvcc >= {NVCC_FOR_ARCH[a, b][0]}.{NVCC_FOR_ARCH[a, b][1]}"
+               for a, b in archs if NVCC_FOR_ARCH.get((a, b), (0, 0)) > found]
+    if too_old:
+        return f"nvcc {found[0]}.{found[1]} is too old for the GPU: " + ", ".join(too_old)
+    return None
+
+
 def _want_cuda():
     """True when the CUDA kernels should be compiled; explains itself when they are not."""
     switch = os.environ.get("GFKERNELS_CUDA", "").strip()
@@ -63,9 +99,14 @@ def _want_cuda():
         wanted = tuple(int(x) for x in torch.version.cuda.split(".")[:2])
         if found is None:
             problem = f"cannot run nvcc under CUDA_HOME={cuda_home}"
-        elif found[0] != wanted[0]:
-            problem = f"nvcc {found[0]}.{found[1]} does not match torch's CUDA {torch.version.cuda}"
+        else:
+            problem = _toolkit_problem(found, wanted, _arch_list())
+            if problem is None and found != wanted:
+                print(f"gfkernels: nvcc {found[0]}.{found[1]} with torch's CUDA {torch.version.cuda}: "
+                      "the same major version, minor versions are compatible")
     if problem is None:
+        print(f"gfkernels: building the CUDA kernels (nvcc under {cuda_home}, torch's CUDA "
+              f"{torch.version.cuda})")
         return True
     if switch == "1":
         raise RuntimeError(f"GFKERNELS_CUDA=1 but the CUDA kernels cannot be built: {problem}")

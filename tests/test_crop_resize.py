@@ -4,6 +4,8 @@ tensors here (cpp, triton under TRITON_INTERPRET=1, reference)."""
 
 from __future__ import annotations
 
+import math
+
 
 import re
 
@@ -131,6 +133,22 @@ def test_integer_box_equals_slicing(mode, layout, generator):
     boxes = gfkernels.focus_boxes(actions, (40, 36), 16)
     out = gfkernels.crop_resize(images, boxes, 16, mode=mode)
     assert torch.equal(out, reference.per_sample_crop(images, actions, 16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_focus_boxes_formula(dtype, generator):
+    """focus_boxes against its formula written out per sample: top-left (floor(a[1] * (W - P)),
+    floor(a[0] * (H - P))) in float64 with a clamped to [0, 1], size P, in the actions' dtype."""
+    H, W, P = 41, 37, 16
+    actions = torch.cat([torch.rand(20, 2, generator=generator, dtype=torch.float64),
+                         torch.tensor([[0.0, 1.0], [1.0, 0.0], [-0.5, 1.5], [0.999999, 1e-9]],
+                                      dtype=torch.float64)]).to(dtype)
+    boxes = gfkernels.focus_boxes(actions, (H, W), P)
+    assert boxes.dtype == dtype and boxes.shape == (24, 4)
+    for a, box in zip(actions.tolist(), boxes.tolist()):
+        row, col = (min(max(v, 0.0), 1.0) for v in a)
+        left, top = math.floor(col * (W - P)), math.floor(row * (H - P))
+        assert box == [left, top, left + P, top + P], (a, box)
 
 
 def test_integer_box_uint8_normalised(generator):

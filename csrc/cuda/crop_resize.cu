@@ -2,15 +2,16 @@
 // torch.use_deterministic_algorithms(True)), backward wrt boxes (block reductions).
 //
 // Forward (the hot path). One launch per call, a 1-D grid: each block covers a tile of one
-// box's output, each thread a group of kPixels<MODE> consecutive pixels of one output row. The
-// mode is a template parameter, so each mode compiles to its own kernel with only its taps in
-// registers (and its own launch bounds). A thread computes its row taps once and its column
-// taps once per pixel (sampling.h, positions in double), then, for every chunk of
-// kChannelChunk channels, loads all of them before storing any (the loads overlap), applies
-// the normalisation in the accumulation type (float unless float64 is involved) and stores
-// its pixels with one vector store where alignment allows. Integer boxes of the output's size
-// (GFNet's focus crops) take a copy path in the same kernel that computes no taps, with vector
-// loads where the source rows allow. Boxes are read in their own dtype and strides and
+// box's output, kPixels pixels per thread. The mode is a template parameter, so each mode
+// compiles to its own kernel with only its taps in registers (and its own launch bounds). The
+// interpolating path puts the lanes of a warp on consecutive output columns (a thread takes
+// kPixels rows of one column), computes its column taps once and each row's taps (sampling.h,
+// positions in double), then, for every chunk of kChannelChunk channels, loads all of them
+// before storing any (the loads overlap; channel slots past C are predicated off), applies the
+// normalisation in the accumulation type (float unless float64 is involved) and stores.
+// Integer boxes of the output's size (GFNet's focus crops) take a copy path in the same kernel
+// that computes no taps: a thread moves kPixels consecutive pixels of a row, with vector loads
+// and stores where the rows allow. Boxes are read in their own dtype and strides and
 // batch_index with its stride: the call launches nothing but the kernel.
 //
 // Backward wrt images with atomics maps one thread to one output pixel: blockIdx.y picks the
@@ -216,11 +217,11 @@ void check_images_exist(int64_t N) {
 // Forward
 // ---------------------------------------------------------------------------------------
 
-// The shape of each mode's forward kernel. A thread owns kPixels consecutive output pixels
-// of a row (the copy path moves them as one vector); the interpolating path takes them kGroup
-// at a time, so that a thread holds kPixels column taps whatever the mode, and loads the taps
-// of kChannels channels before storing any, so that kGroup * kChannels * taps^2 loads are in
-// flight per thread. The launch bounds (kMinBlocks blocks of kThreads per SM, i.e. at most
+// The shape of each mode's forward kernel. A thread owns kPixels output pixels: in the copy
+// path consecutive pixels of a row (moved as one vector), in the interpolating path one column
+// of kPixels rows (the lanes of a warp on consecutive columns), taken kGroup rows at a time, so
+// that a thread holds kPixels row taps whatever the mode, and loads the taps of kChannels
+// channels before storing any, so that kGroup * kChannels * taps^2 loads are in flight. The launch bounds (kMinBlocks blocks of kThreads per SM, i.e. at most
 // 65536 / (256 * kMinBlocks) registers) are the tightest at which no instantiation spills on
 // sm_90 (make gpu-report; float64 needs twice the registers for the same work, so it gets half
 // the blocks).
@@ -329,18 +330,21 @@ __global__ void __launch_bounds__(kThreads, (ForwardShape<MODE, acc_t>::kMinBloc
   constexpr int T = taps_of(MODE);
   const int64_t b = blockIdx.x / blocks_per_box;
   const int tile = static_cast<int>(blockIdx.x - b * blocks_per_box);
-  const int group = tile * static_cast<int>(blockDim.x) + static_cast<int>(threadIdx.x);
-  if (group >= h * groups_per_row) return;
-  const int i = group / groups_per_row;
-  const int j0 = (group - i * groups_per_row) * P;
-  const int n_pix = min(P, w - j0);
   const int plane_out = h * w;
-  out_t* dst = out + b * g.C * plane_out + (i * w + j0);
-  const in_t* image = img + batch_index.image_of(b) * g.sN;
+  out_t* const box_out = out + b * g.C * plane_out;
+  const in_t* const image = img + batch_index.image_of(b) * g.sN;
   const Box box = boxes.load(b);
 
   if (is_exact_copy(box.x1, box.x2, w, g.W) && is_exact_copy(box.y1, box.y2, h, g.H)) {
-    // An integer box of the output's size: a copy, no taps.
+    // An integer box of the output's size: a copy, no taps. A thread moves its group of P
+    // consecutive pixels as one vector, so a warp still reads and writes one contiguous span.
+    const int64_t thread = static_cast<int64_t>(tile) * blockDim.x + threadIdx.x;
+    if (thread >= static_cast<int64_t>(h) * groups_per_row) return;  // (the grid may hold more)
+    const int group = static_cast<int>(thread);
+    const int i = group / groups_per_row;
+    const int j0 = (group - i * groups_per_row) * P;
+    const int n_pix = min(P, w - j0);
+    out_t* dst = box_out + (i * w + j0);
     const in_t* src = image + ((static_cast<int>(box.y1) + i) * g.sH +
                                (static_cast<int>(box.x1) + j0) * g.sW);
     for (int c0 = 0; c0 < g.C; c0 += kChannelChunk) {
@@ -361,57 +365,76 @@ __global__ void __launch_bounds__(kThreads, (ForwardShape<MODE, acc_t>::kMinBloc
     return;
   }
 
+  // Interpolating: the lanes of a warp sit on consecutive output columns, so that a warp's tap
+  // loads fall on neighbouring source columns (a few cache lines per tap row, where lanes P
+  // pixels apart touched several times as many). Thread t of the box covers column
+  // j = t % strip and rows band * P .. band * P + P - 1, band = t / strip (strip: w rounded up
+  // to whole warps; lanes past w are idle): its column taps are computed once, its row taps per
+  // row, G rows at a time, with the taps of CH channels loaded before any store and channel
+  // slots beyond C predicated off (no load, no store).
   constexpr int G = ForwardShape<MODE, acc_t>::kGroup;
   constexpr int CH = ForwardShape<MODE, acc_t>::kChannels;
-  const AxisTaps<T, acc_t> ty =
-      axis_taps<MODE, acc_t>(box.y1, box.y2, i, h, g.H, padding, align_corners);
-  int row[T];  // offsets of the rows read, inside the image
+  const int strip = (w + 31) / 32 * 32;
+  // in 64 bits: with w < 32, the threads of a box, (h / P) * 32, may pass INT_MAX
+  const int64_t thread = static_cast<int64_t>(tile) * blockDim.x + threadIdx.x;
+  const int band = static_cast<int>(thread / strip);  // band * P < h once checked below
+  const int j = static_cast<int>(thread - static_cast<int64_t>(band) * strip);
+  if (j >= w || band * P >= h) return;
+  const AxisTaps<T, acc_t> tx =
+      axis_taps<MODE, acc_t>(box.x1, box.x2, j, w, g.W, padding, align_corners);
+  int col[T];  // offsets of the columns read, inside the image
 #pragma unroll
-  for (int a = 0; a < T; ++a) row[a] = ty.index[a] * g.sH;
+  for (int t = 0; t < T; ++t) col[t] = tx.index[t] * g.sW;
+  const int n_rows = min(P, h - band * P);
 #pragma unroll 1
-  for (int k0 = 0; k0 < n_pix; k0 += G) {
-    const int n_group = min(G, n_pix - k0);
-    acc_t wx[G][T];
-    int col[G][T];  // offsets of the columns read
+  for (int k0 = 0; k0 < n_rows; k0 += G) {
+    const int n_group = min(G, n_rows - k0);
+    acc_t wy[G][T];
+    int row[G][T];  // offsets of the rows read
 #pragma unroll
     for (int k = 0; k < G; ++k) {
-      // Pixels past the row's end sample the group's last one: valid taps, never stored.
-      const AxisTaps<T, acc_t> tx = axis_taps<MODE, acc_t>(
-          box.x1, box.x2, j0 + k0 + min(k, n_group - 1), w, g.W, padding, align_corners);
+      // Rows past the output's end sample the group's last one: valid taps, never stored.
+      const AxisTaps<T, acc_t> ty = axis_taps<MODE, acc_t>(
+          box.y1, box.y2, band * P + k0 + min(k, n_group - 1), h, g.H, padding, align_corners);
 #pragma unroll
-      for (int t = 0; t < T; ++t) {
-        wx[k][t] = tx.weight[t];
-        col[k][t] = tx.index[t] * g.sW;
+      for (int a = 0; a < T; ++a) {
+        wy[k][a] = ty.weight[a];
+        row[k][a] = ty.index[a] * g.sH;
       }
     }
+    out_t* dst = box_out + (band * P + k0) * w + j;
 #pragma unroll 1
     for (int c0 = 0; c0 < g.C; c0 += CH) {
       acc_t v[CH][G];
 #pragma unroll
       for (int cc = 0; cc < CH; ++cc) {
-        // Channels past C read channel c0 again (in bounds, never stored).
-        const in_t* plane = image + (c0 + cc < g.C ? c0 + cc : c0) * g.sC;
+        if (c0 + cc < g.C) {  // the same for every thread: a predicate, not a divergence
+          const in_t* plane = image + (c0 + cc) * g.sC;
 #pragma unroll
-        for (int k = 0; k < G; ++k) {
-          acc_t sum = 0;
+          for (int k = 0; k < G; ++k) {
+            acc_t sum = 0;
 #pragma unroll
-          for (int a = 0; a < T; ++a) {
-            acc_t r = 0;
+            for (int a = 0; a < T; ++a) {
+              acc_t r = 0;
 #pragma unroll
-            for (int t = 0; t < T; ++t) {
-              r += wx[k][t] * static_cast<acc_t>(plane[row[a] + col[k][t]]);
+              for (int t = 0; t < T; ++t) {
+                r += tx.weight[t] * static_cast<acc_t>(plane[row[k][a] + col[t]]);
+              }
+              sum += wy[k][a] * r;
             }
-            sum += ty.weight[a] * r;
+            v[cc][k] = sum;
           }
-          v[cc][k] = sum;
         }
       }
 #pragma unroll
       for (int cc = 0; cc < CH; ++cc) {
         const int c = c0 + cc;
         if (c < g.C) {
-          store_pixels<G>(dst + c * plane_out + k0, v[cc], n_group, affine.scale_of(c),
-                          affine.shift_of(c));
+          const acc_t scale = affine.scale_of(c), shift = affine.shift_of(c);
+#pragma unroll
+          for (int k = 0; k < G; ++k) {
+            if (k < n_group) dst[c * plane_out + k * w] = static_cast<out_t>(v[cc][k] * scale + shift);
+          }
         }
       }
     }
@@ -424,7 +447,11 @@ void launch_forward(const at::Tensor& images, const Boxes& boxes, const BatchInd
                     bool align_corners, const Affine<acc_t>& affine, cudaStream_t stream) {
   constexpr int P = kPixels;
   const int groups_per_row = (w + P - 1) / P;
-  const int64_t groups = static_cast<int64_t>(h) * groups_per_row;
+  // Threads a box needs: the copy path's (a group of P pixels of a row each) or the
+  // interpolating path's (a column of P rows each, rows rounded up to whole warps), whichever
+  // is more (which path a box takes is known on the device only).
+  const int64_t groups = std::max(static_cast<int64_t>(h) * groups_per_row,
+                                  (static_cast<int64_t>(h) + P - 1) / P * ((w + 31) / 32 * 32));
   // Small outputs: one block of just enough warps per box.
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, (groups + 31) / 32 * 32));
   const int64_t blocks_per_box = (groups + threads - 1) / threads;

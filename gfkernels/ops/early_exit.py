@@ -17,6 +17,7 @@ inference op); gather_rows is, wrt its floating tensors, on every backend.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -46,7 +47,18 @@ def threshold_tensor(threshold: Threshold) -> torch.Tensor:
                         f"{type(threshold).__name__}")
     if math.isnan(threshold):
         raise ValueError("early_exit: threshold must not be NaN")
-    return torch.tensor(float(threshold), dtype=torch.float64)
+    if torch.compiler.is_compiling():  # a constant of the graph (dynamo skips caches)
+        return torch.tensor(float(threshold), dtype=torch.float64)
+    return _host_threshold(float(threshold))
+
+
+@functools.lru_cache(maxsize=256)
+def _host_threshold(value: float) -> torch.Tensor:
+    """A 0-dim float64 CPU tensor of `value`, made once per value (torch.tensor costs
+    microseconds, paid at every step of the engine); no op writes its threshold. Made outside
+    inference mode, so that it is an ordinary tensor wherever it is used."""
+    with torch.inference_mode(False):
+        return torch.tensor(value, dtype=torch.float64)
 
 
 def check_early_exit_args(logits, threshold, active, out_logits, exit_step, step) -> None:

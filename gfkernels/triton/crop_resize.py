@@ -612,8 +612,9 @@ def _pixel_tile(mode: str, acc64: bool, pixels: int) -> Tuple[int, int]:
     return min(block, _block_for(pixels)), warps
 
 
-# The affine table [scale(C), shift(C)] of each normalisation, on each device: built (one copy
-# to the device) the first time a normalisation is used, then reused, so that a call makes no
+# The affine table [scale(C), shift(C)] of each normalisation, on each device: built the first
+# time a normalisation is used (filled on the device, value by value: a copy from the host
+# would stall the host until the GPU is done), then reused, so that a call makes no
 # host-to-device copy (a host sync, and not capturable in a CUDA graph). Never evicted: a table
 # may still be read by a kernel in flight; past _AFFINE_CACHE_LIMIT entries calls build their own.
 _AFFINE_TABLES: Dict[tuple, torch.Tensor] = {}
@@ -635,7 +636,12 @@ def _affine(channels: int, uint8_input: bool, mean, std, like: torch.Tensor) -> 
             s = 1.0 if std is None else float(std[0 if len(std) == 1 else c])
             scale.append(value_scale / s)
             shift.append(-m / s)
-        table = torch.tensor(scale + shift, dtype=torch.float64, device=like.device)
+        if like.device.type == "cpu" or fake:  # no device to wait for
+            table = torch.tensor(scale + shift, dtype=torch.float64, device=like.device)
+        else:
+            table = torch.empty(2 * channels, dtype=torch.float64, device=like.device)
+            for i, value in enumerate(scale + shift):
+                table[i] = value  # a fill launched on the device's stream
         if not fake and len(_AFFINE_TABLES) < _AFFINE_CACHE_LIMIT:
             _AFFINE_TABLES[key] = table
     return table

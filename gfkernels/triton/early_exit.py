@@ -20,6 +20,7 @@ under the tensors' device.
 
 from __future__ import annotations
 
+import struct
 from typing import List, Tuple
 
 import torch
@@ -33,8 +34,8 @@ from ..ops.early_exit import fake_early_exit, fake_gather_rows, register_gather_
 from . import launch, on_device, register_op
 
 
-@triton.jit(do_not_specialize=["K", "step", "B"])
-def _confidence_kernel(logits_ptr, s_n, s_k, K, thr_ptr, thr_value, active_ptr, s_a,
+@triton.jit(do_not_specialize=["K", "thr_bits", "step", "B"])
+def _confidence_kernel(logits_ptr, s_n, s_k, K, thr_ptr, thr_bits, active_ptr, s_a,
                        out_ptr, o_n, o_k, steps_ptr, s_step, step, B, flags_ptr,
                        THR_FROM_PTR: tl.constexpr, ACC_F64: tl.constexpr,
                        BLOCK_K: tl.constexpr):
@@ -42,8 +43,8 @@ def _confidence_kernel(logits_ptr, s_n, s_k, K, thr_ptr, thr_value, active_ptr, 
     acc = tl.float64 if ACC_F64 else tl.float32
     if THR_FROM_PTR:
         thr = tl.load(thr_ptr).to(acc)
-    else:
-        thr = thr_value.to(acc)
+    else:  # a host value passed as its float64 bits (a Python int: i32 when it fits, else i64)
+        thr = thr_bits.to(tl.int64).to(tl.float64, bitcast=True).to(acc)
     all_exit = thr == float("-inf")
     row = logits_ptr + i * s_n
     cols = tl.arange(0, BLOCK_K)
@@ -131,19 +132,21 @@ def early_exit_kernels(logits: torch.Tensor, threshold: torch.Tensor, active: to
         return keep, torch.zeros((), dtype=torch.int64, device=device)
     num_keep = torch.empty((), dtype=torch.int64, device=device)  # written by _compact_kernel
     acc_f64 = logits.dtype == torch.float64
-    thr_value = 0.0
-    if threshold.device != device and (acc_f64 or is_fake(threshold)):
-        # float64 has no exact host scalar argument, and a traced (fake) threshold has no
-        # value to read: load it from the device instead.
+    thr_bits = 0
+    if threshold.device != device and is_fake(threshold):
+        # a traced (fake) threshold has no value to read: load it from the device instead
         threshold = threshold.to(device, non_blocking=True)
-    thr_from_ptr = threshold.device == device
-    if not thr_from_ptr:  # a CPU scalar with CUDA logits: read on the host, no device sync
-        thr_value = float(threshold.to(torch.float32))
+    thr_from_ptr = threshold.device.type != "cpu" or is_fake(threshold)
+    if not thr_from_ptr:
+        # a CPU scalar: read on the host (no device sync) and passed as the bits of its float64
+        # value (a Triton float argument is float32: not exact for float64 logits); the kernel
+        # rounds it to the accumulation type, as the other backends do
+        thr_bits = struct.unpack("<q", struct.pack("<d", float(threshold.to(torch.float64))))[0]
     flags = torch.empty((n,), dtype=torch.int32, device=device)
     block_k = min(triton.next_power_of_2(K), 2048)
     with on_device(logits):
         launch(_confidence_kernel)[(n,)](
-            logits, logits.stride(0), logits.stride(1), K, threshold, thr_value, active,
+            logits, logits.stride(0), logits.stride(1), K, threshold, thr_bits, active,
             active.stride(0), out_logits, out_logits.stride(0), out_logits.stride(1), exit_step,
             exit_step.stride(0), step, out_logits.shape[0], flags, THR_FROM_PTR=thr_from_ptr,
             ACC_F64=acc_f64, BLOCK_K=block_k)

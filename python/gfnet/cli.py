@@ -251,11 +251,13 @@ def _predict(args: argparse.Namespace) -> int:
                       out=args.out or "predict", device=args.device, class_names=args.class_names,
                       batch_size=DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size,
                       resize=not args.no_resize, force=args.force)
+    from .flops import FVCORE_MISSING
+
     print(f"thresholds: {r['thresholds']}")
     for row in r["predictions"]:
+        macs = f"MACs: {FVCORE_MISSING}" if row["macs"] is None else f"{row['macs'] / 1e6:.2f} M MACs"
         print(f"{row['image']}: {row['class_name']} (class {row['prediction']}) confidence "
-              f"{row['confidence']:.4f} exit step {row['exit_step']}/{r['steps']} "
-              f"{row['macs'] / 1e6:.2f} M MACs -> {row['picture']}")
+              f"{row['confidence']:.4f} exit step {row['exit_step']}/{r['steps']} {macs} -> {row['picture']}")
     return 0
 
 

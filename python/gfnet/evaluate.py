@@ -48,7 +48,7 @@ from .data.calibration import CalibrationSplit, calibration_split, val_is_test
 from .device import pick_device, set_threads
 from .errors import GFNetError
 from .files import OutputFolder
-from .flops import count_step_flops, format_table
+from .flops import count_step_flops, format_table, require_fvcore
 from .inference import collect_anytime, per_step_accuracy
 
 Log = Callable[[str], None]
@@ -103,6 +103,7 @@ def evaluate_run(checkpoint: str | Path, *, out: str | Path | None = None, data_
     most this many batches per split (0 = all). log: receives progress and result lines.
     """
     log = log or _quiet
+    require_fvcore("gfnet eval (it calibrates exits on MACs)")  # before any loading
     for b in budgets or ():
         budget_q(b)  # BudgetError: out of range
     baseline_macs = None

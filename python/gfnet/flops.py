@@ -19,6 +19,10 @@ The backbones' own heads on every step's features are a training loss only and n
 
 Average FLOPs of a run = sum over steps k of (samples that computed step k) x (FLOPs of step k)
 / samples, computed from the exit counts the dynamic engine really produced.
+
+fvcore is needed only to count: ``gfnet flops``, ``gfnet eval`` and the report need it and say
+so (:class:`FvcoreMissingError`); what only reports MACs (the predictor, the benchmarks) asks
+:func:`fvcore_available` first and shows :data:`FVCORE_MISSING` instead of a number.
 """
 
 from __future__ import annotations
@@ -35,7 +39,34 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import GFNetError
 from .models.gfnet import GFNet
+
+# what a MACs column shows where fvcore is not installed
+FVCORE_MISSING = "fvcore not installed"
+
+
+class FvcoreMissingError(GFNetError):
+    """Counting MACs was asked for and fvcore cannot be imported."""
+
+
+@functools.cache
+def fvcore_available() -> bool:
+    """True when fvcore imports (checked once per process)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fvcore's import uses the deprecated torch.jit.script
+            import fvcore.nn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require_fvcore(what: str = "counting MACs") -> None:
+    """Raises FvcoreMissingError, naming ``what`` needed it, when fvcore is not installed."""
+    if not fvcore_available():
+        raise FvcoreMissingError(f"{what} needs fvcore, which is not installed (pip install fvcore); "
+                                 "gfnet predict and the predictor run without it, with no MACs")
 
 
 # ---------------------------------------------------------------------- step modules
@@ -134,6 +165,7 @@ _COUNTED = ("conv", "linear", "matmul", "addmm", "bmm", "einsum", "mm", "gru_cel
 
 def fvcore_macs(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
     """Multiply-adds of conv / linear / matmul / GRU cell by fvcore (its "flops" are MACs)."""
+    require_fvcore()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fvcore's import uses the deprecated torch.jit.script
         from fvcore.nn import FlopCountAnalysis
@@ -251,6 +283,7 @@ def flops_summary(cfg=None, *, checkpoint: str | Path | None = None) -> FlopsSum
     """Per-step counts of the model a config describes (random weights: the counts do not
     depend on them) or, given ``checkpoint`` (a file or run folder), of that checkpoint's model,
     with the release's own figures when it is an imported official one."""
+    require_fvcore("gfnet flops")
     if checkpoint is not None:
         from .checkpoint import load_checkpoint_model
 
@@ -309,5 +342,6 @@ def format_table(sf: StepFlops, title: str = "") -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FlopsSummary", "StepFlops", "average_macs", "config_flops", "count_step_flops", "flops_summary",
-           "format_table", "fvcore_macs", "preset_flops", "reached_from_exits", "torch_flops"]
+__all__ = ["FVCORE_MISSING", "FlopsSummary", "FvcoreMissingError", "StepFlops", "average_macs", "config_flops", "count_step_flops", "flops_summary",
+           "format_table", "fvcore_available", "fvcore_macs", "preset_flops", "reached_from_exits",
+           "require_fvcore", "torch_flops"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .models.gfnet import GFNet, GFState
-from .models.patches import focus_boxes
+from .models.patches import whole_image_boxes
 
 
 @dataclass
@@ -94,8 +94,14 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 def _glance_box(images: torch.Tensor) -> torch.Tensor:
-    h, w = images.shape[-2:]
-    return torch.tensor([0.0, 0.0, float(w), float(h)], device=images.device)
+    """(4,) the whole image (0, 0, W, H), on the images' device without a host copy."""
+    return whole_image_boxes(images, 1)[0]
+
+
+def host_count(num_keep: torch.Tensor) -> int:
+    """early_exit's survivor count read on the host: the one device sync of a step (named, so
+    bench/gpu_sync_check.py can count the syncs the engine makes)."""
+    return int(num_keep)
 
 
 def dynamic_inference(model: GFNet, images: torch.Tensor, thresholds=None, *,
@@ -126,15 +132,14 @@ def dynamic_inference(model: GFNet, images: torch.Tensor, thresholds=None, *,
         boxes[:, 0] = _glance_box(images)
         active = torch.arange(B, device=dev)
         state = out.state
-        hw = tuple(images.shape[-2:])
         for t in range(T):
             if t > 0:
                 out = model.focus_step(images, state, batch_index=active, policy="mean")
-                boxes[active, t] = focus_boxes(out.action, hw, model.patch_size).to(dev)
+                boxes[active, t] = out.boxes  # the boxes the step cropped
                 state = out.state
             keep, num_keep = gfkernels.early_exit(out.logits, thr[t], active, out_logits,
                                                   exit_step, t + 1, backend=backend)
-            n = int(num_keep)  # the one host sync of the step
+            n = host_count(num_keep)  # the one host sync of the step
             exit_counts[t] = active.shape[0] - n
             if n == 0:
                 break
@@ -156,9 +161,8 @@ def anytime_inference(model: GFNet, images: torch.Tensor, *, policy: str = "mean
         logits = torch.stack([o.logits for o in outs])
         boxes = torch.empty(images.shape[0], T, 4, device=images.device)
         boxes[:, 0] = _glance_box(images)
-        hw = tuple(images.shape[-2:])
         for t in range(1, T):
-            boxes[:, t] = focus_boxes(outs[t].action, hw, model.patch_size).to(images.device)
+            boxes[:, t] = outs[t].boxes
     return AnytimeResult(logits, boxes)
 
 

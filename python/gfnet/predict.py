@@ -32,7 +32,7 @@ def predict_files(checkpoint: str | Path, images: Sequence[str], *, budget: int 
 
     Returns ``{"thresholds": where they come from, "steps": T, "predictions": [...]}`` with a
     row per image: image, prediction (class index), class_name, confidence, exit_step (1 .. T),
-    boxes looked at (in the image file's pixels), macs, picture (the PNG of the model's input
+    boxes looked at (in the image file's pixels), macs (None without fvcore), picture (the PNG of the model's input
     with its glance and patches, in ``out``). class_names: a names file (or list) for a
     checkpoint without names. The pictures are written as ``gfnet.files.OutputFolder`` writes:
     only inside ``out``, atomically, never through a symbolic link, never over a file a

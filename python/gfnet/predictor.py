@@ -33,7 +33,8 @@ model's input (after the resize and crop); they are whole pixels.
 MACs: a prediction's ``macs`` is the multiply-adds of the steps it ran (per-step counts by
 fvcore, ``gfnet.flops``, counted once per predictor on a copy of the model, so counting never
 touches the model the predictor runs); they do not depend on the image size, since the glance
-and every patch are P x P.
+and every patch are P x P. Without fvcore the predictor runs as well, with ``macs``,
+``step_macs`` and ``avg_macs`` None (MACs are only reported, never used to decide).
 
 Threads: one predictor may be called from several threads at once, and every call gives the
 answer a call alone would. A call never changes the model: it stays in eval mode (nothing sets
@@ -95,7 +96,7 @@ class Prediction:
     exit_step: int  # 1 (the glance) .. T
     boxes: list[Box]  # (x1, y1, x2, y2) per step taken, in the given image's pixels
     model_boxes: list[Box]  # the same, in the pixels of the model's input
-    macs: float  # multiply-adds spent on this image (steps 1 .. exit_step)
+    macs: float | None  # multiply-adds spent on this image (steps 1 .. exit_step); None without fvcore
     logits: torch.Tensor  # (K,) at the exit step, float32 on the CPU
     image_size: tuple[int, int]  # (H, W) of the image as given
     model_size: tuple[int, int]  # (H, W) the model ran at
@@ -109,7 +110,7 @@ class Predictions(Sequence[Prediction]):
     predictions: list[Prediction]
     exit_counts: list[int]  # images that exited at steps 1 .. T
     exit_rule: ExitRule
-    step_macs: list[float]  # MACs of steps 1 .. T
+    step_macs: list[float] | None  # MACs of steps 1 .. T; None without fvcore
 
     def __len__(self) -> int:
         return len(self.predictions)
@@ -138,8 +139,10 @@ class Predictions(Sequence[Prediction]):
         return torch.stack([p.logits for p in self.predictions])
 
     @property
-    def avg_macs(self) -> float:
-        """Average multiply-adds per image of this call."""
+    def avg_macs(self) -> float | None:
+        """Average multiply-adds per image of this call (None without fvcore)."""
+        if self.step_macs is None:
+            return None
         return sum(p.macs for p in self.predictions) / max(len(self.predictions), 1)
 
 
@@ -280,11 +283,12 @@ class Predictor:
         self.model = model.eval()
         self.cfg = cfg
         self._eval_settings = eval_settings(cfg)  # the evaluation resize: looked up once, not per image
-        self._cumulative_macs: list[float] = []  # of steps 1 .. t for each t, counted with _step_macs
+        self._cumulative_macs: list[float] | None = None  # of steps 1 .. t for each t, counted with _step_macs
         self.calibration = calibration
         self.source = source
         self.class_names = None if class_names is None else class_names_from(class_names, cfg.model.num_classes)
         self._step_macs: list[float] | None = None
+        self._macs_counted = False  # _step_macs stays None after counting when fvcore is missing
         self._macs_lock = threading.Lock()  # the first calls from several threads count once
 
     # -------------------------------------------------------------- properties
@@ -310,21 +314,24 @@ class Predictor:
         return image_hw(self.cfg.model.image_size)
 
     @property
-    def step_macs(self) -> list[float]:
-        """Multiply-adds of steps 1 .. T (fvcore, counted on the first use)."""
+    def step_macs(self) -> list[float] | None:
+        """Multiply-adds of steps 1 .. T (fvcore, counted on the first use); None without fvcore."""
         return self._counted_macs()[0]
 
-    def _counted_macs(self) -> tuple[list[float], list[float]]:
-        """(multiply-adds of steps 1 .. T, of steps 1 .. t for each t), counted on the first use.
-        fvcore traces the modules it is given; it gets a copy, so calls running the model in
-        other threads meanwhile never see a module traced, wrapped or switched to training."""
+    def _counted_macs(self) -> tuple[list[float] | None, list[float] | None]:
+        """(multiply-adds of steps 1 .. T, of steps 1 .. t for each t), counted on the first use;
+        (None, None) when fvcore is not installed. fvcore traces the modules it is given; it gets
+        a copy, so calls running the model in other threads meanwhile never see a module traced,
+        wrapped or switched to training."""
         with self._macs_lock:
-            if self._step_macs is None:
-                from .flops import count_step_flops
+            if not self._macs_counted:
+                from .flops import count_step_flops, fvcore_available
 
-                sf = count_step_flops(copy.deepcopy(self.model), static=False)
-                self._cumulative_macs = [float(m) for m in sf.cumulative_macs]
-                self._step_macs = [float(m) for m in sf.macs]
+                if fvcore_available():
+                    sf = count_step_flops(copy.deepcopy(self.model), static=False)
+                    self._cumulative_macs = [float(m) for m in sf.cumulative_macs]
+                    self._step_macs = [float(m) for m in sf.macs]
+                self._macs_counted = True
             return self._step_macs, self._cumulative_macs
 
     def to(self, device: torch.device | str) -> Predictor:
@@ -470,9 +477,10 @@ class Predictor:
                                                            keep_inputs)):
                         results[i] = pred
                 out.extend(results)  # type: ignore[arg-type]
-        return Predictions(out, exit_counts, rule, list(self.step_macs))
+        step_macs = self.step_macs
+        return Predictions(out, exit_counts, rule, None if step_macs is None else list(step_macs))
 
-    def _records(self, r, prepared: list[PreparedImage], cumulative: list[float],
+    def _records(self, r, prepared: list[PreparedImage], cumulative: list[float] | None,
                  keep_inputs: bool) -> list[Prediction]:
         logits = r.logits.float().cpu()
         conf = torch.softmax(logits, dim=1).amax(1).tolist()
@@ -490,7 +498,7 @@ class Predictor:
             out.append(Prediction(
                 input=p.input, class_index=classes[j], class_name=self.class_name(classes[j]),
                 confidence=conf[j], exit_step=e, boxes=given,
-                model_boxes=model_boxes, macs=cumulative[e - 1],
+                model_boxes=model_boxes, macs=None if cumulative is None else cumulative[e - 1],
                 logits=logits[j], image_size=p.geometry.input_hw, model_size=p.geometry.output_hw,
                 model_input=p.image if keep_inputs else None))
         return out

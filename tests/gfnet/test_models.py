@@ -99,3 +99,43 @@ def test_concat_classifier_state_grows():
         outs = model.rollout(x)
     d = model.local_encoder.feature_dim
     assert [o.state.cls.shape[1] for o in outs] == [d, 2 * d, 3 * d]
+
+
+def test_whole_image_boxes_made_once_and_usable_with_autograd():
+    """The glance box is made once per (device, H, W) (no host copy per call) and expanded; one
+    made first under inference mode still serves a crop that autograd saves for backward."""
+    from gfnet.models.patches import glance_patches, whole_image_boxes
+
+    images = torch.rand(3, 2, 17, 23, dtype=torch.float64)
+    with torch.inference_mode():
+        boxes = whole_image_boxes(images, 3)
+    assert boxes.tolist() == [[0.0, 0.0, 23.0, 17.0]] * 3 and boxes.stride() == (0, 1)
+    again = whole_image_boxes(images, 5)
+    assert again.shape == (5, 4) and again.data_ptr() == boxes.data_ptr()  # one cached box
+    x = images.clone().requires_grad_()
+    out = glance_patches(x, 8, mean=[0.5], std=[0.25], out_dtype=torch.float64)
+    out.sum().backward()  # the box is saved for backward: an ordinary tensor
+    expected = F.interpolate(images, (8, 8), mode="bicubic", align_corners=True)
+    torch.testing.assert_close(out, (expected - 0.5) / 0.25)
+    assert x.grad is not None and x.grad.shape == images.shape
+
+
+def test_focus_step_records_the_boxes_it_cropped():
+    """focus_step makes its boxes once and hands them out (StepOutput.boxes): what the engine
+    records is what was cropped."""
+    from gfnet.models.patches import focus_boxes
+
+    cfg = build_config("digits", overrides=["model.pretrained=false"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    images = torch.randint(0, 256, (4, 1, 128, 128), dtype=torch.uint8)
+    with torch.inference_mode():
+        first = model.glance_step(images)
+        out = model.focus_step(images, first.state)
+    assert torch.equal(out.boxes, focus_boxes(out.action, (128, 128), model.patch_size))
+    P = model.patch_size
+    with torch.inference_mode():
+        crops = model.focus_input(images, out.action)
+    for b, (x1, y1, _x2, _y2) in enumerate(out.boxes.int().tolist()):
+        patch = images[b, :, y1:y1 + P, x1:x1 + P].float() / 255
+        torch.testing.assert_close(crops[b], (patch - cfg.model.mean[0]) / cfg.model.std[0])

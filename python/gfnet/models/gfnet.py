@@ -18,7 +18,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .backbones import Backbone, build_backbone
-from .patches import focus_patches, glance_patches
+from .patches import focus_boxes, focus_patches, glance_patches
 from .policy import ActorCritic
 
 
@@ -56,6 +56,7 @@ class StepOutput:
     log_prob: torch.Tensor | None = None  # (n,) policy log-prob of action ("sample" mode)
     value: torch.Tensor | None = None  # (n,) critic value
     policy_input: torch.Tensor | None = None  # fmap the policy decided on (PPO memory)
+    boxes: torch.Tensor | None = None  # (n, 4) the focus boxes cropped (focus steps)
 
 
 class GRUClassifier(nn.Module):
@@ -137,13 +138,20 @@ class GFNet(nn.Module):
                               mode=self.cfg.glance_mode, align_corners=self.cfg.glance_align_corners,
                               mean=self.cfg.mean, std=self.cfg.std, backend=self.patch_backend)
 
+    def focus_boxes(self, images: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """(n, 4) the P x P focus boxes of ``actions`` on ``images``' pixels."""
+        return focus_boxes(actions, tuple(images.shape[-2:]), self.patch_size)
+
     def focus_input(self, images: torch.Tensor, actions: torch.Tensor,
-                    batch_index: torch.Tensor | None = None) -> torch.Tensor:
+                    batch_index: torch.Tensor | None = None, *,
+                    boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """The focus patches at ``actions`` (``boxes``: their focus boxes, if already made)."""
         if images.shape[-1] < self.patch_size or images.shape[-2] < self.patch_size:
             raise ValueError(f"image {tuple(images.shape[-2:])} is smaller than the patch size "
                              f"{self.patch_size}")
         return focus_patches(images, actions, self.patch_size, batch_index=batch_index,
-                             mean=self.cfg.mean, std=self.cfg.std, backend=self.patch_backend)
+                             mean=self.cfg.mean, std=self.cfg.std, backend=self.patch_backend,
+                             boxes=boxes)
 
     # ------------------------------------------------------------------ steps
     def _n(self, images: torch.Tensor, batch_index: torch.Tensor | None) -> int:
@@ -188,12 +196,13 @@ class GFNet(nn.Module):
                     torch.autocast(state.fmap.device.type, enabled=False):
                 action, log_prob, value, policy_h = self.policy.act(state.fmap.float(), state.policy_h,
                                                                     policy, generator)
-        x = self.focus_input(images, action, batch_index)
+        boxes = self.focus_boxes(images, action)  # once: cropped here, recorded by the engine
+        x = self.focus_input(images, action, batch_index, boxes=boxes)
         feat, fmap = self.local_encoder(x)
         logits, cls = self.classifier(feat, state.cls, step, self.global_encoder.head)
         head_logits = self.local_encoder.head(feat)
         new_state = GFState(cls, policy_h, fmap.detach(), step + 1)
-        return StepOutput(logits, head_logits, new_state, action, log_prob, value, state.fmap)
+        return StepOutput(logits, head_logits, new_state, action, log_prob, value, state.fmap, boxes)
 
     def rollout(self, images: torch.Tensor, *, policy: str = "mean", actions: list[torch.Tensor] | None = None,
                 steps: int | None = None, generator: torch.Generator | None = None) -> list[StepOutput]:

@@ -103,6 +103,9 @@ class BaselineTrainer(Trainer):
 def train_baseline(cfg: Config, out_dir: str | Path, resume: bool = False,
                    callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
     """Train (or finish, with resume) the static baseline; returns its finished checkpoint."""
+    from ..flops import require_fvcore
+
+    require_fvcore("training the static baseline (its checkpoint stores its MACs)")  # not after training
     info = setup(cfg.run.device)
     try:
         BaselineTrainer(cfg, out_dir, resume=resume, dist_info=info, callbacks=callbacks).run([BASELINE_STAGE])
