@@ -78,9 +78,12 @@ def test_warnings_glance_near_chance_and_still_climbing():
     (w,) = curve_warnings(_curve(1, stuck, "random"), 10)
     assert "glance (step 1) at 12.0 %" in w and "near chance" in w
     assert curve_warnings(_curve(2, stuck), 10) == []  # stage 2 does not train the glance
-    climbing = [[0.30, 0.50, 0.60], [0.40, 0.60, 0.70], [0.55, 0.70, 0.80]]
+    climbing = [[0.30, 0.50, 0.60], [0.40, 0.60, 0.70], [0.55, 0.70, 0.85]]
     (w,) = curve_warnings(_curve(1, climbing, "random"), 10)
-    assert "still climbing 12.5 points per epoch" in w and "at step 1" in w
+    assert "(all 3 steps) was still climbing 12.5 points per epoch" in w
+    # the glance still improving while the last step has levelled off: converged enough
+    glance_climbing = [[0.57, 0.98, 0.983], [0.74, 0.99, 0.992], [0.76, 0.99, 0.994]]
+    assert curve_warnings(_curve(3, glance_climbing), 10) == []
     (w,) = curve_warnings(_curve(0, [[0.09], [0.10], [0.11]], "static"), 10)
     assert "near chance" in w and "not learned" in w
 

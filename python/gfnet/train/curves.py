@@ -21,7 +21,9 @@ STAGE_LABELS = {0: "baseline", 1: "stage 1 (warm-up)", 2: "stage 2 (policy)", 3:
 # (stage 2 freezes it: its glance is the one stage 1 left).
 GLANCE_TRAINING_STAGES = (1, 3)
 NEAR_CHANCE_MARGIN = 0.05  # "near chance": less than 5 points above 1 / num_classes
-STEEP_GAIN_PER_EPOCH = 0.02  # "still climbing steeply": over 2 points per epoch over the last two
+# "still climbing steeply": the last step's accuracy rose over 2 points per epoch over the last
+# two epochs (an earlier step may go on improving while the last has converged: no warning)
+STEEP_GAIN_PER_EPOCH = 0.02
 FALLING_MARGIN = 0.02  # "falls with more steps": the last step 2 points under the best earlier step
 
 
@@ -98,14 +100,12 @@ def curve_warnings(curve: StageCurve, num_classes: int) -> list[str]:
     elif curve.stage in GLANCE_TRAINING_STAGES and len(last) > 1 and last[0] < near:
         out.append(f"{where} with the glance (step 1) at {100 * last[0]:.1f} % validation accuracy, near chance "
                    f"({100 * chance:.1f} %): the glance has not learned, so early exits at it will be wrong")
-    if len(curve.val_accuracy) >= 3:
-        before = curve.val_accuracy[-3]
-        gains = [(a - b) / 2 for a, b in zip(last, before)]
-        k = max(range(len(gains)), key=gains.__getitem__)
-        if gains[k] > STEEP_GAIN_PER_EPOCH:
-            step = "" if len(last) == 1 else f" at step {k + 1}"
+    if len(curve.val_accuracy) >= 3:  # judged on the last step: the prediction the stage trains for
+        gain = (last[-1] - curve.val_accuracy[-3][-1]) / 2
+        if gain > STEEP_GAIN_PER_EPOCH:
+            step = "" if len(last) == 1 else f" (all {len(last)} steps)"
             out.append(f"{where} while its validation accuracy{step} was still climbing "
-                       f"{100 * gains[k]:.1f} points per epoch: it has not converged, more epochs would help")
+                       f"{100 * gain:.1f} points per epoch: it has not converged, more epochs would help")
     if curve.val_mode == "policy" and len(last) > 1 and last[-1] < max(last[:-1]) - FALLING_MARGIN:
         best = max(range(len(last) - 1), key=last.__getitem__)
         out.append(f"{where} with validation accuracy falling with more steps: {100 * last[-1]:.1f} % at the "
