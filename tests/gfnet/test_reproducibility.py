@@ -12,6 +12,8 @@ from gfnet.train import train
 from gfnet.train.baseline import train_baseline
 from gfnet.train.curves import StageCurve, curve_warnings, read_metrics, run_warnings, stage_curves
 
+from ..helpers import deterministic_algorithms
+
 
 def _state(path):
     return torch.load(path, weights_only=True)["model"]
@@ -22,13 +24,16 @@ def test_deterministic_runs_are_bit_identical(tiny_cfg, tmp_path, threads):
     """Two runs of every stage and the baseline with the same seed and thread count: the same
     bits in every weight and the same losses and accuracies in every metrics row."""
     runs = []
-    for name in ("a", "b"):
-        cfg = tiny_cfg(**{"run.deterministic": True, "run.threads": threads, "run.seed": 3,
-                          "optim.epochs_stage1": 2, "optim.epochs_stage2": 1, "optim.epochs_stage3": 1})
-        out = tmp_path / name
-        train_baseline(cfg.copy(), out)
-        train(cfg, out, [1, 2, 3])
-        runs.append(out)
+    # run.deterministic switches torch's global setting on: given back after, for later tests
+    with deterministic_algorithms(torch.are_deterministic_algorithms_enabled()):
+        for name in ("a", "b"):
+            cfg = tiny_cfg(**{"run.deterministic": True, "run.threads": threads, "run.seed": 3,
+                              "optim.epochs_stage1": 2, "optim.epochs_stage2": 1, "optim.epochs_stage3": 1})
+            out = tmp_path / name
+            train_baseline(cfg.copy(), out)
+            train(cfg, out, [1, 2, 3])
+            runs.append(out)
+    torch.set_num_threads(1)  # the thread count the other tests run with (conftest)
     a, b = runs
     for f in ("baseline.pt", "stage1.pt", "stage2.pt", "stage3.pt"):
         sa, sb = _state(a / f), _state(b / f)
@@ -89,8 +94,9 @@ def test_warnings_glance_near_chance_and_still_climbing():
 
 
 def test_warnings_accuracy_falling_with_more_steps():
-    (w,) = curve_warnings(_curve(3, [[0.731, 0.688, 0.644]]), 4)
+    nothing, w = curve_warnings(_curve(3, [[0.731, 0.688, 0.644]]), 4)
     assert "falling with more steps" in w and "64.4 %" in w and "73.1 % at step 1" in w
+    assert "focus steps adding -8.7 points over the glance" in nothing
     # random locations in stage 1 may fall with steps: that says nothing about the policy
     assert curve_warnings(_curve(1, [[0.731, 0.688, 0.644]], "random"), 4) == []
 
@@ -102,3 +108,10 @@ def test_run_warnings_read_the_run_folder(tmp_path):
     (w,) = run_warnings(tmp_path / "metrics.jsonl", 10)
     assert "stage 1 (warm-up) ended (epoch 3) with the glance" in w
     assert run_warnings(tmp_path / "missing.jsonl", 10) == []
+
+
+def test_warning_focus_steps_adding_nothing_over_the_glance():
+    """A policy run whose patches add nothing (the classifier kept the glance's answer)."""
+    (w,) = curve_warnings(_curve(2, [[0.818, 0.814, 0.823]] * 3), 10)
+    assert "focus steps adding +0.5 points over the glance" in w and "not learned where to look" in w
+    assert curve_warnings(_curve(1, [[0.818, 0.814, 0.823]] * 3, "random"), 10) == []  # random locations

@@ -25,6 +25,7 @@ NEAR_CHANCE_MARGIN = 0.05  # "near chance": less than 5 points above 1 / num_cla
 # two epochs (an earlier step may go on improving while the last has converged: no warning)
 STEEP_GAIN_PER_EPOCH = 0.02
 FALLING_MARGIN = 0.02  # "falls with more steps": the last step 2 points under the best earlier step
+LOOKING_GAIN = 0.01  # "the focus steps add nothing": the policy's last step under 1 point over the glance
 
 
 @dataclass
@@ -106,6 +107,10 @@ def curve_warnings(curve: StageCurve, num_classes: int) -> list[str]:
             step = "" if len(last) == 1 else f" (all {len(last)} steps)"
             out.append(f"{where} while its validation accuracy{step} was still climbing "
                        f"{100 * gain:.1f} points per epoch: it has not converged, more epochs would help")
+    if curve.val_mode == "policy" and len(last) > 1 and last[-1] < last[0] + LOOKING_GAIN:
+        out.append(f"{where} with the focus steps adding {100 * (last[-1] - last[0]):+.1f} points over the "
+                   f"glance ({100 * last[0]:.1f} % -> {100 * last[-1]:.1f} % at the last step): the policy has "
+                   "not learned where to look, or the classifier ignores the patches")
     if curve.val_mode == "policy" and len(last) > 1 and last[-1] < max(last[:-1]) - FALLING_MARGIN:
         best = max(range(len(last) - 1), key=last.__getitem__)
         out.append(f"{where} with validation accuracy falling with more steps: {100 * last[-1]:.1f} % at the "
