@@ -512,6 +512,8 @@ def _digits() -> Config:
         # the thread count: glances of 31-78 % and a 5-point swing of the whole result. So the
         # warm-up gets 20 epochs and r = 2 (the glance's two losses weigh a full cross-entropy),
         # paid for by a 5-epoch fine-tune; the baseline still trains stage-1 + stage-3 epochs.
+        # Not yet enough: seed 0's classifier then ignored the patches (bench/RESULTS.md, "The
+        # demo over seeds"); r also doubles the local encoder's loss on digit-less patches.
         # PPO epochs are cheap (48 px patches, a small policy).
         optim=dict(batch_size=32, epochs_stage1=20, epochs_stage2=12, epochs_stage3=5,
                    lr_backbone=0.05, lr_classifier_stage1=0.1, lr_classifier_stage3=0.05,
