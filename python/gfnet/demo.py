@@ -16,7 +16,6 @@ Every step resumes: finished stages, a finished baseline and stored thresholds a
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 from .config import Config
 from .device import pick_device
 from .evaluate import evaluate_run
+from .files import write_atomic
 
 STEPS = 4
 
@@ -138,12 +138,6 @@ def spread_markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run_demo_seeds(cfg: Config, out: str | Path, seeds: Sequence[int], threads: Sequence[int], *,
                    images: int = 8, passes: int = 3,
                    log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
@@ -163,9 +157,10 @@ def run_demo_seeds(cfg: Config, out: str | Path, seeds: Sequence[int], threads: 
             t0 = time.time()
             report = run_demo(run_cfg, run_dir, images=images, passes=passes, log=log)
             rows.append(headline(report, seed=int(seed), threads=int(n), seconds=time.time() - t0))
-            _write_atomic(out / "spread.json", json.dumps({"runs": rows, "spread": spread(rows)}, indent=2))
-            _write_atomic(out / "spread.md", spread_markdown(rows, f"gfnet demo over seeds and thread counts: "
-                                                                  f"{cfg.preset}"))
+            table = {"runs": rows, "spread": spread(rows)}
+            write_atomic(out / "spread.json", json.dumps(table, indent=2).encode())
+            write_atomic(out / "spread.md", spread_markdown(rows, f"gfnet demo over seeds and thread counts: "
+                                                                 f"{cfg.preset}").encode())
     say(f"\nwrote {out / 'spread.md'}")
     return rows
 
