@@ -44,8 +44,10 @@ def run_demo(cfg: Config, out: str | Path, *, images: int = 8, passes: int = 3,
     say = log or (lambda _msg: None)
     out = Path(out)
     baseline = out / BASELINE_FILE
+    clock = _WallClock(out / WALL_TIME_FILE)
 
     def step(k: int, what: str) -> None:
+        clock.save()
         say(f"\n== gfnet demo {k}/{STEPS}: {what} ==")
 
     step(1, f"train the static baseline ({cfg.model.backbone} on the full image) -> {baseline}")
@@ -62,7 +64,34 @@ def run_demo(cfg: Config, out: str | Path, *, images: int = 8, passes: int = 3,
     step(3, "calibrate thresholds on held-out images (never the test split), evaluate every budget on the test split")
     evaluate_run(out, baseline=baseline, simulate=True, device=cfg.run.device, log=log)
     step(4, "report: throughput of the dynamic engine vs all steps vs the baseline, pictures")
-    return build_report(out, device=pick_device(cfg.run.device), num_images=images, passes=passes)
+    report = build_report(out, device=pick_device(cfg.run.device), num_images=images, passes=passes)
+    clock.save()
+    return report
+
+
+WALL_TIME_FILE = "demo_wall_time.json"
+
+
+class _WallClock:
+    """The demo's wall time summed over every invocation that worked on a run folder, saved at
+    each step: a run resumed after an interruption (or finished in pieces) still reports what
+    the whole run cost, not just its last piece."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.before = wall_time(path.parent)
+        self.start = time.time()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        seconds = self.before + time.time() - self.start
+        write_atomic(self.path, json.dumps({"seconds": round(seconds, 1)}).encode())
+
+
+def wall_time(run_dir: str | Path) -> float:
+    """Seconds ``run_demo`` has spent on ``run_dir`` so far (0 for a folder it never ran in)."""
+    path = Path(run_dir) / WALL_TIME_FILE
+    return float(json.loads(path.read_text())["seconds"]) if path.exists() else 0.0
 
 
 # The headline figures of one demo run (a row of the spread table): key -> (heading, kind);
@@ -154,9 +183,8 @@ def run_demo_seeds(cfg: Config, out: str | Path, seeds: Sequence[int], threads: 
             run_cfg.run.seed, run_cfg.run.threads = int(seed), int(n)
             run_dir = out / f"seed{seed}-threads{n}"
             say(f"\n=== gfnet demo: seed {seed}, {n} thread(s) -> {run_dir} ===")
-            t0 = time.time()
             report = run_demo(run_cfg, run_dir, images=images, passes=passes, log=log)
-            rows.append(headline(report, seed=int(seed), threads=int(n), seconds=time.time() - t0))
+            rows.append(headline(report, seed=int(seed), threads=int(n), seconds=wall_time(run_dir)))
             table = {"runs": rows, "spread": spread(rows)}
             write_atomic(out / "spread.json", json.dumps(table, indent=2).encode())
             write_atomic(out / "spread.md", spread_markdown(rows, f"gfnet demo over seeds and thread counts: "
@@ -165,4 +193,4 @@ def run_demo_seeds(cfg: Config, out: str | Path, seeds: Sequence[int], threads: 
     return rows
 
 
-__all__ = ["HEADLINE", "headline", "run_demo", "run_demo_seeds", "spread", "spread_markdown"]
+__all__ = ["HEADLINE", "headline", "run_demo", "run_demo_seeds", "spread", "spread_markdown", "wall_time"]

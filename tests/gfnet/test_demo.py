@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from gfnet.demo import wall_time
 
 from .conftest import REPO, subprocess_env, tiny_overrides
 
@@ -259,6 +260,7 @@ def test_demo_over_seeds_writes_the_spread(tmp_path):
         assert r["glance"] == report["gfnet"]["anytime_accuracy"][0]
         assert r["baseline"] == report["baseline"]["test_accuracy"]
         assert r["best_budget_macs"] == pytest.approx(report["operating_point"]["macs_fraction"])
+        assert r["minutes"] > 0 and r["minutes"] == pytest.approx(wall_time(run_dir) / 60)
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert {row["stage"] for row in rows} == {0, 1, 2, 3}
         assert all("val_accuracy" in row and "val_mode" in row for row in rows)
@@ -274,6 +276,17 @@ def test_demo_over_seeds_writes_the_spread(tmp_path):
     w0 = torch.load(out / "seed0-threads1" / "stage1.pt", weights_only=True)["model"]
     w1 = torch.load(out / "seed1-threads1" / "stage1.pt", weights_only=True)["model"]
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)
+
+
+def test_demo_wall_time_sums_every_piece_of_a_run(tmp_path):
+    """A demo finished in pieces (interrupted, then resumed) reports the time of all of them."""
+    from gfnet.demo import WALL_TIME_FILE, _WallClock
+    assert wall_time(tmp_path) == 0.0
+    (tmp_path / WALL_TIME_FILE).write_text(json.dumps({"seconds": 100.0}))
+    clock = _WallClock(tmp_path / WALL_TIME_FILE)
+    clock.start -= 5.0  # this piece has run for 5 s
+    clock.save()
+    assert 105.0 <= wall_time(tmp_path) < 106.0
 
 
 def test_demo_threads_needs_seeds(tmp_path):
