@@ -10,7 +10,8 @@
    split -> OUT/eval/;
 4. the report: throughput of the dynamic engine against all steps and the baseline, pictures
    -> OUT/report.md, OUT/report.json, OUT/report/.
-Every step resumes: finished stages, a finished baseline and stored thresholds are reused.
+Every step resumes: a finished baseline, finished stages and stored thresholds are reused, and a
+run whose report is newer than its baseline and last stage returns that report.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ def run_demo(cfg: Config, out: str | Path, *, images: int = 8, passes: int = 3,
     step(2, f"train GFNet ({cfg.preset}), encoders from {gf_cfg.model.init_from or 'pretrained weights'}: "
             f"warm-up, policy (PPO), fine-tune -> {out}")
     train(gf_cfg, out, [1, 2, 3], resume=True)  # finished stages are skipped
+    finished = _finished_report(out)
+    if finished is not None:
+        say(f"\n== gfnet demo 3-4/{STEPS}: already done, {out / 'report.json'} reused ==")
+        return finished
     # simulate: every budget's exits from one all-step pass (the same numbers as the dynamic
     # engine, which the tests check); the report runs the dynamic engine itself for throughput.
     step(3, "calibrate thresholds on held-out images (never the test split), evaluate every budget on the test split")
@@ -67,6 +72,20 @@ def run_demo(cfg: Config, out: str | Path, *, images: int = 8, passes: int = 3,
     report = build_report(out, device=pick_device(cfg.run.device), num_images=images, passes=passes)
     clock.save()
     return report
+
+
+def _finished_report(out: Path) -> dict[str, Any] | None:
+    """The run's report.json when it was written after everything it reports on (the baseline
+    and the last stage); else None. report.json is the report's last, atomic write."""
+    from .checkpoint import stage_path
+    from .train.baseline import BASELINE_FILE
+    report = out / "report.json"
+    inputs = [out / BASELINE_FILE, stage_path(out, 3)]
+    if not report.is_file() or not all(p.is_file() for p in inputs):
+        return None
+    if report.stat().st_mtime < max(p.stat().st_mtime for p in inputs):
+        return None
+    return json.loads(report.read_text())
 
 
 WALL_TIME_FILE = "demo_wall_time.json"

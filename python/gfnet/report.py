@@ -37,6 +37,7 @@ import torch
 
 from .data.calibration import describe_calibration
 from .errors import GFNetError
+from .files import write_atomic
 
 ACCURACY_MARGIN = 0.01  # "reaches the baseline's accuracy": within 1 point
 MACS_FRACTION = 0.40  # ... at no more than 40 % of the baseline's MACs
@@ -361,8 +362,9 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
         "files": {"report": str(out_dir / "report.md"), "plot": str(plot_path),
                   "eval": str(eval_path)},
     }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "report.md").write_text(render_markdown(report, out_dir))
+    # report.json last: a run folder with one holds a whole report (``gfnet demo`` reuses it)
+    write_atomic(out_dir / "report.md", render_markdown(report, out_dir).encode())
+    write_atomic(out_dir / "report.json", json.dumps(report, indent=2).encode())
     say(f"report: wrote {out_dir / 'report.md'}")
     return report
 

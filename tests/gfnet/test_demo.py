@@ -211,7 +211,7 @@ def test_demo_rerun_reuses_finished_work(demo):
     for k in (1, 2, 3):
         assert f"stage {k}: already complete" in proc.stderr
     assert "baseline: already complete" in proc.stderr
-    assert "using the thresholds stored in" in proc.stdout
+    assert "report.json reused" in proc.stdout  # the report is newer than what it reports on
     assert {k: (out / f"stage{k}.pt").stat().st_mtime_ns for k in (1, 2)} == before
     assert (out / "baseline.pt").stat().st_mtime_ns == base_before
 
@@ -272,6 +272,13 @@ def test_demo_over_seeds_writes_the_spread(tmp_path):
     assert "| 0 | 1 |" in md and "| 1 | 1 |" in md and "| figure | min | median | max |" in md
     assert f"Every claim met in {sum(r['claims_met'] for r in runs)} of 2 run(s)." in md
     assert f"every claim met in {sum(r['claims_met'] for r in runs)} of 2 runs" in proc.stdout
+    # run again: every run is finished, so its report is reused, not rebuilt
+    before = (out / "seed0-threads1" / "report.json").read_bytes()
+    again = _demo(out, "--seeds", "0,1", "--threads", "1")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert again.stdout.count("report.json reused") == 2
+    assert (out / "seed0-threads1" / "report.json").read_bytes() == before
+    assert json.loads((out / "spread.json").read_text())["runs"][0]["glance"] == runs[0]["glance"]
     # the two seeds trained different models
     w0 = torch.load(out / "seed0-threads1" / "stage1.pt", weights_only=True)["model"]
     w1 = torch.load(out / "seed1-threads1" / "stage1.pt", weights_only=True)["model"]
