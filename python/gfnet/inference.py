@@ -9,6 +9,11 @@ compacted), then ``gfkernels.early_exit`` records the rows confident enough to s
 hidden, feature map) and the active index in one pass. The last step's threshold is -inf, so
 every sample gets logits. Steps are numbered from 1 (the glance) to T.
 
+``streaming_inference`` is the same engine over a stream of images: a pool of up to B rows in
+flight, refilled after every step with newly glanced images as rows exit, so the focus steps
+keep running on (nearly) full batches whatever the exit rate; rows at different steps share one
+focus step. Each image's result equals what ``dynamic_inference`` gives it.
+
 ``anytime_inference`` runs all T steps on every sample and returns every step's logits: the
 reference the dynamic engine must match, and the "official" way to evaluate budgets (all steps,
 exits simulated afterwards, see :func:`simulate_exits`).
@@ -17,13 +22,13 @@ exits simulated afterwards, see :func:`simulate_exits`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from .models.gfnet import GFNet, GFState
+from .models.gfnet import GFNet, GFState, StepOutput
 from .models.patches import whole_image_boxes
 
 
@@ -150,6 +155,219 @@ def dynamic_inference(model: GFNet, images: torch.Tensor, thresholds=None, *,
     return InferenceResult(out_logits, exit_step, boxes, exit_counts)
 
 
+def host_counts(num_keeps: list[torch.Tensor]) -> list[int]:
+    """Several groups' survivor counts read on the host in one transfer: the one device sync of
+    a streaming step (named like :func:`host_count`)."""
+    if len(num_keeps) == 1:
+        return [host_count(num_keeps[0])]
+    return torch.stack(num_keeps).tolist()
+
+
+@dataclass
+class StreamedRows:
+    """The rows that finished at one step of :func:`streaming_inference` (exit order, not input
+    order; every tensor on the model's device)."""
+
+    ids: torch.Tensor  # (n,) int64: each row's place in the input stream, 0 = its first image
+    logits: torch.Tensor  # (n, K) at the row's exit step
+    exit_step: torch.Tensor  # (n,) int64, 1 .. T
+    boxes: torch.Tensor  # (n, T, 4) looked at; NaN for steps not taken
+    admitted: torch.Tensor  # (n,) int64: the engine step at which each row was glanced
+    finished: int  # the engine step at which these rows exited (counted from 0)
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+
+@dataclass
+class StreamStats:
+    """What a :func:`streaming_inference` run did, filled in as it goes."""
+
+    engine_steps: int = 0  # steps of the engine (a glance of new rows and/or one shared focus step)
+    images: int = 0  # images taken from the input
+    focus_steps: int = 0  # engine steps that ran a focus step
+    focus_rows: int = 0  # rows those focus steps ran on, summed
+    exit_counts: list[int] = field(default_factory=list)  # images that exited at steps 1 .. T
+
+    @property
+    def mean_focus_batch(self) -> float:
+        """Rows per focus step on average: the pool size when the pool stays full."""
+        return self.focus_rows / self.focus_steps if self.focus_steps else 0.0
+
+
+@dataclass
+class _Rows:
+    """Rows of the pool that have taken the same number of steps, with their per-row state."""
+
+    state: GFState
+    slots: torch.Tensor  # (n,) int64: each row's slot in the pool (its image and output row)
+    ids: torch.Tensor  # (n,) int64: its place in the input stream
+    boxes: torch.Tensor  # (n, T, 4)
+    admitted: torch.Tensor  # (n,) int64: the engine step that glanced it
+
+    def __len__(self) -> int:
+        return self.slots.shape[0]
+
+    def row_tensors(self) -> list[torch.Tensor]:
+        return [self.slots, self.ids, self.boxes, self.admitted]
+
+
+class _Feed:
+    """Images from an iterable of batches, ``take(m)`` at a time; holds at most one batch."""
+
+    def __init__(self, batches: Iterable[torch.Tensor], device: torch.device):
+        self._batches = iter(batches)
+        self._device = device
+        self._pending: torch.Tensor | None = None
+        self._count = 0
+        self.exhausted = False
+
+    def _next_batch(self) -> torch.Tensor | None:
+        for batch in self._batches:
+            self._count += 1
+            if not isinstance(batch, torch.Tensor) or batch.dim() != 4:
+                shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+                raise ValueError(f"batches[{self._count - 1}] must be an image batch (B, C, H, W), got "
+                                 f"{shape}")
+            if batch.shape[0]:
+                return batch.to(self._device, non_blocking=True)
+        self.exhausted = True
+        return None
+
+    def take(self, m: int) -> torch.Tensor | None:
+        """Up to ``m`` images (fewer only when the input runs out); None when there are none."""
+        parts: list[torch.Tensor] = []
+        have = 0
+        while have < m:
+            if self._pending is None:
+                if self.exhausted:
+                    break
+                self._pending = self._next_batch()
+                if self._pending is None:
+                    break
+            part, rest = self._pending[:m - have], self._pending[m - have:]
+            self._pending = rest if rest.shape[0] else None
+            parts.append(part)
+            have += part.shape[0]
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    @property
+    def done(self) -> bool:
+        return self.exhausted and self._pending is None
+
+
+def streaming_inference(model: GFNet, batches: Iterable[torch.Tensor], thresholds=None, *,
+                        pool_size: int = 64, backend: str | None = None,
+                        stats: StreamStats | None = None) -> Iterator[StreamedRows]:
+    """Early-exit inference over a stream of image batches, yielding rows as they finish.
+
+    batches: any iterable of (b, C, H, W) tensors (b may vary, images of one size and channel
+    count throughout; uint8, or float in [0, 1]: a float batch after uint8 ones turns the pool
+    to floats, scaling the uint8 images by 1/255). thresholds: as for :func:`dynamic_inference`.
+    pool_size: B, the rows in flight. stats: filled in as the run goes (:class:`StreamStats`).
+
+    Every engine step: the rows in the pool that have not finished take their next focus step
+    together (the policy, crop and local encoder once on all of them, the classifier per step:
+    ``GFNet.focus_step_groups``), and the free slots are filled with new images, glanced on
+    arrival; then ``gfkernels.early_exit`` decides the exits of each step's rows against that
+    step's threshold, their survivor counts are read in one transfer (the one host sync of the
+    step), and ``gfkernels.gather_rows`` compacts each group's state. A row glanced at engine
+    step s exits at engine step s + exit_step - 1: once admitted it never waits, so it finishes
+    within T engine steps. Each row's exit step, logits and boxes are those
+    :func:`dynamic_inference` gives the image (up to float rounding of different batch sizes).
+    """
+    import gfkernels
+
+    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+        raise ValueError(f"pool_size must be a positive integer, got {pool_size!r}")
+    T = model.max_steps
+    thr = normalise_thresholds(thresholds, T)
+    stats = stats if stats is not None else StreamStats()
+    stats.exit_counts = [0] * T
+    dev = next(model.parameters()).device
+    feed = _Feed(batches, dev)
+    pool: torch.Tensor | None = None  # (B, C, H, W): the image of each slot
+    out_logits = exit_step = None  # (B, K), (B,): early_exit's outputs, by slot
+    free = torch.arange(pool_size, device=dev)  # the free slots, in the order they are reused
+    running: list[_Rows] = []  # the rows still in flight, one group per step taken (1 .. T-1)
+    next_id = 0
+    tick = 0
+    with torch.inference_mode(), _eval_mode(model):
+        while True:
+            in_flight = sum(len(g) for g in running)
+            new = feed.take(pool_size - in_flight) if not feed.done else None
+            if new is None and not running:
+                return
+            stepped: list[tuple[_Rows, StepOutput]] = []
+            if running:
+                slots = torch.cat([g.slots for g in running]) if len(running) > 1 else running[0].slots
+                outs = model.focus_step_groups(pool, [g.state for g in running], batch_index=slots)
+                stats.focus_steps += 1
+                stats.focus_rows += in_flight
+                for g, out in zip(running, outs):
+                    g.boxes[:, g.state.step] = out.boxes
+                    stepped.append((g, out))
+            if new is not None:
+                m = new.shape[0]
+                if pool is None:
+                    pool = new.new_empty((pool_size, *new.shape[1:]))
+                elif new.shape[1:] != pool.shape[1:]:
+                    raise ValueError(f"every image of the stream must be {tuple(pool.shape[1:])} (C, H, W) "
+                                     f"like the first, got {tuple(new.shape[1:])} at image {next_id}")
+                if new.dtype != pool.dtype:
+                    new, pool = _same_dtype(new, pool)
+                new_slots = free[:m]
+                free = free[m:]
+                pool.index_copy_(0, new_slots, new)
+                out = model.glance_step(new)
+                if out_logits is None:
+                    out_logits = out.logits.new_empty((pool_size, out.logits.shape[1]))
+                    exit_step = torch.zeros(pool_size, dtype=torch.int64, device=dev)
+                boxes = torch.full((m, T, 4), math.nan, device=dev)
+                boxes[:, 0] = _glance_box(new)
+                ids = torch.arange(next_id, next_id + m, device=dev)
+                admitted = torch.full((m,), tick, dtype=torch.int64, device=dev)
+                stepped.append((_Rows(out.state, new_slots, ids, boxes, admitted), out))
+                next_id += m
+                stats.images += m
+            decisions = []
+            for g, out in stepped:
+                t = out.state.step  # the step these rows have just taken, 1 .. T
+                decisions.append(gfkernels.early_exit(out.logits, thr[t - 1], g.slots, out_logits,
+                                                      exit_step, t, backend=backend))
+            kept = host_counts([num_keep for _, num_keep in decisions])  # the one host sync
+            running, finished = [], []
+            for (g, out), (keep, _), n_keep in zip(stepped, decisions, kept):
+                n = len(g)
+                stats.exit_counts[out.state.step - 1] += n - n_keep
+                if n_keep == n:
+                    running.append(_Rows(out.state, *g.row_tensors()))
+                    continue
+                if n_keep:
+                    tensors = gfkernels.gather_rows([*g.row_tensors(), *out.state.tensors()], keep, n_keep,
+                                                    backend=backend)
+                    running.append(_Rows(GFState.from_tensors(tensors[4:], out.state.step), *tensors[:4]))
+                finished.append(gfkernels.gather_rows(g.row_tensors(), keep[n_keep:], n - n_keep,
+                                                      backend=backend))
+            stats.engine_steps += 1
+            if finished:
+                slots, ids, boxes, admitted = (torch.cat(col) if len(finished) > 1 else col[0]
+                                               for col in zip(*finished))
+                free = torch.cat([free, slots])
+                yield StreamedRows(ids, out_logits.index_select(0, slots), exit_step.index_select(0, slots),
+                                   boxes, admitted, tick)
+            tick += 1
+
+
+def _same_dtype(new: torch.Tensor, pool: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A new batch and the pool in one dtype: uint8 ones become float in [0, 1]."""
+    if new.dtype == torch.uint8:
+        return new.to(pool.dtype) / 255.0, pool
+    return new, (pool.to(new.dtype) / 255.0 if pool.dtype == torch.uint8 else pool.to(new.dtype))
+
+
 def anytime_inference(model: GFNet, images: torch.Tensor, *, policy: str = "mean",
                       generator: torch.Generator | None = None) -> AnytimeResult:
     """All T steps on every sample: every step's logits, (T, B, K), and the boxes looked at.
@@ -228,6 +446,8 @@ def per_step_accuracy(step_logits: torch.Tensor, labels: torch.Tensor) -> list[f
 __all__ = [
     "AnytimeResult",
     "InferenceResult",
+    "StreamStats",
+    "StreamedRows",
     "anytime_inference",
     "collect_anytime",
     "confidences",
@@ -237,4 +457,5 @@ __all__ = [
     "per_step_accuracy",
     "run_dataset",
     "simulate_exits",
+    "streaming_inference",
 ]
