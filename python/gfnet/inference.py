@@ -278,87 +278,108 @@ def streaming_inference(model: GFNet, batches: Iterable[torch.Tensor], threshold
     within T engine steps. Each row's exit step, logits and boxes are those
     :func:`dynamic_inference` gives the image (up to float rounding of different batch sizes).
     """
-    import gfkernels
-
     if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
         raise ValueError(f"pool_size must be a positive integer, got {pool_size!r}")
-    T = model.max_steps
-    thr = normalise_thresholds(thresholds, T)
-    stats = stats if stats is not None else StreamStats()
-    stats.exit_counts = [0] * T
-    dev = next(model.parameters()).device
-    feed = _Feed(batches, dev)
-    pool: torch.Tensor | None = None  # (B, C, H, W): the image of each slot
-    out_logits = exit_step = None  # (B, K), (B,): early_exit's outputs, by slot
-    free = torch.arange(pool_size, device=dev)  # the free slots, in the order they are reused
-    running: list[_Rows] = []  # the rows still in flight, one group per step taken (1 .. T-1)
-    next_id = 0
-    tick = 0
-    with torch.inference_mode(), _eval_mode(model):
-        while True:
-            in_flight = sum(len(g) for g in running)
-            new = feed.take(pool_size - in_flight) if not feed.done else None
-            if new is None and not running:
-                return
-            stepped: list[tuple[_Rows, StepOutput]] = []
-            if running:
-                slots = torch.cat([g.slots for g in running]) if len(running) > 1 else running[0].slots
-                outs = model.focus_step_groups(pool, [g.state for g in running], batch_index=slots)
-                stats.focus_steps += 1
-                stats.focus_rows += in_flight
-                for g, out in zip(running, outs):
-                    g.boxes[:, g.state.step] = out.boxes
-                    stepped.append((g, out))
-            if new is not None:
-                m = new.shape[0]
-                if pool is None:
-                    pool = new.new_empty((pool_size, *new.shape[1:]))
-                elif new.shape[1:] != pool.shape[1:]:
-                    raise ValueError(f"every image of the stream must be {tuple(pool.shape[1:])} (C, H, W) "
-                                     f"like the first, got {tuple(new.shape[1:])} at image {next_id}")
-                if new.dtype != pool.dtype:
-                    new, pool = _same_dtype(new, pool)
-                new_slots = free[:m]
-                free = free[m:]
-                pool.index_copy_(0, new_slots, new)
-                out = model.glance_step(new)
-                if out_logits is None:
-                    out_logits = out.logits.new_empty((pool_size, out.logits.shape[1]))
-                    exit_step = torch.zeros(pool_size, dtype=torch.int64, device=dev)
-                boxes = torch.full((m, T, 4), math.nan, device=dev)
-                boxes[:, 0] = _glance_box(new)
-                ids = torch.arange(next_id, next_id + m, device=dev)
-                admitted = torch.full((m,), tick, dtype=torch.int64, device=dev)
-                stepped.append((_Rows(out.state, new_slots, ids, boxes, admitted), out))
-                next_id += m
-                stats.images += m
-            decisions = []
-            for g, out in stepped:
-                t = out.state.step  # the step these rows have just taken, 1 .. T
-                decisions.append(gfkernels.early_exit(out.logits, thr[t - 1], g.slots, out_logits,
-                                                      exit_step, t, backend=backend))
-            kept = host_counts([num_keep for _, num_keep in decisions])  # the one host sync
-            running, finished = [], []
-            for (g, out), (keep, _), n_keep in zip(stepped, decisions, kept):
-                n = len(g)
-                stats.exit_counts[out.state.step - 1] += n - n_keep
-                if n_keep == n:
-                    running.append(_Rows(out.state, *g.row_tensors()))
-                    continue
-                if n_keep:
-                    tensors = gfkernels.gather_rows([*g.row_tensors(), *out.state.tensors()], keep, n_keep,
-                                                    backend=backend)
-                    running.append(_Rows(GFState.from_tensors(tensors[4:], out.state.step), *tensors[:4]))
-                finished.append(gfkernels.gather_rows(g.row_tensors(), keep[n_keep:], n - n_keep,
-                                                      backend=backend))
-            stats.engine_steps += 1
-            if finished:
-                slots, ids, boxes, admitted = (torch.cat(col) if len(finished) > 1 else col[0]
-                                               for col in zip(*finished))
-                free = torch.cat([free, slots])
-                yield StreamedRows(ids, out_logits.index_select(0, slots), exit_step.index_select(0, slots),
-                                   boxes, admitted, tick)
-            tick += 1
+    engine = _StreamingEngine(model, batches, normalise_thresholds(thresholds, model.max_steps), pool_size,
+                              backend, stats if stats is not None else StreamStats())
+    # inference and eval mode only around each step, never across a yield: the caller's code
+    # between two results runs in its own modes
+    while not engine.done:
+        with torch.inference_mode(), _eval_mode(model):
+            rows = engine.step()
+        if rows is not None:
+            yield rows
+
+
+class _StreamingEngine:
+    """The state of one :func:`streaming_inference` run; :meth:`step` is one engine step."""
+
+    def __init__(self, model: GFNet, batches: Iterable[torch.Tensor], thresholds: list[float], pool_size: int,
+                 backend: str | None, stats: StreamStats):
+        self.model, self.thr, self.pool_size, self.backend, self.stats = model, thresholds, pool_size, backend, stats
+        self.T = model.max_steps
+        stats.exit_counts = [0] * self.T
+        self.dev = next(model.parameters()).device
+        self.feed = _Feed(batches, self.dev)
+        self.pool: torch.Tensor | None = None  # (B, C, H, W): the image of each slot
+        self.out_logits: torch.Tensor | None = None  # (B, K): early_exit's output, by slot
+        self.exit_step = torch.zeros(pool_size, dtype=torch.int64, device=self.dev)  # (B,) likewise
+        self.free = torch.arange(pool_size, device=self.dev)  # the free slots, in the order they are reused
+        self.running: list[_Rows] = []  # the rows in flight, one group per number of steps taken (1 .. T-1)
+        self.next_id = 0
+        self.tick = 0
+        self.done = False
+
+    def _admit(self, new: torch.Tensor) -> tuple[_Rows, StepOutput]:
+        """Puts new images into free slots and glances at them."""
+        m = new.shape[0]
+        if self.pool is None:
+            self.pool = new.new_empty((self.pool_size, *new.shape[1:]))
+        elif new.shape[1:] != self.pool.shape[1:]:
+            raise ValueError(f"every image of the stream must be {tuple(self.pool.shape[1:])} (C, H, W) like "
+                             f"the first, got {tuple(new.shape[1:])} at image {self.next_id}")
+        if new.dtype != self.pool.dtype:
+            new, self.pool = _same_dtype(new, self.pool)
+        slots, self.free = self.free[:m], self.free[m:]
+        self.pool.index_copy_(0, slots, new)
+        out = self.model.glance_step(new)
+        if self.out_logits is None:
+            self.out_logits = out.logits.new_empty((self.pool_size, out.logits.shape[1]))
+        boxes = torch.full((m, self.T, 4), math.nan, device=self.dev)
+        boxes[:, 0] = _glance_box(new)
+        ids = torch.arange(self.next_id, self.next_id + m, device=self.dev)
+        admitted = torch.full((m,), self.tick, dtype=torch.int64, device=self.dev)
+        self.next_id += m
+        self.stats.images += m
+        return _Rows(out.state, slots, ids, boxes, admitted), out
+
+    def step(self) -> StreamedRows | None:
+        """One engine step: the focus step of the rows in flight and the glance of new ones, their
+        exits, the compaction. Returns the rows that finished (None: none did)."""
+        import gfkernels
+
+        in_flight = sum(len(g) for g in self.running)
+        new = None if self.feed.done else self.feed.take(self.pool_size - in_flight)
+        if new is None and not self.running:
+            self.done = True
+            return None
+        stepped: list[tuple[_Rows, StepOutput]] = []
+        if self.running:
+            slots = torch.cat([g.slots for g in self.running]) if len(self.running) > 1 else self.running[0].slots
+            outs = self.model.focus_step_groups(self.pool, [g.state for g in self.running], batch_index=slots)
+            self.stats.focus_steps += 1
+            self.stats.focus_rows += in_flight
+            for g, out in zip(self.running, outs):
+                g.boxes[:, g.state.step] = out.boxes
+                stepped.append((g, out))
+        if new is not None:
+            stepped.append(self._admit(new))
+        decisions = []
+        for g, out in stepped:
+            t = out.state.step  # the step these rows have just taken, 1 .. T
+            decisions.append(gfkernels.early_exit(out.logits, self.thr[t - 1], g.slots, self.out_logits,
+                                                  self.exit_step, t, backend=self.backend))
+        kept = host_counts([num_keep for _, num_keep in decisions])  # the one host sync of the step
+        self.running, finished = [], []
+        for (g, out), (keep, _), n_keep in zip(stepped, decisions, kept):
+            n = len(g)
+            self.stats.exit_counts[out.state.step - 1] += n - n_keep
+            if n_keep == n:
+                self.running.append(_Rows(out.state, *g.row_tensors()))
+                continue
+            if n_keep:
+                tensors = gfkernels.gather_rows([*g.row_tensors(), *out.state.tensors()], keep, n_keep,
+                                                backend=self.backend)
+                self.running.append(_Rows(GFState.from_tensors(tensors[4:], out.state.step), *tensors[:4]))
+            finished.append(gfkernels.gather_rows(g.row_tensors(), keep[n_keep:], n - n_keep, backend=self.backend))
+        self.stats.engine_steps += 1
+        tick, self.tick = self.tick, self.tick + 1
+        if not finished:
+            return None
+        slots, ids, boxes, admitted = (torch.cat(col) if len(finished) > 1 else col[0] for col in zip(*finished))
+        self.free = torch.cat([self.free, slots])
+        return StreamedRows(ids, self.out_logits.index_select(0, slots), self.exit_step.index_select(0, slots),
+                            boxes, admitted, tick)
 
 
 def _same_dtype(new: torch.Tensor, pool: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
