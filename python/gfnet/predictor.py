@@ -538,25 +538,39 @@ class Predictor:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise GFNetError(f"batch_size must be a positive integer, not {batch_size!r}")
         rule = self.exit_rule(budget, threshold, target_macs)
-        cumulative = self._counted_macs()[1]
-        chunks = _chunks(_stream_items(images), batch_size)
+
+        def batches() -> Iterator[tuple[list[PreparedImage], torch.Tensor | None]]:
+            for chunk in _chunks(_stream_items(images), batch_size):
+                with torch.inference_mode():
+                    prepared = [self._prepare(name, item, resize) for name, item in chunk]
+                yield prepared, _stack([p.image for p in prepared], self.device) if resize else None
+
+        return self.stream_prepared(batches(), rule, batch_size=batch_size, resize=resize, keep_inputs=keep_inputs,
+                                    stats=stats)
+
+    def stream_prepared(self, batches: Iterable[tuple[Sequence[PreparedImage], torch.Tensor | None]],
+                        rule: ExitRule, *, batch_size: int = DEFAULT_BATCH_SIZE, resize: bool = True,
+                        keep_inputs: bool = False, stats: StreamStats | None = None) -> Iterator[Prediction]:
+        """:meth:`stream` on images already prepared: batches of (prepared images, their images
+        stacked) as ``gfnet predict``'s DataLoader workers give them (the stack None with
+        ``resize=False``, where each batch goes through the per-batch engine). The generator
+        holds the images in flight only: at most ``batch_size`` rows and one batch."""
+        cumulative = self._counted_macs()[1]  # counted outside inference mode (fvcore traces)
         if not resize:
-            for chunk in chunks:
-                yield from self._predict_chunk(chunk, rule, cumulative, False, keep_inputs)[0]
+            for prepared, _ in batches:
+                items = [(p.input, p.image) for p in prepared]
+                yield from self._predict_chunk(items, rule, cumulative, False, keep_inputs)[0]
             return
         in_flight: dict[int, PreparedImage] = {}  # by place in the stream: the images the engine holds
         position = itertools.count()  # the engine numbers the images in the order they are given
 
-        def batches() -> Iterator[torch.Tensor]:
-            for chunk in chunks:
-                with torch.inference_mode():
-                    prepared = [self._prepare(name, item, True) for name, item in chunk]
+        def images() -> Iterator[torch.Tensor]:
+            for prepared, stacked in batches:
                 for p in prepared:
                     in_flight[next(position)] = p
-                yield _stack([p.image for p in prepared], self.device)
+                yield stacked
 
-        for rows in streaming_inference(self.model, batches(), rule.thresholds, pool_size=batch_size,
-                                        stats=stats):
+        for rows in streaming_inference(self.model, images(), rule.thresholds, pool_size=batch_size, stats=stats):
             prepared = [in_flight.pop(i) for i in rows.ids.tolist()]
             yield from self._records(rows, prepared, cumulative, keep_inputs)
 
