@@ -163,6 +163,9 @@ def host_counts(num_keeps: list[torch.Tensor]) -> list[int]:
     return torch.stack(num_keeps).tolist()
 
 
+MAX_GLANCE_FACTOR = 4  # a streaming step glances at most this many times B new images
+
+
 @dataclass
 class StreamedRows:
     """The rows that finished at one step of :func:`streaming_inference` (exit order, not input
@@ -211,6 +214,21 @@ class _Rows:
     def row_tensors(self) -> list[torch.Tensor]:
         return [self.slots, self.ids, self.boxes, self.admitted]
 
+    def rows(self, which: slice) -> _Rows:
+        """Some of the rows (views: no copy)."""
+        st = self.state
+        return _Rows(GFState(st.cls[which], st.policy_h[which], st.fmap[which], st.step),
+                     *(t[which] for t in self.row_tensors()))
+
+    @staticmethod
+    def joined(parts: list[_Rows]) -> _Rows:
+        """Groups of rows at the same step as one, in order."""
+        if len(parts) == 1:
+            return parts[0]
+        state = GFState.from_tensors([torch.cat(ts) for ts in zip(*(p.state.tensors() for p in parts))],
+                                     parts[0].state.step)
+        return _Rows(state, *(torch.cat(ts) for ts in zip(*(p.row_tensors() for p in parts))))
+
 
 class _Feed:
     """Images from an iterable of batches, ``take(m)`` at a time; holds at most one batch."""
@@ -220,6 +238,7 @@ class _Feed:
         self._device = device
         self._pending: torch.Tensor | None = None
         self._count = 0
+        self._shape: torch.Size | None = None  # (C, H, W) of the first batch
         self.exhausted = False
 
     def _next_batch(self) -> torch.Tensor | None:
@@ -229,6 +248,11 @@ class _Feed:
                 shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
                 raise ValueError(f"batches[{self._count - 1}] must be an image batch (B, C, H, W), got "
                                  f"{shape}")
+            if self._shape is None:
+                self._shape = batch.shape[1:]
+            elif batch.shape[1:] != self._shape:
+                raise ValueError(f"every image of the stream must be {tuple(self._shape)} (C, H, W) like the "
+                                 f"first, got {tuple(batch.shape[1:])} in batches[{self._count - 1}]")
             if batch.shape[0]:
                 return batch.to(self._device, non_blocking=True)
         self.exhausted = True
@@ -251,7 +275,11 @@ class _Feed:
             have += part.shape[0]
         if not parts:
             return None
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        if len(parts) == 1:
+            return parts[0]
+        if len({p.dtype for p in parts}) > 1:  # uint8 and float batches: all float in [0, 1]
+            parts = [p.float() / 255.0 if p.dtype == torch.uint8 else p.float() for p in parts]
+        return torch.cat(parts)
 
     @property
     def done(self) -> bool:
@@ -301,10 +329,13 @@ class _StreamingEngine:
         stats.exit_counts = [0] * self.T
         self.dev = next(model.parameters()).device
         self.feed = _Feed(batches, self.dev)
-        self.pool: torch.Tensor | None = None  # (B, C, H, W): the image of each slot
-        self.out_logits: torch.Tensor | None = None  # (B, K): early_exit's output, by slot
-        self.exit_step = torch.zeros(pool_size, dtype=torch.int64, device=self.dev)  # (B,) likewise
-        self.free = torch.arange(pool_size, device=self.dev)  # the free slots, in the order they are reused
+        self.pool: torch.Tensor | None = None  # (slots, C, H, W): the image of each slot
+        self.out_logits: torch.Tensor | None = None  # (slots, K): early_exit's output, by slot
+        # slots: the rows in flight (B at most when new ones come) and a glance batch (at most
+        # MAX_GLANCE_FACTOR * B)
+        self.capacity = (MAX_GLANCE_FACTOR + 1) * pool_size
+        self.exit_step = torch.zeros(self.capacity, dtype=torch.int64, device=self.dev)  # by slot, like out_logits
+        self.free = torch.arange(self.capacity, device=self.dev)  # the free slots, in the order they are reused
         self.running: list[_Rows] = []  # the rows in flight, one group per number of steps taken (1 .. T-1)
         self.next_id = 0
         self.tick = 0
@@ -314,7 +345,7 @@ class _StreamingEngine:
         """Puts new images into free slots and glances at them."""
         m = new.shape[0]
         if self.pool is None:
-            self.pool = new.new_empty((self.pool_size, *new.shape[1:]))
+            self.pool = new.new_empty((self.capacity, *new.shape[1:]))
         elif new.shape[1:] != self.pool.shape[1:]:
             raise ValueError(f"every image of the stream must be {tuple(self.pool.shape[1:])} (C, H, W) like "
                              f"the first, got {tuple(new.shape[1:])} at image {self.next_id}")
@@ -324,7 +355,7 @@ class _StreamingEngine:
         self.pool.index_copy_(0, slots, new)
         out = self.model.glance_step(new)
         if self.out_logits is None:
-            self.out_logits = out.logits.new_empty((self.pool_size, out.logits.shape[1]))
+            self.out_logits = out.logits.new_empty((self.capacity, out.logits.shape[1]))
         boxes = torch.full((m, self.T, 4), math.nan, device=self.dev)
         boxes[:, 0] = _glance_box(new)
         ids = torch.arange(self.next_id, self.next_id + m, device=self.dev)
@@ -333,23 +364,51 @@ class _StreamingEngine:
         self.stats.images += m
         return _Rows(out.state, slots, ids, boxes, admitted), out
 
+    def _admission(self, in_flight: int) -> int:
+        """How many new images to glance now: enough that, at the exit rates seen so far, about B
+        rows are left in flight for the next focus step (a glance exiting most images calls for
+        a larger glance batch); none while rows are waiting for a focus slot."""
+        B = self.pool_size
+        if in_flight >= B:
+            return 0
+        st = self.stats
+        glance_survival = 1.0 - st.exit_counts[0] / st.images if st.images else 1.0
+        focus_exits = sum(st.exit_counts[1:])
+        focus_survival = 1.0 - focus_exits / st.focus_rows if st.focus_rows else 1.0
+        expected_left = in_flight * focus_survival
+        wanted = math.ceil((B - expected_left) / max(glance_survival, 1.0 / MAX_GLANCE_FACTOR))
+        return max(B - in_flight, min(wanted, MAX_GLANCE_FACTOR * B))
+
     def step(self) -> StreamedRows | None:
-        """One engine step: the focus step of the rows in flight and the glance of new ones, their
-        exits, the compaction. Returns the rows that finished (None: none did)."""
+        """One engine step: the focus step of up to B rows in flight and the glance of new ones,
+        their exits, the compaction. Returns the rows that finished (None: none did)."""
         import gfkernels
 
+        B = self.pool_size
         in_flight = sum(len(g) for g in self.running)
-        new = None if self.feed.done else self.feed.take(self.pool_size - in_flight)
+        new = None if self.feed.done else self.feed.take(self._admission(in_flight))
         if new is None and not self.running:
             self.done = True
             return None
+        # the focus batch: B rows, those with the most steps taken first, then the longest waiting
+        # (each group keeps its rows oldest first); the others wait for the next engine step
+        chosen, waiting, room = [], [], B
+        for g in sorted(self.running, key=lambda g: -g.state.step):
+            take = min(len(g), room)
+            room -= take
+            if take == len(g):
+                chosen.append(g)
+            else:
+                if take:
+                    chosen.append(g.rows(slice(0, take)))
+                waiting.append(g.rows(slice(take, None)))
         stepped: list[tuple[_Rows, StepOutput]] = []
-        if self.running:
-            slots = torch.cat([g.slots for g in self.running]) if len(self.running) > 1 else self.running[0].slots
-            outs = self.model.focus_step_groups(self.pool, [g.state for g in self.running], batch_index=slots)
+        if chosen:
+            slots = torch.cat([g.slots for g in chosen]) if len(chosen) > 1 else chosen[0].slots
+            outs = self.model.focus_step_groups(self.pool, [g.state for g in chosen], batch_index=slots)
             self.stats.focus_steps += 1
-            self.stats.focus_rows += in_flight
-            for g, out in zip(self.running, outs):
+            self.stats.focus_rows += len(slots)
+            for g, out in zip(chosen, outs):
                 g.boxes[:, g.state.step] = out.boxes
                 stepped.append((g, out))
         if new is not None:
@@ -360,18 +419,22 @@ class _StreamingEngine:
             decisions.append(gfkernels.early_exit(out.logits, self.thr[t - 1], g.slots, self.out_logits,
                                                   self.exit_step, t, backend=self.backend))
         kept = host_counts([num_keep for _, num_keep in decisions])  # the one host sync of the step
-        self.running, finished = [], []
+        by_step: dict[int, list[_Rows]] = {g.state.step: [g] for g in waiting}  # the waiting rows first
+        finished = []
         for (g, out), (keep, _), n_keep in zip(stepped, decisions, kept):
             n = len(g)
             self.stats.exit_counts[out.state.step - 1] += n - n_keep
             if n_keep == n:
-                self.running.append(_Rows(out.state, *g.row_tensors()))
+                by_step.setdefault(out.state.step, []).append(_Rows(out.state, *g.row_tensors()))
                 continue
             if n_keep:
                 tensors = gfkernels.gather_rows([*g.row_tensors(), *out.state.tensors()], keep, n_keep,
                                                 backend=self.backend)
-                self.running.append(_Rows(GFState.from_tensors(tensors[4:], out.state.step), *tensors[:4]))
-            finished.append(gfkernels.gather_rows(g.row_tensors(), keep[n_keep:], n - n_keep, backend=self.backend))
+                by_step.setdefault(out.state.step, []).append(
+                    _Rows(GFState.from_tensors(tensors[4:], out.state.step), *tensors[:4]))
+            finished.append(gfkernels.gather_rows(g.row_tensors(), keep[n_keep:], n - n_keep,
+                                                  backend=self.backend))
+        self.running = [_Rows.joined(parts) for parts in by_step.values()]
         self.stats.engine_steps += 1
         tick, self.tick = self.tick, self.tick + 1
         if not finished:
