@@ -41,8 +41,11 @@ answer a call alone would. A call never changes the model: it stays in eval mode
 a mode, so BatchNorm statistics are never updated), inference runs under
 ``torch.inference_mode`` on tensors of its own, and the one piece of shared state a call
 builds, the MAC counts, is counted once under a lock. The predictor does not serialise the
-calls: they run in parallel as far as torch's own threads allow. (Moving it with :meth:`to`
-while another thread calls it is not supported.)
+calls: they run in parallel as far as torch's own threads allow. :meth:`Predictor.stream`
+keeps the same promise: each stream holds its own engine state, and inference mode is entered
+around each engine step only, never across a yield, so the caller's code between two results
+runs in its own modes. (Moving it with :meth:`to` while another thread calls it is not
+supported.)
 """
 
 from __future__ import annotations
