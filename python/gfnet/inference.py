@@ -294,16 +294,18 @@ def streaming_inference(model: GFNet, batches: Iterable[torch.Tensor], threshold
     batches: any iterable of (b, C, H, W) tensors (b may vary, images of one size and channel
     count throughout; uint8, or float in [0, 1]: a float batch after uint8 ones turns the pool
     to floats, scaling the uint8 images by 1/255). thresholds: as for :func:`dynamic_inference`.
-    pool_size: B, the rows in flight. stats: filled in as the run goes (:class:`StreamStats`).
+    pool_size: B, the rows in flight the admission aims at. stats: filled in as the run goes (:class:`StreamStats`).
 
-    Every engine step: the rows in the pool that have not finished take their next focus step
+    Every engine step: every row in the pool that has not finished takes its next focus step
     together (the policy, crop and local encoder once on all of them, the classifier per step:
     ``GFNet.focus_step_groups``), and the free slots are filled with new images, glanced on
     arrival; then ``gfkernels.early_exit`` decides the exits of each step's rows against that
     step's threshold, their survivor counts are read in one transfer (the one host sync of the
     step), and ``gfkernels.gather_rows`` compacts each group's state. A row glanced at engine
     step s exits at engine step s + exit_step - 1: once admitted it never waits, so it finishes
-    within T engine steps. Each row's exit step, logits and boxes are those
+    within T engine steps. New images are admitted so that about B rows stay in flight; when
+    the exit rates shift suddenly a focus step may run on more, up to (MAX_GLANCE_FACTOR + 1) B.
+    Each row's exit step, logits and boxes are those
     :func:`dynamic_inference` gives the image (up to float rounding of different batch sizes).
     """
     if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
@@ -367,7 +369,7 @@ class _StreamingEngine:
     def _admission(self, in_flight: int) -> int:
         """How many new images to glance now: enough that, at the exit rates seen so far, about B
         rows are left in flight for the next focus step (a glance exiting most images calls for
-        a larger glance batch); none while rows are waiting for a focus slot."""
+        a larger glance batch); none while B or more rows are in flight."""
         B = self.pool_size
         if in_flight >= B:
             return 0
@@ -384,24 +386,16 @@ class _StreamingEngine:
         their exits, the compaction. Returns the rows that finished (None: none did)."""
         import gfkernels
 
-        B = self.pool_size
         in_flight = sum(len(g) for g in self.running)
         new = None if self.feed.done else self.feed.take(self._admission(in_flight))
         if new is None and not self.running:
             self.done = True
             return None
-        # the focus batch: B rows, those with the most steps taken first, then the longest waiting
-        # (each group keeps its rows oldest first); the others wait for the next engine step
-        chosen, waiting, room = [], [], B
-        for g in sorted(self.running, key=lambda g: -g.state.step):
-            take = min(len(g), room)
-            room -= take
-            if take == len(g):
-                chosen.append(g)
-            else:
-                if take:
-                    chosen.append(g.rows(slice(0, take)))
-                waiting.append(g.rows(slice(take, None)))
+        # every row in flight takes its next step now: none ever waits, so a row glanced at engine
+        # step s exits by engine step s + T - 1. The admission rule keeps the rows in flight near
+        # B; when the glance's exit rate drops suddenly a focus batch can hold up to
+        # (MAX_GLANCE_FACTOR + 1) * B rows, the pool's capacity, never more.
+        chosen = sorted(self.running, key=lambda g: -g.state.step)
         stepped: list[tuple[_Rows, StepOutput]] = []
         if chosen:
             slots = torch.cat([g.slots for g in chosen]) if len(chosen) > 1 else chosen[0].slots
@@ -419,7 +413,7 @@ class _StreamingEngine:
             decisions.append(gfkernels.early_exit(out.logits, self.thr[t - 1], g.slots, self.out_logits,
                                                   self.exit_step, t, backend=self.backend))
         kept = host_counts([num_keep for _, num_keep in decisions])  # the one host sync of the step
-        by_step: dict[int, list[_Rows]] = {g.state.step: [g] for g in waiting}  # the waiting rows first
+        by_step: dict[int, list[_Rows]] = {}
         finished = []
         for (g, out), (keep, _), n_keep in zip(stepped, decisions, kept):
             n = len(g)
