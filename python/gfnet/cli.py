@@ -3,7 +3,7 @@
 Each subcommand is a function registered in ``COMMANDS`` with the arguments it adds to its
 own subparser, so new subcommands plug in without touching the others. A command only parses
 its arguments, calls the library function that does the work (``gfnet.train.train``,
-``gfnet.evaluate.evaluate_run``, ``gfnet.predict.predict_files``, ``gfnet.flops.flops_summary``,
+``gfnet.evaluate.evaluate_run``, ``gfnet.predict.predict_folder``, ``gfnet.flops.flops_summary``,
 ``gfnet.report.build_report``, ``gfnet.official.import_official``, ``gfnet.demo.run_demo``) and
 prints what it returns; errors are ``GFNetError``s, printed as one line by ``main``.
 """
@@ -215,7 +215,10 @@ command("eval", "budgeted evaluation: thresholds per budget, accuracy vs average
 # ---------------------------------------------------------------------- predict
 def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file or training output folder")
-    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (any format PIL reads)")
+    p.add_argument("images", metavar="INPUT", nargs="*",
+                   help="image files (any format PIL reads) and folders (searched recursively for images)")
+    p.add_argument("--files-from", metavar="LIST", default=None,
+                   help="a text file of image paths, one per line (added to the INPUTs)")
     p.add_argument("--budget", type=int, default=None,
                    help="use the stored thresholds of this budget (1..39; default 20 if calibrated, "
                         "else every image runs all steps)")
@@ -227,42 +230,61 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-names", metavar="FILE", default=None,
                    help="names of the classes, one per line (or a JSON list), for a checkpoint without them")
     # default: predictor.DEFAULT_BATCH_SIZE, read when the command runs (the predictor imports torch)
-    p.add_argument("--batch-size", type=int, default=None, help="images per engine call (default 64)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="rows in flight in the streaming engine, and images per decoding batch (default 64)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader processes decoding and resizing the images (default: the cores but one, "
+                        "at most 8; 0: in the main process)")
+    p.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", dest="fmt",
+                   help="DIR/predictions.jsonl (default) or DIR/predictions.csv")
+    p.add_argument("--pictures", type=int, default=None, metavar="N",
+                   help="draw the glance and patches of the first N images (default: every image of a run of "
+                        "at most 16, else none)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over: drop the predictions already in DIR (default: resume, skipping them)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-resize", action="store_true",
-                   help="run each image at its own size instead of the model's evaluation resize and crop")
-    p.add_argument("--out", metavar="DIR", default=None, help="where the pictures go (default: ./predict)")
+                   help="run each image at its own size instead of the model's evaluation resize and crop "
+                        "(the per-batch engine: images of many sizes cannot share a pool)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="where predictions.jsonl and the pictures go (default: ./predict); a rerun resumes")
     p.add_argument("--force", action="store_true",
                    help="replace files (or links) in DIR that a prediction did not write")
-    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (under torchrun: each rank's GPU)")
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .predict import predict_files
+    from .predict import predict_folder
     from .predictor import DEFAULT_BATCH_SIZE
 
+    if not args.images and args.files_from is None:
+        raise GFNetError("give images to predict: image files, folders, or --files-from LIST")
     thresholds = None
     if args.thresholds is not None:
         try:
             thresholds = [float(x) for x in args.thresholds.split(",")]
         except ValueError:
             raise GFNetError(f"--thresholds {args.thresholds!r} is not a comma-separated list of numbers") from None
-    r = predict_files(args.checkpoint, args.images, budget=args.budget, thresholds=thresholds,
-                      target_macs=None if args.target_macs is None else args.target_macs * 1e6,
-                      out=args.out or "predict", device=args.device, class_names=args.class_names,
-                      batch_size=DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size,
-                      resize=not args.no_resize, force=args.force)
-    from .flops import FVCORE_MISSING
-
-    print(f"thresholds: {r['thresholds']}")
-    for row in r["predictions"]:
-        macs = f"MACs: {FVCORE_MISSING}" if row["macs"] is None else f"{row['macs'] / 1e6:.2f} M MACs"
-        print(f"{row['image']}: {row['class_name']} (class {row['prediction']}) confidence "
-              f"{row['confidence']:.4f} exit step {row['exit_step']}/{r['steps']} {macs} -> {row['picture']}")
+    r = predict_folder(args.checkpoint, args.images, out=args.out or "predict", files_from=args.files_from,
+                       budget=args.budget, thresholds=thresholds,
+                       target_macs=None if args.target_macs is None else args.target_macs * 1e6,
+                       device=args.device, class_names=args.class_names,
+                       batch_size=DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size,
+                       resize=not args.no_resize, workers=args.workers, fmt=args.fmt, pictures=args.pictures,
+                       overwrite=args.overwrite, force=args.force, progress=not args.no_progress, log=print)
+    skipped = f", {r['skipped']} already done" if r["skipped"] else ""
+    print(f"{r['predicted']} images predicted, {r['errors']} unreadable{skipped} "
+          f"({r['images_per_s']:.1f} images/s) -> {r['predictions']}")
+    if r.get("merged"):
+        print(f"every rank finished: merged into {r['merged']}")
+    if r["errors"]:
+        print(f"gfnet predict: {r['errors']} image(s) could not be read: their rows in {r['predictions']} "
+              "hold the error", file=sys.stderr)
     return 0
 
 
 _predict.add_arguments = _predict_args  # type: ignore[attr-defined]
-command("predict", "classify images with early exit; pictures of the glance and focus patches")(_predict)
+command("predict", "classify images (files, folders, lists) with early exit into DIR/predictions.jsonl")(_predict)
 
 
 # ---------------------------------------------------------------------- flops

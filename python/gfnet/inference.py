@@ -9,6 +9,11 @@ compacted), then ``gfkernels.early_exit`` records the rows confident enough to s
 hidden, feature map) and the active index in one pass. The last step's threshold is -inf, so
 every sample gets logits. Steps are numbered from 1 (the glance) to T.
 
+``streaming_inference`` is the same engine over a stream of images: a pool of up to B rows in
+flight, refilled after every step with newly glanced images as rows exit, so the focus steps
+keep running on (nearly) full batches whatever the exit rate; rows at different steps share one
+focus step. Each image's result equals what ``dynamic_inference`` gives it.
+
 ``anytime_inference`` runs all T steps on every sample and returns every step's logits: the
 reference the dynamic engine must match, and the "official" way to evaluate budgets (all steps,
 exits simulated afterwards, see :func:`simulate_exits`).
@@ -17,13 +22,13 @@ exits simulated afterwards, see :func:`simulate_exits`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from .models.gfnet import GFNet, GFState
+from .models.gfnet import GFNet, GFState, StepOutput
 from .models.patches import whole_image_boxes
 
 
@@ -150,6 +155,297 @@ def dynamic_inference(model: GFNet, images: torch.Tensor, thresholds=None, *,
     return InferenceResult(out_logits, exit_step, boxes, exit_counts)
 
 
+def host_counts(num_keeps: list[torch.Tensor]) -> list[int]:
+    """Several groups' survivor counts read on the host in one transfer: the one device sync of
+    a streaming step (named like :func:`host_count`)."""
+    if len(num_keeps) == 1:
+        return [host_count(num_keeps[0])]
+    return torch.stack(num_keeps).tolist()
+
+
+MAX_GLANCE_FACTOR = 4  # a streaming step glances at most this many times B new images
+
+
+@dataclass
+class StreamedRows:
+    """The rows that finished at one step of :func:`streaming_inference` (exit order, not input
+    order; every tensor on the model's device)."""
+
+    ids: torch.Tensor  # (n,) int64: each row's place in the input stream, 0 = its first image
+    logits: torch.Tensor  # (n, K) at the row's exit step
+    exit_step: torch.Tensor  # (n,) int64, 1 .. T
+    boxes: torch.Tensor  # (n, T, 4) looked at; NaN for steps not taken
+    admitted: torch.Tensor  # (n,) int64: the engine step at which each row was glanced
+    finished: int  # the engine step at which these rows exited (counted from 0)
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+
+@dataclass
+class StreamStats:
+    """What a :func:`streaming_inference` run did, filled in as it goes."""
+
+    engine_steps: int = 0  # steps of the engine (a glance of new rows and/or one shared focus step)
+    images: int = 0  # images taken from the input
+    focus_steps: int = 0  # engine steps that ran a focus step
+    focus_rows: int = 0  # rows those focus steps ran on, summed
+    exit_counts: list[int] = field(default_factory=list)  # images that exited at steps 1 .. T
+
+    @property
+    def mean_focus_batch(self) -> float:
+        """Rows per focus step on average: the pool size when the pool stays full."""
+        return self.focus_rows / self.focus_steps if self.focus_steps else 0.0
+
+
+@dataclass
+class _Rows:
+    """Rows of the pool that have taken the same number of steps, with their per-row state."""
+
+    state: GFState
+    slots: torch.Tensor  # (n,) int64: each row's slot in the pool (its image and output row)
+    ids: torch.Tensor  # (n,) int64: its place in the input stream
+    boxes: torch.Tensor  # (n, T, 4)
+    admitted: torch.Tensor  # (n,) int64: the engine step that glanced it
+
+    def __len__(self) -> int:
+        return self.slots.shape[0]
+
+    def row_tensors(self) -> list[torch.Tensor]:
+        return [self.slots, self.ids, self.boxes, self.admitted]
+
+    def rows(self, which: slice) -> _Rows:
+        """Some of the rows (views: no copy)."""
+        st = self.state
+        return _Rows(GFState(st.cls[which], st.policy_h[which], st.fmap[which], st.step),
+                     *(t[which] for t in self.row_tensors()))
+
+    @staticmethod
+    def joined(parts: list[_Rows]) -> _Rows:
+        """Groups of rows at the same step as one, in order."""
+        if len(parts) == 1:
+            return parts[0]
+        state = GFState.from_tensors([torch.cat(ts) for ts in zip(*(p.state.tensors() for p in parts))],
+                                     parts[0].state.step)
+        return _Rows(state, *(torch.cat(ts) for ts in zip(*(p.row_tensors() for p in parts))))
+
+
+class _Feed:
+    """Images from an iterable of batches, ``take(m)`` at a time; holds at most one batch."""
+
+    def __init__(self, batches: Iterable[torch.Tensor], device: torch.device):
+        self._batches = iter(batches)
+        self._device = device
+        self._pending: torch.Tensor | None = None
+        self._count = 0
+        self._shape: torch.Size | None = None  # (C, H, W) of the first batch
+        self.exhausted = False
+
+    def _next_batch(self) -> torch.Tensor | None:
+        for batch in self._batches:
+            self._count += 1
+            if not isinstance(batch, torch.Tensor) or batch.dim() != 4:
+                shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+                raise ValueError(f"batches[{self._count - 1}] must be an image batch (B, C, H, W), got "
+                                 f"{shape}")
+            if self._shape is None:
+                self._shape = batch.shape[1:]
+            elif batch.shape[1:] != self._shape:
+                raise ValueError(f"every image of the stream must be {tuple(self._shape)} (C, H, W) like the "
+                                 f"first, got {tuple(batch.shape[1:])} in batches[{self._count - 1}]")
+            if batch.shape[0]:
+                return batch.to(self._device, non_blocking=True)
+        self.exhausted = True
+        return None
+
+    def take(self, m: int) -> torch.Tensor | None:
+        """Up to ``m`` images (fewer only when the input runs out); None when there are none."""
+        parts: list[torch.Tensor] = []
+        have = 0
+        while have < m:
+            if self._pending is None:
+                if self.exhausted:
+                    break
+                self._pending = self._next_batch()
+                if self._pending is None:
+                    break
+            part, rest = self._pending[:m - have], self._pending[m - have:]
+            self._pending = rest if rest.shape[0] else None
+            parts.append(part)
+            have += part.shape[0]
+        if not parts:
+            return None
+        if len(parts) == 1:
+            return parts[0]
+        if len({p.dtype for p in parts}) > 1:  # uint8 and float batches: all float in [0, 1]
+            parts = [p.float() / 255.0 if p.dtype == torch.uint8 else p.float() for p in parts]
+        return torch.cat(parts)
+
+    @property
+    def done(self) -> bool:
+        return self.exhausted and self._pending is None
+
+
+def streaming_inference(model: GFNet, batches: Iterable[torch.Tensor], thresholds=None, *,
+                        pool_size: int = 64, backend: str | None = None,
+                        stats: StreamStats | None = None) -> Iterator[StreamedRows]:
+    """Early-exit inference over a stream of image batches, yielding rows as they finish.
+
+    batches: any iterable of (b, C, H, W) tensors (b may vary, images of one size and channel
+    count throughout; uint8, or float in [0, 1]: a float batch after uint8 ones turns the pool
+    to floats, scaling the uint8 images by 1/255). thresholds: as for :func:`dynamic_inference`.
+    pool_size: B, the rows in flight the admission aims at. stats: filled in as the run goes (:class:`StreamStats`).
+
+    Every engine step: every row in the pool that has not finished takes its next focus step
+    together (the policy, crop and local encoder once on all of them, the classifier per step:
+    ``GFNet.focus_step_groups``), and the free slots are filled with new images, glanced on
+    arrival; then ``gfkernels.early_exit`` decides the exits of each step's rows against that
+    step's threshold, their survivor counts are read in one transfer (the one host sync of the
+    step), and ``gfkernels.gather_rows`` compacts each group's state. A row glanced at engine
+    step s exits at engine step s + exit_step - 1: once admitted it never waits, so it finishes
+    within T engine steps. New images are admitted so that about B rows stay in flight; when
+    the exit rates shift suddenly a focus step may run on more, up to (MAX_GLANCE_FACTOR + 1) B.
+    Each row's exit step, logits and boxes are those
+    :func:`dynamic_inference` gives the image (up to float rounding of different batch sizes).
+    """
+    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+        raise ValueError(f"pool_size must be a positive integer, got {pool_size!r}")
+    engine = _StreamingEngine(model, batches, normalise_thresholds(thresholds, model.max_steps), pool_size,
+                              backend, stats if stats is not None else StreamStats())
+    # inference and eval mode only around each step, never across a yield: the caller's code
+    # between two results runs in its own modes
+    while not engine.done:
+        with torch.inference_mode(), _eval_mode(model):
+            rows = engine.step()
+        if rows is not None:
+            yield rows
+
+
+class _StreamingEngine:
+    """The state of one :func:`streaming_inference` run; :meth:`step` is one engine step."""
+
+    def __init__(self, model: GFNet, batches: Iterable[torch.Tensor], thresholds: list[float], pool_size: int,
+                 backend: str | None, stats: StreamStats):
+        self.model, self.thr, self.pool_size, self.backend, self.stats = model, thresholds, pool_size, backend, stats
+        self.T = model.max_steps
+        stats.exit_counts = [0] * self.T
+        self.dev = next(model.parameters()).device
+        self.feed = _Feed(batches, self.dev)
+        self.pool: torch.Tensor | None = None  # (slots, C, H, W): the image of each slot
+        self.out_logits: torch.Tensor | None = None  # (slots, K): early_exit's output, by slot
+        # slots: the rows in flight (B at most when new ones come) and a glance batch (at most
+        # MAX_GLANCE_FACTOR * B)
+        self.capacity = (MAX_GLANCE_FACTOR + 1) * pool_size
+        self.exit_step = torch.zeros(self.capacity, dtype=torch.int64, device=self.dev)  # by slot, like out_logits
+        self.free = torch.arange(self.capacity, device=self.dev)  # the free slots, in the order they are reused
+        self.running: list[_Rows] = []  # the rows in flight, one group per number of steps taken (1 .. T-1)
+        self.next_id = 0
+        self.tick = 0
+        self.done = False
+
+    def _admit(self, new: torch.Tensor) -> tuple[_Rows, StepOutput]:
+        """Puts new images into free slots and glances at them."""
+        m = new.shape[0]
+        if self.pool is None:
+            self.pool = new.new_empty((self.capacity, *new.shape[1:]))
+        elif new.shape[1:] != self.pool.shape[1:]:
+            raise ValueError(f"every image of the stream must be {tuple(self.pool.shape[1:])} (C, H, W) like "
+                             f"the first, got {tuple(new.shape[1:])} at image {self.next_id}")
+        if new.dtype != self.pool.dtype:
+            new, self.pool = _same_dtype(new, self.pool)
+        slots, self.free = self.free[:m], self.free[m:]
+        self.pool.index_copy_(0, slots, new)
+        out = self.model.glance_step(new)
+        if self.out_logits is None:
+            self.out_logits = out.logits.new_empty((self.capacity, out.logits.shape[1]))
+        boxes = torch.full((m, self.T, 4), math.nan, device=self.dev)
+        boxes[:, 0] = _glance_box(new)
+        ids = torch.arange(self.next_id, self.next_id + m, device=self.dev)
+        admitted = torch.full((m,), self.tick, dtype=torch.int64, device=self.dev)
+        self.next_id += m
+        self.stats.images += m
+        return _Rows(out.state, slots, ids, boxes, admitted), out
+
+    def _admission(self, in_flight: int) -> int:
+        """How many new images to glance now: enough that, at the exit rates seen so far, about B
+        rows are left in flight for the next focus step (a glance exiting most images calls for
+        a larger glance batch); none while B or more rows are in flight."""
+        B = self.pool_size
+        if in_flight >= B:
+            return 0
+        st = self.stats
+        glance_survival = 1.0 - st.exit_counts[0] / st.images if st.images else 1.0
+        focus_exits = sum(st.exit_counts[1:])
+        focus_survival = 1.0 - focus_exits / st.focus_rows if st.focus_rows else 1.0
+        expected_left = in_flight * focus_survival
+        wanted = math.ceil((B - expected_left) / max(glance_survival, 1.0 / MAX_GLANCE_FACTOR))
+        return max(B - in_flight, min(wanted, MAX_GLANCE_FACTOR * B))
+
+    def step(self) -> StreamedRows | None:
+        """One engine step: the focus step of up to B rows in flight and the glance of new ones,
+        their exits, the compaction. Returns the rows that finished (None: none did)."""
+        import gfkernels
+
+        in_flight = sum(len(g) for g in self.running)
+        new = None if self.feed.done else self.feed.take(self._admission(in_flight))
+        if new is None and not self.running:
+            self.done = True
+            return None
+        # every row in flight takes its next step now: none ever waits, so a row glanced at engine
+        # step s exits by engine step s + T - 1. The admission rule keeps the rows in flight near
+        # B; when the glance's exit rate drops suddenly a focus batch can hold up to
+        # (MAX_GLANCE_FACTOR + 1) * B rows, the pool's capacity, never more.
+        chosen = sorted(self.running, key=lambda g: -g.state.step)
+        stepped: list[tuple[_Rows, StepOutput]] = []
+        if chosen:
+            slots = torch.cat([g.slots for g in chosen]) if len(chosen) > 1 else chosen[0].slots
+            outs = self.model.focus_step_groups(self.pool, [g.state for g in chosen], batch_index=slots)
+            self.stats.focus_steps += 1
+            self.stats.focus_rows += len(slots)
+            for g, out in zip(chosen, outs):
+                g.boxes[:, g.state.step] = out.boxes
+                stepped.append((g, out))
+        if new is not None:
+            stepped.append(self._admit(new))
+        decisions = []
+        for g, out in stepped:
+            t = out.state.step  # the step these rows have just taken, 1 .. T
+            decisions.append(gfkernels.early_exit(out.logits, self.thr[t - 1], g.slots, self.out_logits,
+                                                  self.exit_step, t, backend=self.backend))
+        kept = host_counts([num_keep for _, num_keep in decisions])  # the one host sync of the step
+        by_step: dict[int, list[_Rows]] = {}
+        finished = []
+        for (g, out), (keep, _), n_keep in zip(stepped, decisions, kept):
+            n = len(g)
+            self.stats.exit_counts[out.state.step - 1] += n - n_keep
+            if n_keep == n:
+                by_step.setdefault(out.state.step, []).append(_Rows(out.state, *g.row_tensors()))
+                continue
+            if n_keep:
+                tensors = gfkernels.gather_rows([*g.row_tensors(), *out.state.tensors()], keep, n_keep,
+                                                backend=self.backend)
+                by_step.setdefault(out.state.step, []).append(
+                    _Rows(GFState.from_tensors(tensors[4:], out.state.step), *tensors[:4]))
+            finished.append(gfkernels.gather_rows(g.row_tensors(), keep[n_keep:], n - n_keep,
+                                                  backend=self.backend))
+        self.running = [_Rows.joined(parts) for parts in by_step.values()]
+        self.stats.engine_steps += 1
+        tick, self.tick = self.tick, self.tick + 1
+        if not finished:
+            return None
+        slots, ids, boxes, admitted = (torch.cat(col) if len(finished) > 1 else col[0] for col in zip(*finished))
+        self.free = torch.cat([self.free, slots])
+        return StreamedRows(ids, self.out_logits.index_select(0, slots), self.exit_step.index_select(0, slots),
+                            boxes, admitted, tick)
+
+
+def _same_dtype(new: torch.Tensor, pool: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A new batch and the pool in one dtype: uint8 ones become float in [0, 1]."""
+    if new.dtype == torch.uint8:
+        return new.to(pool.dtype) / 255.0, pool
+    return new, (pool.to(new.dtype) / 255.0 if pool.dtype == torch.uint8 else pool.to(new.dtype))
+
+
 def anytime_inference(model: GFNet, images: torch.Tensor, *, policy: str = "mean",
                       generator: torch.Generator | None = None) -> AnytimeResult:
     """All T steps on every sample: every step's logits, (T, B, K), and the boxes looked at.
@@ -228,6 +524,8 @@ def per_step_accuracy(step_logits: torch.Tensor, labels: torch.Tensor) -> list[f
 __all__ = [
     "AnytimeResult",
     "InferenceResult",
+    "StreamStats",
+    "StreamedRows",
     "anytime_inference",
     "collect_anytime",
     "confidences",
@@ -237,4 +535,5 @@ __all__ = [
     "per_step_accuracy",
     "run_dataset",
     "simulate_exits",
+    "streaming_inference",
 ]

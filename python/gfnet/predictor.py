@@ -41,16 +41,20 @@ answer a call alone would. A call never changes the model: it stays in eval mode
 a mode, so BatchNorm statistics are never updated), inference runs under
 ``torch.inference_mode`` on tensors of its own, and the one piece of shared state a call
 builds, the MAC counts, is counted once under a lock. The predictor does not serialise the
-calls: they run in parallel as far as torch's own threads allow. (Moving it with :meth:`to`
-while another thread calls it is not supported.)
+calls: they run in parallel as far as torch's own threads allow. :meth:`Predictor.stream`
+keeps the same promise: each stream holds its own engine state, and inference mode is entered
+around each engine step only, never across a yield, so the caller's code between two results
+runs in its own modes. (Moving it with :meth:`to` while another thread calls it is not
+supported.)
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +69,7 @@ from .data.preprocess import EvalGeometry, decode_image, eval_preprocess, pil_to
 from .data.registry import class_names as data_class_names, eval_settings
 from .device import pick_device
 from .errors import CheckpointError, DataError, GFNetError
-from .inference import dynamic_inference
+from .inference import StreamStats, dynamic_inference, streaming_inference
 from .models.gfnet import GFNet
 
 DEFAULT_BUDGET = 20  # the middle of 1 .. 39: used when the checkpoint is calibrated and none is asked
@@ -224,6 +228,35 @@ def _split_array(name: str, a: Any, single_name: str) -> list[tuple[str, Any]]:
             raise DataError(f"{name} ({_describe(a)}) holds no images: nothing to predict")
         return [(f"{name}[{i}]", a[i]) for i in range(a.shape[0])]
     raise DataError(f"{name} is a {a.ndim}-D {_describe(a)}; images are {layout}")
+
+
+def _stream_items(images: Iterable[Any]) -> Iterator[tuple[str, Any]]:
+    """(name, one image) pairs of a stream's items, lazily; names as in :func:`_flatten`."""
+    if isinstance(images, (str, Path)) or _is_pil(images) or _is_numpy(images) or isinstance(images, torch.Tensor):
+        yield from _flatten(images)
+        return
+    try:
+        iterator = iter(images)
+    except TypeError:
+        raise DataError(f"images is a {_describe(images)}; stream takes an iterable of images") from None
+    for i, item in enumerate(iterator):
+        name = f"images[{i}]"
+        one = _images_of(name, name, item)
+        if one is None:
+            raise DataError(f"{name} is a {_describe(item)}; expected a file path, a PIL image, a numpy "
+                            "array or a torch tensor")
+        yield from one
+
+
+def _chunks(items: Iterator[tuple[str, Any]], size: int) -> Iterator[list[tuple[str, Any]]]:
+    chunk: list[tuple[str, Any]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _as_tensor(name: str, item: Any) -> torch.Tensor:
@@ -458,27 +491,91 @@ class Predictor:
         rule = self.exit_rule(budget, threshold, target_macs)
         items = _flatten(images)
         cumulative = self._counted_macs()[1]  # counted outside inference mode (fvcore traces)
-        T = self.steps
-        exit_counts = [0] * T
+        exit_counts = [0] * self.steps
         out: list[Prediction] = []
-        device = self.device
-        with torch.inference_mode():
-            for start in range(0, len(items), batch_size):
-                prepared = [self._prepare(name, item, resize) for name, item in items[start:start + batch_size]]
-                by_size: dict[tuple[int, int], list[int]] = {}
-                for i, p in enumerate(prepared):
-                    by_size.setdefault(p.geometry.output_hw, []).append(i)
-                results: list[Prediction | None] = [None] * len(prepared)
-                for rows in by_size.values():
-                    batch = _stack([prepared[i].image for i in rows], device)
-                    r = dynamic_inference(self.model, batch, rule.thresholds)
-                    exit_counts = [a + b for a, b in zip(exit_counts, r.exit_counts)]
-                    for i, pred in zip(rows, self._records(r, [prepared[i] for i in rows], cumulative,
-                                                           keep_inputs)):
-                        results[i] = pred
-                out.extend(results)  # type: ignore[arg-type]
+        for start in range(0, len(items), batch_size):
+            chunk, counts = self._predict_chunk(items[start:start + batch_size], rule, cumulative, resize,
+                                                keep_inputs)
+            out.extend(chunk)
+            exit_counts = [a + b for a, b in zip(exit_counts, counts)]
         step_macs = self.step_macs
         return Predictions(out, exit_counts, rule, None if step_macs is None else list(step_macs))
+
+    def _predict_chunk(self, items: list[tuple[str, Any]], rule: ExitRule, cumulative: list[float] | None,
+                       resize: bool, keep_inputs: bool) -> tuple[list[Prediction], list[int]]:
+        """One batch of (name, image) pairs through the per-batch engine, images of one size
+        together: their predictions in input order, and the exit counts."""
+        exit_counts = [0] * self.steps
+        with torch.inference_mode():
+            prepared = [self._prepare(name, item, resize) for name, item in items]
+            by_size: dict[tuple[int, int], list[int]] = {}
+            for i, p in enumerate(prepared):
+                by_size.setdefault(p.geometry.output_hw, []).append(i)
+            results: list[Prediction | None] = [None] * len(prepared)
+            for rows in by_size.values():
+                batch = _stack([prepared[i].image for i in rows], self.device)
+                r = dynamic_inference(self.model, batch, rule.thresholds)
+                exit_counts = [a + b for a, b in zip(exit_counts, r.exit_counts)]
+                for i, pred in zip(rows, self._records(r, [prepared[i] for i in rows], cumulative, keep_inputs)):
+                    results[i] = pred
+        return results, exit_counts  # type: ignore[return-value]
+
+    def stream(self, images: Iterable[Any], *, budget: int | None = None,
+               threshold: float | Sequence[float] | torch.Tensor | None = None,
+               target_macs: float | None = None, batch_size: int = DEFAULT_BATCH_SIZE, resize: bool = True,
+               keep_inputs: bool = False, stats: StreamStats | None = None) -> Iterator[Prediction]:
+        """Classify an iterable of images of any length, yielding each :class:`Prediction` as it
+        finishes (in exit order, not input order: ``Prediction.input`` names the image).
+
+        Each item is one image of any kind the call takes (or an array batch of them); a path
+        is named by itself, anything else by its place in the stream ("images[7]"). Images
+        are read and prepared ``batch_size`` at a time as the engine asks for them, and run
+        through the streaming engine (``gfnet.inference.streaming_inference``) with a pool of
+        ``batch_size`` rows in flight: memory stays bounded whatever the number of images, and
+        each image's prediction is the one ``predictor([image])`` gives. With ``resize=False``
+        (images of many sizes) each batch of ``batch_size`` goes through the per-batch engine
+        instead, its predictions yielded in input order. stats: a
+        ``gfnet.inference.StreamStats`` filled in as the stream runs (exit counts, rows per
+        focus step). The same thread-safety holds as for a call: each stream has its own state.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise GFNetError(f"batch_size must be a positive integer, not {batch_size!r}")
+        rule = self.exit_rule(budget, threshold, target_macs)
+
+        def batches() -> Iterator[tuple[list[PreparedImage], torch.Tensor | None]]:
+            for chunk in _chunks(_stream_items(images), batch_size):
+                with torch.inference_mode():
+                    prepared = [self._prepare(name, item, resize) for name, item in chunk]
+                yield prepared, _stack([p.image for p in prepared], self.device) if resize else None
+
+        return self.stream_prepared(batches(), rule, batch_size=batch_size, resize=resize, keep_inputs=keep_inputs,
+                                    stats=stats)
+
+    def stream_prepared(self, batches: Iterable[tuple[Sequence[PreparedImage], torch.Tensor | None]],
+                        rule: ExitRule, *, batch_size: int = DEFAULT_BATCH_SIZE, resize: bool = True,
+                        keep_inputs: bool = False, stats: StreamStats | None = None) -> Iterator[Prediction]:
+        """:meth:`stream` on images already prepared: batches of (prepared images, their images
+        stacked) as ``gfnet predict``'s DataLoader workers give them (the stack None with
+        ``resize=False``, where each batch goes through the per-batch engine). The generator
+        holds the images in flight only: at most ``batch_size`` rows and one batch."""
+        cumulative = self._counted_macs()[1]  # counted outside inference mode (fvcore traces)
+        if not resize:
+            for prepared, _ in batches:
+                items = [(p.input, p.image) for p in prepared]
+                yield from self._predict_chunk(items, rule, cumulative, False, keep_inputs)[0]
+            return
+        in_flight: dict[int, PreparedImage] = {}  # by place in the stream: the images the engine holds
+        position = itertools.count()  # the engine numbers the images in the order they are given
+
+        def images() -> Iterator[torch.Tensor]:
+            for prepared, stacked in batches:
+                for p in prepared:
+                    in_flight[next(position)] = p
+                yield stacked
+
+        for rows in streaming_inference(self.model, images(), rule.thresholds, pool_size=batch_size, stats=stats):
+            prepared = [in_flight.pop(i) for i in rows.ids.tolist()]
+            yield from self._records(rows, prepared, cumulative, keep_inputs)
 
     def _records(self, r, prepared: list[PreparedImage], cumulative: list[float] | None,
                  keep_inputs: bool) -> list[Prediction]:

@@ -143,7 +143,6 @@ def test_flops_command(capsys):
     (["eval", "{run}", "--budgets", "40"], "out of range"),
     (["eval", "{run}", "--budgets", "0"], "out of range"),
     (["eval", "{run}", "--target-macs", "1e9"], "out of range"),
-    (["predict", "{run}", "{bad}"], "cannot read image"),
     (["predict", "{run}", "{nofile}"], "does not exist"),
     (["predict", "{run}", "{img}", "--budget", "99"], "out of range"),
     (["predict", "{run}", "{img}", "--thresholds", "0.5"], "needs 2 values"),
@@ -223,10 +222,12 @@ def test_outputs_never_go_through_links_or_over_a_users_files(run_dir, images, t
     rc = main(["predict", str(run_dir), images[0], "--out", str(pred), "--thresholds", "0.0,0.0", "--force"])
     assert rc == 0
     assert victim.read_text() == "mine" and not (pred / "000_digit0.png").is_symlink()
-    # a rerun replaces its own picture; a user's file of that name is refused
-    assert main(["predict", str(run_dir), images[0], "--out", str(pred), "--thresholds", "0.0,0.0"]) == 0
+    # a rerun that starts over replaces its own picture; a user's file of that name is refused
+    # (a plain rerun resumes: the image is done, nothing is drawn)
+    again = ["predict", str(run_dir), images[0], "--out", str(pred), "--thresholds", "0.0,0.0", "--overwrite"]
+    assert main(again) == 0
     (pred / "000_digit0.png").write_bytes(b"user's drawing")
-    assert main(["predict", str(run_dir), images[0], "--out", str(pred), "--thresholds", "0.0,0.0"]) == 2
+    assert main(again) == 2
     assert "did not write" in capsys.readouterr().err
     assert (pred / "000_digit0.png").read_bytes() == b"user's drawing"
 

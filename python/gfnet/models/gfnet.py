@@ -204,6 +204,47 @@ class GFNet(nn.Module):
         new_state = GFState(cls, policy_h, fmap.detach(), step + 1)
         return StepOutput(logits, head_logits, new_state, action, log_prob, value, state.fmap, boxes)
 
+    def focus_step_groups(self, images: torch.Tensor, states: list[GFState], *,
+                          batch_index: torch.Tensor) -> list[StepOutput]:
+        """One inference focus step (the policy's mean location) for groups of rows at different
+        steps, ``states[g]`` holding the rows of one step.
+
+        The policy, the crop and the local encoder are the same network at every step, so they
+        run once on all the rows (the groups in order; ``batch_index`` their rows of
+        ``images``); the classifier runs once per group, since its state (concatenated features)
+        or its head can depend on the step. Each group gets what :meth:`focus_step` would give it.
+        """
+        if not states:
+            raise ValueError("focus_step_groups needs at least one group of rows")
+        for s in states:
+            if s.step >= self.max_steps:
+                raise ValueError(f"all {self.max_steps} steps already taken by a group")
+        sizes = [len(s) for s in states]
+        if batch_index.shape[0] != sum(sizes):
+            raise ValueError(f"batch_index has {batch_index.shape[0]} rows, the groups {sum(sizes)}")
+
+        def joined(tensors: list[torch.Tensor]) -> torch.Tensor:
+            return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+        fmap_in = joined([s.fmap for s in states])
+        # as in focus_step: the policy runs in float32, outside autocast
+        with torch.autocast(fmap_in.device.type, enabled=False):
+            action, _, value, policy_h = self.policy.act(fmap_in.float(),
+                                                         joined([s.policy_h for s in states]), "mean")
+        boxes = self.focus_boxes(images, action)
+        x = self.focus_input(images, action, batch_index, boxes=boxes)
+        feat, fmap = self.local_encoder(x)
+        head_logits = self.local_encoder.head(feat)
+        fmap = fmap.detach()
+        outs, start = [], 0
+        for s, n in zip(states, sizes):
+            rows = slice(start, start + n)
+            start += n
+            logits, cls = self.classifier(feat[rows], s.cls, s.step, self.global_encoder.head)
+            outs.append(StepOutput(logits, head_logits[rows], GFState(cls, policy_h[rows], fmap[rows], s.step + 1),
+                                   action[rows], None, value[rows], s.fmap, boxes[rows]))
+        return outs
+
     def rollout(self, images: torch.Tensor, *, policy: str = "mean", actions: list[torch.Tensor] | None = None,
                 steps: int | None = None, generator: torch.Generator | None = None) -> list[StepOutput]:
         """All steps on the whole batch; ``actions`` (T-1 tensors) forces the focus locations."""
