@@ -444,6 +444,10 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_int_list, default=None, metavar="N,N,...",
                    help="with --seeds: the thread counts to run each seed with (default: run.threads, else "
                         "torch's current count)")
+    p.add_argument("--collect", action="store_true",
+                   help="with --seeds: train nothing, write OUT/spread.md from the runs already finished "
+                        "(e.g. each run as its own process: --out OUT/seed{s}-threads{n} --seed s "
+                        "--set run.threads=n)")
 
 
 def _int_list(text: str) -> list[int]:
@@ -468,6 +472,8 @@ def _demo(args: argparse.Namespace) -> int:
     if args.seeds is None:
         if args.threads is not None:
             raise GFNetError("--threads goes with --seeds (for one run: --set run.threads=N)")
+        if args.collect:
+            raise GFNetError("--collect goes with --seeds (and --threads): the runs to collect")
         _print_report(run_demo(cfg, args.out, images=args.images, passes=args.passes, log=say))
         return 0
     if any(n < 1 for n in args.threads or [1]):
@@ -475,7 +481,8 @@ def _demo(args: argparse.Namespace) -> int:
     import torch
 
     threads = args.threads or [cfg.run.threads or torch.get_num_threads()]
-    rows = run_demo_seeds(cfg, args.out, args.seeds, threads, images=args.images, passes=args.passes, log=say)
+    rows = run_demo_seeds(cfg, args.out, args.seeds, threads, images=args.images, passes=args.passes,
+                          collect_only=args.collect, log=say)
     print(f"\nevery claim met in {sum(r['claims_met'] for r in rows)} of {len(rows)} runs: "
           f"{Path(args.out) / 'spread.md'}")
     return 0

@@ -25,6 +25,7 @@ from typing import Any
 
 from .config import Config
 from .device import pick_device
+from .errors import GFNetError
 from .evaluate import evaluate_run
 from .files import write_atomic
 
@@ -187,29 +188,51 @@ def spread_markdown(rows: Sequence[dict[str, Any]], title: str) -> str:
 
 
 def run_demo_seeds(cfg: Config, out: str | Path, seeds: Sequence[int], threads: Sequence[int], *,
-                   images: int = 8, passes: int = 3,
+                   images: int = 8, passes: int = 3, collect_only: bool = False,
                    log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """The demo once per (seed, thread count), each into ``out/seed{s}-threads{n}`` (resumable
     like a single demo), then ``out/spread.md`` and ``out/spread.json``: each run's headline
-    figures and their min / median / max (rewritten after every run). Returns the rows."""
+    figures and their min / median / max (rewritten after every run). Returns the rows.
+
+    collect_only: train nothing; write the spread of the runs already finished (their
+    report.json newer than their baseline and last stage), e.g. after running the seeds as
+    separate processes or machines (``gfnet demo --out OUT/seed1-threads2 --seed 1 --set
+    run.threads=2``); the runs not finished are listed as missing."""
     say = log or (lambda _msg: None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    missing: list[str] = []
     for seed in seeds:
         for n in threads:
-            run_cfg = cfg.copy()
-            run_cfg.run.seed, run_cfg.run.threads = int(seed), int(n)
             run_dir = out / f"seed{seed}-threads{n}"
-            say(f"\n=== gfnet demo: seed {seed}, {n} thread(s) -> {run_dir} ===")
-            report = run_demo(run_cfg, run_dir, images=images, passes=passes, log=log)
+            if collect_only:
+                report = _finished_report(run_dir)
+                if report is None:
+                    say(f"not finished, left out: {run_dir}")
+                    missing.append(run_dir.name)
+                    continue
+            else:
+                run_cfg = cfg.copy()
+                run_cfg.run.seed, run_cfg.run.threads = int(seed), int(n)
+                say(f"\n=== gfnet demo: seed {seed}, {n} thread(s) -> {run_dir} ===")
+                report = run_demo(run_cfg, run_dir, images=images, passes=passes, log=log)
             rows.append(headline(report, seed=int(seed), threads=int(n), seconds=wall_time(run_dir)))
-            table = {"runs": rows, "spread": spread(rows)}
-            write_atomic(out / "spread.json", json.dumps(table, indent=2).encode())
-            write_atomic(out / "spread.md", spread_markdown(rows, f"gfnet demo over seeds and thread counts: "
-                                                                 f"{cfg.preset}").encode())
+            _write_spread(out, rows, missing, cfg.preset)
+    if not rows:
+        raise GFNetError(f"no finished demo run under {out} (seed*-threads*/report.json)")
+    _write_spread(out, rows, missing, cfg.preset)
     say(f"\nwrote {out / 'spread.md'}")
     return rows
+
+
+def _write_spread(out: Path, rows: list[dict[str, Any]], missing: list[str], preset: str) -> None:
+    table = {"runs": rows, "spread": spread(rows), "missing": missing}
+    write_atomic(out / "spread.json", json.dumps(table, indent=2).encode())
+    md = spread_markdown(rows, f"gfnet demo over seeds and thread counts: {preset}")
+    if missing:
+        md += f"\nNot finished, left out: {', '.join(missing)}.\n"
+    write_atomic(out / "spread.md", md.encode())
 
 
 __all__ = ["HEADLINE", "headline", "run_demo", "run_demo_seeds", "spread", "spread_markdown", "wall_time"]

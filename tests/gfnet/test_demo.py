@@ -279,6 +279,14 @@ def test_demo_over_seeds_writes_the_spread(tmp_path):
     assert again.stdout.count("report.json reused") == 2
     assert (out / "seed0-threads1" / "report.json").read_bytes() == before
     assert json.loads((out / "spread.json").read_text())["runs"][0]["glance"] == runs[0]["glance"]
+    # --collect: the spread of the finished runs only, training nothing (seed 5 never ran)
+    collected = _demo(out, "--seeds", "1,5,0", "--threads", "1", "--collect")
+    assert collected.returncode == 0, collected.stdout[-3000:] + collected.stderr[-3000:]
+    table = json.loads((out / "spread.json").read_text())
+    assert [r["seed"] for r in table["runs"]] == [1, 0] and table["missing"] == ["seed5-threads1"]
+    assert [r["glance"] for r in table["runs"]] == [runs[1]["glance"], runs[0]["glance"]]
+    assert not (out / "seed5-threads1" / "stage1.pt").exists()
+    assert "Not finished, left out: seed5-threads1." in (out / "spread.md").read_text()
     # the two seeds trained different models
     w0 = torch.load(out / "seed0-threads1" / "stage1.pt", weights_only=True)["model"]
     w1 = torch.load(out / "seed1-threads1" / "stage1.pt", weights_only=True)["model"]
@@ -299,3 +307,7 @@ def test_demo_wall_time_sums_every_piece_of_a_run(tmp_path):
 def test_demo_threads_needs_seeds(tmp_path):
     proc = _demo(tmp_path / "x", "--threads", "1")
     assert proc.returncode == 2 and "--threads goes with --seeds" in proc.stderr
+    proc = _demo(tmp_path / "x", "--collect")
+    assert proc.returncode == 2 and "--collect goes with --seeds" in proc.stderr
+    proc = _demo(tmp_path / "x", "--seeds", "0", "--collect")
+    assert proc.returncode == 2 and "no finished demo run under" in proc.stderr
