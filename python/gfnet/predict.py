@@ -364,6 +364,9 @@ def predict_folder(checkpoint: str | Path, inputs: Sequence[str | Path] = (), *,
                                "images": len(mine_all), "skipped": len(mine_all) - len(todo), "predicted": 0,
                                "errors": 0, "exit_counts": [0] * predictor.steps}
     verbose = len(everything) <= SMALL_RUN
+    # a small run prints a line per image, in input order (the engine finishes them in exit
+    # order): held until the run ends, at most SMALL_RUN of them
+    lines: dict[str, str] = {}
     stats = StreamStats()
     started = time.monotonic()
     dataset = _DecodeDataset(todo, predictor.channels, predictor.cfg.model.image_size, predictor._eval_settings,
@@ -411,8 +414,9 @@ def predict_folder(checkpoint: str | Path, inputs: Sequence[str | Path] = (), *,
             summary["exit_counts"][p.exit_step - 1] += 1
             if verbose:
                 macs = "MACs: n/a (fvcore missing)" if p.macs is None else f"{p.macs / 1e6:.2f} M MACs"
-                say(f"{p.input}: {p.class_name} (class {p.class_index}) confidence {p.confidence:.4f} exit step "
-                    f"{p.exit_step}/{predictor.steps} {macs}" + (f" -> {row['picture']}" if "picture" in row else ""))
+                lines[p.input] = (f"{p.input}: {p.class_name} (class {p.class_index}) confidence "
+                                  f"{p.confidence:.4f} exit step {p.exit_step}/{predictor.steps} {macs}"
+                                  + (f" -> {row['picture']}" if "picture" in row else ""))
             if bar is not None:
                 bar.update(1)
                 if summary["predicted"] % 64 == 1:
@@ -428,6 +432,9 @@ def predict_folder(checkpoint: str | Path, inputs: Sequence[str | Path] = (), *,
         if bar is not None:
             bar.close()
         results.close()
+        for path in everything:  # what finished, also when interrupted
+            if path in lines:
+                say(lines.pop(path))
     seconds = time.monotonic() - started
     summary.update(seconds=seconds, images_per_s=(summary["predicted"] + summary["errors"]) / max(seconds, 1e-9),
                    mean_focus_batch=stats.mean_focus_batch)
