@@ -351,3 +351,14 @@ def test_timm_backbone_trains_one_step_and_its_flops_are_counted():
     assert static_macs(build_static_baseline(cfg.model).backbone, cfg.model) > sf.macs[1]
     with pytest.raises(ConfigError, match="has no model 'no_such_net'"):
         build_config("small", overrides={"model.backbone": "timm/no_such_net"})
+
+
+def test_a_budget_as_accurate_as_the_rounded_baseline_reaches_it():
+    """The baseline's accuracy is stored to 5 decimals (22 of 24 images: 0.91667); a budget
+    scoring the same 22 of 24 (0.916666...) reaches it, one image fewer does not."""
+    from gfnet.report import matching_point
+
+    rows = [{"budget": 16, "accuracy": 22 / 24, "avg_macs": 48e6},
+            {"budget": 1, "accuracy": 21 / 24, "avg_macs": 28e6}]
+    assert matching_point(rows, round(22 / 24, 5), 100e6)["budget"] == 16
+    assert matching_point(rows, round(23 / 24, 5), 100e6) is None
