@@ -40,15 +40,16 @@ DATA_PRESET = "small"  # a user's own images (--data DIR) without a --preset: a 
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments shared by every subcommand that builds a config."""
     p.add_argument("--preset", default=None,
-                   help=f"named preset (see --list-presets); default: {DEFAULT_PRESET}, or {DATA_PRESET} with "
-                        "--data, or the YAML's 'preset'")
+                   help=f"named preset (see --list-presets); default: {DEFAULT_PRESET}, or "
+                        f"{DATA_PRESET} with --data, or the YAML's 'preset'")
     p.add_argument("--config", metavar="YAML", default=None, help="YAML file of config overrides")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
                    help="override a config field, e.g. --set model.patch_size=128 (repeatable)")
     p.add_argument("--data", metavar="DIR", default=None,
-                   help="a folder of images: DIR/train/<class>/* with DIR/val/ and/or DIR/test/, or "
-                        "DIR/<class>/* (20 %% held out); the classes, channels and normalisation are read "
-                        "from it unless set (another data set's folder with --set data.dataset=NAME)")
+                   help="a folder of images: DIR/train/<class>/* with DIR/val/ and/or "
+                        "DIR/test/, or DIR/<class>/* (20 %% held out); the classes, channels and "
+                        "normalisation are read from it unless set (another data set's folder "
+                        "with --set data.dataset=NAME)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (run.device)")
     p.add_argument("--pretrained", action="store_true",
                    help="initialise backbones from torchvision's pretrained weights (may download)")
@@ -73,7 +74,8 @@ def _user_settings(args: argparse.Namespace) -> tuple[dict, dict]:
 def _flag_overrides(args: argparse.Namespace, sets: dict, extra: dict | None) -> dict:
     """--set, then the flags that stand for config keys, then ``extra`` (the shortcuts)."""
     overrides = dict(sets)
-    for key, val in (("run.device", args.device), ("run.seed", args.seed), ("model.init_from", args.init_from)):
+    for key, val in (("run.device", args.device), ("run.seed", args.seed),
+                     ("model.init_from", args.init_from)):
         if val is not None:
             overrides[key] = val
     if args.pretrained:
@@ -158,24 +160,26 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage", default="all", choices=["1", "2", "3", "all"],
                    help="which stage to run; 2 and 3 read the previous stage's checkpoint")
     p.add_argument("--out", metavar="DIR", default=None,
-                   help="the run folder: checkpoints, metrics, and config.yaml, the run's config, which "
-                        "--resume, --baseline and later stages start from")
+                   help="the run folder: checkpoints, metrics, and config.yaml, the run's "
+                        "config, which --resume, --baseline and later stages start from")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out where it stopped (skips finished stages), with its own "
-                        "config (OUT/config.yaml): no other flag is needed")
+                   help="continue the run in --out where it stopped (skips finished stages), "
+                        "with its own config (OUT/config.yaml): no other flag is needed")
     p.add_argument("--force", action="store_true",
-                   help="go on although this command's config differs from the run's config.yaml in the "
-                        "model, data or schedule (refused otherwise, naming the changes)")
+                   help="go on although this command's config differs from the run's "
+                        "config.yaml in the model, data or schedule (refused otherwise, naming "
+                        "the changes)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of every stage (shortcut)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (optim.batch_size)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    p.add_argument("--list-backbones", action="store_true", help="list the backbones (model.backbone) and exit")
+    p.add_argument("--list-backbones", action="store_true",
+                   help="list the backbones (model.backbone) and exit")
     p.add_argument("--baseline", action="store_true",
-                   help="train the static baseline instead, on the run's own data and model (OUT/config.yaml "
-                        "when there is one): the same backbone on the full-resolution image, trained as long "
-                        "as GFNet's encoders (stage-1 + stage-3 epochs) with their recipe; writes "
-                        "OUT/baseline.pt (resumable)")
+                   help="train the static baseline instead, on the run's own data and model "
+                        "(OUT/config.yaml when there is one): the same backbone on the "
+                        "full-resolution image, trained as long as GFNet's encoders (stage-1 + "
+                        "stage-3 epochs) with their recipe; writes OUT/baseline.pt (resumable)")
 
 
 def train_config(args: argparse.Namespace):
@@ -189,7 +193,8 @@ def train_config(args: argparse.Namespace):
     stored = load_run_config(args.out) if args.out else None
     if stored is None:
         return config_from_args(args, extra)
-    _say(f"config: {run_config_path(args.out)} (the run's own), with this command's settings over it")
+    _say(f"config: {run_config_path(args.out)} (the run's own), with this command's settings "
+         "over it")
     return config_over_run(args, stored, extra)
 
 
@@ -218,14 +223,16 @@ def _train(args: argparse.Namespace, callbacks: Sequence[TrainerCallback] = ()) 
         from .config import size_text
         from .train.baseline import train_baseline
 
-        ck = train_baseline(cfg, args.out, resume=args.resume, callbacks=callbacks, force=args.force)
+        ck = train_baseline(cfg, args.out, resume=args.resume, callbacks=callbacks,
+                            force=args.force)
         print(f"static baseline ({cfg.model.backbone}, {size_text(cfg.model.image_size)} px): test accuracy "
               f"{ck['test_accuracy']:.4f}, {ck['macs'] / 1e6:.2f} M MACs per image")
         return 0
     stages = [1, 2, 3] if args.stage == "all" else [int(args.stage)]
     from .train import train
 
-    results = train(cfg, args.out, stages, resume=args.resume, callbacks=callbacks, force=args.force)
+    results = train(cfg, args.out, stages, resume=args.resume, callbacks=callbacks,
+                    force=args.force)
     last = results.get(f"stage{stages[-1]}")
     if last:
         print(f"test accuracy per step (policy): {' '.join(f'{a:.4f}' for a in last['policy'])}")
@@ -462,7 +469,8 @@ def _print_report(r: dict) -> None:
     print(f"operating point: budget {op['budget']}, {op['accuracy']:.4f} at {op['avg_macs'] / 1e6:.2f} M MACs "
           f"({100 * op['macs_fraction']:.1f} % of the baseline's); dynamic throughput "
           f"{r['speedup_vs_baseline']:.2f}x the baseline's")
-    for claim, ok in r.get("claims", {}).items():  # the digits demo's targets; a user's run has none
+    # the digits demo's claims, checked against its targets; a run on other data has none
+    for claim, ok in r.get("claims", {}).items():
         print(f"{claim}: {'met' if ok else 'NOT met'}")
     for warning in r.get("training", {}).get("warnings", []):
         print(f"warning: {warning}")
@@ -600,7 +608,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         hint = ""
         if args.command == "train" and getattr(args, "out", None):  # every epoch is checkpointed
-            hint = f"; continue with: gfnet train{' --baseline' if args.baseline else ''} --out {args.out} --resume"
+            baseline = " --baseline" if args.baseline else ""
+            hint = f"; continue with: gfnet train{baseline} --out {args.out} --resume"
         print(f"gfnet {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 

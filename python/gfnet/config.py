@@ -25,7 +25,8 @@ from .registry import Registry
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_INTERPOLATIONS = ("bilinear", "bicubic")
-AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")  # torchvision's RandAugment, TrivialAugmentWide
+# data.auto_augment: torchvision's RandAugment or TrivialAugmentWide, or none
+AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
 
 
 def image_hw(size: int | Sequence[int], name: str = "image size") -> tuple[int, int]:
@@ -245,12 +246,13 @@ class Config:
             raise ConfigError(f"data.calibration must be auto|val|train, not {d.calibration!r}")
         lo, hi = d.crop_scale
         if not 0 < lo <= hi <= 1:
-            raise ConfigError(f"data.crop_scale must be two fractions of the image's area, 0 < low <= high <= 1, "
-                              f"not {d.crop_scale!r}")
+            raise ConfigError(f"data.crop_scale must be two fractions of the image's area, "
+                              f"0 < low <= high <= 1, not {d.crop_scale!r}")
         if d.color_jitter < 0:
             raise ConfigError(f"data.color_jitter must be >= 0 (0 = off), not {d.color_jitter!r}")
         if d.auto_augment not in AUTO_AUGMENTS:
-            raise ConfigError(f"data.auto_augment must be one of {', '.join(AUTO_AUGMENTS)}, not {d.auto_augment!r}")
+            raise ConfigError(f"data.auto_augment must be one of {', '.join(AUTO_AUGMENTS)}, "
+                              f"not {d.auto_augment!r}")
         if d.calibration_samples < 1:
             raise ConfigError("data.calibration_samples must be >= 1")
         if self.run.amp not in ("auto", "bf16", "fp16", "off"):
@@ -395,7 +397,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(preset: str | None = None, yaml_file: str | None = None,
-                 overrides: list[str] | dict[str, Any] | None = None, *, validate: bool = True) -> Config:
+                 overrides: list[str] | dict[str, Any] | None = None, *,
+                 validate: bool = True) -> Config:
     """Preset -> YAML -> overrides, validated (``validate=False``: by the caller, once it has
     filled in the rest, e.g. what a data folder says)."""
     cfg = get_preset(preset) if preset else Config()
@@ -525,7 +528,10 @@ def _digits() -> Config:
                    classifier_hidden=128, policy_state="conv", policy_conv_channels=8,
                    policy_hidden=128, mean=(0.1,), std=(0.25,), width=16,
                    eval_crop_fraction=1.0, eval_interpolation="bicubic"),
-        data=dict(dataset="digits", num_workers=0, crop_scale=(0.85, 1.0), hflip=False, digit_size=16, digit_size_jitter=2, num_clutter=12,
+        # crop_scale, hflip: digits in a user's folder (--preset digits --data DIR) are not
+        # mirrored and keep most of the image; the built-in canvases are not augmented
+        data=dict(dataset="digits", num_workers=0, crop_scale=(0.85, 1.0), hflip=False,
+                  digit_size=16, digit_size_jitter=2, num_clutter=12,
                   fragment_size=8, near_clutter=6, train_samples=4000, val_samples=1000, test_samples=2000),
         # The glance decides this recipe. Read at 5-7 px among fragments, the digit takes the
         # global encoder ~1000-2000 SGD steps to pick up (a plateau near chance, then a climb to
@@ -572,11 +578,13 @@ def _small() -> Config:
         model=dict(backbone="digitnet", width=24, num_classes=10, in_channels=3, image_size=128,
                    patch_size=64, max_steps=3, glance_mode="bicubic", classifier="gru",
                    classifier_hidden=256, classifier_shared_head=False, glance_from_head=False,
-                   policy_state="conv", policy_conv_channels=8, policy_conv_bias=True, policy_hidden=128,
+                   policy_state="conv", policy_conv_channels=8, policy_conv_bias=True,
+                   policy_hidden=128,
                    mean=IMAGENET_MEAN, std=IMAGENET_STD, eval_crop_fraction=0.875,
                    eval_interpolation="bilinear"),
         data=dict(dataset="imagefolder", num_workers=0, crop_scale=(0.25, 1.0), hflip=True),
-        optim=dict(batch_size=32, epochs_stage1=10, epochs_stage2=5, epochs_stage3=5, lr_backbone=0.05,
+        optim=dict(batch_size=32, epochs_stage1=10, epochs_stage2=5, epochs_stage3=5,
+                   lr_backbone=0.05,
                    lr_classifier_stage1=0.1, lr_classifier_stage3=0.05, weight_decay=5e-5,
                    head_loss_weight=1.0, freeze_global_stage3=True, schedule_unit="step",
                    stage3_actions="mean"),

@@ -301,7 +301,8 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
     engines = [("static baseline", run_static), (f"GFNet, all {T} steps", run_all_steps),
                (f"GFNet dynamic, budget {op['budget']}", run_dynamic(thr))]
     if match is not None and match["budget"] != op["budget"]:  # also where it matches the baseline
-        engines.append((f"GFNet dynamic, budget {match['budget']}", run_dynamic(_exit_thresholds(match))))
+        engines.append((f"GFNet dynamic, budget {match['budget']}",
+                        run_dynamic(_exit_thresholds(match))))
     say(f"report: timing {len(engines)} engines on {images.shape[0]} test images, batches of "
         f"{', '.join(map(str, batch_sizes))}, {passes} passes each, {nthreads} thread(s)")
     timings: list[EngineTiming] = []
@@ -336,7 +337,8 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
         assets / "accuracy_vs_flops.png", [r["avg_macs"] for r in rows], [r["accuracy"] for r in rows],
         step_macs_cum=cum, step_acc=ev["anytime_accuracy"], random_step_acc=random_acc, baseline=(base_macs, base_acc),
         highlight=(op["avg_macs"], op["accuracy"], f"operating point (budget {op['budget']})"),
-        macs_limit=(MACS_FRACTION * base_macs, f"{MACS_FRACTION:.0%} of the baseline's MACs") if targets else None,
+        macs_limit=((MACS_FRACTION * base_macs, f"{MACS_FRACTION:.0%} of the baseline's MACs")
+                    if targets else None),  # a target: the demo's alone
         title=f"GFNet {cfg.preset} vs its static baseline")
     from .train.curves import curve_warnings, read_metrics, stage_curves
     from .viz import plot_training_curves
@@ -361,9 +363,10 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
     }
     report = {
         "run": str(run), "checkpoint": str(ck_path), "baseline_checkpoint": str(base_path), "preset": cfg.preset,
-        "data": {"dataset": cfg.data.dataset, "root": cfg.data.root, "num_classes": cfg.model.num_classes,
-                 "class_names": ck.get("class_names"), "in_channels": cfg.model.in_channels,
-                 "mean": list(cfg.model.mean), "std": list(cfg.model.std)},
+        "data": {"dataset": cfg.data.dataset, "root": cfg.data.root,
+                 "num_classes": cfg.model.num_classes, "class_names": ck.get("class_names"),
+                 "in_channels": cfg.model.in_channels, "mean": list(cfg.model.mean),
+                 "std": list(cfg.model.std)},
         "device": str(device), "threads": nthreads, "batch_sizes": list(batch_sizes), "passes": passes,
         "torch": torch.__version__,
         "baseline": {"backbone": bcfg.model.backbone, "image_size": bcfg.model.image_size,
@@ -421,15 +424,17 @@ def _training_section(training: dict[str, Any] | None, out_dir: Path) -> list[st
 
 
 def _data_text(r: dict[str, Any]) -> str:
+    """One sentence on the data: where, how many classes (named), channels, normalisation."""
     d = r.get("data")
     if not d:
         return ""
     names = d.get("class_names") or []
-    shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+    shown = f" ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})" if names else ""
     where = f" `{d['root']}`" if d.get("root") else ""
-    return (f"Data: {d['dataset']}{where}, {d['num_classes']} classes" + (f" ({shown})" if shown else "")
-            + f", {d['in_channels']} channel(s) normalised with mean "
-            + ", ".join(f"{v:.3f}" for v in d["mean"]) + " and std " + ", ".join(f"{v:.3f}" for v in d["std"]) + ".")
+    mean = ", ".join(f"{v:.3f}" for v in d["mean"])
+    std = ", ".join(f"{v:.3f}" for v in d["std"])
+    return (f"Data: {d['dataset']}{where}, {d['num_classes']} classes{shown}, "
+            f"{d['in_channels']} channel(s) normalised with mean {mean} and std {std}.")
 
 
 def _claims_section(r: dict[str, Any]) -> list[str]:
@@ -471,31 +476,41 @@ def _claims_section(r: dict[str, Any]) -> list[str]:
 
 
 def _facts_section(r: dict[str, Any]) -> list[str]:
-    """What a run shows, stated without targets (a user's own data: what is good enough is theirs)."""
+    """What a run shows, stated without targets (on a user's own data, what is good enough is
+    the user's to say)."""
     b, g, op, mp = r["baseline"], r["gfnet"], r["operating_point"], r["matching_point"]
     T, acc, steps = g["steps"], g["anytime_accuracy"], g["step_macs"]
-    rnd, learned = r["random_policy"]["anytime_accuracy"], r["random_policy"]["policy_anytime_accuracy"]
-    every = sum(steps)
+    rnd = r["random_policy"]["anytime_accuracy"]
+    learned = r["random_policy"]["policy_anytime_accuracy"]
+    every, base_macs = sum(steps), b["macs"]
+    if op["meets_accuracy"]:
+        point = ("The cheapest budget within 1 point of the baseline's accuracy is budget "
+                 f"{op['budget']}")
+    else:
+        point = ("No budget comes within 1 point of the baseline's accuracy; the most accurate is "
+                 f"budget {op['budget']}")
+    if mp:
+        matching = (f"The baseline's accuracy itself is reached at budget {mp['budget']}: "
+                    f"{_pct(mp['accuracy'])} at {mp['avg_macs'] / 1e6:.2f} M MACs "
+                    f"({_pct(mp['macs_fraction'])} of the baseline's).")
+    else:
+        matching = "No budget reaches the baseline's accuracy itself."
     lines = [
         "## Summary",
         "",
-        f"- Static baseline: {_pct(b['test_accuracy'])} at {b['macs'] / 1e6:.2f} M MACs per image.",
-        f"- GFNet's glance alone: {_pct(acc[0])} at {steps[0] / 1e6:.2f} M MACs ({_pct(steps[0] / b['macs'])} of "
-        f"the baseline's); all {T} steps: {_pct(acc[-1])} at {every / 1e6:.2f} M MACs "
-        f"({_pct(every / b['macs'])}).",
-        ("- " + (f"The cheapest budget within 1 point of the baseline's accuracy is budget {op['budget']}: "
-                 if op["meets_accuracy"] else
-                 f"No budget comes within 1 point of the baseline's accuracy; the most accurate is budget "
-                 f"{op['budget']}: ")
-         + f"{_pct(op['accuracy'])} at {op['avg_macs'] / 1e6:.2f} M MACs ({_pct(op['macs_fraction'])} of the "
-           f"baseline's), running {r['speedup_vs_baseline']:.2f}x the baseline's images per second."),
-        "- " + (f"The baseline's accuracy itself is reached at budget {mp['budget']}: {_pct(mp['accuracy'])} at "
-                f"{mp['avg_macs'] / 1e6:.2f} M MACs ({_pct(mp['macs_fraction'])} of the baseline's)."
-                if mp else "No budget reaches the baseline's accuracy itself."),
+        f"- Static baseline: {_pct(b['test_accuracy'])} at {base_macs / 1e6:.2f} M MACs per image.",
+        f"- GFNet's glance alone: {_pct(acc[0])} at {steps[0] / 1e6:.2f} M MACs "
+        f"({_pct(steps[0] / base_macs)} of the baseline's); all {T} steps: {_pct(acc[-1])} at "
+        f"{every / 1e6:.2f} M MACs ({_pct(every / base_macs)}).",
+        f"- {point}: {_pct(op['accuracy'])} at {op['avg_macs'] / 1e6:.2f} M MACs "
+        f"({_pct(op['macs_fraction'])} of the baseline's), running {r['speedup_vs_baseline']:.2f}x "
+        "the baseline's images per second.",
+        f"- {matching}",
     ]
     if T > 1:
-        lines.append(f"- Where it looks: at step 2 the learned focus locations give {_pct(learned[1])}, uniformly "
-                     f"random ones {_pct(rnd[1])} ({100 * (learned[1] - rnd[1]):+.1f} points).")
+        lines.append("- Where it looks: at step 2 the learned focus locations give "
+                     f"{_pct(learned[1])}, uniformly random ones {_pct(rnd[1])} "
+                     f"({100 * (learned[1] - rnd[1]):+.1f} points).")
     warnings = (r.get("training") or {}).get("warnings") or []
     if warnings:
         lines.append(f"- Training left {len(warnings)} warning(s): see Training below.")

@@ -23,11 +23,25 @@ RUN_CONFIG = "config.yaml"
 # how a fresh stage's weights start (a resumed stage has its own), how data is loaded, and the
 # exit calibration of gfnet eval; none of them changes what was trained on
 FREE_SECTIONS = ("run",)
-FREE_KEYS = frozenset({"preset", "model.init_from", "model.pretrained", "model.backbone_weights", "data.num_workers", "data.download",
-                       "data.calibration", "data.calibration_samples", "data.calibration_augment"})
+FREE_KEYS = frozenset(
+    {
+        "preset",
+        "model.init_from",
+        "model.pretrained",
+        "model.backbone_weights",
+        "data.num_workers",
+        "data.download",
+        "data.calibration",
+        "data.calibration_samples",
+        "data.calibration_augment",
+    }
+)
 CHECKPOINT_FILES = ("stage1.pt", "stage2.pt", "stage3.pt", "baseline.pt")
-_HEADER = ("# gfnet run config: the resolved config this run trains with, written as its training started.\n"
-           "# `gfnet train --out RUN --resume` and `gfnet train --baseline --out RUN` start from it.\n")
+_HEADER = (
+    "# gfnet run config: the resolved config this run trains with, written as its training\n"
+    "# started. `gfnet train --out RUN --resume` and `gfnet train --baseline --out RUN` start\n"
+    "# from it.\n"
+)
 
 
 def run_config_path(out: str | Path) -> Path:
@@ -58,7 +72,9 @@ def load_run_config(out: str | Path) -> Config | None:
             cfg.preset = name
         return cfg.validate()
     except ConfigError as e:
-        raise ConfigError(f"the run's config {str(path)!r} is not usable ({e}); fix or delete it") from None
+        raise ConfigError(
+            f"the run's config {str(path)!r} is not usable ({e}); fix or delete it"
+        ) from None
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -78,7 +94,10 @@ def _comparable(key: str, value: Any) -> Any:
     if key == "model.image_size":
         return list(image_hw(value if isinstance(value, int) else tuple(value)))
     if isinstance(value, (list, tuple)):
-        return [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in value]
+        return [
+            float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+            for v in value
+        ]
     return value
 
 
@@ -87,7 +106,7 @@ def _is_free(key: str) -> bool:
 
 
 def config_changes(stored: Config, new: Config) -> list[str]:
-    """"key: stored -> new" for every trained-on key (module docstring) that differs."""
+    """ "key: stored -> new" for every trained-on key (module docstring) that differs."""
     old_flat, new_flat = _flatten(stored.to_dict()), _flatten(new.to_dict())
     changes = []
     for key in old_flat.keys() | new_flat.keys():
@@ -112,11 +131,19 @@ def check_run_config(out: str | Path, cfg: Config, *, force: bool = False) -> No
     changes = config_changes(stored, cfg)
     if changes:
         raise ConfigError(
-            f"this command's config differs from the run's ({str(run_config_path(out))!r}) in what it was "
-            f"trained on: {'; '.join(changes)}. Continue the run with its own config (`gfnet train --out {out} "
-            "--resume`, with no other settings), choose another --out, or pass --force to go on with the new "
-            "settings (config.yaml is then rewritten)")
+            f"this command's config differs from the run's ({str(run_config_path(out))!r}) in "
+            f"what it was trained on: {'; '.join(changes)}. Continue the run with its own config "
+            f"(`gfnet train --out {out} --resume`, with no other settings), choose another --out, "
+            "or pass --force to go on with the new settings (config.yaml is then rewritten)"
+        )
 
 
-__all__ = ["RUN_CONFIG", "check_run_config", "config_changes", "holds_checkpoints", "load_run_config",
-           "run_config_path", "save_run_config"]
+__all__ = [
+    "RUN_CONFIG",
+    "check_run_config",
+    "config_changes",
+    "holds_checkpoints",
+    "load_run_config",
+    "run_config_path",
+    "save_run_config",
+]

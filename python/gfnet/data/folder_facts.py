@@ -37,8 +37,15 @@ STATS_PIXELS_PER_SIDE = 64  # pixels are sampled on a grid of about this many pe
 MIN_STD = 1e-3  # a folder of flat images would otherwise divide by zero
 LAYOUT_KEYS = ("data.train_dir", "data.val_dir", "data.test_dir", "data.val_fraction")
 # the keys gfnet train --data DIR fills in from the folder
-INFERRED_KEYS = ("data.dataset", "data.root", *LAYOUT_KEYS, "model.num_classes", "model.in_channels",
-                 "model.mean", "model.std")
+INFERRED_KEYS = (
+    "data.dataset",
+    "data.root",
+    *LAYOUT_KEYS,
+    "model.num_classes",
+    "model.in_channels",
+    "model.mean",
+    "model.std",
+)
 _GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
@@ -60,10 +67,15 @@ class Layout:
     def describe(self) -> str:
         if self.val_fraction > 0:
             where = "the class folders" if self.train_dir == "." else f"{self.train_dir}/"
-            return (f"{where} for training with {100 * self.val_fraction:.0f} % of the images held out for "
-                    "validation and testing")
+            return (
+                f"{where} for training with {100 * self.val_fraction:.0f} % of the images "
+                "held out for validation and testing"
+            )
         if self.test_dir:
-            return f"{self.train_dir}/ for training, {self.val_dir}/ for validation, {self.test_dir}/ for testing"
+            return (
+                f"{self.train_dir}/ for training, {self.val_dir}/ for validation, "
+                f"{self.test_dir}/ for testing"
+            )
         return f"{self.train_dir}/ for training, {self.val_dir}/ for validation and testing"
 
 
@@ -83,9 +95,11 @@ class FolderFacts:
         shown = ", ".join(self.classes[:8]) + (", ..." if len(self.classes) > 8 else "")
         counts = ", ".join(f"{n} in {d}/" for d, n in self.images.items())
         kind = "grayscale" if self.channels == 1 else "RGB"
-        return (f"{self.root}: {len(self.classes)} classes ({shown}); {counts}; {self.layout.describe()}; "
-                f"{kind} ({'/'.join(self.modes)} images); mean {_fmt(self.mean)}, std {_fmt(self.std)} "
-                f"over {self.sampled} training images")
+        return (
+            f"{self.root}: {len(self.classes)} classes ({shown}); {counts}; "
+            f"{self.layout.describe()}; {kind} ({'/'.join(self.modes)} images); "
+            f"mean {_fmt(self.mean)}, std {_fmt(self.std)} over {self.sampled} training images"
+        )
 
 
 def _fmt(values: Iterable[float]) -> str:
@@ -125,9 +139,11 @@ def detect_layout(root: str | Path) -> Layout:
         return Layout("train", "", "", HELD_OUT_FRACTION)
     if subs and _has_images(path):
         return Layout(".", "", "", HELD_OUT_FRACTION)
-    raise DataError(f"--data {str(root)!r} holds neither train/ (with val/ or test/) nor class folders of "
-                    "images: expected DIR/train/<class>/<image> (and DIR/val/<class>/<image>), or "
-                    "DIR/<class>/<image>")
+    raise DataError(
+        f"--data {str(root)!r} holds neither train/ (with val/ or test/) nor class folders of "
+        "images: expected DIR/train/<class>/<image> (and DIR/val/<class>/<image>), or "
+        "DIR/<class>/<image>"
+    )
 
 
 def _split_classes(root: Path, split_dir: str) -> dict[str, int]:
@@ -138,13 +154,21 @@ def _split_classes(root: Path, split_dir: str) -> dict[str, int]:
         raise DataError(f"split folder {str(folder)!r} does not exist")
     counts = {c: len(_images_under(folder / c)) for c in _subfolders(folder)}
     if not counts:
-        raise DataError(f"split folder {str(folder)!r} holds no class folders (expected <split>/<class>/<image>)")
+        raise DataError(
+            f"split folder {str(folder)!r} holds no class folders "
+            "(expected <split>/<class>/<image>)"
+        )
     empty = [c for c, n in counts.items() if n == 0]
     if empty:
-        which = (f"class folder {empty[0]!r} of {str(folder)!r} holds" if len(empty) == 1 else
-                 f"class folders {', '.join(repr(c) for c in empty)} of {str(folder)!r} hold")
-        raise DataError(f"{which} no images (looked for {', '.join(image_extensions())}): remove "
-                        f"{'it' if len(empty) == 1 else 'them'} or add images")
+        which = (
+            f"class folder {empty[0]!r} of {str(folder)!r} holds"
+            if len(empty) == 1
+            else f"class folders {', '.join(repr(c) for c in empty)} of {str(folder)!r} hold"
+        )
+        raise DataError(
+            f"{which} no images (looked for {', '.join(image_extensions())}): remove "
+            f"{'it' if len(empty) == 1 else 'them'} or add images"
+        )
     return counts
 
 
@@ -156,8 +180,9 @@ def _sample(paths: list[Path], n: int) -> list[Path]:
     return [paths[int(i * step)] for i in range(n)]
 
 
-def _pixel_statistics(paths: list[Path], channels: int | None = None
-                      ) -> tuple[int, list[str], tuple[float, ...], tuple[float, ...]]:
+def _pixel_statistics(
+    paths: list[Path], channels: int | None = None
+) -> tuple[int, list[str], tuple[float, ...], tuple[float, ...]]:
     """(channels, PIL modes seen, mean, std) of the images, the statistics over ``channels``
     channels (default: 1 when all are grayscale, else 3)."""
     import torch
@@ -173,8 +198,10 @@ def _pixel_statistics(paths: list[Path], channels: int | None = None
                 modes.append(im.mode)
                 images.append(pil_to_tensor(im))
         except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise DataError(f"cannot read image {str(p)!r} ({type(e).__name__}: {e}): remove it or replace "
-                            "it with a readable one") from None
+            raise DataError(
+                f"cannot read image {str(p)!r} ({type(e).__name__}: {e}): remove it or replace "
+                "it with a readable one"
+            ) from None
     if channels is None:
         channels = 1 if all(m in _GRAY_MODES for m in modes) else 3
     total = torch.zeros(channels, dtype=torch.float64)
@@ -191,12 +218,17 @@ def _pixel_statistics(paths: list[Path], channels: int | None = None
         count += x.shape[1]
     mean = total / count
     std = (squares / count - mean * mean).clamp(min=0).sqrt().clamp(min=MIN_STD)
-    return (channels, sorted(set(modes)), tuple(round(float(v), 4) for v in mean),
-            tuple(round(float(v), 4) for v in std))
+    return (
+        channels,
+        sorted(set(modes)),
+        tuple(round(float(v), 4) for v in mean),
+        tuple(round(float(v), 4) for v in std),
+    )
 
 
-def inspect_image_folder(root: str | Path, layout: Layout | None = None, channels: int | None = None
-                         ) -> FolderFacts:
+def inspect_image_folder(
+    root: str | Path, layout: Layout | None = None, channels: int | None = None
+) -> FolderFacts:
     """The facts of an image folder (module docstring); ``layout``: the splits, when the user
     named them (default: :func:`detect_layout`); ``channels``: the channel count the statistics
     are taken over, when the user chose it (default: the images')."""
@@ -211,10 +243,13 @@ def inspect_image_folder(root: str | Path, layout: Layout | None = None, channel
             missing = sorted(set(classes) - set(counts))
             extra = sorted(set(counts) - set(classes))
             raise DataError(
-                f"the class folders of {str(path / split_dir)!r} are not those of {str(path / layout.train_dir)!r}"
+                f"the class folders of {str(path / split_dir)!r} are not those of "
+                f"{str(path / layout.train_dir)!r}"
                 + (f": missing {', '.join(missing)}" if missing else "")
                 + (f"; not in training: {', '.join(extra)}" if extra else "")
-                + " (labels are numbered by the sorted folder names, so every split needs the same folders)")
+                + " (labels are numbered by the sorted folder names, so every split needs the same"
+                " folders)"
+            )
         images[split_dir] = sum(counts.values())
     train_images = _images_under(path / layout.train_dir)
     sampled = _sample(train_images, STATS_IMAGES)
@@ -246,7 +281,9 @@ def explicit_keys(cfg: Config, *settings: dict[str, Any]) -> set[str]:
     return keys
 
 
-def fit_config_to_folder(cfg: Config, root: str | Path, explicit: set[str] = frozenset()) -> FolderFacts | None:
+def fit_config_to_folder(
+    cfg: Config, root: str | Path, explicit: set[str] = frozenset()
+) -> FolderFacts | None:
     """Fill ``cfg`` in from the image folder ``root`` (module docstring); returns its facts, or
     None when the user chose another data set (``data.dataset`` set to something else: then
     ``root`` is only that data set's ``data.root``). Validates the result."""
@@ -259,21 +296,29 @@ def fit_config_to_folder(cfg: Config, root: str | Path, explicit: set[str] = fro
         d = cfg.data
         layout = Layout(d.train_dir, d.val_dir, d.test_dir, d.val_fraction)
     pretrained = cfg.model.pretrained  # pretrained weights expect RGB in ImageNet's normalisation
-    channels = cfg.model.in_channels if "model.in_channels" in explicit else 3 if pretrained else None
+    channels = (
+        cfg.model.in_channels if "model.in_channels" in explicit else 3 if pretrained else None
+    )
     facts = inspect_image_folder(root, layout, channels)
     found = len(facts.classes)
     if "model.num_classes" in explicit and cfg.model.num_classes != found:
         raise ConfigError(
-            f"model.num_classes={cfg.model.num_classes}, but --data {str(root)!r} has {found} class folders "
-            f"({', '.join(facts.classes[:10])}{', ...' if found > 10 else ''}): drop the setting (the folders "
-            f"decide it) or set model.num_classes={found}")
+            f"model.num_classes={cfg.model.num_classes}, but --data {str(root)!r} has {found} "
+            f"class folders ({', '.join(facts.classes[:10])}{', ...' if found > 10 else ''}): "
+            f"drop the setting (the folders decide it) or set model.num_classes={found}"
+        )
     if found < 2:
-        raise DataError(f"--data {str(root)!r} has {found} class folder ({', '.join(facts.classes)}): a "
-                        "classifier needs at least 2 classes")
+        raise DataError(
+            f"--data {str(root)!r} has {found} class folder ({', '.join(facts.classes)}): a "
+            "classifier needs at least 2 classes"
+        )
     values: dict[str, Any] = {
-        "data.dataset": "imagefolder", "data.root": facts.root,
-        "data.train_dir": facts.layout.train_dir, "data.val_dir": facts.layout.val_dir,
-        "data.test_dir": facts.layout.test_dir, "data.val_fraction": facts.layout.val_fraction,
+        "data.dataset": "imagefolder",
+        "data.root": facts.root,
+        "data.train_dir": facts.layout.train_dir,
+        "data.val_dir": facts.layout.val_dir,
+        "data.test_dir": facts.layout.test_dir,
+        "data.val_fraction": facts.layout.val_fraction,
         "model.num_classes": found,
         "model.in_channels": facts.channels,
         "model.mean": IMAGENET_MEAN if pretrained and facts.channels == 3 else facts.mean,
@@ -286,5 +331,14 @@ def fit_config_to_folder(cfg: Config, root: str | Path, explicit: set[str] = fro
     return facts
 
 
-__all__ = ["FolderFacts", "HELD_OUT_FRACTION", "INFERRED_KEYS", "Layout", "detect_layout", "explicit_keys",
-           "fit_config_to_folder", "inspect_image_folder", "normalise_key"]
+__all__ = [
+    "FolderFacts",
+    "HELD_OUT_FRACTION",
+    "INFERRED_KEYS",
+    "Layout",
+    "detect_layout",
+    "explicit_keys",
+    "fit_config_to_folder",
+    "inspect_image_folder",
+    "normalise_key",
+]

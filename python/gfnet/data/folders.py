@@ -59,8 +59,9 @@ def model_eval_transform(cfg: Config) -> EvalTransform:
     return eval_transform(cfg.model.image_size, *eval_settings(cfg))
 
 
-def train_transform(image_size: int | tuple[int, int], keep_aspect: bool = True, interpolation: str = "bilinear",
-                    *, crop_scale: tuple[float, float] = (0.08, 1.0), hflip: bool = True,
+def train_transform(image_size: int | tuple[int, int], keep_aspect: bool = True,
+                    interpolation: str = "bilinear", *,
+                    crop_scale: tuple[float, float] = (0.08, 1.0), hflip: bool = True,
                     color_jitter: float = 0.0, auto_augment: str = "none"):
     """Training augmentation of a PIL image to (H, W), ImageNet-style by default: a random crop
     of ``crop_scale`` (8 % - 100 %) of the image's area with aspect ratio 3/4 - 4/3 (times W / H
@@ -76,7 +77,8 @@ def train_transform(image_size: int | tuple[int, int], keep_aspect: bool = True,
     if keep_aspect:
         ratio = (ratio[0] * W / H, ratio[1] * W / H)
     mode = InterpolationMode.BICUBIC if interpolation == "bicubic" else InterpolationMode.BILINEAR
-    steps = [T.RandomResizedCrop((H, W), scale=tuple(crop_scale), ratio=ratio, interpolation=mode, antialias=True)]
+    steps = [T.RandomResizedCrop((H, W), scale=tuple(crop_scale), ratio=ratio, interpolation=mode,
+                                 antialias=True)]
     if hflip:
         steps.append(T.RandomHorizontalFlip())
     if color_jitter > 0:
@@ -92,8 +94,9 @@ def train_transform(image_size: int | tuple[int, int], keep_aspect: bool = True,
 def config_train_transform(cfg: Config, interpolation: str = "bilinear"):
     """``train_transform`` with the config's model size and data augmentation settings."""
     d = cfg.data
-    return train_transform(cfg.model.image_size, d.keep_aspect, interpolation, crop_scale=d.crop_scale,
-                           hflip=d.hflip, color_jitter=d.color_jitter, auto_augment=d.auto_augment)
+    return train_transform(cfg.model.image_size, d.keep_aspect, interpolation,
+                           crop_scale=d.crop_scale, hflip=d.hflip, color_jitter=d.color_jitter,
+                           auto_augment=d.auto_augment)
 
 
 def cifar_train_transform(image_size: int | tuple[int, int], keep_aspect: bool = True):
@@ -125,8 +128,8 @@ class _ConvertMode:
 
     def __init__(self, channels: int):
         if channels not in (1, 3):
-            raise DataError(f"model.in_channels={channels}: image folders are read as 1 (grayscale) or 3 (RGB) "
-                            "channels")
+            raise DataError(f"model.in_channels={channels}: image folders are read as 1 "
+                            "(grayscale) or 3 (RGB) channels")
         self.mode = "L" if channels == 1 else "RGB"
 
     def __call__(self, img):
@@ -148,7 +151,8 @@ def image_folder(split_dir: str, cfg: Config, train: bool = False, transform=Non
     try:
         if transform is None:
             transform = config_train_transform(cfg) if train else model_eval_transform(cfg)
-        return datasets.ImageFolder(str(path), transform=T.Compose([_ConvertMode(cfg.model.in_channels), transform]))
+        convert = _ConvertMode(cfg.model.in_channels)
+        return datasets.ImageFolder(str(path), transform=T.Compose([convert, transform]))
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"cannot read image folder {str(path)!r}: {e}") from None
 
@@ -228,10 +232,11 @@ def build_image_folder(cfg: Config, splits: tuple[str, ...]) -> dict[str, Datase
     d = cfg.data
     out: dict[str, Dataset] = {}
     if d.val_fraction > 0:
-        held_splits = tuple(splits) + (("val",) if "test" in splits and not (d.test_dir or d.val_dir) else ())
+        test_is_held_out = "test" in splits and not (d.test_dir or d.val_dir)
+        held_splits = tuple(splits) + (("val",) if test_is_held_out else ())
         out.update(held_out_splits(cfg, held_splits,
                                    lambda augment: image_folder(d.train_dir, cfg, train=augment)))
-        if "test" in splits and not (d.test_dir or d.val_dir):
+        if test_is_held_out:
             out["test"] = out["val"]
             return out
     else:

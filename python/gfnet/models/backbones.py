@@ -80,8 +80,8 @@ def check_backbone_name(name: str) -> None:
 def build_backbone(name: str, *, num_classes: int, in_channels: int = 3, pretrained: bool = False,
                    **kwargs) -> Backbone:
     if name.startswith(TIMM_PREFIX):
-        return timm_backbone(name[len(TIMM_PREFIX):], num_classes=num_classes, in_channels=in_channels,
-                             pretrained=pretrained, **kwargs)
+        return timm_backbone(name[len(TIMM_PREFIX):], num_classes=num_classes,
+                             in_channels=in_channels, pretrained=pretrained, **kwargs)
     return BACKBONES.lookup(name)(num_classes=num_classes, in_channels=in_channels,
                                   pretrained=pretrained, **kwargs)
 
@@ -95,8 +95,9 @@ def describe_backbones() -> str:
         have = f"timm {timm.__version__} is installed: {len(timm.list_models())} models"
     except ImportError:
         have = "timm is not installed (pip install timm)"
-    lines.append(f"{TIMM_PREFIX}<name>  any timm model with a feature map, e.g. timm/resnet18 ({have}; "
-                 "pretrained weights from a local file: model.backbone_weights=FILE with --pretrained)")
+    lines.append(f"{TIMM_PREFIX}<name>  any timm model with a feature map, e.g. timm/resnet18 "
+                 f"({have}; pretrained weights from a local file: model.backbone_weights=FILE "
+                 "with --pretrained)")
     return "\n".join(lines)
 
 
@@ -105,8 +106,9 @@ def _import_timm(name: str):
     try:
         import timm
     except ImportError:
-        raise ConfigError(f"model.backbone {name!r} needs timm, which is not installed: pip install timm "
-                          "(or choose a built-in backbone: gfnet train --list-backbones)") from None
+        raise ConfigError(f"model.backbone {name!r} needs timm, which is not installed: "
+                          "pip install timm (or choose a built-in backbone: gfnet train "
+                          "--list-backbones)") from None
     return timm
 
 
@@ -116,7 +118,8 @@ class TimmBackbone(Backbone):
     before its classifier), and the model's classifier is the head."""
 
     def __init__(self, model: nn.Module, feature_dim: int, fmap_channels: int):
-        super().__init__(nn.Identity(), feature_dim, fmap_channels, model.get_classifier(), family="timm")
+        super().__init__(nn.Identity(), feature_dim, fmap_channels, model.get_classifier(),
+                         family="timm")
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,9 +152,9 @@ def timm_backbone(name: str, *, num_classes: int, in_channels: int = 3, pretrain
         pooled = model.forward_head(fmap, pre_logits=True) if fmap.dim() == 4 else None
     model.train(was)
     if fmap.dim() != 4:
-        raise ConfigError(f"model.backbone 'timm/{name}' gives no feature map (its features have shape "
-                          f"{tuple(fmap.shape)}): GFNet's policy reads a (channels, height, width) map, so "
-                          "choose a convolutional model")
+        raise ConfigError(f"model.backbone 'timm/{name}' gives no feature map (its features have "
+                          f"shape {tuple(fmap.shape)}): GFNet's policy reads a (channels, height, "
+                          "width) map, so choose a convolutional model")
     if num_classes <= 0 or not isinstance(model.get_classifier(), nn.Module):
         raise ConfigError(f"model.backbone 'timm/{name}' has no classifier to use as the head")
     return TimmBackbone(model, int(pooled.shape[1]), int(fmap.shape[1]))

@@ -107,7 +107,8 @@ class BaselineTrainer(Trainer):
 
 
 def train_baseline(cfg: Config, out_dir: str | Path, resume: bool = False,
-                   callbacks: Sequence[TrainerCallback] = (), force: bool = False) -> dict[str, Any]:
+                   callbacks: Sequence[TrainerCallback] = (), force: bool = False
+                   ) -> dict[str, Any]:
     """Train (or finish, with resume) the static baseline; returns its finished checkpoint.
     A config that differs from the run's config.yaml is refused unless ``force``."""
     from ..flops import require_fvcore

@@ -119,10 +119,11 @@ class Trainer:
         self.class_names = class_names(cfg, self.datasets)  # stored in every checkpoint (or None)
         if self.class_names is not None and len(self.class_names) != cfg.model.num_classes:
             # more classes than outputs fails mid-epoch; fewer trains outputs no image ever has
-            shown = ", ".join(self.class_names[:10]) + (", ..." if len(self.class_names) > 10 else "")
-            raise DataError(f"the data has {len(self.class_names)} classes ({shown}), the model "
+            found = len(self.class_names)
+            shown = ", ".join(self.class_names[:10]) + (", ..." if found > 10 else "")
+            raise DataError(f"the data has {found} classes ({shown}), the model "
                             f"model.num_classes={cfg.model.num_classes}: set model.num_classes="
-                            f"{len(self.class_names)} (gfnet train --data DIR sets it from the folders)")
+                            f"{found} (gfnet train --data DIR sets it from the folders)")
         torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
         self.model = self.build_model().to(self.device)
         amp = cfg.run.amp
