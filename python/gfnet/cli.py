@@ -531,6 +531,9 @@ command("import-official", "convert an official GFNet checkpoint (released or tr
 def _demo_args(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     p.add_argument("--out", metavar="DIR", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--force", action="store_true",
+                   help="go on in an OUT whose config.yaml records other model, data or schedule "
+                        "settings (refused otherwise, naming the changes)")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs of every GFNet stage (the baseline trains stage-1 + stage-3 epochs)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
@@ -566,7 +569,8 @@ def _demo(args: argparse.Namespace) -> int:
     if args.seeds is None:
         if args.threads is not None:
             raise GFNetError("--threads goes with --seeds (for one run: --set run.threads=N)")
-        _print_report(run_demo(cfg, args.out, images=args.images, passes=args.passes, log=say))
+        _print_report(run_demo(cfg, args.out, images=args.images, passes=args.passes, log=say,
+                               force=args.force))
         return 0
     if any(n < 1 for n in args.threads or [1]):
         raise GFNetError("--threads takes thread counts of at least 1")

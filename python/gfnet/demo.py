@@ -32,11 +32,12 @@ STEPS = 4
 
 
 def run_demo(cfg: Config, out: str | Path, *, images: int = 8, passes: int = 3,
-             log: Callable[[str], None] | None = None) -> dict[str, Any]:
+             log: Callable[[str], None] | None = None, force: bool = False) -> dict[str, Any]:
     """Run (or finish) the four steps into ``out``; returns the report (``report.json``).
 
     images: test images drawn with their glance and patches; passes: timed passes per engine;
-    log: receives a heading per step and the results of each.
+    log: receives a heading per step and the results of each. force: go on in an ``out`` whose
+    config.yaml records other model, data or schedule settings (refused otherwise).
     """
     from .report import build_report
     from .train import train
@@ -52,14 +53,16 @@ def run_demo(cfg: Config, out: str | Path, *, images: int = 8, passes: int = 3,
         say(f"\n== gfnet demo {k}/{STEPS}: {what} ==")
 
     step(1, f"train the static baseline ({cfg.model.backbone} on the full image) -> {baseline}")
-    ck = train_baseline(cfg.copy(), out, resume=True)  # resume: a finished baseline is reused
+    # resume: a finished baseline is reused; force: go on though the config differs from the
+    # run's config.yaml (gfnet.run_config)
+    ck = train_baseline(cfg.copy(), out, resume=True, force=force)
     say(f"static baseline: test accuracy {ck['test_accuracy']:.4f}, {ck['macs'] / 1e6:.2f} M MACs per image")
     gf_cfg = cfg.copy()
     if not (gf_cfg.model.init_from or gf_cfg.model.pretrained):
         gf_cfg.model.init_from = str(baseline)
     step(2, f"train GFNet ({cfg.preset}), encoders from {gf_cfg.model.init_from or 'pretrained weights'}: "
             f"warm-up, policy (PPO), fine-tune -> {out}")
-    train(gf_cfg, out, [1, 2, 3], resume=True)  # finished stages are skipped
+    train(gf_cfg, out, [1, 2, 3], resume=True, force=force)  # finished stages are skipped
     finished = _finished_report(out)
     if finished is not None:
         say(f"\n== gfnet demo 3-4/{STEPS}: already done, {out / 'report.json'} reused ==")

@@ -546,3 +546,36 @@ def test_timm_weights_come_from_a_local_file(tmp_path):
     overrides["model.backbone_weights"] = str(tmp_path / "missing.pth")
     with pytest.raises(ConfigError, match="model.backbone_weights .* does not exist"):
         build_model(build_config("small", overrides=overrides).model)
+
+
+def test_force_goes_on_with_a_changed_schedule_and_records_it(capsys, tmp_path):
+    """Stage 1 of 2 epochs interrupted after the first, resumed with --epochs 3: refused; with
+    --force it trains epochs 2 and 3 and config.yaml records the new schedule. A finished stage
+    is not reopened by more epochs: the log says so."""
+    import yaml
+
+    from .conftest import tiny_overrides
+
+    sets = [arg for s in tiny_overrides(**{"run.max_train_batches": 1}) for arg in ("--set", s)]
+    out = str(tmp_path / "run")
+    first = cli.build_parser().parse_args(
+        ["train", *sets, "--stage", "1", "--epochs", "2", "--out", out]
+    )
+    with pytest.raises(KeyboardInterrupt):
+        cli._train(first, callbacks=[InterruptAfter(1, 1)])
+    capsys.readouterr()
+    again = ["train", "--stage", "1", "--epochs", "3", "--out", out, "--resume"]
+    assert main(again) == 2
+    assert "optim.epochs_stage1: 2 -> 3" in capsys.readouterr().err
+    assert main([*again, "--force"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming after epoch 1/3" in err and "stage 1 epoch 3/3" in err
+    stored = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert stored["optim"]["epochs_stage1"] == 3 and stored["data"]["train_samples"] == 16
+    assert (
+        main(["train", "--stage", "1", "--epochs", "4", "--out", out, "--resume", "--force"]) == 0
+    )
+    assert (
+        "stage 1 finished after 3 epochs; the config's 4 do not reopen it"
+        in capsys.readouterr().err
+    )

@@ -389,6 +389,10 @@ class Trainer:
             if ck is not None and ck.get("done"):
                 ckpt.load_model_state(self.model, ck["model"], self.stage_path(s))
                 self.log(f"{self.stage_label(s)}: already complete in {self.stage_path(s)}, skipped")
+                if ck.get("epochs") != self.stage_epochs(s):  # e.g. --epochs with --force
+                    self.log(f"note: {self.stage_label(s)} finished after {ck.get('epochs')} "
+                             f"epochs; the config's {self.stage_epochs(s)} do not reopen it "
+                             "(train it again into another --out for that)")
                 continue
             self.train_stage(s, ck)
         self._callback("on_run_end", self.results)
