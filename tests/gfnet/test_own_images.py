@@ -179,6 +179,11 @@ def test_explicit_settings_win_and_a_wrong_class_count_is_refused(capsys, photos
     # pretrained weights keep the RGB input and ImageNet normalisation they were trained with
     r50 = _printed_config(capsys, "--preset", "resnet50-p96", "--pretrained", "--data", str(photos))
     assert r50["model"]["num_classes"] == 3 and r50["model"]["mean"] == list(IMAGENET_MEAN)
+    # a --config YAML's keys count as set, as --set's do
+    (photos.parent / "five.yaml").write_text("model:\n  num_classes: 5\n")
+    rc = main(["train", "--data", str(photos), "--config", str(photos.parent / "five.yaml"),
+               "--print-config"])
+    assert rc == 2 and "model.num_classes=5, but --data" in capsys.readouterr().err
     # an explicit preset of another data set trains on the folder
     digits = _printed_config(capsys, "--preset", "digits", "--data", str(photos))
     assert digits["data"]["dataset"] == "imagefolder" and digits["model"]["num_classes"] == 3
