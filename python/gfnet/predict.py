@@ -25,6 +25,7 @@ import torch
 from .device import set_threads
 from .errors import DataError, GFNetError
 from .files import OutputFolder, disk_full_message, is_disk_full
+from .flops import FVCORE_MISSING
 from .inference import StreamStats
 from .predictor import DEFAULT_BATCH_SIZE, PreparedImage, load
 
@@ -413,7 +414,7 @@ def predict_folder(checkpoint: str | Path, inputs: Sequence[str | Path] = (), *,
             summary["predicted"] += 1
             summary["exit_counts"][p.exit_step - 1] += 1
             if verbose:
-                macs = "MACs: n/a (fvcore missing)" if p.macs is None else f"{p.macs / 1e6:.2f} M MACs"
+                macs = f"MACs: {FVCORE_MISSING}" if p.macs is None else f"{p.macs / 1e6:.2f} M MACs"
                 lines[p.input] = (f"{p.input}: {p.class_name} (class {p.class_index}) confidence "
                                   f"{p.confidence:.4f} exit step {p.exit_step}/{predictor.steps} {macs}"
                                   + (f" -> {row['picture']}" if "picture" in row else ""))
