@@ -98,8 +98,7 @@ def _setup(tmp_root: Path):
 
 
 def _pipeline(predictor, paths):
-    dataset = _DecodeDataset(paths, predictor.channels, predictor.cfg.model.image_size,
-                             predictor._eval_settings, True)
+    dataset = _DecodeDataset(paths, predictor.channels, predictor.cfg.model, predictor._eval_settings, True)
     return torch.utils.data.DataLoader(dataset, batch_size=BATCH, num_workers=WORKERS, collate_fn=_collate,
                                        prefetch_factor=2)
 
@@ -115,12 +114,12 @@ def test_predict_files(benchmark, tmp_path_factory, case):
     def per_batch():
         with torch.inference_mode():
             for items in _pipeline(predictor, paths):
-                dynamic_inference(predictor.model, torch.stack([x for _, x, _, _ in items]), rule.thresholds)
+                dynamic_inference(predictor.model, torch.stack([p.image for _, p, _ in items]), rule.thresholds)
 
     def baseline():
         with torch.inference_mode():
             for items in _pipeline(predictor, paths):
-                static(torch.stack([x for _, x, _, _ in items]))
+                static(torch.stack([p.image for _, p, _ in items]))
 
     fns = {
         "predict_streaming": lambda: predict_folder(ck, [folder], out=out, thresholds=thr,

@@ -27,7 +27,7 @@ from .errors import DataError, GFNetError
 from .files import OutputFolder, disk_full_message, is_disk_full
 from .flops import FVCORE_MISSING
 from .inference import StreamStats
-from .predictor import DEFAULT_BATCH_SIZE, PreparedImage, load
+from .predictor import DEFAULT_BATCH_SIZE, PreparedImage, load, prepare_image
 
 
 def predict_files(checkpoint: str | Path, images: Sequence[str], *, budget: int | None = None,
@@ -115,31 +115,25 @@ def find_images(inputs: Sequence[str | Path], files_from: str | Path | None = No
 
 
 class _DecodeDataset(torch.utils.data.Dataset):
-    """Image i of ``paths`` decoded and brought to the model's input (in a DataLoader worker):
-    (i, image or None, geometry or None, error message or None)."""
+    """Image i of ``paths`` decoded and brought to the model's input in a DataLoader worker, as
+    the predictor prepares it (``predictor.prepare_image``): (i, the prepared image or None,
+    the error message or None)."""
 
-    def __init__(self, paths: Sequence[str], channels: int, image_size, settings: tuple, resize: bool):
-        self.paths, self.channels, self.image_size, self.settings = paths, channels, image_size, settings
+    def __init__(self, paths: Sequence[str], channels: int, model_cfg: Any, settings: tuple, resize: bool):
+        self.paths, self.channels, self.model_cfg, self.settings = paths, channels, model_cfg, settings
         self.resize = resize
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from .data.preprocess import EvalGeometry, decode_image, eval_preprocess, to_channels
-
         path = self.paths[i]
         try:
-            x = to_channels(decode_image(path), self.channels, path)
-            if not self.resize:
-                h, w = x.shape[-2:]
-                return i, x, EvalGeometry((h, w), (h, w), 0, 0, (h, w)), None
-            x, geometry = eval_preprocess(x, self.image_size, *self.settings)
-            return i, x, geometry, None
+            return i, prepare_image(path, path, self.channels, self.model_cfg, self.settings, self.resize), None
         except GFNetError as e:
-            return i, None, None, str(e)
+            return i, None, str(e)
         except Exception as e:  # any decoder's failure is this one file's, never the run's
-            return i, None, None, f"cannot read image {path!r} ({type(e).__name__}: {e})"
+            return i, None, f"cannot read image {path!r} ({type(e).__name__}: {e})"
 
 
 def _collate(items):
@@ -370,8 +364,7 @@ def predict_folder(checkpoint: str | Path, inputs: Sequence[str | Path] = (), *,
     lines: dict[str, str] = {}
     stats = StreamStats()
     started = time.monotonic()
-    dataset = _DecodeDataset(todo, predictor.channels, predictor.cfg.model.image_size, predictor._eval_settings,
-                             resize)
+    dataset = _DecodeDataset(todo, predictor.channels, predictor.cfg.model, predictor._eval_settings, resize)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                          collate_fn=_collate, prefetch_factor=2 if workers else None)
     errors: list[dict[str, Any]] = []  # rows of unreadable files, written as the engine goes
@@ -379,9 +372,9 @@ def predict_folder(checkpoint: str | Path, inputs: Sequence[str | Path] = (), *,
     def batches() -> Iterator[tuple[list[PreparedImage], torch.Tensor]]:
         for items in loader:
             good = []
-            for i, x, geometry, error in items:
+            for i, prepared, error in items:
                 if error is None:
-                    good.append(PreparedImage(todo[i], x, geometry))
+                    good.append(prepared)
                 else:
                     errors.append({"image": todo[i], "error": error})
             if good:

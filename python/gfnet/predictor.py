@@ -159,6 +159,23 @@ class PreparedImage:
     geometry: EvalGeometry
 
 
+def prepare_image(name: str, item: Any, channels: int, model_cfg: Any, settings: tuple,
+                  resize: bool) -> PreparedImage:
+    """One image of any kind as the model takes it: its channels converted, then the evaluation
+    resize (``settings``: the model's ``eval_settings``), or, with ``resize=False``, its own size
+    (refused under the focus patch size). The one definition the predictor and ``gfnet
+    predict``'s decoding workers share."""
+    x = to_channels(_as_tensor(name, item), channels, name)
+    if resize:
+        x, geo = eval_preprocess(x, model_cfg.image_size, *settings)
+        return PreparedImage(name, x, geo)
+    h, w = x.shape[-2:]
+    if min(h, w) < model_cfg.patch_size:
+        raise DataError(f"{name} is {h} x {w} pixels, smaller than the model's {model_cfg.patch_size} x "
+                        f"{model_cfg.patch_size} focus patch: give a larger image or leave resize=True")
+    return PreparedImage(name, x, EvalGeometry((h, w), (h, w), 0, 0, (h, w)))
+
+
 # ---------------------------------------------------------------------- inputs
 def _is_pil(x: Any) -> bool:
     try:
@@ -190,14 +207,7 @@ def _flatten(images: Any) -> list[tuple[str, Any]]:
     if one is not None:
         return one
     if isinstance(images, (list, tuple)):
-        out: list[tuple[str, Any]] = []
-        for i, item in enumerate(images):
-            name = f"images[{i}]"
-            one = _images_of(name, name, item)
-            if one is None:
-                raise DataError(f"{name} is a {_describe(item)}; expected a file path, a PIL image, a numpy "
-                                "array or a torch tensor")
-            out.extend(one)
+        out = list(_each_item(images))
         if not out:
             raise DataError("images is empty: nothing to predict")
         return out
@@ -232,14 +242,20 @@ def _split_array(name: str, a: Any, single_name: str) -> list[tuple[str, Any]]:
 
 def _stream_items(images: Iterable[Any]) -> Iterator[tuple[str, Any]]:
     """(name, one image) pairs of a stream's items, lazily; names as in :func:`_flatten`."""
-    if isinstance(images, (str, Path)) or _is_pil(images) or _is_numpy(images) or isinstance(images, torch.Tensor):
-        yield from _flatten(images)
+    one = _images_of("images", "image", images)
+    if one is not None:
+        yield from one
         return
     try:
         iterator = iter(images)
     except TypeError:
         raise DataError(f"images is a {_describe(images)}; stream takes an iterable of images") from None
-    for i, item in enumerate(iterator):
+    yield from _each_item(iterator)
+
+
+def _each_item(items: Iterable[Any]) -> Iterator[tuple[str, Any]]:
+    """(name, one image) pairs of a sequence's or a stream's items, ``images[i]`` by place."""
+    for i, item in enumerate(items):
         name = f"images[{i}]"
         one = _images_of(name, name, item)
         if one is None:
@@ -463,16 +479,7 @@ class Predictor:
         return [self._prepare(name, item, resize) for name, item in _flatten(images)]
 
     def _prepare(self, name: str, item: Any, resize: bool) -> PreparedImage:
-        x = to_channels(_as_tensor(name, item), self.channels, name)
-        m = self.cfg.model
-        if resize:
-            x, geo = eval_preprocess(x, m.image_size, *self._eval_settings)
-            return PreparedImage(name, x, geo)
-        h, w = x.shape[-2:]
-        if min(h, w) < m.patch_size:
-            raise DataError(f"{name} is {h} x {w} pixels, smaller than the model's {m.patch_size} x "
-                            f"{m.patch_size} focus patch: give a larger image or leave resize=True")
-        return PreparedImage(name, x, EvalGeometry((h, w), (h, w), 0, 0, (h, w)))
+        return prepare_image(name, item, self.channels, self.cfg.model, self._eval_settings, resize)
 
     # -------------------------------------------------------------- prediction
     def __call__(self, images: Any, *, budget: int | None = None,
