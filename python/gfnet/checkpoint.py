@@ -135,7 +135,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 
 # model fields that say how the weights started or how images are prepared for an evaluation,
 # not what the model is: a resumed run may change them
-_NOT_THE_MODEL = {"pretrained", "init_from", "eval_crop_fraction", "eval_interpolation"}
+_NOT_THE_MODEL = {"pretrained", "init_from", "backbone_weights", "eval_crop_fraction",
+                  "eval_interpolation"}
 
 
 def check_compatible(ck: dict[str, Any], model_cfg: dict[str, Any], path: str | Path) -> None:

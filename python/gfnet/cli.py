@@ -33,14 +33,23 @@ def command(name: str, help: str):
     return deco
 
 
+DEFAULT_PRESET = "digits"  # the built-in data set, when no --data is given
+DATA_PRESET = "small"  # a user's own images (--data DIR) without a --preset: a first run on a CPU
+
+
 def add_config_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments shared by every subcommand that builds a config."""
     p.add_argument("--preset", default=None,
-                   help="named preset (see --list-presets); default: digits, or the YAML's 'preset'")
+                   help=f"named preset (see --list-presets); default: {DEFAULT_PRESET}, or "
+                        f"{DATA_PRESET} with --data, or the YAML's 'preset'")
     p.add_argument("--config", metavar="YAML", default=None, help="YAML file of config overrides")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
                    help="override a config field, e.g. --set model.patch_size=128 (repeatable)")
-    p.add_argument("--data", metavar="PATH", default=None, help="data folder (data.root)")
+    p.add_argument("--data", metavar="DIR", default=None,
+                   help="a folder of images: DIR/train/<class>/* with DIR/val/ and/or "
+                        "DIR/test/, or DIR/<class>/* (20 %% held out); the classes, channels and "
+                        "normalisation are read from it unless set (another data set's folder "
+                        "with --set data.dataset=NAME)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (run.device)")
     p.add_argument("--pretrained", action="store_true",
                    help="initialise backbones from torchvision's pretrained weights (may download)")
@@ -51,21 +60,78 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
 
 
-def config_from_args(args: argparse.Namespace, extra: dict | None = None):
-    from .config import build_config, load_yaml, parse_overrides
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
-    preset = args.preset
-    if preset is None and not (args.config and "preset" in load_yaml(args.config)):
-        preset = "digits"
-    overrides = parse_overrides(args.overrides)
-    for key, val in (("data.root", args.data), ("run.device", args.device), ("run.seed", args.seed),
+
+def _user_settings(args: argparse.Namespace) -> tuple[dict, dict]:
+    """(the --config YAML's mapping, the --set overrides): what the user set key by key."""
+    from .config import load_yaml, parse_overrides
+
+    return (load_yaml(args.config) if args.config else {}), parse_overrides(args.overrides)
+
+
+def _flag_overrides(args: argparse.Namespace, sets: dict, extra: dict | None) -> dict:
+    """--set, then the flags that stand for config keys, then ``extra`` (the shortcuts)."""
+    overrides = dict(sets)
+    for key, val in (("run.device", args.device), ("run.seed", args.seed),
                      ("model.init_from", args.init_from)):
         if val is not None:
             overrides[key] = val
     if args.pretrained:
         overrides["model.pretrained"] = True
     overrides.update(extra or {})
-    return build_config(preset, args.config, overrides)
+    return overrides
+
+
+def _fit_to_data(cfg, args: argparse.Namespace, yaml_settings: dict, sets: dict):
+    """With --data DIR: the classes, channels and normalisation read from the folder, except
+    where the YAML or --set chose them (data/folder_facts.py)."""
+    if args.data is None:
+        return cfg
+    from .data.folder_facts import explicit_keys, fit_config_to_folder
+
+    facts = fit_config_to_folder(cfg, args.data, explicit_keys(cfg, yaml_settings, sets))
+    if facts is not None:
+        _say(f"data: {facts.summary()}")
+    return cfg
+
+
+def config_from_args(args: argparse.Namespace, extra: dict | None = None):
+    """The config of a command line: preset -> --config YAML -> --set and the flags (``extra``:
+    the shortcuts), then what --data DIR says (classes, channels, normalisation)."""
+    from .config import build_config
+
+    yaml_settings, sets = _user_settings(args)
+    preset = args.preset
+    if preset is None and "preset" not in yaml_settings:
+        preset = DATA_PRESET if args.data else DEFAULT_PRESET
+    overrides = _flag_overrides(args, sets, extra)
+    if args.data is not None:
+        overrides["data.root"] = args.data
+    # with --data the folder's facts complete the config before it is validated (a set channel
+    # count needs the normalisation measured for it)
+    cfg = build_config(preset, args.config, overrides, validate=args.data is None)
+    return _fit_to_data(cfg, args, yaml_settings, sets)
+
+
+def config_over_run(args: argparse.Namespace, stored, extra: dict | None = None):
+    """The config of a command line continuing a run: the run's own config (RUN/config.yaml)
+    with what the command line sets laid over it. Another preset starts from that preset
+    instead (the run then refuses every change it makes, unless --force)."""
+    from .config import apply_dict
+
+    yaml_settings, sets = _user_settings(args)
+    preset = args.preset or yaml_settings.get("preset")
+    if preset is not None and preset != stored.preset:
+        return config_from_args(args, extra)
+    cfg = stored.copy()
+    apply_dict(cfg, {k: v for k, v in yaml_settings.items() if k != "preset"})
+    apply_dict(cfg, _flag_overrides(args, sets, extra))
+    if args.data is None:
+        return cfg.validate()
+    cfg.data.root = args.data
+    return _fit_to_data(cfg, args, yaml_settings, sets)
 
 
 def _run_shortcuts(args: argparse.Namespace) -> dict:
@@ -93,31 +159,58 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     p.add_argument("--stage", default="all", choices=["1", "2", "3", "all"],
                    help="which stage to run; 2 and 3 read the previous stage's checkpoint")
-    p.add_argument("--out", metavar="DIR", default=None, help="output folder (checkpoints, metrics)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="the run folder: checkpoints, metrics, and config.yaml, the run's "
+                        "config, which --resume, --baseline and later stages start from")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out where it stopped (skips finished stages)")
+                   help="continue the run in --out where it stopped (skips finished stages), "
+                        "with its own config (OUT/config.yaml): no other flag is needed")
+    p.add_argument("--force", action="store_true",
+                   help="go on although this command's config differs from the run's "
+                        "config.yaml in the model, data or schedule (refused otherwise, naming "
+                        "the changes)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of every stage (shortcut)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (optim.batch_size)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("--list-backbones", action="store_true",
+                   help="list the backbones (model.backbone) and exit")
     p.add_argument("--baseline", action="store_true",
-                   help="train the static baseline instead: the same backbone on the full-resolution "
-                        "image, trained as long as GFNet's encoders (stage-1 + stage-3 epochs) with their "
-                        "recipe; writes OUT/baseline.pt (resumable)")
+                   help="train the static baseline instead, on the run's own data and model "
+                        "(OUT/config.yaml when there is one): the same backbone on the "
+                        "full-resolution image, trained as long as GFNet's encoders (stage-1 + "
+                        "stage-3 epochs) with their recipe; writes OUT/baseline.pt (resumable)")
 
 
 def train_config(args: argparse.Namespace):
-    """The config of a ``gfnet train`` command line (the shortcuts included)."""
+    """The config of a ``gfnet train`` command line (the shortcuts included): over the run's
+    own config when --out holds one (RUN/config.yaml), else built from the flags."""
+    from .run_config import load_run_config, run_config_path
+
     extra = _run_shortcuts(args)
     if args.batch_size is not None:
         extra["optim.batch_size"] = args.batch_size
-    return config_from_args(args, extra)
+    stored = load_run_config(args.out) if args.out else None
+    if stored is None:
+        return config_from_args(args, extra)
+    _say(f"config: {run_config_path(args.out)} (the run's own), with this command's settings "
+         "over it")
+    return config_over_run(args, stored, extra)
+
+
+def _list_backbones() -> int:
+    from .models.backbones import describe_backbones
+
+    print(describe_backbones())
+    return 0
 
 
 def _train(args: argparse.Namespace, callbacks: Sequence[TrainerCallback] = ()) -> int:
     """``gfnet train``; ``callbacks`` go to the Trainer (tests/gfnet/train_with_callbacks.py)."""
     if args.list_presets:
         return _list_presets()
+    if args.list_backbones:
+        return _list_backbones()
     cfg = train_config(args)
     if args.print_config:
         import yaml
@@ -130,14 +223,16 @@ def _train(args: argparse.Namespace, callbacks: Sequence[TrainerCallback] = ()) 
         from .config import size_text
         from .train.baseline import train_baseline
 
-        ck = train_baseline(cfg, args.out, resume=args.resume, callbacks=callbacks)
+        ck = train_baseline(cfg, args.out, resume=args.resume, callbacks=callbacks,
+                            force=args.force)
         print(f"static baseline ({cfg.model.backbone}, {size_text(cfg.model.image_size)} px): test accuracy "
               f"{ck['test_accuracy']:.4f}, {ck['macs'] / 1e6:.2f} M MACs per image")
         return 0
     stages = [1, 2, 3] if args.stage == "all" else [int(args.stage)]
     from .train import train
 
-    results = train(cfg, args.out, stages, resume=args.resume, callbacks=callbacks)
+    results = train(cfg, args.out, stages, resume=args.resume, callbacks=callbacks,
+                    force=args.force)
     last = results.get(f"stage{stages[-1]}")
     if last:
         print(f"test accuracy per step (policy): {' '.join(f'{a:.4f}' for a in last['policy'])}")
@@ -374,8 +469,11 @@ def _print_report(r: dict) -> None:
     print(f"operating point: budget {op['budget']}, {op['accuracy']:.4f} at {op['avg_macs'] / 1e6:.2f} M MACs "
           f"({100 * op['macs_fraction']:.1f} % of the baseline's); dynamic throughput "
           f"{r['speedup_vs_baseline']:.2f}x the baseline's")
-    for claim, ok in r["claims"].items():
+    # the digits demo's claims, checked against its targets; a run on other data has none
+    for claim, ok in r.get("claims", {}).items():
         print(f"{claim}: {'met' if ok else 'NOT met'}")
+    for warning in r.get("training", {}).get("warnings", []):
+        print(f"warning: {warning}")
     print(f"wrote {r['files']['report']}")
 
 
@@ -433,6 +531,9 @@ command("import-official", "convert an official GFNet checkpoint (released or tr
 def _demo_args(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     p.add_argument("--out", metavar="DIR", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--force", action="store_true",
+                   help="go on in an OUT whose config.yaml records other model, data or schedule "
+                        "settings (refused otherwise, naming the changes)")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs of every GFNet stage (the baseline trains stage-1 + stage-3 epochs)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
@@ -474,7 +575,8 @@ def _demo(args: argparse.Namespace) -> int:
             raise GFNetError("--threads goes with --seeds (for one run: --set run.threads=N)")
         if args.collect:
             raise GFNetError("--collect goes with --seeds (and --threads): the runs to collect")
-        _print_report(run_demo(cfg, args.out, images=args.images, passes=args.passes, log=say))
+        _print_report(run_demo(cfg, args.out, images=args.images, passes=args.passes, log=say,
+                               force=args.force))
         return 0
     if any(n < 1 for n in args.threads or [1]):
         raise GFNetError("--threads takes thread counts of at least 1")
@@ -494,7 +596,10 @@ command("demo", "the main job end to end: baseline, GFNet on it, every budget, R
 
 # ---------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="gfnet", description="GFNet: glance and focus networks")
+    parser.add_argument("--version", action="version", version=f"gfnet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (add_args, _run, help_) in COMMANDS.items():
@@ -512,7 +617,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gfnet {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"gfnet {args.command}: interrupted", file=sys.stderr)
+        hint = ""
+        if args.command == "train" and getattr(args, "out", None):  # every epoch is checkpointed
+            baseline = " --baseline" if args.baseline else ""
+            hint = f"; continue with: gfnet train{baseline} --out {args.out} --resume"
+        print(f"gfnet {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 
 

@@ -25,6 +25,8 @@ from .registry import Registry
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_INTERPOLATIONS = ("bilinear", "bicubic")
+# data.auto_augment: torchvision's RandAugment or TrivialAugmentWide, or none
+AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
 
 
 def image_hw(size: int | Sequence[int], name: str = "image size") -> tuple[int, int]:
@@ -74,6 +76,9 @@ class ModelConfig:
     # where a fresh first stage's weights start: a static baseline's backbone for both encoders
     # (stage 1), or any gfnet checkpoint, e.g. an imported official one (train/warm_start.py)
     init_from: str = ""
+    # model.pretrained with a timm backbone (backbone "timm/<name>"): a local file of its
+    # weights ("" = timm's own source, which downloads)
+    backbone_weights: str = ""
     width: int = 16  # base width of the small "digitnet" backbone (ignored by others)
     # evaluation preprocessing (data loaders, read_image, gfnet predict, gfnet.load): scale the
     # image to cover image_size / eval_crop_fraction with eval_interpolation, then centre-crop
@@ -93,6 +98,16 @@ class DataConfig:
     download: bool = False  # CIFAR: download only when asked
     num_workers: int = 0
     val_fraction: float = 0.0  # imagefolder/cifar: held-out part of train used as val
+    # training augmentation of image folders (CIFAR keeps its pad-and-crop; the digits draw
+    # fresh canvases): a random crop of crop_scale (fractions of the image's area, low and high)
+    # resized to the model's size, a horizontal flip half the time (off for digits and text,
+    # which a flip turns into other symbols), a colour jitter of brightness, contrast and
+    # saturation by up to this fraction (hue by a quarter of it; 0 = off), and torchvision's
+    # RandAugment or TrivialAugment on top
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    hflip: bool = True
+    color_jitter: float = 0.0
+    auto_augment: str = "none"  # none | randaugment | trivialaugment
     keep_aspect: bool = True  # resize images keeping their aspect ratio (cover, then centre-crop)
     # to a non-square model.image_size; false stretches them to it
     # images the exit thresholds are calibrated on (gfnet eval), never the test images:
@@ -187,9 +202,9 @@ class Config:
     def validate(self) -> "Config":
         m, d, o = self.model, self.data, self.optim
         from .data import DATASETS  # late imports: the registries fill as their modules load
-        from .models.backbones import BACKBONES
+        from .models.backbones import check_backbone_name
 
-        BACKBONES.lookup(m.backbone)  # ConfigError naming the registered backbones
+        check_backbone_name(m.backbone)  # ConfigError naming the registered backbones
         H, W = image_hw(m.image_size, "model.image_size")
         if m.patch_size <= 0 or H <= 0 or W <= 0:
             raise ConfigError("model.image_size and model.patch_size must be positive")
@@ -229,6 +244,15 @@ class Config:
             raise ConfigError(f"optim.stage3_actions must be 'sample' or 'mean', not {o.stage3_actions!r}")
         if d.calibration not in ("auto", "val", "train"):
             raise ConfigError(f"data.calibration must be auto|val|train, not {d.calibration!r}")
+        lo, hi = d.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"data.crop_scale must be two fractions of the image's area, "
+                              f"0 < low <= high <= 1, not {d.crop_scale!r}")
+        if d.color_jitter < 0:
+            raise ConfigError(f"data.color_jitter must be >= 0 (0 = off), not {d.color_jitter!r}")
+        if d.auto_augment not in AUTO_AUGMENTS:
+            raise ConfigError(f"data.auto_augment must be one of {', '.join(AUTO_AUGMENTS)}, "
+                              f"not {d.auto_augment!r}")
         if d.calibration_samples < 1:
             raise ConfigError("data.calibration_samples must be >= 1")
         if self.run.amp not in ("auto", "bf16", "fp16", "off"):
@@ -373,8 +397,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(preset: str | None = None, yaml_file: str | None = None,
-                 overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Preset -> YAML -> overrides, validated."""
+                 overrides: list[str] | dict[str, Any] | None = None, *,
+                 validate: bool = True) -> Config:
+    """Preset -> YAML -> overrides, validated (``validate=False``: by the caller, once it has
+    filled in the rest, e.g. what a data folder says)."""
     cfg = get_preset(preset) if preset else Config()
     if yaml_file:
         d = load_yaml(yaml_file)
@@ -385,7 +411,7 @@ def build_config(preset: str | None = None, yaml_file: str | None = None,
         if isinstance(overrides, list):
             overrides = parse_overrides(overrides)
         apply_dict(cfg, overrides)
-    return cfg.validate()
+    return cfg.validate() if validate else cfg
 
 
 # ---------------------------------------------------------------------- presets
@@ -502,7 +528,10 @@ def _digits() -> Config:
                    classifier_hidden=128, policy_state="conv", policy_conv_channels=8,
                    policy_hidden=128, mean=(0.1,), std=(0.25,), width=16,
                    eval_crop_fraction=1.0, eval_interpolation="bicubic"),
-        data=dict(dataset="digits", num_workers=0, digit_size=16, digit_size_jitter=2, num_clutter=12,
+        # crop_scale, hflip: digits in a user's folder (--preset digits --data DIR) are not
+        # mirrored and keep most of the image; the built-in canvases are not augmented
+        data=dict(dataset="digits", num_workers=0, crop_scale=(0.85, 1.0), hflip=False,
+                  digit_size=16, digit_size_jitter=2, num_clutter=12,
                   fragment_size=8, near_clutter=6, train_samples=4000, val_samples=1000, test_samples=2000),
         # The glance decides this recipe. Read at 5-7 px among fragments, the digit takes the
         # global encoder ~1000-2000 SGD steps to pick up (a plateau near chance, then a climb to
@@ -529,5 +558,36 @@ def _digits() -> Config:
         model=dict(classifier_shared_head=False, glance_from_head=False, policy_conv_bias=True),
         optim=dict(stage3_actions="mean"),
         ppo=dict(clamp_actions=False),
+    ))
+    return cfg
+
+
+@register_preset("small")
+def _small() -> Config:
+    """A first run on a user's own images on a CPU (``gfnet train --data DIR`` without a
+    preset): the small digitnet backbone at 24 channels, 128 x 128 images, 64 x 64 patches,
+    3 steps. The classes, channels and normalisation come from the folder (data/folder_facts.py);
+    the values here are placeholders for them. The recipe is the digits preset's (per-step cosine
+    schedule, a fine-tune on the policy's mean locations with the global encoder frozen), with
+    fewer epochs: a first look at whether the data trains, in minutes on a few hundred images.
+    Random crops keep at least a quarter of the image: small objects of small data sets are
+    easily cropped away by ImageNet's 8 %.
+    """
+    cfg = Config()
+    apply_dict(cfg, dict(
+        model=dict(backbone="digitnet", width=24, num_classes=10, in_channels=3, image_size=128,
+                   patch_size=64, max_steps=3, glance_mode="bicubic", classifier="gru",
+                   classifier_hidden=256, classifier_shared_head=False, glance_from_head=False,
+                   policy_state="conv", policy_conv_channels=8, policy_conv_bias=True,
+                   policy_hidden=128,
+                   mean=IMAGENET_MEAN, std=IMAGENET_STD, eval_crop_fraction=0.875,
+                   eval_interpolation="bilinear"),
+        data=dict(dataset="imagefolder", num_workers=0, crop_scale=(0.25, 1.0), hflip=True),
+        optim=dict(batch_size=32, epochs_stage1=10, epochs_stage2=5, epochs_stage3=5,
+                   lr_backbone=0.05,
+                   lr_classifier_stage1=0.1, lr_classifier_stage3=0.05, weight_decay=5e-5,
+                   head_loss_weight=1.0, freeze_global_stage3=True, schedule_unit="step",
+                   stage3_actions="mean"),
+        ppo=dict(lr=1e-3, clamp_actions=False),
     ))
     return cfg

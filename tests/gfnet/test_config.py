@@ -17,7 +17,8 @@ PAPER = {
 
 
 def test_presets_cover_the_paper():
-    assert set(PAPER) | {"digits"} == set(list_presets())
+    # small: a user's first run on a CPU
+    assert set(PAPER) | {"digits", "small"} == set(list_presets())
     for name, (p, t, img) in PAPER.items():
         m = get_preset(name).model
         assert (m.patch_size, m.max_steps, m.image_size) == (p, t, img), name

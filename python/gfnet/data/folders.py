@@ -59,11 +59,16 @@ def model_eval_transform(cfg: Config) -> EvalTransform:
     return eval_transform(cfg.model.image_size, *eval_settings(cfg))
 
 
-def train_transform(image_size: int | tuple[int, int], keep_aspect: bool = True, interpolation: str = "bilinear"):
-    """ImageNet-style training augmentation to (H, W): a random crop of 8 % - 100 % of the image
-    with aspect ratio 3/4 - 4/3 (times W / H when ``keep_aspect``, so a non-square output is not
-    stretched on average), resized to (H, W) with ``interpolation``, flipped half the time; uint8
-    (C, H, W) out."""
+def train_transform(image_size: int | tuple[int, int], keep_aspect: bool = True,
+                    interpolation: str = "bilinear", *,
+                    crop_scale: tuple[float, float] = (0.08, 1.0), hflip: bool = True,
+                    color_jitter: float = 0.0, auto_augment: str = "none"):
+    """Training augmentation of a PIL image to (H, W), ImageNet-style by default: a random crop
+    of ``crop_scale`` (8 % - 100 %) of the image's area with aspect ratio 3/4 - 4/3 (times W / H
+    when ``keep_aspect``, so a non-square output is not stretched on average), resized to (H, W)
+    with ``interpolation``, flipped half the time (``hflip``), then optionally a colour jitter
+    (brightness, contrast and saturation by up to ``color_jitter``, hue by a quarter of it) and
+    torchvision's RandAugment or TrivialAugmentWide (``auto_augment``); uint8 (C, H, W) out."""
     from torchvision import transforms as T
     from torchvision.transforms import InterpolationMode
 
@@ -72,8 +77,26 @@ def train_transform(image_size: int | tuple[int, int], keep_aspect: bool = True,
     if keep_aspect:
         ratio = (ratio[0] * W / H, ratio[1] * W / H)
     mode = InterpolationMode.BICUBIC if interpolation == "bicubic" else InterpolationMode.BILINEAR
-    return T.Compose([T.RandomResizedCrop((H, W), ratio=ratio, interpolation=mode, antialias=True),
-                      T.RandomHorizontalFlip(), T.PILToTensor()])
+    steps = [T.RandomResizedCrop((H, W), scale=tuple(crop_scale), ratio=ratio, interpolation=mode,
+                                 antialias=True)]
+    if hflip:
+        steps.append(T.RandomHorizontalFlip())
+    if color_jitter > 0:
+        j = color_jitter
+        steps.append(T.ColorJitter(brightness=j, contrast=j, saturation=j, hue=min(0.5, j / 4)))
+    if auto_augment == "randaugment":
+        steps.append(T.RandAugment(interpolation=mode))
+    elif auto_augment == "trivialaugment":
+        steps.append(T.TrivialAugmentWide(interpolation=mode))
+    return T.Compose([*steps, T.PILToTensor()])
+
+
+def config_train_transform(cfg: Config, interpolation: str = "bilinear"):
+    """``train_transform`` with the config's model size and data augmentation settings."""
+    d = cfg.data
+    return train_transform(cfg.model.image_size, d.keep_aspect, interpolation,
+                           crop_scale=d.crop_scale, hflip=d.hflip, color_jitter=d.color_jitter,
+                           auto_augment=d.auto_augment)
 
 
 def cifar_train_transform(image_size: int | tuple[int, int], keep_aspect: bool = True):
@@ -99,9 +122,18 @@ def _check_folder(path: Path, what: str) -> None:
                         f"(looked for {', '.join(IMG_EXTENSIONS)})")
 
 
-class _RGB:
+class _ConvertMode:
+    """A PIL image -> grayscale ("L") or RGB, the model's channels (RGBA, palette and CMYK
+    images become RGB, RGB becomes grayscale by PIL's ITU-R 601-2 luma, as ``to_channels``)."""
+
+    def __init__(self, channels: int):
+        if channels not in (1, 3):
+            raise DataError(f"model.in_channels={channels}: image folders are read as 1 "
+                            "(grayscale) or 3 (RGB) channels")
+        self.mode = "L" if channels == 1 else "RGB"
+
     def __call__(self, img):
-        return img.convert("RGB")
+        return img.convert(self.mode)
 
 
 def image_folder(split_dir: str, cfg: Config, train: bool = False, transform=None) -> Dataset:
@@ -118,9 +150,9 @@ def image_folder(split_dir: str, cfg: Config, train: bool = False, transform=Non
     _check_folder(path, f"{split_dir!r} split")
     try:
         if transform is None:
-            transform = (train_transform(cfg.model.image_size, cfg.data.keep_aspect) if train
-                         else model_eval_transform(cfg))
-        return datasets.ImageFolder(str(path), transform=T.Compose([_RGB(), transform]))
+            transform = config_train_transform(cfg) if train else model_eval_transform(cfg)
+        convert = _ConvertMode(cfg.model.in_channels)
+        return datasets.ImageFolder(str(path), transform=T.Compose([convert, transform]))
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"cannot read image folder {str(path)!r}: {e}") from None
 
@@ -173,7 +205,9 @@ def _image_folder_val_is_test(cfg: Config) -> bool:
     """val/ is scored as the test split too, unless val_fraction holds training images out as
     the val split or test_dir names another folder."""
     d = cfg.data
-    return d.val_fraction <= 0 and (not d.test_dir or d.test_dir.rstrip("/") == d.val_dir.rstrip("/"))
+    if d.val_fraction > 0:  # held out: it is the test split too when no folder is named for testing
+        return not d.test_dir and not d.val_dir
+    return not d.test_dir or d.test_dir.rstrip("/") == d.val_dir.rstrip("/")
 
 
 def _image_folder_calibration(cfg: Config, augment: bool) -> tuple[Dataset, list[int]]:
@@ -181,22 +215,30 @@ def _image_folder_calibration(cfg: Config, augment: bool) -> tuple[Dataset, list
     calibration does (random crops resized with the model's evaluation interpolation), or
     through the evaluation transform."""
     d, m = cfg.data, cfg.model
-    tf = train_transform(m.image_size, d.keep_aspect, m.eval_interpolation) if augment else model_eval_transform(cfg)
+    tf = config_train_transform(cfg, m.eval_interpolation) if augment else model_eval_transform(cfg)
     ds = image_folder(d.train_dir, cfg, transform=tf)
     return ds, _not_held_out(cfg, len(ds))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------- registered data sets
-@register_dataset("imagefolder", channels=3, val_is_test=_image_folder_val_is_test,
+@register_dataset("imagefolder", val_is_test=_image_folder_val_is_test,
                   calibration_images=_image_folder_calibration)
 def build_image_folder(cfg: Config, splits: tuple[str, ...]) -> dict[str, Dataset]:
     """``<root>/<train_dir>/<class>/*`` and ``<root>/<val_dir>/...`` (ImageNet layout); the test
     split is ``test_dir`` if set, else the validation folder; ``val_fraction`` > 0 holds part
-    of the training folder out as the validation split instead."""
+    of the training folder out as the validation split instead, which is also the test split
+    when neither ``test_dir`` nor ``val_dir`` names a folder. Images are read as grayscale or
+    RGB, whichever ``model.in_channels`` asks for."""
     d = cfg.data
     out: dict[str, Dataset] = {}
     if d.val_fraction > 0:
-        out.update(held_out_splits(cfg, splits, lambda augment: image_folder(d.train_dir, cfg, train=augment)))
+        test_is_held_out = "test" in splits and not (d.test_dir or d.val_dir)
+        held_splits = tuple(splits) + (("val",) if test_is_held_out else ())
+        out.update(held_out_splits(cfg, held_splits,
+                                   lambda augment: image_folder(d.train_dir, cfg, train=augment)))
+        if test_is_held_out:
+            out["test"] = out["val"]
+            return out
     else:
         if "train" in splits:
             out["train"] = image_folder(d.train_dir, cfg, train=True)

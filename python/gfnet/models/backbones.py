@@ -63,10 +63,101 @@ def list_backbones() -> list[str]:
     return BACKBONES.names()
 
 
+TIMM_PREFIX = "timm/"  # model.backbone = "timm/<name>": any timm model with a feature map
+
+
+def check_backbone_name(name: str) -> None:
+    """A ConfigError unless ``name`` is a registered backbone or ``timm/<a timm model>``."""
+    if name.startswith(TIMM_PREFIX):
+        timm = _import_timm(name)
+        if not timm.is_model(name[len(TIMM_PREFIX):]):
+            raise ConfigError(f"model.backbone {name!r}: timm {timm.__version__} has no model "
+                              f"{name[len(TIMM_PREFIX):]!r} (timm.list_models() lists them)")
+        return
+    BACKBONES.lookup(name)
+
+
 def build_backbone(name: str, *, num_classes: int, in_channels: int = 3, pretrained: bool = False,
                    **kwargs) -> Backbone:
+    if name.startswith(TIMM_PREFIX):
+        return timm_backbone(name[len(TIMM_PREFIX):], num_classes=num_classes,
+                             in_channels=in_channels, pretrained=pretrained, **kwargs)
     return BACKBONES.lookup(name)(num_classes=num_classes, in_channels=in_channels,
                                   pretrained=pretrained, **kwargs)
+
+
+def describe_backbones() -> str:
+    """The registered backbones, one a line, and how to use a timm model (whether timm is here)."""
+    lines = [f"{name}" for name in list_backbones()]
+    try:
+        import timm
+
+        have = f"timm {timm.__version__} is installed: {len(timm.list_models())} models"
+    except ImportError:
+        have = "timm is not installed (pip install timm)"
+    lines.append(f"{TIMM_PREFIX}<name>  any timm model with a feature map, e.g. timm/resnet18 "
+                 f"({have}; pretrained weights from a local file: model.backbone_weights=FILE "
+                 "with --pretrained)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- timm (optional)
+def _import_timm(name: str):
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError(f"model.backbone {name!r} needs timm, which is not installed: "
+                          "pip install timm (or choose a built-in backbone: gfnet train "
+                          "--list-backbones)") from None
+    return timm
+
+
+class TimmBackbone(Backbone):
+    """A timm model through its own feature interface: ``forward_features`` gives the last
+    feature map, ``forward_head(..., pre_logits=True)`` pools it (with whatever the model puts
+    before its classifier), and the model's classifier is the head."""
+
+    def __init__(self, model: nn.Module, feature_dim: int, fmap_channels: int):
+        super().__init__(nn.Identity(), feature_dim, fmap_channels, model.get_classifier(),
+                         family="timm")
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmap = self.model.forward_features(x)
+        return self.model.forward_head(fmap, pre_logits=True), fmap
+
+
+def timm_backbone(name: str, *, num_classes: int, in_channels: int = 3, pretrained: bool = False,
+                  weights: str = "", **_) -> Backbone:
+    """``timm/<name>`` as a Backbone. Pretrained weights come from ``weights`` (a local file of
+    the model's state dict, model.backbone_weights) when given, else from timm's own source
+    (which downloads); timm fits them to ``num_classes`` and ``in_channels``."""
+    timm = _import_timm(TIMM_PREFIX + name)
+    kw: dict = dict(num_classes=num_classes, in_chans=in_channels, pretrained=pretrained)
+    if pretrained and weights:
+        from pathlib import Path
+
+        if not Path(weights).is_file():
+            raise ConfigError(f"model.backbone_weights {weights!r} does not exist")
+        kw["pretrained_cfg_overlay"] = dict(file=str(weights))
+    try:
+        model = timm.create_model(name, **kw)
+    except (RuntimeError, OSError, ValueError) as e:
+        raise ConfigError(f"model.backbone 'timm/{name}': timm could not build it ({e})") from None
+    probe = torch.zeros(1, in_channels, 64, 64)
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        fmap = model.forward_features(probe)
+        pooled = model.forward_head(fmap, pre_logits=True) if fmap.dim() == 4 else None
+    model.train(was)
+    if fmap.dim() != 4:
+        raise ConfigError(f"model.backbone 'timm/{name}' gives no feature map (its features have "
+                          f"shape {tuple(fmap.shape)}): GFNet's policy reads a (channels, height, "
+                          "width) map, so choose a convolutional model")
+    if num_classes <= 0 or not isinstance(model.get_classifier(), nn.Module):
+        raise ConfigError(f"model.backbone 'timm/{name}' has no classifier to use as the head")
+    return TimmBackbone(model, int(pooled.shape[1]), int(fmap.shape[1]))
 
 
 # ---------------------------------------------------------------------- torchvision

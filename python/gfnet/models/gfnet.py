@@ -114,7 +114,7 @@ class GFNet(nn.Module):
         self.max_steps = cfg.max_steps
         self.patch_backend = patch_backend or None
         kw = dict(num_classes=cfg.num_classes, in_channels=cfg.in_channels,
-                  pretrained=cfg.pretrained, width=cfg.width)
+                  pretrained=cfg.pretrained, width=cfg.width, weights=cfg.backbone_weights)
         self.global_encoder: Backbone = build_backbone(cfg.backbone, **kw)
         self.local_encoder: Backbone = build_backbone(cfg.backbone, **kw)
         fmap_shape = self.local_encoder.fmap_shape(cfg.in_channels, cfg.patch_size)

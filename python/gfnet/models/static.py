@@ -39,5 +39,6 @@ class StaticBaseline(nn.Module):
 
 def build_static_baseline(cfg: ModelConfig) -> StaticBaseline:
     backbone = build_backbone(cfg.backbone, num_classes=cfg.num_classes, in_channels=cfg.in_channels,
-                              pretrained=cfg.pretrained, width=cfg.width)
+                              pretrained=cfg.pretrained, width=cfg.width,
+                              weights=cfg.backbone_weights)
     return StaticBaseline(backbone, cfg.mean, cfg.std, cfg.image_size)

@@ -23,6 +23,7 @@ from torch import nn
 from ..checkpoint import load_baseline_checkpoint
 from ..config import Config
 from ..models.static import StaticBaseline, build_static_baseline
+from ..run_config import run_config_path
 from .callbacks import TrainerCallback
 from .distributed import setup, teardown
 from .trainer import Trainer
@@ -49,6 +50,11 @@ class BaselineTrainer(Trainer):
 
     def build_model(self) -> nn.Module:
         return build_static_baseline(self.cfg.model)
+
+    def writes_run_config(self) -> bool:
+        # the run's config is GFNet's: the baseline records it only in a folder without one
+        # (trained first, as gfnet demo does), or when told to go on with other settings
+        return self.force or not run_config_path(self.out).is_file()
 
     def warm_starts(self) -> bool:
         return False  # the static baseline starts from torchvision's weights or fresh, never init_from
@@ -101,14 +107,17 @@ class BaselineTrainer(Trainer):
 
 
 def train_baseline(cfg: Config, out_dir: str | Path, resume: bool = False,
-                   callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
-    """Train (or finish, with resume) the static baseline; returns its finished checkpoint."""
+                   callbacks: Sequence[TrainerCallback] = (), force: bool = False
+                   ) -> dict[str, Any]:
+    """Train (or finish, with resume) the static baseline; returns its finished checkpoint.
+    A config that differs from the run's config.yaml is refused unless ``force``."""
     from ..flops import require_fvcore
 
     require_fvcore("training the static baseline (its checkpoint stores its MACs)")  # not after training
     info = setup(cfg.run.device)
     try:
-        BaselineTrainer(cfg, out_dir, resume=resume, dist_info=info, callbacks=callbacks).run([BASELINE_STAGE])
+        BaselineTrainer(cfg, out_dir, resume=resume, dist_info=info, callbacks=callbacks,
+                        force=force).run([BASELINE_STAGE])
     finally:
         teardown(info)
     return load_baseline_checkpoint(Path(out_dir) / BASELINE_FILE)

@@ -33,9 +33,10 @@ from .. import checkpoint as ckpt
 from ..config import Config
 from ..data import build_datasets, class_names
 from ..device import set_threads
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..files import write_atomic
 from ..models import GFNet, build_model
+from ..run_config import check_run_config, save_run_config
 from .callbacks import TrainerCallback
 from .curves import curve_warnings, primary_val, read_metrics, stage_curves
 from .distributed import (DistInfo, all_gather_object, all_reduce_sum, average_buffers, barrier, setup,
@@ -100,11 +101,13 @@ class Trainer:
     checkpoint_kind = "gfnet"  # the "kind" field of every checkpoint written
 
     def __init__(self, cfg: Config, out_dir: str | Path, *, resume: bool = False,
-                 dist_info: DistInfo | None = None, callbacks: Sequence[TrainerCallback] = ()):
+                 dist_info: DistInfo | None = None, callbacks: Sequence[TrainerCallback] = (),
+                 force: bool = False):
         cfg.validate()
         self.cfg = cfg
         self.out = Path(out_dir)
         self.resume = resume
+        self.force = force  # train on although the config differs from the run's config.yaml
         self.callbacks = list(callbacks)
         set_threads(cfg.run.threads)
         if cfg.run.deterministic:
@@ -114,6 +117,13 @@ class Trainer:
         self.device = self.dist.device
         self.datasets = build_datasets(cfg)  # data errors surface before anything is written
         self.class_names = class_names(cfg, self.datasets)  # stored in every checkpoint (or None)
+        if self.class_names is not None and len(self.class_names) != cfg.model.num_classes:
+            # more classes than outputs fails mid-epoch; fewer trains outputs no image ever has
+            found = len(self.class_names)
+            shown = ", ".join(self.class_names[:10]) + (", ..." if found > 10 else "")
+            raise DataError(f"the data has {found} classes ({shown}), the model "
+                            f"model.num_classes={cfg.model.num_classes}: set model.num_classes="
+                            f"{found} (gfnet train --data DIR sets it from the folders)")
         torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
         self.model = self.build_model().to(self.device)
         amp = cfg.run.amp
@@ -336,6 +346,10 @@ class Trainer:
             loaded[first - 1] = ck
         return loaded
 
+    def writes_run_config(self) -> bool:
+        """Whether this run writes its config as the run folder's config.yaml (GFNet's always)."""
+        return True
+
     def warm_starts(self) -> bool:
         """Whether a fresh first stage starts from ``model.init_from`` (train/warm_start.py)."""
         return bool(self.cfg.model.init_from)
@@ -344,9 +358,17 @@ class Trainer:
         stages = sorted(set(stages))
         if not stages or any(s not in self.stages for s in stages):
             raise ConfigError(f"stages must be among {', '.join(map(str, self.stages))}; got {stages}")
+        # a resumed run with other settings hears first what changed; a fresh one in a used
+        # folder first that it would overwrite checkpoints
+        if self.resume:
+            check_run_config(self.out, self.cfg, force=self.force)
         loaded = self.preflight(stages)
+        if not self.resume:
+            check_run_config(self.out, self.cfg, force=self.force)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            if self.writes_run_config():
+                save_run_config(self.out, self.cfg)
         barrier(self.dist)
         res_path = self.out / "results.json"
         if res_path.exists():  # merge: other stages' (and the baseline's) results stay
@@ -367,6 +389,10 @@ class Trainer:
             if ck is not None and ck.get("done"):
                 ckpt.load_model_state(self.model, ck["model"], self.stage_path(s))
                 self.log(f"{self.stage_label(s)}: already complete in {self.stage_path(s)}, skipped")
+                if ck.get("epochs") != self.stage_epochs(s):  # e.g. --epochs with --force
+                    self.log(f"note: {self.stage_label(s)} finished after {ck.get('epochs')} "
+                             f"epochs; the config's {self.stage_epochs(s)} do not reopen it "
+                             "(train it again into another --out for that)")
                 continue
             self.train_stage(s, ck)
         self._callback("on_run_end", self.results)
@@ -575,11 +601,14 @@ def discard_unsaved_progress(out: Path, checkpoint: Path, stage: int, saved_epoc
 
 
 def train(cfg: Config, out_dir: str | Path, stages: list[int], resume: bool = False,
-          callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
+          callbacks: Sequence[TrainerCallback] = (), force: bool = False) -> dict[str, Any]:
     """Run ``stages`` of GFNet's training into ``out_dir`` (under torchrun: data parallel);
-    returns the test accuracy per step of each stage (``results.json``)."""
+    returns the test accuracy per step of each stage (``results.json``). ``out_dir/config.yaml``
+    records ``cfg``; a config that differs from the one recorded there is refused unless
+    ``force`` (gfnet.run_config)."""
     info = setup(cfg.run.device)
     try:
-        return Trainer(cfg, out_dir, resume=resume, dist_info=info, callbacks=callbacks).run(stages)
+        return Trainer(cfg, out_dir, resume=resume, dist_info=info, callbacks=callbacks,
+                       force=force).run(stages)
     finally:
         teardown(info)
