@@ -12,7 +12,7 @@ export MAX_JOBS ?= 2
 
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEPS := "setuptools>=77" wheel numpy pybind11 ninja cmake pytest pytest-benchmark fvcore \
-        tqdm matplotlib pyyaml scikit-learn
+        tqdm matplotlib pyyaml scikit-learn timm
 STAMP := $(VENV)/.deps-installed
 
 .PHONY: all deps build test test-cpp test-py bench gpu-report gpu-check gpu-check-dry-run demo clean

@@ -94,6 +94,9 @@ def _fit_to_data(cfg, args: argparse.Namespace, yaml_settings: dict, sets: dict)
     facts = fit_config_to_folder(cfg, args.data, explicit_keys(cfg, yaml_settings, sets))
     if facts is not None:
         _say(f"data: {facts.summary()}")
+        if list(cfg.model.mean) != list(facts.mean):
+            _say(f"normalisation: mean {list(cfg.model.mean)}, std {list(cfg.model.std)}, "
+                 "those of the weights the model starts from (or as set), not the folder's")
     return cfg
 
 

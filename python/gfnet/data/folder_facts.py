@@ -17,7 +17,9 @@ too. :func:`inspect_image_folder` reads, from that layout,
 key (``--set`` / ``--config``): a set ``model.num_classes`` that differs from the folder count
 is refused with both numbers; a set channel count or normalisation is kept (the loaders convert
 between grayscale and RGB). A model starting from pretrained weights keeps 3 channels and
-ImageNet's normalisation, which those weights were trained with.
+ImageNet's normalisation, which those weights were trained with; one starting from a checkpoint
+(``model.init_from``: a static baseline or a GFNet checkpoint, e.g. an imported official one)
+keeps that checkpoint's channels and normalisation, for the same reason.
 """
 
 from __future__ import annotations
@@ -281,6 +283,21 @@ def explicit_keys(cfg: Config, *settings: dict[str, Any]) -> set[str]:
     return keys
 
 
+def _starting_weights_input(cfg: Config) -> tuple[int, list[float], list[float]] | None:
+    """(channels, mean, std) the weights a model starts from were trained with, or None when it
+    starts from random weights: ImageNet's RGB normalisation for ``model.pretrained``, the stored
+    model config of the ``model.init_from`` checkpoint (a baseline or GFNet one)."""
+    if cfg.model.init_from:
+        from ..checkpoint import load
+
+        saved = load(cfg.model.init_from).get("config", {}).get("model", {})
+        if all(k in saved for k in ("in_channels", "mean", "std")):
+            return int(saved["in_channels"]), list(saved["mean"]), list(saved["std"])
+    if cfg.model.pretrained:
+        return 3, list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return None
+
+
 def fit_config_to_folder(
     cfg: Config, root: str | Path, explicit: set[str] = frozenset()
 ) -> FolderFacts | None:
@@ -295,9 +312,11 @@ def fit_config_to_folder(
     if any(k in explicit for k in LAYOUT_KEYS):  # the user named the splits
         d = cfg.data
         layout = Layout(d.train_dir, d.val_dir, d.test_dir, d.val_fraction)
-    pretrained = cfg.model.pretrained  # pretrained weights expect RGB in ImageNet's normalisation
+    start = _starting_weights_input(cfg)  # what the weights the model starts from expect
     channels = (
-        cfg.model.in_channels if "model.in_channels" in explicit else 3 if pretrained else None
+        cfg.model.in_channels
+        if "model.in_channels" in explicit
+        else start[0] if start is not None else None
     )
     facts = inspect_image_folder(root, layout, channels)
     found = len(facts.classes)
@@ -321,8 +340,8 @@ def fit_config_to_folder(
         "data.val_fraction": facts.layout.val_fraction,
         "model.num_classes": found,
         "model.in_channels": facts.channels,
-        "model.mean": IMAGENET_MEAN if pretrained and facts.channels == 3 else facts.mean,
-        "model.std": IMAGENET_STD if pretrained and facts.channels == 3 else facts.std,
+        "model.mean": start[1] if start is not None else facts.mean,
+        "model.std": start[2] if start is not None else facts.std,
     }
     for key, value in values.items():
         if key == "data.root" or key not in explicit:

@@ -132,6 +132,9 @@ class Trainer:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
         self.results: dict[str, Any] = {}
         self._last_log = 0.0
+        # class heads of the stage that started from model.init_from left fresh there (other
+        # classes): trained in that stage even inside a frozen part; kept in its checkpoints
+        self.fresh_heads: list[str] = []
 
     # ------------------------------------------------------------------ what a subclass changes
     # (the static baseline, train/baseline.py, trains another model through the same loop)
@@ -151,6 +154,19 @@ class Trainer:
 
     def set_trainable(self, stage: int) -> None:
         set_trainable(self.model, trained_parts(self.cfg, stage))
+        for head in self._fresh_frozen_heads(stage):
+            head.train(True)
+            head.requires_grad_(True)
+
+    def _fresh_frozen_heads(self, stage: int) -> list[nn.Module]:
+        """The class heads that started fresh (other classes than ``model.init_from``'s) inside a
+        part this stage keeps frozen, e.g. the glance head of a global encoder frozen in a
+        fine-tune: they learn with the classifier, or the glance would stay at chance."""
+        if stage == 2:
+            return []
+        parts = trained_parts(self.cfg, stage)
+        return [self.model.get_submodule(name) for name in self.fresh_heads
+                if name.split(".", 1)[0] not in parts]
 
     def stage_runner(self, stage: int) -> nn.Module:
         """The module DDP wraps: forward(images, labels) -> (loss, per-step logits), or the
@@ -293,7 +309,7 @@ class Trainer:
                 "optimizer": opt.state_dict() if opt is not None else None,
                 "scheduler": sched.state_dict() if sched is not None else None,
                 "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": rng, **extra,
+                "rng": rng, "fresh_heads": self.fresh_heads, **extra,
             }
             ckpt.save_atomic(obj, self.stage_path(stage))
         barrier(self.dist)
@@ -383,7 +399,9 @@ class Trainer:
             # a fresh first stage starts from model.init_from (a resumed one has its own weights)
             from .warm_start import warm_start
 
-            self.log(warm_start(self.model, self.cfg.model.init_from, self.cfg.to_dict()["model"], first))
+            note, self.fresh_heads = warm_start(self.model, self.cfg.model.init_from,
+                                                self.cfg.to_dict()["model"], first)
+            self.log(note)
         for s in stages:
             ck = loaded.get(s)
             if ck is not None and ck.get("done"):
@@ -395,6 +413,7 @@ class Trainer:
                              "(train it again into another --out for that)")
                 continue
             self.train_stage(s, ck)
+            self.fresh_heads = []  # learned in the stage that started fresh; later stages as usual
         self._callback("on_run_end", self.results)
         return self.results
 
@@ -409,7 +428,8 @@ class Trainer:
         enc = [p for name in ("global_encoder", "local_encoder") if name in parts for p in groups[name]]
         if enc:
             pg.append({"params": enc, "lr": o.lr_backbone, "name": "backbone"})
-        pg.append({"params": groups["classifier"], "lr": cls_lr, "name": "classifier"})
+        heads = [p for head in self._fresh_frozen_heads(stage) for p in head.parameters()]
+        pg.append({"params": groups["classifier"] + heads, "lr": cls_lr, "name": "classifier"})
         return torch.optim.SGD(pg, lr=cls_lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
                                weight_decay=o.weight_decay)
 
@@ -418,6 +438,8 @@ class Trainer:
         epochs = self.stage_epochs(stage)
         label = self.stage_label(stage)
         self._seed_stage(stage)
+        if ck is not None:
+            self.fresh_heads = list(ck.get("fresh_heads", []))
         self.set_trainable(stage)
         opt = self._optimizer(stage)
         iters = self._iters(self.train_loader(0), cfg.run.max_train_batches)

@@ -43,17 +43,18 @@ def init_from_gfnet_checkpoint(model: torch.nn.Module, ck: dict, path: str | Pat
     return fresh
 
 
-def warm_start(model: torch.nn.Module, path: str | Path, model_cfg: dict, stage: int) -> str:
-    """Initialise ``model`` from ``path`` for a fresh start of ``stage``; a one-line note."""
+def warm_start(model: torch.nn.Module, path: str | Path, model_cfg: dict, stage: int) -> tuple[str, list[str]]:
+    """Initialise ``model`` from ``path`` for a fresh start of ``stage``: (a one-line note, the
+    class-head modules left at their fresh initialisation, e.g. ``["global_encoder.head"]``)."""
     ck = ckpt.load(path)
     if ck.get("kind") == "baseline":
         if stage != 1:
             raise CheckpointError(f"model.init_from {str(path)!r} is a static baseline: it can start "
                                   f"stage 1 only, not stage {stage}")
         ckpt.init_encoders_from_baseline(model, ck, path)
-        return f"both encoders start from the static baseline {path}"
-    fresh = init_from_gfnet_checkpoint(model, ck, path, model_cfg)
+        return f"both encoders start from the static baseline {path}", []
+    fresh = sorted({k.rsplit(".", 1)[0] for k in init_from_gfnet_checkpoint(model, ck, path, model_cfg)})
     note = f"the model starts from {path}"
     if fresh:
-        note += f" (class heads start fresh: {', '.join(sorted({k.rsplit('.', 1)[0] for k in fresh}))})"
-    return note
+        note += f" (class heads start fresh: {', '.join(fresh)})"
+    return note, fresh
