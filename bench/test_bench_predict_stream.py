@@ -41,7 +41,7 @@ from gfnet.data import ClutteredDigits
 from gfnet.inference import StreamStats, anytime_inference, confidences, dynamic_inference, streaming_inference
 from gfnet.models import build_model
 from gfnet.models.static import build_static_baseline
-from gfnet.predict import _collate, _DecodeDataset, find_images, predict_folder
+from gfnet.predict import _DecodeDataset, _WorkerBatch, find_images, predict_folder
 from PIL import Image
 
 import gfnet
@@ -99,8 +99,8 @@ def _setup(tmp_root: Path):
 
 def _pipeline(predictor, paths):
     dataset = _DecodeDataset(paths, predictor.channels, predictor.cfg.model, predictor._eval_settings, True)
-    return torch.utils.data.DataLoader(dataset, batch_size=BATCH, num_workers=WORKERS, collate_fn=_collate,
-                                       prefetch_factor=2)
+    return torch.utils.data.DataLoader(dataset, batch_size=BATCH, num_workers=WORKERS,
+                                       collate_fn=_WorkerBatch(stack=True), prefetch_factor=2)
 
 
 @pytest.mark.parametrize("case", ["predict_streaming", "per_batch_pipeline", "predictor_call", "static_baseline"])
@@ -113,13 +113,13 @@ def test_predict_files(benchmark, tmp_path_factory, case):
 
     def per_batch():
         with torch.inference_mode():
-            for items in _pipeline(predictor, paths):
-                dynamic_inference(predictor.model, torch.stack([p.image for _, p, _ in items]), rule.thresholds)
+            for _, stacked, _ in _pipeline(predictor, paths):
+                dynamic_inference(predictor.model, stacked, rule.thresholds)
 
     def baseline():
         with torch.inference_mode():
-            for items in _pipeline(predictor, paths):
-                static(torch.stack([p.image for _, p, _ in items]))
+            for _, stacked, _ in _pipeline(predictor, paths):
+                static(stacked)
 
     fns = {
         "predict_streaming": lambda: predict_folder(ck, [folder], out=out, thresholds=thr,

@@ -191,7 +191,7 @@ def torch_flops(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
 @dataclass
 class StepFlops:
     macs: list[int]  # fvcore multiply-adds per step, steps 1 .. T
-    torch_flops: list[int]  # torch.utils.flop_counter FLOPs per step (2 per MAC)
+    torch_flops: list[int]  # torch.utils.flop_counter FLOPs per step (2 per MAC); [] unchecked
     static_macs: int | None = None  # the backbone alone on the full image (the static baseline)
     parts: dict[str, int] | None = None  # MACs of each part (encoders, policy, classifier steps)
 
@@ -215,17 +215,21 @@ class StepFlops:
                 "static_macs": self.static_macs, "parts": self.parts}
 
 
-def count_step_flops(model: GFNet, *, static: bool = True) -> StepFlops:
-    """Per-step MACs (fvcore) and FLOPs (torch) of ``model`` at its config's sizes."""
+def count_step_flops(model: GFNet, *, static: bool = True, cross_check: bool = True) -> StepFlops:
+    """Per-step MACs (fvcore) and FLOPs (torch) of ``model`` at its config's sizes.
+    cross_check=False skips torch's count (``torch_flops`` is then empty): what a predictor
+    needs, since torch.utils.flop_counter imports torch._dynamo, seconds of start-up."""
     part_macs, part_flops = {}, {}
     for name, (mod, inputs) in _parts(model).items():
         part_macs[name] = fvcore_macs(mod, inputs)
-        part_flops[name] = torch_flops(mod, inputs)
+        if cross_check:
+            part_flops[name] = torch_flops(mod, inputs)
     macs, tfl = [], []
     for t in range(1, model.max_steps + 1):
         names = (["global_encoder"] if t == 1 else ["policy", "local_encoder"]) + [f"classifier{t}"]
         macs.append(sum(part_macs[n] for n in names))
-        tfl.append(sum(part_flops[n] for n in names))
+        if cross_check:
+            tfl.append(sum(part_flops[n] for n in names))
     st = static_macs(model.global_encoder, model.cfg) if static else None
     return StepFlops(macs, tfl, st, part_macs)
 

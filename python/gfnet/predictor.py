@@ -377,7 +377,7 @@ class Predictor:
                 from .flops import count_step_flops, fvcore_available
 
                 if fvcore_available():
-                    sf = count_step_flops(copy.deepcopy(self.model), static=False)
+                    sf = count_step_flops(copy.deepcopy(self.model), static=False, cross_check=False)
                     self._cumulative_macs = [float(m) for m in sf.cumulative_macs]
                     self._step_macs = [float(m) for m in sf.macs]
                 self._macs_counted = True
