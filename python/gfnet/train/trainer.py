@@ -162,9 +162,9 @@ class Trainer:
         """The class heads that started fresh (other classes than ``model.init_from``'s) inside a
         part this stage keeps frozen, e.g. the glance head of a global encoder frozen in a
         fine-tune: they learn with the classifier, or the glance would stay at chance."""
-        if stage == 2:
-            return []
         parts = trained_parts(self.cfg, stage)
+        if "classifier" not in parts:  # a stage that trains no classifier (PPO) trains no head
+            return []
         return [self.model.get_submodule(name) for name in self.fresh_heads
                 if name.split(".", 1)[0] not in parts]
 
