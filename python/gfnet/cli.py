@@ -142,6 +142,7 @@ def _run_shortcuts(args: argparse.Namespace) -> dict:
     extra: dict = {}
     if args.epochs is not None:
         extra.update({f"optim.epochs_stage{k}": args.epochs for k in (1, 2, 3)})
+        extra["optim.epochs_baseline"] = 0  # the baseline follows: stage-1 + stage-3 epochs
     if args.no_progress:
         extra["run.progress"] = False
     return extra
@@ -538,7 +539,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
                    help="go on in an OUT whose config.yaml records other model, data or schedule "
                         "settings (refused otherwise, naming the changes)")
     p.add_argument("--epochs", type=int, default=None,
-                   help="epochs of every GFNet stage (the baseline trains stage-1 + stage-3 epochs)")
+                   help="epochs of every GFNet stage (the baseline then trains stage-1 + stage-3 epochs)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.add_argument("--images", type=int, default=8, help="test images to draw (report)")
     p.add_argument("--passes", type=int, default=3, help="timed passes per engine (report)")

@@ -2,9 +2,10 @@
 progress bars, atomic per-epoch checkpoints, exact resume).
 
 The baseline is the config's backbone with its own head on the full-resolution image, trained
-with the recipe of GFNet's encoders: as many epochs as they train (``optim.epochs_stage1 +
-optim.epochs_stage3``, warm-up and fine-tune) under one cosine schedule, and the same batch
-size, SGD settings, backbone learning rate and weight decay.
+with the recipe of GFNet's encoders: by default as many epochs as they train
+(``optim.epochs_stage1 + optim.epochs_stage3``, warm-up and fine-tune; ``optim.epochs_baseline``
+sets another number) under one cosine schedule, and the same batch size, SGD settings, backbone
+learning rate and weight decay.
 It writes ``OUT/baseline.pt`` (``kind: "baseline"``; once finished it holds ``test_accuracy``
 and ``macs``, what ``gfnet eval --baseline`` and ``gfnet report`` read) and adds a ``baseline``
 entry to ``OUT/results.json``.
@@ -30,6 +31,13 @@ from .trainer import Trainer
 
 BASELINE_STAGE = 0  # the trainer's stage number for the baseline's single stage
 BASELINE_FILE = "baseline.pt"
+
+
+def baseline_epochs(cfg: Config) -> int:
+    """The static baseline's epochs: ``optim.epochs_baseline``, or when 0 as many as GFNet's
+    encoders train (the warm-up's and the fine-tune's)."""
+    o = cfg.optim
+    return o.epochs_baseline or o.epochs_stage1 + o.epochs_stage3
 
 
 class _BaselineStage(nn.Module):
@@ -66,8 +74,7 @@ class BaselineTrainer(Trainer):
         return "baseline"
 
     def stage_epochs(self, stage: int) -> int:
-        # as many epochs as GFNet's encoders train: the warm-up's and the fine-tune's
-        return self.cfg.optim.epochs_stage1 + self.cfg.optim.epochs_stage3
+        return baseline_epochs(self.cfg)
 
     def set_trainable(self, stage: int) -> None:
         self.model.train()
