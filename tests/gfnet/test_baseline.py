@@ -91,3 +91,24 @@ def test_resume_does_not_need_the_baseline_again(tmp_path, baseline_ckpt):
     copy.unlink()
     Trainer(gcfg, tmp_path / "gf", resume=True).run([1, 2])
     assert torch.load(tmp_path / "gf" / "stage2.pt", weights_only=True)["done"]
+
+
+def test_baseline_epochs_follow_gfnet_unless_set(tmp_path):
+    """optim.epochs_baseline: 0 trains as many epochs as GFNet's encoders (stage 1 + stage 3),
+    any other number exactly that many; --epochs N gives every stage N and the baseline 2N."""
+    from gfnet.cli import _run_shortcuts, build_parser, config_from_args
+    from gfnet.config import build_config
+    from gfnet.errors import ConfigError
+    from gfnet.train.baseline import baseline_epochs, train_baseline
+
+    cfg = build_config("digits", overrides=tiny_overrides(**{"optim.epochs_stage1": 2, "optim.epochs_stage3": 1}))
+    assert baseline_epochs(cfg) == 3
+    cfg.optim.epochs_baseline = 1
+    assert baseline_epochs(cfg) == 1
+    ck = train_baseline(cfg, tmp_path)
+    assert ck["done"] and ck["epochs"] == 1
+    with pytest.raises(ConfigError, match=r"optim\.epochs_baseline must be >= 0"):
+        build_config("digits", overrides=["optim.epochs_baseline=-1"])
+    args = build_parser().parse_args(["demo", "--epochs", "4"])
+    short = config_from_args(args, _run_shortcuts(args))
+    assert short.optim.epochs_stage1 == short.optim.epochs_stage3 == 4 and baseline_epochs(short) == 8
