@@ -1,11 +1,13 @@
-"""The ``gfnet`` command line: ``gfnet train | eval | predict | flops | report | import-official | demo``.
+"""The ``gfnet`` command line: ``gfnet train | eval | predict | flops | report |
+import-official | demo``.
 
-Each subcommand is a function registered in ``COMMANDS`` with the arguments it adds to its
-own subparser, so new subcommands plug in without touching the others. A command only parses
-its arguments, calls the library function that does the work (``gfnet.train.train``,
-``gfnet.evaluate.evaluate_run``, ``gfnet.predict.predict_folder``, ``gfnet.flops.flops_summary``,
-``gfnet.report.build_report``, ``gfnet.official.import_official``, ``gfnet.demo.run_demo``) and
-prints what it returns; errors are ``GFNetError``s, printed as one line by ``main``.
+Each subcommand is a function registered in ``COMMANDS`` by ``@command(name, help,
+arguments)``, ``arguments`` adding its options to its own subparser, so new subcommands plug in
+without touching the others. A command only parses its arguments, calls the library function
+that does the work (``gfnet.train.train``, ``gfnet.evaluate.evaluate_run``,
+``gfnet.predict.predict_folder``, ``gfnet.flops.flops_summary``, ``gfnet.report.build_report``,
+``gfnet.official.import_official``, ``gfnet.demo.run_demo``) and prints what it returns; errors
+are ``GFNetError``s, printed as one line by ``main``.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ if TYPE_CHECKING:
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
 
 
-def command(name: str, help: str):
+def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None]):
+    """Registers the decorated ``run(args) -> exit code`` as subcommand ``name``; ``arguments``
+    adds its options to its subparser."""
     def deco(fn):
-        COMMANDS[name] = (fn.add_arguments, fn, help)
+        COMMANDS[name] = (arguments, fn, help)
         return fn
 
     return deco
@@ -209,6 +213,8 @@ def _list_backbones() -> int:
     return 0
 
 
+@command("train", "train GFNet: the three stages, or one of them",
+         _train_args)
 def _train(args: argparse.Namespace, callbacks: Sequence[TrainerCallback] = ()) -> int:
     """``gfnet train``; ``callbacks`` go to the Trainer (tests/gfnet/train_with_callbacks.py)."""
     if args.list_presets:
@@ -244,8 +250,6 @@ def _train(args: argparse.Namespace, callbacks: Sequence[TrainerCallback] = ()) 
     return 0
 
 
-_train.add_arguments = _train_args  # type: ignore[attr-defined]
-command("train", "train GFNet: the three stages, or one of them")(_train)
 
 
 # ---------------------------------------------------------------------- shared (eval, predict)
@@ -296,6 +300,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="accuracy of a static baseline (the backbone on the full image), plotted at its MACs")
 
 
+@command("eval", "budgeted evaluation: thresholds per budget, accuracy vs average FLOPs",
+         _eval_args)
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_run
 
@@ -307,8 +313,6 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-_eval.add_arguments = _eval_args  # type: ignore[attr-defined]
-command("eval", "budgeted evaluation: thresholds per budget, accuracy vs average FLOPs")(_eval)
 
 
 # ---------------------------------------------------------------------- predict
@@ -352,6 +356,9 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (under torchrun: each rank's GPU)")
 
 
+@command("predict",
+         "classify images (files, folders, lists) with early exit into DIR/predictions.jsonl",
+         _predict_args)
 def _predict(args: argparse.Namespace) -> int:
     from .predict import predict_folder
     from .predictor import DEFAULT_BATCH_SIZE
@@ -382,8 +389,6 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-_predict.add_arguments = _predict_args  # type: ignore[attr-defined]
-command("predict", "classify images (files, folders, lists) with early exit into DIR/predictions.jsonl")(_predict)
 
 
 # ---------------------------------------------------------------------- flops
@@ -395,6 +400,8 @@ def _flops_args(p: argparse.ArgumentParser) -> None:
                         "shows the release's per-step figures)")
 
 
+@command("flops", "per-step MACs/FLOPs of a preset (glance, focus steps, static baseline)",
+         _flops_args)
 def _flops(args: argparse.Namespace) -> int:
     if args.list_presets:
         return _list_presets()
@@ -420,8 +427,6 @@ def _flops(args: argparse.Namespace) -> int:
     return 0
 
 
-_flops.add_arguments = _flops_args  # type: ignore[attr-defined]
-command("flops", "per-step MACs/FLOPs of a preset (glance, focus steps, static baseline)")(_flops)
 
 
 # ---------------------------------------------------------------------- report
@@ -449,6 +454,9 @@ def _check_report_counts(args: argparse.Namespace) -> None:
             raise GFNetError(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'images' else '>= 1'}")
 
 
+@command("report",
+         "report.md of a run: accuracy vs MACs against the static baseline, throughput, pictures",
+         _report_args)
 def _report(args: argparse.Namespace) -> int:
     from .device import pick_device
     from .report import build_report
@@ -481,8 +489,6 @@ def _print_report(r: dict) -> None:
     print(f"wrote {r['files']['report']}")
 
 
-_report.add_arguments = _report_args  # type: ignore[attr-defined]
-command("report", "report.md of a run: accuracy vs MACs against the static baseline, throughput, pictures")(_report)
 
 
 # ---------------------------------------------------------------------- import-official
@@ -508,6 +514,9 @@ def _import_official_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
 
+@command("import-official",
+         "convert an official GFNet checkpoint (released or train.py's) into a gfnet checkpoint",
+         _import_official_args)
 def _import_official(args: argparse.Namespace) -> int:
     from .official.importer import import_official
 
@@ -526,9 +535,6 @@ def _import_official(args: argparse.Namespace) -> int:
     return 0
 
 
-_import_official.add_arguments = _import_official_args  # type: ignore[attr-defined]
-command("import-official", "convert an official GFNet checkpoint (released or train.py's) into a gfnet checkpoint"
-        )(_import_official)
 
 
 # ---------------------------------------------------------------------- demo
@@ -565,6 +571,8 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+@command("demo", "the main job end to end: baseline, GFNet on it, every budget, RUN/report.md",
+         _demo_args)
 def _demo(args: argparse.Namespace) -> int:
     """Everything `make demo` does, resumable: each step reuses what a previous run finished."""
     from .demo import run_demo, run_demo_seeds
@@ -594,8 +602,6 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_demo.add_arguments = _demo_args  # type: ignore[attr-defined]
-command("demo", "the main job end to end: baseline, GFNet on it, every budget, RUN/report.md")(_demo)
 
 
 # ---------------------------------------------------------------------- entry point
