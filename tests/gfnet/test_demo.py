@@ -179,6 +179,28 @@ def test_report_on_part_of_the_test_split_compares_like_with_like(demo):
     assert all(s["test_index"] < 20 for s in r["samples"]) and len(r["samples"]) == 2
 
 
+def test_claims_belong_to_demo_runs(demo, tmp_path):
+    """The general report states facts; the demo's claims are checked in a run `gfnet demo` made
+    (its wall clock in the folder), by the demo and by `gfnet report` on it, and nowhere else."""
+    import shutil
+
+    from gfnet.cli import main
+    from gfnet.demo import DEMO_CLAIMS, WALL_TIME_FILE, is_demo_run
+
+    out, _ = demo
+    assert is_demo_run(out)
+    r = json.loads((out / "report.json").read_text())
+    assert r["claims"] == DEMO_CLAIMS.check(r) and "## The claims" in (out / "report.md").read_text()
+    copy = tmp_path / "trained"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("report*", "part", WALL_TIME_FILE))
+    assert not is_demo_run(copy)
+    assert main(["report", str(copy), "--max-images", "8", "--passes", "1", "--batch-sizes", "8",
+                 "--images", "0", "--threads", "1"]) == 0
+    facts = json.loads((copy / "report.json").read_text())
+    md = (copy / "report.md").read_text()
+    assert "claims" not in facts and "## The claims" not in md and "gfnet demo --preset" not in md
+
+
 def test_pick_samples_mixes_glance_exits_and_looks():
     from gfnet.report import pick_samples
 
