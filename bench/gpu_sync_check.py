@@ -66,7 +66,7 @@ class CountedSyncs:
 
 
 def _engine_case(device: torch.device, backend: str):
-    from gfnet.budget import thresholds_for_fractions
+    from gfnet.exits import thresholds_for_fractions
     from gfnet.config import build_config
     from gfnet.models import build_model
 

@@ -25,10 +25,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from gfnet.budget import thresholds_for_fractions
+from gfnet.exits import confidences, thresholds_for_fractions
 from gfnet.config import build_config
 from gfnet.flops import FVCORE_MISSING, average_macs, fvcore_available, preset_flops
-from gfnet.inference import anytime_inference, confidences, dynamic_inference, simulate_exits
+from gfnet.inference import anytime_inference, dynamic_inference, simulate_exits
 from gfnet.models import build_model
 
 from bench.harness import MEDIANS, Target, add_targets, run_case

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from gfnet.budget import thresholds_for_fractions
+from gfnet.exits import confidences, thresholds_for_fractions
 from gfnet.config import build_config
 from gfnet.data import ClutteredDigits
-from gfnet.inference import StreamStats, anytime_inference, confidences, dynamic_inference, streaming_inference
+from gfnet.inference import StreamStats, anytime_inference, dynamic_inference, streaming_inference
 from gfnet.models import build_model
 from gfnet.models.static import build_static_baseline
 from gfnet.predict import _DecodeDataset, _WorkerBatch, find_images, predict_folder

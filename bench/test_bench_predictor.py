@@ -22,9 +22,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from gfnet.budget import thresholds_for_fractions
+from gfnet.exits import confidences, thresholds_for_fractions
 from gfnet.config import build_config
-from gfnet.inference import anytime_inference, confidences, dynamic_inference
+from gfnet.inference import anytime_inference, dynamic_inference
 from gfnet.models import build_model
 from gfnet.predictor import Predictor
 

@@ -326,7 +326,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
                    help="use the stored thresholds of this budget (1..39; default 20 if calibrated, "
                         "else every image runs all steps)")
     p.add_argument("--thresholds", default=None, metavar="T1,T2,...",
-                   help="explicit confidence thresholds of steps 1..T-1")
+                   help="explicit confidence thresholds: one for every step, or those of steps 1..T-1")
     p.add_argument("--target-macs", type=float, default=None, metavar="M",
                    help="the calibrated budget spending the most average MACs per image not above M "
                         "millions")
@@ -369,6 +369,8 @@ def _predict(args: argparse.Namespace) -> int:
     if args.thresholds is not None:
         try:
             thresholds = [float(x) for x in args.thresholds.split(",")]
+            if len(thresholds) == 1:  # one number: every step's, as in the Python API
+                thresholds = thresholds[0]
         except ValueError:
             raise GFNetError(f"--thresholds {args.thresholds!r} is not a comma-separated list of numbers") from None
     r = predict_folder(args.checkpoint, args.images, out=args.out or "predict", files_from=args.files_from,

@@ -3,7 +3,7 @@
     summary = evaluate_run("runs/digits", budgets=[1, 20, 39], log=print)
 
 1. exit thresholds for every budget (1 .. 39) are calibrated on the calibration split
-   (``data.calibration.calibration_split``: never the test images) or read from the checkpoint,
+   (``data.calibration_images.calibration_split``: never the test images) or read from the checkpoint,
    where an earlier evaluation (or ``gfnet import-official``: the release's thresholds) stored
    them, and stored in the checkpoint when the outputs go to the run's own folder (no ``out``, or
    an ``out`` inside the checkpoint's folder; never through a symbolic link to the checkpoint):
@@ -23,33 +23,34 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .budget import (
+from .checkpoint import load_baseline_checkpoint, load_checkpoint_model, resolve_checkpoint
+from .config import Config
+from .data import build_datasets
+from .data.calibration_images import CalibrationSplit, calibration_split, val_is_test
+from .device import pick_device, set_threads
+from .errors import GFNetError
+from .exits import (
     NUM_BUDGETS,
+    BudgetPoint,
     Calibration,
     budget_q,
     calibrate,
-    evaluate_dynamic,
-    evaluate_simulated,
     store_calibration,
     stored_calibration,
     thresholds_for_macs,
 )
-from .checkpoint import load_baseline_checkpoint, load_checkpoint_model, resolve_checkpoint
-from .config import Config
-from .data import build_datasets
-from .data.calibration import CalibrationSplit, calibration_split, val_is_test
-from .device import pick_device, set_threads
-from .errors import GFNetError
 from .files import OutputFolder
-from .flops import count_step_flops, format_table, require_fvcore
-from .inference import collect_anytime, per_step_accuracy
+from .flops import average_macs, count_step_flops, format_table, require_fvcore
+from .inference import collect_anytime, exit_counts_of, per_step_accuracy, simulate_exits
 
 Log = Callable[[str], None]
 
@@ -61,6 +62,55 @@ def _quiet(_msg: str) -> None:
 def eval_loader(ds: Dataset, batch_size: int) -> DataLoader:
     """Evaluation order: the split as it is, no shuffling, in this process."""
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+# ---------------------------------------------------------------------- budgeted evaluation
+@dataclass
+class BudgetResult:
+    budget: int | None
+    q: float
+    thresholds: list[float]
+    accuracy: float
+    exit_counts: list[int]
+    avg_macs: float
+
+    @property
+    def avg_flops(self) -> float:
+        return 2 * self.avg_macs
+
+    def to_row(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["avg_flops"] = self.avg_flops
+        d["thresholds"] = [None if not math.isfinite(t) else t for t in self.thresholds]
+        return d
+
+
+def evaluate_simulated(step_logits: torch.Tensor, labels: torch.Tensor, cal: Calibration,
+                       points: Sequence[BudgetPoint] | None = None) -> list[BudgetResult]:
+    """Budgeted evaluation the official way: exits simulated on all-step test logits."""
+    T = step_logits.shape[0]
+    out = []
+    for p in points if points is not None else cal.points:
+        es, lg = simulate_exits(step_logits, p.thresholds)
+        counts = exit_counts_of(es, T)
+        acc = float((lg.argmax(1).cpu() == labels).double().mean())
+        out.append(BudgetResult(p.budget, p.q, p.thresholds, acc, counts, average_macs(counts, cal.step_macs)))
+    return out
+
+
+def evaluate_dynamic(model, loader, cal: Calibration, points: Sequence[BudgetPoint] | None = None, *,
+                     device="cpu", max_batches: int = 0) -> list[BudgetResult]:
+    """Budgeted evaluation with the dynamic engine: realised exit counts and accuracy."""
+    from .inference import run_dataset
+
+    out = []
+    for p in points if points is not None else cal.points:
+        r = run_dataset(model, loader, p.thresholds, device=device, max_batches=max_batches)
+        acc = r["correct"] / max(r["total"], 1)
+        out.append(BudgetResult(p.budget, p.q, p.thresholds, acc, r["exit_counts"],
+                                average_macs(r["exit_counts"], cal.step_macs)))
+    return out
+
 
 
 def _usable_calibration(ck: dict[str, Any], cfg: Config, step_macs: list[float],
@@ -105,7 +155,7 @@ def evaluate_run(checkpoint: str | Path, *, out: str | Path | None = None, data_
     log = log or _quiet
     require_fvcore("gfnet eval (it calibrates exits on MACs)")  # before any loading
     for b in budgets or ():
-        budget_q(b)  # BudgetError: out of range
+        budget_q(b)  # ExitRuleError: out of range
     baseline_macs = None
     if baseline is not None:
         bck = load_baseline_checkpoint(baseline)
@@ -240,4 +290,4 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["eval_loader", "evaluate_run", "summary_lines"]
+__all__ = ["BudgetResult", "eval_loader", "evaluate_dynamic", "evaluate_run", "evaluate_simulated", "summary_lines"]

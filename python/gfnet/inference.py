@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .exits import confidences, engine_thresholds
 from .models.gfnet import GFNet, GFState, StepOutput
 from .models.patches import whole_image_boxes
 
@@ -60,25 +61,6 @@ class InferenceResult:
 class AnytimeResult:
     logits: torch.Tensor  # (T, B, K) every step's logits
     boxes: torch.Tensor  # (B, T, 4)
-
-
-def normalise_thresholds(thresholds, steps: int) -> list[float]:
-    """T thresholds (floats) from T-1 or T values (tensor, list or None = nobody exits early);
-    the last one is always -inf."""
-    if thresholds is None:
-        vals: list[float] = [math.inf] * (steps - 1)
-    else:
-        if isinstance(thresholds, torch.Tensor):
-            thresholds = thresholds.detach().cpu().double().flatten().tolist()
-        vals = [float(v) for v in thresholds]
-        if len(vals) == steps:
-            vals = vals[:-1]
-        if len(vals) != steps - 1:
-            raise ValueError(f"need {steps - 1} (or {steps}) exit thresholds for {steps} steps, "
-                             f"got {len(vals)}")
-        if any(math.isnan(v) for v in vals):
-            raise ValueError("exit thresholds must not be NaN")
-    return vals + [-math.inf]
 
 
 @contextmanager
@@ -122,7 +104,7 @@ def dynamic_inference(model: GFNet, images: torch.Tensor, thresholds=None, *,
     if images.dim() != 4:
         raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
     T = model.max_steps
-    thr = normalise_thresholds(thresholds, T)
+    thr = engine_thresholds(thresholds, T)
     B = images.shape[0]
     dev = images.device
     boxes = torch.full((B, T, 4), math.nan, device=dev)
@@ -310,7 +292,7 @@ def streaming_inference(model: GFNet, batches: Iterable[torch.Tensor], threshold
     """
     if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
         raise ValueError(f"pool_size must be a positive integer, got {pool_size!r}")
-    engine = _StreamingEngine(model, batches, normalise_thresholds(thresholds, model.max_steps), pool_size,
+    engine = _StreamingEngine(model, batches, engine_thresholds(thresholds, model.max_steps), pool_size,
                               backend, stats if stats is not None else StreamStats())
     # inference and eval mode only around each step, never across a yield: the caller's code
     # between two results runs in its own modes
@@ -462,16 +444,11 @@ def anytime_inference(model: GFNet, images: torch.Tensor, *, policy: str = "mean
     return AnytimeResult(logits, boxes)
 
 
-def confidences(step_logits: torch.Tensor) -> torch.Tensor:
-    """(T, B, K) logits -> (T, B) max softmax probability, in float32 like early_exit."""
-    return torch.softmax(step_logits.float(), dim=-1).amax(-1)
-
-
 def simulate_exits(step_logits: torch.Tensor, thresholds) -> tuple[torch.Tensor, torch.Tensor]:
     """The official way: exits decided after running every step. (T, B, K) logits ->
     (exit_step (B,) 1 .. T, logits at the exit step (B, K))."""
     T, B = step_logits.shape[:2]
-    thr = torch.tensor(normalise_thresholds(thresholds, T), dtype=torch.float64)
+    thr = torch.tensor(engine_thresholds(thresholds, T), dtype=torch.float64)
     conf = confidences(step_logits).double().cpu()
     done = conf >= thr[:, None]  # (T, B); the last row is all True
     first = done.to(torch.int8).argmax(0)  # first True per column
@@ -528,10 +505,8 @@ __all__ = [
     "StreamedRows",
     "anytime_inference",
     "collect_anytime",
-    "confidences",
     "dynamic_inference",
     "exit_counts_of",
-    "normalise_thresholds",
     "per_step_accuracy",
     "run_dataset",
     "simulate_exits",

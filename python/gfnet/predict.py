@@ -31,7 +31,7 @@ from .predictor import DEFAULT_BATCH_SIZE, PreparedImage, load, prepare_image
 
 
 def predict_files(checkpoint: str | Path, images: Sequence[str], *, budget: int | None = None,
-                  thresholds: Sequence[float] | None = None, target_macs: float | None = None,
+                  thresholds: float | Sequence[float] | None = None, target_macs: float | None = None,
                   out: str | Path = "predict", device: str | None = None,
                   class_names: str | Path | Sequence[str] | None = None,
                   batch_size: int = DEFAULT_BATCH_SIZE, resize: bool = True,
@@ -293,7 +293,7 @@ def _exit_mix(counts: list[int]) -> str:
 
 def predict_folder(checkpoint: str | Path, inputs: Sequence[str | Path] = (), *, out: str | Path = "predict",
                    files_from: str | Path | None = None, budget: int | None = None,
-                   thresholds: Sequence[float] | None = None, target_macs: float | None = None,
+                   thresholds: float | Sequence[float] | None = None, target_macs: float | None = None,
                    device: str | None = None, class_names: str | Path | Sequence[str] | None = None,
                    batch_size: int = DEFAULT_BATCH_SIZE, resize: bool = True, workers: int | None = None,
                    fmt: str = "jsonl", pictures: int | None = None, overwrite: bool = False,

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -61,7 +60,6 @@ from typing import Any
 
 import torch
 
-from .budget import BudgetError, Calibration, budget_q, stored_calibration
 from .checkpoint import load_checkpoint_model, resolve_checkpoint
 from .config import Config, image_hw, size_text
 from .data.class_names import class_names_from
@@ -69,26 +67,16 @@ from .data.preprocess import EvalGeometry, decode_image, eval_preprocess, pil_to
 from .data.registry import class_names as data_class_names, eval_settings
 from .device import pick_device
 from .errors import CheckpointError, DataError, GFNetError
+from .exits import Calibration, ExitRule, exit_rule, stored_calibration
 from .inference import StreamStats, dynamic_inference, streaming_inference
 from .models.gfnet import GFNet
 
-DEFAULT_BUDGET = 20  # the middle of 1 .. 39: used when the checkpoint is calibrated and none is asked
 DEFAULT_BATCH_SIZE = 64
 
 Box = tuple[float, float, float, float]
 
 
 # ---------------------------------------------------------------------- results
-@dataclass(frozen=True)
-class ExitRule:
-    """When images stop: the confidence thresholds of steps 1 .. T-1 (None: every image runs
-    all T steps) and where they come from ("budget 5", "given", ...)."""
-
-    thresholds: list[float] | None
-    source: str
-    budget: int | None = None
-
-
 @dataclass
 class Prediction:
     """One image's result."""
@@ -402,76 +390,11 @@ class Predictor:
     def exit_rule(self, budget: int | None = None, threshold: float | Sequence[float] | torch.Tensor | None = None,
                   target_macs: float | None = None) -> ExitRule:
         """The thresholds of a calibrated ``budget`` (1 .. 39), of an explicit ``threshold`` (one
-        value for every step, or T-1 values for steps 1 .. T-1), or of the calibrated budget
-        whose average MACs on the calibration data is the largest not above ``target_macs``.
-        None of them: budget 20 when the checkpoint is calibrated, else every image runs all
-        steps."""
-        given = [n for n, v in (("budget", budget), ("threshold", threshold), ("target_macs", target_macs))
-                 if v is not None]
-        if len(given) > 1:
-            raise GFNetError(f"give at most one of budget, threshold and target_macs (got {', '.join(given)})")
-        T = self.steps
-        if threshold is not None:
-            return ExitRule(self._thresholds(threshold, T), "given")
-        if budget is not None:
-            budget_q(budget)  # BudgetError: out of range
-            return ExitRule(self._calibration("budget").point(budget).thresholds, f"budget {budget}", budget)
-        if target_macs is not None:
-            return self._rule_for_macs(float(target_macs))
-        if self.calibration is None:
-            return ExitRule(None, "none (all steps)")
-        try:
-            point = self.calibration.point(DEFAULT_BUDGET)
-        except BudgetError:
-            return ExitRule(None, "none (all steps)")
-        return ExitRule(point.thresholds, f"budget {DEFAULT_BUDGET}", DEFAULT_BUDGET)
-
-    def _thresholds(self, threshold: Any, steps: int) -> list[float]:
-        if isinstance(threshold, torch.Tensor):
-            threshold = threshold.detach().cpu().double().flatten().tolist()
-        if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
-            values = [float(threshold)] * (steps - 1)
-        elif isinstance(threshold, Sequence) and not isinstance(threshold, str):
-            try:
-                values = [float(t) for t in threshold]
-            except (TypeError, ValueError):
-                raise GFNetError(f"threshold {threshold!r} is not a list of numbers") from None
-            if len(values) != steps - 1:
-                raise GFNetError(f"threshold needs {steps - 1} values (steps 1..{steps - 1}) or one for "
-                                 f"every step, got {len(values)}")
-        else:
-            raise GFNetError(f"threshold must be a number or {steps - 1} numbers, not {threshold!r}")
-        if any(math.isnan(v) for v in values):
-            raise GFNetError("threshold must not be NaN")
-        return values
-
-    def _calibration(self, what: str) -> Calibration:
-        if self.calibration is None:
-            raise CheckpointError(f"{self.source} has no calibrated exit thresholds for a {what}: run "
-                                  "`gfnet eval` on it first (it stores them), or pass threshold=")
-        return self.calibration
-
-    def _rule_for_macs(self, target: float) -> ExitRule:
-        """The calibrated budget spending the most MACs on average (on the calibration data)
-        without going over ``target``: between budgets nothing is interpolated, since thresholds
-        of a budget in between would need the calibration data's logits (``gfnet eval
-        --target-macs`` computes those)."""
-        cal = self._calibration("target_macs")
-        if not (target > 0 and math.isfinite(target)):
-            raise BudgetError(f"target_macs must be a positive number, got {target!r}")
-        if not all(math.isfinite(p.calib_avg_macs) for p in cal.points):
-            # the release's thresholds (an imported official checkpoint) come without them
-            raise BudgetError(f"the thresholds stored in {self.source} ({cal.split}) carry no average MACs on "
-                              "calibration data to choose a budget by: give a budget, or calibrate your own "
-                              "(gfnet eval --recalibrate)")
-        below = [p for p in cal.points if p.calib_avg_macs <= target]
-        if not below:
-            cheapest = min(cal.points, key=lambda p: p.calib_avg_macs)
-            raise BudgetError(f"target_macs {target / 1e6:.4g} M is below the cheapest calibrated budget "
-                              f"(budget {cheapest.budget}: {cheapest.calib_avg_macs / 1e6:.4g} M per image)")
-        p = max(below, key=lambda p: (p.calib_avg_macs, -(p.budget or 0)))
-        return ExitRule(p.thresholds, f"budget {p.budget} ({p.calib_avg_macs / 1e6:.4g} M MACs on the "
-                                      f"calibration data, target {target / 1e6:.4g} M)", p.budget)
+        value for every step, or one per step), or of the calibrated budget whose average MACs
+        on the calibration data is the largest not above ``target_macs``. None of them: budget
+        20 when the checkpoint is calibrated, else every image runs all steps (gfnet.exits)."""
+        return exit_rule(self.calibration, self.steps, budget=budget, threshold=threshold,
+                         target_macs=target_macs, source=self.source)
 
     # -------------------------------------------------------------- images
     def preprocess(self, images: Any, *, resize: bool = True) -> list[PreparedImage]:
@@ -521,7 +444,7 @@ class Predictor:
             results: list[Prediction | None] = [None] * len(prepared)
             for rows in by_size.values():
                 batch = _stack([prepared[i].image for i in rows], self.device)
-                r = dynamic_inference(self.model, batch, rule.thresholds)
+                r = dynamic_inference(self.model, batch, rule)
                 exit_counts = [a + b for a, b in zip(exit_counts, r.exit_counts)]
                 for i, pred in zip(rows, self._records(r, [prepared[i] for i in rows], cumulative, keep_inputs)):
                     results[i] = pred
@@ -580,7 +503,7 @@ class Predictor:
                     in_flight[next(position)] = p
                 yield stacked
 
-        for rows in streaming_inference(self.model, images(), rule.thresholds, pool_size=batch_size, stats=stats):
+        for rows in streaming_inference(self.model, images(), rule, pool_size=batch_size, stats=stats):
             prepared = [in_flight.pop(i) for i in rows.ids.tolist()]
             yield from self._records(rows, prepared, cumulative, keep_inputs)
 
@@ -634,5 +557,5 @@ def load(source: str | Path, device: torch.device | str | None = None, *,
                      source=str(ck_path))
 
 
-__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_BUDGET", "ExitRule", "Prediction", "Predictions", "PreparedImage",
+__all__ = ["DEFAULT_BATCH_SIZE", "Prediction", "Predictions", "PreparedImage",
            "Predictor", "load"]

@@ -38,7 +38,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from .data.calibration import describe_calibration
+from .data.calibration_images import describe_calibration
 from .errors import GFNetError
 from .files import write_atomic
 

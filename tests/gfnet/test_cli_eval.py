@@ -94,6 +94,11 @@ def test_predict_prints_and_draws(run_dir, images, tmp_path, capsys):
     assert len(list(out.glob("*.png"))) == 3
     rc = main(["predict", str(run_dir), images[0], "--out", str(out)])  # stored or no thresholds
     assert rc == 0
+    capsys.readouterr()
+    # one number: every step's threshold, as predictor(threshold=0.0) takes it
+    assert main(["predict", str(run_dir), *images, "--out", str(tmp_path / "one"), "--thresholds", "0.0"]) == 0
+    again = [ln for ln in capsys.readouterr().out.splitlines() if "exit step" in ln]
+    assert [ln.split(" -> ")[0] for ln in again] == [ln.split(" -> ")[0] for ln in lines]
 
 
 def test_train_baseline_and_plot_it(run_dir, tmp_path, capsys):
@@ -145,7 +150,7 @@ def test_flops_command(capsys):
     (["eval", "{run}", "--target-macs", "1e9"], "out of range"),
     (["predict", "{run}", "{nofile}"], "does not exist"),
     (["predict", "{run}", "{img}", "--budget", "99"], "out of range"),
-    (["predict", "{run}", "{img}", "--thresholds", "0.5"], "needs 2 values"),
+    (["predict", "{run}", "{img}", "--thresholds", "0.5,0.6,0.7,0.8"], "needs one number, 2 values"),
     (["predict", "{missing}", "{img}"], "does not exist"),
 ])
 def test_bad_input_is_a_clear_error(run_dir, images, tmp_path, capsys, argv, message):

@@ -12,7 +12,6 @@ from gfnet.inference import (
     confidences,
     dynamic_inference,
     exit_counts_of,
-    normalise_thresholds,
     simulate_exits,
 )
 from gfnet.models import build_model
@@ -78,16 +77,6 @@ def test_training_mode_restored_and_float_images(setup):
         model.eval()
     # float 0..255 images work as well as uint8 (normalisation fused either way)
     assert r.logits.shape == (images.shape[0], model.cfg.num_classes)
-
-
-def test_thresholds_normalised():
-    assert normalise_thresholds(None, 3) == [math.inf, math.inf, -math.inf]
-    assert normalise_thresholds([0.5, 0.6, 0.9], 3) == [0.5, 0.6, -math.inf]
-    assert normalise_thresholds(torch.tensor([0.5, 0.6], dtype=torch.float64), 3) == [0.5, 0.6, -math.inf]
-    with pytest.raises(ValueError, match="thresholds"):
-        normalise_thresholds([0.5], 3)
-    with pytest.raises(ValueError, match="NaN"):
-        normalise_thresholds([0.5, math.nan], 3)
 
 
 def test_empty_and_bad_batch(setup):

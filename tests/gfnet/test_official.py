@@ -229,7 +229,7 @@ def image_folder(tmp_path_factory):
 
 
 def test_import_writes_a_gfnet_checkpoint_with_the_official_thresholds(imported):
-    from gfnet.budget import stored_calibration
+    from gfnet.exits import stored_calibration
     from gfnet.flops import count_step_flops
     from gfnet.checkpoint import load_checkpoint_model
 

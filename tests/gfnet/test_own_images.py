@@ -138,7 +138,7 @@ def test_grayscale_folder_trains_a_one_channel_model(capsys, tmp_path):
 def test_one_folder_of_classes_is_split(capsys, tmp_path):
     from gfnet.config import Config
     from gfnet.data import build_datasets
-    from gfnet.data.calibration import val_is_test
+    from gfnet.data.calibration_images import val_is_test
 
     flat = make_photos(tmp_path / "flat", {"": 5})
     c = _printed_config(capsys, "--data", str(flat))

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from gfnet.budget import calibrate
+from gfnet.exits import calibrate
 from gfnet.checkpoint import FORMAT, save_atomic
 from gfnet.config import build_config
 from gfnet.data import ClutteredDigits, read_image
@@ -254,8 +254,9 @@ def test_exit_rules_and_macs(gray, canvases):
         gray(canvases, budget=3, threshold=0.5)
     with pytest.raises(GFNetError, match="out of range"):
         gray(canvases, budget=40)
-    with pytest.raises(GFNetError, match="needs 2 values"):
+    with pytest.raises(GFNetError, match="needs one number, 2 values"):
         gray(canvases, threshold=[0.5])
+    assert gray(canvases, threshold=[2.0, 2.0, 0.5]).exit_steps == [3] * 12  # the last step's is ignored
     with pytest.raises(GFNetError, match="batch_size"):
         gray(canvases, batch_size=0)
 

@@ -42,7 +42,7 @@ class DatasetEntry:
     # eval_interpolation (CIFAR: whole images, scaled as in training)
     eval_crop_fraction: float | None = None
     eval_interpolation: str | None = None
-    # exit-threshold calibration (data/calibration.py): whether the val split holds the test
+    # exit-threshold calibration (data/calibration_images.py): whether the val split holds the test
     # images under a config (None: never), and the training images to calibrate on (None: the
     # training split as built, taken as it is, without augmentation of its own)
     val_is_test: Callable[[Config], bool] | None = None

@@ -235,7 +235,7 @@ def official_calibration(official: dict[str, Any], step_macs: list[float]):
     """The release's 39 x T thresholds as a stored calibration of this model. Its step MACs
     are ours (fvcore): `gfnet eval` compares them to decide whether stored thresholds are
     current, and prices every exit with them."""
-    from ..budget import BudgetPoint, Calibration, budget_q, geometric_fractions
+    from ..exits import BudgetPoint, Calibration, budget_q, geometric_fractions
 
     steps = official["steps"]
     cal = Calibration("official", 0, list(step_macs), details={
@@ -264,7 +264,7 @@ def import_official(path: str | Path, out: str | Path, *, arch: str | None = Non
     ``class_names``: a names file (``data.class_names.read_class_names``: one per line, a JSON
     list or ImageNet index file) or a list, one name per class, stored in the checkpoint."""
     from .. import checkpoint as ck_io
-    from ..budget import CKPT_KEY
+    from ..exits import CKPT_KEY
     from ..data.class_names import class_names_from
     from ..flops import count_step_flops
 

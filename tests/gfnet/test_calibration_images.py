@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gfnet.config import build_config
-from gfnet.data.calibration import calibration_split, val_is_test
+from gfnet.data.calibration_images import calibration_split, val_is_test
 from gfnet.errors import DataError
 
 from .conftest import make_image_folder

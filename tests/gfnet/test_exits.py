@@ -1,26 +1,34 @@
-"""Budget thresholds reproduce their target exit fractions; average FLOPs by hand."""
+"""The exit rule (gfnet.exits): budget thresholds reproduce their target exit fractions, one
+parser reads given thresholds, average FLOPs by hand."""
 
 from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
-from gfnet.budget import (
+from gfnet.errors import CheckpointError
+from gfnet.evaluate import evaluate_simulated
+from gfnet.exits import (
     NUM_BUDGETS,
-    BudgetError,
     Calibration,
+    ExitRule,
+    ExitRuleError,
     budget_q,
     calibrate,
-    evaluate_simulated,
+    confidences,
+    engine_thresholds,
     exit_fractions,
+    exit_rule,
     geometric_fractions,
+    parse_thresholds,
     thresholds_for_fractions,
     thresholds_for_macs,
 )
 from gfnet.flops import average_macs, reached_from_exits
-from gfnet.inference import confidences, dynamic_inference, simulate_exits
+from gfnet.inference import dynamic_inference, simulate_exits
 
 
 def _logits(T=3, N=1000, K=10, seed=0):
@@ -36,7 +44,7 @@ def test_geometric_fractions_and_q():
     assert fr == pytest.approx([4 / 7, 2 / 7, 1 / 7])
     assert geometric_fractions(1.0, 4) == pytest.approx([0.25] * 4)
     for bad in (0, 40, -1, 2.5, True):
-        with pytest.raises(BudgetError, match="out of range"):
+        with pytest.raises(ExitRuleError, match="out of range"):
             budget_q(bad)
 
 
@@ -67,7 +75,7 @@ def test_calibrate_all_budgets_monotone_macs():
     # round trip through the checkpoint dict
     cal2 = Calibration.from_dict(cal.to_dict())
     assert cal2.point(7).thresholds == cal.point(7).thresholds
-    with pytest.raises(BudgetError, match="out of range"):
+    with pytest.raises(ExitRuleError, match="out of range"):
         cal.point(0)
 
 
@@ -103,9 +111,9 @@ def test_target_macs():
     p = thresholds_for_macs(lg, macs, 20.0)
     assert p.calib_avg_macs <= 20.0 + 1e-9
     assert p.calib_avg_macs > 20.0 - 0.2  # within a few samples' worth
-    with pytest.raises(BudgetError, match="out of range"):
+    with pytest.raises(ExitRuleError, match="out of range"):
         thresholds_for_macs(lg, macs, 5.0)
-    with pytest.raises(BudgetError, match="out of range"):
+    with pytest.raises(ExitRuleError, match="out of range"):
         thresholds_for_macs(lg, macs, 40.0)
 
 
@@ -126,3 +134,41 @@ def test_calibrated_thresholds_on_the_dynamic_engine():
     thr = thresholds_for_fractions(confidences(lg), fr)
     r = dynamic_inference(model, images, thr)
     assert r.exit_counts == [20, 12, 8]
+
+
+def test_one_parser_of_thresholds():
+    """Every way in (the engines, the predictor, exit_rule) reads thresholds the same way: one
+    number for every step, T-1 values, or T values with the last ignored; one error type."""
+    inf = math.inf
+    assert engine_thresholds(None, 3) == [inf, inf, -inf]
+    assert engine_thresholds([0.5, 0.6, 0.9], 3) == [0.5, 0.6, -inf]
+    assert engine_thresholds(torch.tensor([0.5, 0.6], dtype=torch.float64), 3) == [0.5, 0.6, -inf]
+    assert engine_thresholds(0.7, 3) == [0.7, 0.7, -inf]
+    assert engine_thresholds(ExitRule([0.2, 0.3], "given"), 3) == [0.2, 0.3, -inf]
+    assert engine_thresholds(ExitRule(None, "none (all steps)"), 3) == [inf, inf, -inf]
+    assert parse_thresholds((0.1, 0.2, 0.3, 0.4, 0.5), 5) == [0.1, 0.2, 0.3, 0.4]
+    for bad, message in [([0.5], "threshold needs one number, 2 values (steps 1..2) or 3 for 3 steps, got 1"),
+                         ([0.5, math.nan], "threshold must not be NaN"),
+                         (["a", 0.2], "is not a list of numbers"), ("0.5", "must be a number or 2 numbers"),
+                         (True, "must be a number or 2 numbers")]:
+        with pytest.raises(ExitRuleError, match=re.escape(message)):
+            engine_thresholds(bad, 3)
+        with pytest.raises(ExitRuleError, match=re.escape(message)):
+            exit_rule(None, 3, threshold=bad)
+    assert issubclass(ExitRuleError, ValueError)
+
+
+def test_exit_rule_sources():
+    cal = calibrate(_logits(), [1.0, 2.0, 3.0])
+    assert exit_rule(None, 3) == ExitRule(None, "none (all steps)")
+    assert exit_rule(cal, 3) == ExitRule(cal.point(20).thresholds, "budget 20", 20)
+    assert exit_rule(cal, 3, budget=5) == ExitRule(cal.point(5).thresholds, "budget 5", 5)
+    assert exit_rule(cal, 3, threshold=0.5) == ExitRule([0.5, 0.5], "given")
+    target = cal.point(7).calib_avg_macs
+    assert exit_rule(cal, 3, target_macs=target).budget == 7
+    with pytest.raises(ExitRuleError, match="at most one of budget, threshold and target_macs"):
+        exit_rule(cal, 3, budget=3, threshold=0.5)
+    with pytest.raises(ExitRuleError, match="out of range"):
+        exit_rule(cal, 3, budget=40)
+    with pytest.raises(CheckpointError, match="m.pt has no calibrated exit thresholds for a budget"):
+        exit_rule(None, 3, budget=3, source="m.pt")
