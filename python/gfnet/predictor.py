@@ -66,7 +66,7 @@ from .data.class_names import class_names_from
 from .data.preprocess import EvalGeometry, decode_image, eval_preprocess, pil_to_tensor, to_channels
 from .data.registry import class_names as data_class_names, eval_settings
 from .device import pick_device
-from .errors import CheckpointError, DataError, GFNetError
+from .errors import DataError, GFNetError
 from .exits import Calibration, ExitRule, exit_rule, stored_calibration
 from .inference import StreamStats, dynamic_inference, streaming_inference
 from .models.gfnet import GFNet

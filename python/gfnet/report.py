@@ -328,7 +328,6 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
         model, images, labels, digit_boxes, device=device, seed=cfg.run.seed + RANDOM_LOCATIONS_SEED,
         batch_size=cfg.run.eval_batch_size or cfg.optim.batch_size)
     random_acc = looking["random_policy"]["anytime_accuracy"]
-    learned_acc = looking["random_policy"]["policy_anytime_accuracy"]  # on the same images
 
     say(f"report: pictures of {num_images} test images")
     exit_step, _ = simulate_exits(policy_logits, thr)  # where each test image exits at the operating point

@@ -261,7 +261,7 @@ def inspect_image_folder(
 
 def normalise_key(cfg: Config, key: str) -> str:
     """A config key as section.field (a bare field name is resolved as ``--set`` resolves it)."""
-    from ..config import _resolve_key  # the one place that resolves bare keys
+    from ..config.overrides import _resolve_key  # the one place that resolves bare keys
 
     owner, name = _resolve_key(cfg, key)
     if owner is cfg:
