@@ -27,7 +27,8 @@ from .errors import DataError, GFNetError
 from .files import OutputFolder, disk_full_message, is_disk_full
 from .flops import FVCORE_MISSING
 from .inference import StreamStats
-from .predictor import DEFAULT_BATCH_SIZE, PreparedImage, load, prepare_image
+from .data.inputs import PreparedImage, prepare_image
+from .predictor import DEFAULT_BATCH_SIZE, load
 
 
 def predict_files(checkpoint: str | Path, images: Sequence[str], *, budget: int | None = None,
