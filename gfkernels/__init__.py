@@ -17,7 +17,8 @@ from importlib import metadata as _metadata
 import torch
 
 from . import backends, reference
-from .ops import crop_resize, early_exit, gather_rows
+from .ops.crop_resize import crop_resize
+from .ops.early_exit import early_exit, gather_rows
 from .reference import focus_boxes
 
 BACKENDS = backends.NAMES
