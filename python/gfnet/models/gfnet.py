@@ -6,7 +6,9 @@ resolution (crop_resize, integer box) -> local encoder -> classifier -> logits.
 
 The per-sample state between steps is a :class:`GFState` of plain tensors (classifier state,
 policy hidden, last feature map), so an inference engine can keep only the rows still active
-(``state.select(rows)``) and pass ``batch_index`` to read their images in place.
+(gfkernels.gather_rows on ``state.tensors()``, back with ``GFState.from_tensors``;
+``state.select(rows)`` is the same in plain PyTorch) and pass ``batch_index`` to read their
+images in place.
 """
 
 from __future__ import annotations
@@ -129,8 +131,6 @@ class GFNet(nn.Module):
         self.policy = ActorCritic(fmap_shape, state=cfg.policy_state, mlp_width=cfg.policy_mlp_width,
                                   conv_channels=cfg.policy_conv_channels, conv_bias=cfg.policy_conv_bias,
                                   hidden=cfg.policy_hidden, action_std=cfg.action_std)
-        self.register_buffer("_mean", torch.tensor(cfg.mean, dtype=torch.float32), persistent=False)
-        self.register_buffer("_std", torch.tensor(cfg.std, dtype=torch.float32), persistent=False)
 
     # ------------------------------------------------------------------ patches
     def glance_input(self, images: torch.Tensor, batch_index: torch.Tensor | None = None) -> torch.Tensor:
