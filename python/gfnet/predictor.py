@@ -64,7 +64,7 @@ from .checkpoint import load_checkpoint_model, resolve_checkpoint
 from .config import Config, image_hw, size_text
 from .data.class_names import class_names_from
 from .data.inputs import PreparedImage, chunks, flatten_images, prepare_image, stack_images, stream_items
-from .data.registry import class_names as data_class_names, eval_settings
+from .data.datasets import class_names as data_class_names, eval_settings
 from .device import pick_device
 from .errors import GFNetError
 from .exits import Calibration, ExitRule, exit_rule, stored_calibration

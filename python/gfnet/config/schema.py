@@ -73,7 +73,7 @@ class ModelConfig:
     # evaluation preprocessing (data loaders, read_image, gfnet predict, gfnet.load): scale the
     # image to cover image_size / eval_crop_fraction with eval_interpolation, then centre-crop
     # image_size (the paper presets: the official per-model settings, timm's crop_pct); a data
-    # set may fix its own (data/registry.py: CIFAR takes whole images)
+    # set may fix its own (data/datasets.py: CIFAR takes whole images)
     eval_crop_fraction: float = 0.875
     eval_interpolation: str = "bilinear"  # "bilinear" | "bicubic"
 

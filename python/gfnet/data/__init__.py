@@ -13,7 +13,7 @@ from .class_names import read_class_names
 from .cluttered_digits import ClutteredDigits, split_indices
 from .folders import eval_transform
 from .preprocess import decode_image, eval_preprocess, to_channels
-from .registry import (DATASETS, build_datasets, class_names, eval_settings, get_dataset, list_datasets,
+from .datasets import (DATASETS, build_datasets, class_names, eval_settings, get_dataset, list_datasets,
                        register_dataset)
 
 __all__ = ["DATASETS", "ClutteredDigits", "build_datasets", "class_names", "eval_settings", "eval_transform",

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset, Subset
 
 from ..config import Config
 from ..errors import DataError
-from .registry import build_datasets, get_dataset
+from .datasets import build_datasets, get_dataset
 
 
 @dataclass

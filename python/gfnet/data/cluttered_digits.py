@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from ..config import Config, image_hw
 from ..errors import DataError
-from .registry import register_dataset
+from .datasets import register_dataset
 
 SPLITS = ("train", "val", "test")
 _SPLIT_FRACTIONS = (0.7, 0.15, 0.15)

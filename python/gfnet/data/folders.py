@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Subset
 from ..config import Config, image_hw
 from ..errors import DataError
 from .preprocess import eval_preprocess, pil_to_tensor
-from .registry import eval_settings, register_dataset
+from .datasets import eval_settings, register_dataset
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # CIFAR's 32 x 32 images are whole pictures, trained on whole (pad-and-crop at 32, then scaled to
@@ -54,7 +54,7 @@ def eval_transform(image_size: int | tuple[int, int], crop_fraction: float, inte
 
 def model_eval_transform(cfg: Config) -> EvalTransform:
     """The evaluation transform a config's model is evaluated with on its data set
-    (``registry.eval_settings``: the model's eval_crop_fraction and eval_interpolation unless the
+    (``datasets.eval_settings``: the model's eval_crop_fraction and eval_interpolation unless the
     data set fixes its own, data.keep_aspect)."""
     return eval_transform(cfg.model.image_size, *eval_settings(cfg))
 
