@@ -434,7 +434,8 @@ def _flops(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- report
 def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="training output folder (after gfnet eval RUN --baseline ...)")
-    p.add_argument("--baseline", metavar="CKPT", default=None, help="static baseline checkpoint (default RUN/baseline.pt)")
+    p.add_argument("--baseline", metavar="CKPT", default=None,
+                   help="static baseline checkpoint (default RUN/baseline.pt)")
     p.add_argument("--eval", metavar="JSON", default=None, dest="eval_json",
                    help="gfnet eval's summary (default RUN/eval/eval.json)")
     p.add_argument("--out", metavar="DIR", default=None,

@@ -346,6 +346,6 @@ def format_table(sf: StepFlops, title: str = "") -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FVCORE_MISSING", "FlopsSummary", "FvcoreMissingError", "StepFlops", "average_macs", "config_flops", "count_step_flops", "flops_summary",
-           "format_table", "fvcore_available", "fvcore_macs", "preset_flops", "reached_from_exits",
-           "require_fvcore", "torch_flops"]
+__all__ = ["FVCORE_MISSING", "FlopsSummary", "FvcoreMissingError", "StepFlops", "average_macs",
+           "config_flops", "count_step_flops", "flops_summary", "format_table", "fvcore_available",
+           "fvcore_macs", "preset_flops", "reached_from_exits", "require_fvcore", "torch_flops"]

@@ -509,7 +509,8 @@ def render_markdown(r: dict[str, Any], out_dir: Path, claims: Claims | None = No
         "",
         "| point | test accuracy | avg MACs (M) | avg FLOPs (M) | of baseline MACs | exits per step |",
         "|---|---:|---:|---:|---:|---|",
-        f"| static baseline | {_pct(b['test_accuracy'])} | {b['macs'] / 1e6:.2f} | {2 * b['macs'] / 1e6:.2f} | 100 % | |",
+        f"| static baseline | {_pct(b['test_accuracy'])} | {b['macs'] / 1e6:.2f} | "
+        f"{2 * b['macs'] / 1e6:.2f} | 100 % | |",
     ]
     cum = 0.0
     for k, (m, a) in enumerate(zip(g["step_macs"], g["anytime_accuracy"]), start=1):
@@ -571,7 +572,8 @@ def render_markdown(r: dict[str, Any], out_dir: Path, claims: Claims | None = No
     lines.append("")
     if hit is not None:
         lines += [
-            f"The first focus patch (step 2) holds at least {100 * hit['min_fraction_of_digit']:.0f} % of the digit's box "
+            "The first focus patch (step 2) holds at least "
+            f"{100 * hit['min_fraction_of_digit']:.0f} % of the digit's box "
             f"for {_pct(hit['policy'])} of the test images with the learned policy, {_pct(hit['random'])} with "
             "random locations.",
             "",

@@ -51,7 +51,8 @@ def test_demo_trains_every_stage_and_the_baseline(demo):
     assert 0.0 <= base["test_accuracy"] <= 1.0 and base["macs"] == ev["static_macs"]  # same backbone
     # GFNet's encoders start from the trained baseline (the paper: from ImageNet-trained weights)
     assert torch.load(out / "stage1.pt", weights_only=True)["config"]["model"]["init_from"] == str(out / "baseline.pt")
-    assert proc.stdout.index("gfnet demo 1/4: train the static baseline") < proc.stdout.index("gfnet demo 2/4: train GFNet")
+    assert (proc.stdout.index("gfnet demo 1/4: train the static baseline")
+            < proc.stdout.index("gfnet demo 2/4: train GFNet"))
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"stage1", "stage2", "stage3", "baseline"}
     assert len(results["stage3"]["policy"]) == 3 and len(results["baseline"]["static"]) == 1
@@ -84,7 +85,8 @@ def test_demo_report(demo):
     engines = [t["engine"] for t in r["throughput"]]
     assert engines[:3] == ["static baseline", "GFNet, all 3 steps", f"GFNet dynamic, budget {op['budget']}"]
     mp = r["matching_point"]
-    assert engines[3:] == ([] if mp is None or mp["budget"] == op["budget"] else [f"GFNet dynamic, budget {mp['budget']}"])
+    matching = [] if mp is None or mp["budget"] == op["budget"] else [f"GFNet dynamic, budget {mp['budget']}"]
+    assert engines[3:] == matching
     assert r["batch_sizes"] == [8, 16, 64, 128] and len(r["throughput_by_batch"]) == 4 * len(engines)
     for t in r["throughput_by_batch"]:
         assert t["images"] == 40 and t["seconds"] > 0 and t["images_per_s"] > 0 and 0 <= t["accuracy"] <= 1

@@ -201,7 +201,8 @@ def classifier_keys(state: Mapping[str, torch.Tensor], steps: int) -> tuple[dict
     return _map_keys(state, [
         (rf"rnn\.{_GRU}", lambda m: f"classifier.gru.{m[1]}"),
         (r"fc\.(weight|bias)", lambda m: f"classifier.heads.0.{m[1]}"),
-        (r"fc_(\d+)\.(weight|bias)", lambda m: f"classifier.heads.{int(m[1]) - 2}.{m[2]}" if int(m[1]) <= steps else None),
+        (r"fc_(\d+)\.(weight|bias)",
+         lambda m: f"classifier.heads.{int(m[1]) - 2}.{m[2]}" if int(m[1]) <= steps else None),
     ])
 
 
