@@ -199,6 +199,7 @@ def _triton_cases() -> List[tuple[str, Callable[[], object]]]:
 
     from gfkernels.triton import crop_resize as tcr
     from gfkernels.triton import early_exit as tee
+    from gfkernels.triton import gather_rows as tgr
 
     size = 96  # GFNet's patch size: the block sizes the kernels really run with
     g = torch.Generator().manual_seed(0)
@@ -243,7 +244,7 @@ def _triton_cases() -> List[tuple[str, Callable[[], object]]]:
             torch.zeros(8, 10, dtype=lg.dtype), torch.zeros(8, dtype=torch.int64), 1)))
     tensors = [torch.randn(6, 4, generator=g), torch.randn(6, 3, 5).transpose(1, 2),
                torch.arange(6), torch.randn(6, 2).half()]
-    cases.append(("gather_rows", lambda: tee._gather_rows_impl(tensors, torch.tensor([3, 1, 0]),
+    cases.append(("gather_rows", lambda: tgr._gather_rows_impl(tensors, torch.tensor([3, 1, 0]),
                                                                 2)))
     return cases
 

@@ -18,7 +18,8 @@ import torch
 
 from . import backends, reference
 from .ops.crop_resize import crop_resize
-from .ops.early_exit import early_exit, gather_rows
+from .ops.early_exit import early_exit
+from .ops.gather_rows import gather_rows
 from .reference import focus_boxes
 
 BACKENDS = backends.NAMES

@@ -235,7 +235,7 @@ def early_exit(logits: torch.Tensor, threshold, active: torch.Tensor, out_logits
 def gather_rows(tensors: Sequence[torch.Tensor], index: torch.Tensor, n: int):
     """[t[index[:n]] for t in tensors]: each a new contiguous tensor (n, *t.shape[1:])."""
     from .ops.common import check_index_values
-    from .ops.early_exit import check_gather_rows_args
+    from .ops.gather_rows import check_gather_rows_args
 
     tensors = check_gather_rows_args(tensors, index, n)
     if tensors:

@@ -475,7 +475,7 @@ def test_triton_gather_rows_never_reads_outside_its_tensors():
     """The kernels (unchecked, as on a GPU) with index values out of range: rows outside the
     tensor are not read (their output rows are zero; a device assert fires in Triton's debug
     mode). The op on CPU tensors refuses those values first."""
-    from gfkernels.triton.early_exit import gather_rows_kernels
+    from gfkernels.triton.gather_rows import gather_rows_kernels
 
     base = torch.arange(1, 7 * 4 + 1, dtype=torch.float32).reshape(7, 4)
     t = base[1:6]  # rows 0 and 6 of base lie outside t

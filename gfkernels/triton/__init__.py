@@ -65,6 +65,6 @@ def launch(kernel):
 
 def registered_ops():
     """torch.ops.gfkernels_triton, with every Triton op registered."""
-    from . import crop_resize, early_exit  # noqa: F401  (registration on import)
+    from . import crop_resize, early_exit, gather_rows  # noqa: F401  (registration on import)
 
     return torch.ops.gfkernels_triton
