@@ -8,12 +8,9 @@ One step of the dynamic inference loop (docs/ARCHITECTURE.md)::
     n = int(num_keep)                      # the one host sync of a step
     active, h, state = gfkernels.gather_rows([active, h, state], keep, n)
 
-gather_rows takes n as a host int, the value the loop reads from num_keep once anyway: its
-outputs then have their exact shape (n, ...), so every later op of the step (and of the next
-steps) runs on the surviving rows only, with no padding and no further sync. early_exit itself
-reads nothing on the host for CUDA tensors; its outputs have fixed shapes ((n,) and ()), so
-torch.compile needs no data-dependent sizes for it. early_exit is not differentiable (an
-inference op); gather_rows is, wrt its floating tensors, on every backend.
+early_exit reads nothing on the host for CUDA tensors; its outputs have fixed shapes ((n,) and
+()), so torch.compile needs no data-dependent sizes for it. It is not differentiable (an
+inference op). Why gather_rows takes n on the host: gather_rows.py.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
 """gather_rows (batch compaction): the public API of the op, its metadata checks, fake kernel
-and autograd (schema: csrc/ops/early_exit.cpp, beside early_exit, whose keep index it takes).
-
-    keep, num_keep = gfkernels.early_exit(logits, threshold, active, out_logits, exit_step, t)
-    n = int(num_keep)                      # the one host sync of a step
-    active, h, state = gfkernels.gather_rows([active, h, state], keep, n)
+and autograd (schema: csrc/ops/early_exit.cpp, beside early_exit, whose keep index and
+survivor count it takes: the loop is in early_exit.py's docstring).
 
 gather_rows takes n as a host int, the value the loop reads from num_keep once anyway: its
 outputs then have their exact shape (n, ...), so every later op of the step (and of the next
