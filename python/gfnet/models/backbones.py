@@ -413,7 +413,7 @@ def digitnet(num_classes: int, in_channels: int = 1, pretrained: bool = False, w
     """A small ResNet-like net for CPU training: stem + 3 strided residual blocks.
 
     Widths w/2 -> w -> 2w -> 4w; feature map (4w, P/8, P/8); pooled features 4w; receptive
-    field ~45 px, enough for a whole digit of the ``digits`` preset (14-18 px). About 6.6 M MACs
+    field ~45 px, enough for a whole digit of the ``digits`` preset (13-17 px). About 6.6 M MACs
     per 48 x 48 patch at w=16 (11 M per 64 x 64).
     """
     if pretrained:
