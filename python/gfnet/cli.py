@@ -250,8 +250,6 @@ def _train(args: argparse.Namespace, callbacks: Sequence[TrainerCallback] = ()) 
     return 0
 
 
-
-
 # ---------------------------------------------------------------------- shared (eval, predict)
 def _parse_budgets(text: str) -> list[int] | None:
     """"all" -> None (every budget); "1,5,10-12" -> [1, 5, 10, 11, 12] (checked by evaluate_run)."""
@@ -311,8 +309,6 @@ def _eval(args: argparse.Namespace) -> int:
                  batch_size=args.batch_size, max_batches=args.max_batches, baseline=args.baseline,
                  baseline_acc=args.baseline_acc, force=args.force, log=print)
     return 0
-
-
 
 
 # ---------------------------------------------------------------------- predict
@@ -391,8 +387,6 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
 # ---------------------------------------------------------------------- flops
 def _flops_args(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
@@ -427,8 +421,6 @@ def _flops(args: argparse.Namespace) -> int:
         if note:
             print(note)
     return 0
-
-
 
 
 # ---------------------------------------------------------------------- report
@@ -494,8 +486,6 @@ def _print_report(r: dict) -> None:
     print(f"wrote {r['files']['report']}")
 
 
-
-
 # ---------------------------------------------------------------------- import-official
 def _import_official_args(p: argparse.ArgumentParser) -> None:
     from .official.archs import OFFICIAL_ARCHS
@@ -538,8 +528,6 @@ def _import_official(args: argparse.Namespace) -> int:
         print(f"note: {n}")
     print(f"wrote {r.out}")
     return 0
-
-
 
 
 # ---------------------------------------------------------------------- demo
@@ -605,8 +593,6 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"\nevery claim met in {sum(r['claims_met'] for r in rows)} of {len(rows)} runs: "
           f"{Path(args.out) / 'spread.md'}")
     return 0
-
-
 
 
 # ---------------------------------------------------------------------- entry point

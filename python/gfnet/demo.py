@@ -28,6 +28,7 @@ from .device import pick_device
 from .errors import GFNetError
 from .evaluate import evaluate_run
 from .files import write_atomic
+from .report import build_report, pct
 
 STEPS = 4
 
@@ -65,7 +66,6 @@ class DemoClaims:
         rnd, learned = r["random_policy"]["anytime_accuracy"], r["random_policy"]["policy_anytime_accuracy"]
         met = r["claims"]
         ok = {True: "**met**", False: "**NOT met**"}
-        pct = lambda x: f"{100 * x:.2f} %"  # noqa: E731
         return [
             "## The claims",
             "",
@@ -121,7 +121,6 @@ def run_demo(cfg: Config, out: str | Path, *, images: int = 8, passes: int = 3,
     log: receives a heading per step and the results of each. force: go on in an ``out`` whose
     config.yaml records other model, data or schedule settings (refused otherwise).
     """
-    from .report import build_report
     from .train import train
     from .train.baseline import BASELINE_FILE, train_baseline
 

@@ -112,7 +112,6 @@ def evaluate_dynamic(model, loader, cal: Calibration, points: Sequence[BudgetPoi
     return out
 
 
-
 def _usable_calibration(ck: dict[str, Any], cfg: Config, step_macs: list[float],
                         budgets: Sequence[int] | None, log: Log) -> Calibration | None:
     """The thresholds an earlier evaluation (or the import of an official checkpoint) stored in

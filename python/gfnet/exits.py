@@ -10,7 +10,7 @@ The rule comes from one of
 - thresholds given directly: one number for every step, or one per step (steps 1 .. T-1; a
   T-th value is ignored, as the last step always exits);
 - an average MACs target: the calibrated budget spending the most MACs, on the calibration
-  images, without going over it (``Calibration.rule``), or, given held-out logits, the geometric
+  images, without going over it (``Calibration.rule_for_macs``), or, given held-out logits, the geometric
   distribution whose average MACs meets it (``thresholds_for_macs``: q searched by log-bisection);
 - nothing: budget 20 of a calibrated model, else every image runs every step.
 
@@ -177,7 +177,7 @@ def thresholds_for_fractions(conf: torch.Tensor, fractions: Sequence[float]) -> 
 def exit_fractions(conf: torch.Tensor, thresholds: Sequence[float]) -> list[float]:
     """Fractions exiting at each step when (T, N) confidences meet ``thresholds``."""
     T, N = conf.shape
-    thr = torch.tensor(list(thresholds)[:T - 1] + [-math.inf], dtype=torch.float64)
+    thr = torch.tensor(engine_thresholds(thresholds, T), dtype=torch.float64)
     done = conf.double().cpu() >= thr[:, None]
     first = done.to(torch.int8).argmax(0)
     return [c / max(N, 1) for c in torch.bincount(first, minlength=T).tolist()]
@@ -275,7 +275,7 @@ def thresholds_for_macs(step_logits: torch.Tensor, step_macs: Sequence[float], t
     lo_m, hi_m = float(step_macs[0]), float(sum(step_macs))
     if not (lo_m <= target_macs <= hi_m):
         raise ExitRuleError(f"target average MACs {target_macs / 1e6:.3f} M is out of range: between "
-                          f"the glance alone ({lo_m / 1e6:.3f} M) and all steps ({hi_m / 1e6:.3f} M)")
+                            f"the glance alone ({lo_m / 1e6:.3f} M) and all steps ({hi_m / 1e6:.3f} M)")
     lo, hi = math.log(1e-4), math.log(1e4)
     best: BudgetPoint | None = None
     for _ in range(iters):

@@ -391,7 +391,8 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
     return report
 
 
-def _pct(x: float) -> str:
+def pct(x: float) -> str:
+    """A fraction as a percentage with two decimals ("98.40 %")."""
     return f"{100 * x:.2f} %"
 
 
@@ -410,7 +411,7 @@ def _training_section(training: dict[str, Any] | None, out_dir: Path) -> list[st
              "| stage | epochs | last loss | validation accuracy per step at its last epoch (mode) |",
              "|---|---:|---:|---|"]
     for c in training["curves"]:
-        acc = " / ".join(_pct(a) for a in c["val_accuracy"][-1])
+        acc = " / ".join(pct(a) for a in c["val_accuracy"][-1])
         lines.append(f"| {c['label']} | {c['epochs'][-1]} | {c['loss'][-1]:.4f} | {acc} ({c['val_mode']}) |")
     lines.append("")
     if training["warnings"]:
@@ -450,25 +451,25 @@ def _facts_section(r: dict[str, Any]) -> list[str]:
                  f"budget {op['budget']}")
     if mp:
         matching = (f"The baseline's accuracy itself is reached at budget {mp['budget']}: "
-                    f"{_pct(mp['accuracy'])} at {mp['avg_macs'] / 1e6:.2f} M MACs "
-                    f"({_pct(mp['macs_fraction'])} of the baseline's).")
+                    f"{pct(mp['accuracy'])} at {mp['avg_macs'] / 1e6:.2f} M MACs "
+                    f"({pct(mp['macs_fraction'])} of the baseline's).")
     else:
         matching = "No budget reaches the baseline's accuracy itself."
     lines = [
         "## Summary",
         "",
-        f"- Static baseline: {_pct(b['test_accuracy'])} at {base_macs / 1e6:.2f} M MACs per image.",
-        f"- GFNet's glance alone: {_pct(acc[0])} at {steps[0] / 1e6:.2f} M MACs "
-        f"({_pct(steps[0] / base_macs)} of the baseline's); all {T} steps: {_pct(acc[-1])} at "
-        f"{every / 1e6:.2f} M MACs ({_pct(every / base_macs)}).",
-        f"- {point}: {_pct(op['accuracy'])} at {op['avg_macs'] / 1e6:.2f} M MACs "
-        f"({_pct(op['macs_fraction'])} of the baseline's), running {r['speedup_vs_baseline']:.2f}x "
+        f"- Static baseline: {pct(b['test_accuracy'])} at {base_macs / 1e6:.2f} M MACs per image.",
+        f"- GFNet's glance alone: {pct(acc[0])} at {steps[0] / 1e6:.2f} M MACs "
+        f"({pct(steps[0] / base_macs)} of the baseline's); all {T} steps: {pct(acc[-1])} at "
+        f"{every / 1e6:.2f} M MACs ({pct(every / base_macs)}).",
+        f"- {point}: {pct(op['accuracy'])} at {op['avg_macs'] / 1e6:.2f} M MACs "
+        f"({pct(op['macs_fraction'])} of the baseline's), running {r['speedup_vs_baseline']:.2f}x "
         "the baseline's images per second.",
         f"- {matching}",
     ]
     if T > 1:
         lines.append("- Where it looks: at step 2 the learned focus locations give "
-                     f"{_pct(learned[1])}, uniformly random ones {_pct(rnd[1])} "
+                     f"{pct(learned[1])}, uniformly random ones {pct(rnd[1])} "
                      f"({100 * (learned[1] - rnd[1]):+.1f} points).")
     warnings = (r.get("training") or {}).get("warnings") or []
     if warnings:
@@ -509,20 +510,20 @@ def render_markdown(r: dict[str, Any], out_dir: Path, claims: Claims | None = No
         "",
         "| point | test accuracy | avg MACs (M) | avg FLOPs (M) | of baseline MACs | exits per step |",
         "|---|---:|---:|---:|---:|---|",
-        f"| static baseline | {_pct(b['test_accuracy'])} | {b['macs'] / 1e6:.2f} | "
+        f"| static baseline | {pct(b['test_accuracy'])} | {b['macs'] / 1e6:.2f} | "
         f"{2 * b['macs'] / 1e6:.2f} | 100 % | |",
     ]
     cum = 0.0
     for k, (m, a) in enumerate(zip(g["step_macs"], g["anytime_accuracy"]), start=1):
         cum += m
-        lines.append(f"| GFNet, all images run {k} step{'s' if k > 1 else ''} | {_pct(a)} | {cum / 1e6:.2f} | "
-                     f"{2 * cum / 1e6:.2f} | {_pct(cum / b['macs'])} | |")
+        lines.append(f"| GFNet, all images run {k} step{'s' if k > 1 else ''} | {pct(a)} | {cum / 1e6:.2f} | "
+                     f"{2 * cum / 1e6:.2f} | {pct(cum / b['macs'])} | |")
     for row in sorted(r["budgets"], key=lambda x: x["avg_macs"]):
         name = f"budget {row['budget']}" if row["budget"] is not None else "MACs target"
         if row["budget"] == op["budget"] and row["avg_macs"] == op["avg_macs"]:  # op is a copy of its row
             name = f"**{name} (operating point)**"
-        lines.append(f"| {name} | {_pct(row['accuracy'])} | {row['avg_macs'] / 1e6:.2f} | "
-                     f"{row['avg_flops'] / 1e6:.2f} | {_pct(row['avg_macs'] / b['macs'])} | {row['exit_counts']} |")
+        lines.append(f"| {name} | {pct(row['accuracy'])} | {row['avg_macs'] / 1e6:.2f} | "
+                     f"{row['avg_flops'] / 1e6:.2f} | {pct(row['avg_macs'] / b['macs'])} | {row['exit_counts']} |")
     lines += [
         "",
         f"Budget rows come from `gfnet eval` ({g['engine']} engine): thresholds set on "
@@ -542,7 +543,7 @@ def render_markdown(r: dict[str, Any], out_dir: Path, claims: Claims | None = No
     for t in r["throughput"]:
         by_bs = {x["batch_size"]: x["images_per_s"] for x in r["throughput_by_batch"] if x["engine"] == t["engine"]}
         lines.append(f"| {t['engine']} | " + " | ".join(f"{by_bs[b]:.0f}" for b in r["batch_sizes"])
-                     + f" | **{t['images_per_s']:.0f}** (batch {t['batch_size']}) | {_pct(t['accuracy'])} | "
+                     + f" | **{t['images_per_s']:.0f}** (batch {t['batch_size']}) | {pct(t['accuracy'])} | "
                      f"{t['avg_macs'] / 1e6:.2f} | {t['images_per_s'] * t['avg_macs'] / 1e9:.1f} | "
                      f"{t['images_per_s'] / base_ips:.2f}x |")
     lines += [
@@ -567,14 +568,14 @@ def render_markdown(r: dict[str, Any], out_dir: Path, claims: Claims | None = No
     cum = 0.0
     for k, (m, a, ra) in enumerate(zip(g["step_macs"], learned, rnd), start=1):
         cum += m
-        lines.append(f"| {k}{' (glance)' if k == 1 else ''} | {cum / 1e6:.2f} | {_pct(a)} | {_pct(ra)} | "
+        lines.append(f"| {k}{' (glance)' if k == 1 else ''} | {cum / 1e6:.2f} | {pct(a)} | {pct(ra)} | "
                      + ("" if k == 1 else f"{100 * (a - ra):+.1f} points") + " |")
     lines.append("")
     if hit is not None:
         lines += [
             "The first focus patch (step 2) holds at least "
             f"{100 * hit['min_fraction_of_digit']:.0f} % of the digit's box "
-            f"for {_pct(hit['policy'])} of the test images with the learned policy, {_pct(hit['random'])} with "
+            f"for {pct(hit['policy'])} of the test images with the learned policy, {pct(hit['random'])} with "
             "random locations.",
             "",
         ]
