@@ -15,7 +15,7 @@ DEPS := "setuptools>=77" wheel numpy pybind11 ninja cmake pytest pytest-benchmar
         tqdm matplotlib pyyaml scikit-learn timm
 STAMP := $(VENV)/.deps-installed
 
-.PHONY: all deps build test test-cpp test-py bench gpu-report gpu-check gpu-check-dry-run demo clean
+.PHONY: all deps build test test-cpp test-py bench gpu-report gpu-check gpu-check-dry-run gpu-site demo clean
 
 all: test
 
@@ -59,6 +59,16 @@ gpu-report: build
 # under $(OUT) (default gpu-results/). Uses the python on PATH, as the GPU image has no venv.
 gpu-check:
 	bash bench/gpu_check.sh
+
+# fvcore and its pure-Python needs that the GPU image lacks, copied from the venv into gpu-site/
+# (ignored by git): name gpu-site in the device run's carry and gpu_check.sh puts it on the path,
+# so that the GPU benchmarks state their FLOPs-predicted targets.
+GPU_SITE_PACKAGES = fvcore iopath yacs termcolor
+gpu-site: deps
+	rm -rf gpu-site && mkdir -p gpu-site
+	site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
+	    for p in $(GPU_SITE_PACKAGES); do cp -r "$$site/$$p" gpu-site/; done
+	find gpu-site -name __pycache__ -prune -exec rm -rf {} +
 
 # The same script's steps that need no GPU, with fvcore hidden (what CI runs).
 gpu-check-dry-run: build

@@ -19,15 +19,18 @@
 #   sync-debug  the engine and the crop ops under torch.cuda.set_sync_debug_mode("error"):
 #               one host sync per engine step and none elsewhere (bench/gpu_sync_check.py)
 #   tests       tests/cuda, the Triton tests compiled for the GPU, the engine's GPU test
-#   bench       the GPU benchmarks: bench.json and bench/summary.md
+#   bench       the GPU benchmarks: bench.json and bench/summary.md (GPU_CHECK_BENCH names other
+#               files, e.g. in a second run)
+#   profile     host, wall and kernel time per call of every benchmarked workload, and its
+#               slowest kernels (bench/gpu_profile.py): profile.md, profile.json
 #   memcheck, racecheck, synccheck
 #               compute-sanitizer over every CUDA op once (bench/gpu_sanitize_ops.py); skipped,
 #               saying so, where no compute-sanitizer is found
 #   gpu-report  registers, spills and shared memory of every kernel (bench/gpu_report.py)
 # --dry-run (fvcore hidden, as on the GPU machine): device without nvidia-smi; build as the
 # decision setup.py takes (no compile) and the installed build_info; tests and bench collected
-# (bench also runs one small CPU case, for bench.json and summary.md); sync-debug and the
-# sanitizer's op script on the CPU; the sanitizers skipped; the report's CUDA part when the
+# (bench also runs one small CPU case, for bench.json and summary.md); sync-debug, the profile
+# (its op cases) and the sanitizer's op script on the CPU; the sanitizers skipped; the report's CUDA part when the
 # installed extension has sm_90 code. Exit status: 0 when no step failed.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +56,9 @@ FAILED=0
 if [ "$DRY_RUN" = 1 ]; then
     # the GPU machine has no fvcore: hide it, to see what would break there
     export PYTHONPATH="$PWD/bench/without_fvcore${PYTHONPATH:+:$PYTHONPATH}"
+elif [ -d gpu-site ]; then
+    # fvcore and its needs, carried from a venv (make gpu-site): the FLOPs-predicted targets
+    export PYTHONPATH="$PWD/gpu-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
 write_summary() {
@@ -118,8 +124,12 @@ BUILD_INFO="$PYTHON -c 'import gfkernels, json; print(json.dumps(gfkernels.build
 CUDA_BUILT="$PYTHON -c 'import gfkernels, sys; sys.exit(0 if gfkernels.build_info()[\"cuda_arch_list\"] else 1)'"
 # the tests that use a GPU (the CPU ones run in CI): CUDA kernels, Triton compiled for the card, the engine
 GPU_TESTS="tests/cuda tests/test_crop_resize_triton.py tests/gfnet/test_inference.py"
-GPU_BENCH="bench/test_bench_crop_resize_gpu.py bench/test_bench_early_exit.py bench/test_bench_inference.py bench/test_bench_predictor.py"
+GPU_BENCH=${GPU_CHECK_BENCH:-bench/test_bench_crop_resize_gpu.py bench/test_bench_early_exit.py bench/test_bench_inference.py bench/test_bench_predictor.py}
 PYTEST="$PYTHON -m pytest -p no:cacheprovider"
+# the GPU tests spend most of their time compiling Triton kernels on the host: spread them over
+# the host's cores where pytest-xdist is installed
+XDIST=""
+if $PYTHON -c 'import xdist' > /dev/null 2>&1; then XDIST="-n $(( $(nproc) < 8 ? $(nproc) : 8 ))"; fi
 
 if [ "$DRY_RUN" = 0 ]; then
     step device 60 "card, driver, versions" "nvidia-smi || exit 1; nvidia-smi -q -d CLOCK,MEMORY,COMPUTE | head -80; \
@@ -143,12 +153,15 @@ if [ "$DRY_RUN" = 0 ]; then
     step sync-debug 90 "one host sync per engine step, none in the ops" \
         "$PYTHON -m bench.gpu_sync_check --device cuda"
 
-    step tests 120 "junit: tests.xml" \
-        "$PYTEST -q -rs --durations=10 --junitxml='$R/tests.xml' $GPU_TESTS"
+    step tests 240 "junit: tests.xml" \
+        "$PYTEST -q -rfs --tb=short $XDIST --durations=10 --junitxml='$R/tests.xml' $GPU_TESTS"
 
     step bench 150 "bench.json, bench/summary.md" \
         "GFKERNELS_BENCH_RESULTS='$R/bench' $PYTEST -q $GPU_BENCH -k 'cuda or gpu' --benchmark-only \
          --benchmark-json='$R/bench.json' --benchmark-columns=min,median,mean,rounds"
+
+    step profile 120 "profile.md, profile.json" \
+        "$PYTHON -m bench.gpu_profile --json '$R/profile.json' | tee '$R/profile.md'"
 
     if [ -n "$SANITIZER_BIN" ]; then
         SANITIZER="'$SANITIZER_BIN' --error-exitcode 3 --print-limit 20"
@@ -182,6 +195,10 @@ else
         "$PYTEST -q bench --benchmark-only --collect-only && \
          GFKERNELS_BENCH_RESULTS='$R/bench' $PYTEST -q bench/test_bench_early_exit.py -k 'cpu and 0.5' \
          --benchmark-only --benchmark-json='$R/bench.json'"
+
+    step profile 120 "dry run: the profile script on CPU tensors (the ops' cases)" \
+        "$PYTHON -m bench.gpu_profile --device cpu --only copy_same early_exit_op_cpp gather_rows \
+         --json '$R/profile.json' | tee '$R/profile.md'"
 
     step sanitize-ops 120 "dry run: the sanitizers' op script on the CPU" \
         "$PYTHON -m bench.gpu_sanitize_ops --device cpu"

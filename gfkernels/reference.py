@@ -158,13 +158,10 @@ def focus_boxes(actions: torch.Tensor, image_size, patch_size: int) -> torch.Ten
     """
     H, W = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     a = actions.detach().to(torch.float64).clamp_(0.0, 1.0)
-    # written in place into one (B, 4) float64 tensor: 7 small ops (on a GPU, 7 launches of
-    # host time each) instead of the 10 of separate columns stacked
-    boxes = torch.empty(a.shape[0], 4, dtype=torch.float64, device=a.device)
-    torch.mul(a[:, 1], W - patch_size, out=boxes[:, 0])  # left = floor(a[1] * (W - P))
-    torch.mul(a[:, 0], H - patch_size, out=boxes[:, 1])  # top = floor(a[0] * (H - P))
-    boxes[:, :2].floor_()
-    torch.add(boxes[:, :2], patch_size, out=boxes[:, 2:])  # right, bottom: + P, exact
+    # left = floor(a[1] * (W - P)), top = floor(a[0] * (H - P)); right, bottom = + P (exact).
+    # No out= into column views: torch.compile (torch 2.11) refuses a non-contiguous out=.
+    top_left = torch.stack((a[:, 1] * (W - patch_size), a[:, 0] * (H - patch_size)), dim=1).floor_()
+    boxes = torch.cat((top_left, top_left + patch_size), dim=1)
     return boxes.to(actions.dtype if actions.is_floating_point() else torch.float32)
 
 

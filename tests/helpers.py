@@ -102,6 +102,11 @@ def random_boxes(num, H, W, generator, kind="mixed", dtype=torch.float32):
     return torch.tensor(boxes, dtype=dtype)
 
 
+# Boxes of the GPU gradchecks ((3, 4) outputs, align_corners=False): every sample position at
+# least 0.02 from an integer, where the bilinear taps have a kink that finite differences
+# straddle (x2 = 6.1 in the first box once put one exactly on 5.0 and failed every backend).
+GRADCHECK_BOXES = [[1.3, 0.7, 6.15, 7.2], [-1.45, 2.35, 10.2, 5.9], [7.3, 6.6, 2.2, 1.15]]
+
 MODES = ["bilinear", "bicubic", "nearest"]
 IMAGE_DTYPES = [torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64]
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_ON_CPU = {"device", "build", "sync-debug", "tests", "bench", "sanitize-ops"}
+RUN_ON_CPU = {"device", "build", "sync-debug", "tests", "bench", "profile", "sanitize-ops"}
 GPU_ONLY = {"nvidia-smi", "memcheck", "racecheck", "synccheck"}
 
 
@@ -38,6 +38,7 @@ def test_gpu_check_dry_run(tmp_path):
         assert (out / log).is_file(), log
     assert "dynamic_inference: 3 steps, 3 syncs (one per step)" in (out / "sync-debug.log").read_text()
     assert "all ops ran on cpu" in (out / "sanitize-ops.log").read_text()
+    assert "| early_exit_op_cpp |" in (out / "profile.md").read_text()
     assert '"backends"' in (out / "build_info.json").read_text()
     assert "gfkernels: " in (out / "build.log").read_text()  # setup.py's CUDA decision, said
     assert (out / "bench.json").is_file() and (out / "bench" / "summary.md").is_file()

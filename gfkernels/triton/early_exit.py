@@ -137,6 +137,9 @@ def early_exit_kernels(logits: torch.Tensor, threshold: torch.Tensor, active: to
         # value (a Triton float argument is float32: not exact for float64 logits); the kernel
         # rounds it to the accumulation type, as the other backends do
         thr_bits = struct.unpack("<q", struct.pack("<d", float(threshold.to(torch.float64))))[0]
+        # the pointer argument is never read (THR_FROM_PTR is off) but Triton refuses a host
+        # pointer on a GPU launch: pass any tensor of the device
+        threshold = logits
     flags = torch.empty((n,), dtype=torch.int32, device=device)
     block_k = min(triton.next_power_of_2(K), 2048)
     with on_device(logits):

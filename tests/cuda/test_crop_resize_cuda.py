@@ -11,7 +11,7 @@ import torch
 import gfkernels
 from gfkernels import backends, reference
 
-from tests.helpers import (IMAGE_DTYPES, assert_close_to_reference, deterministic_algorithms,
+from tests.helpers import (GRADCHECK_BOXES, IMAGE_DTYPES, assert_close_to_reference, deterministic_algorithms,
                            mode_options, random_boxes, random_images, triton_on_gpu)
 
 pytestmark = [
@@ -47,6 +47,16 @@ def run(backend, images, boxes, size, **kwargs):
 # ---------------------------------------------------------------------------------------
 
 
+def assert_close_on_gpu(actual, expected, out_dtype):
+    """assert_close_to_reference with room for the GPU's fused multiply-adds in float64: nvcc
+    and Triton contract a multiply and an add into one FMA (one rounding where the C++ kernel
+    and the reference round twice), so bicubic's 16-tap sums differ from the reference by up to
+    ~15 ulps of the output's scale (14 seen on an H200, against the 8 the CPU meets). Narrower
+    outputs round that difference away: they keep the CPU's 8 ulps."""
+    assert_close_to_reference(actual, expected, out_dtype,
+                              ulps=32 if out_dtype == torch.float64 else 8)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", IMAGE_DTYPES, ids=str)
 @pytest.mark.parametrize("mode,align_corners,padding_mode", MODE_OPTIONS)
@@ -69,9 +79,9 @@ def test_forward_matches_reference_and_cpu(backend, mode, align_corners, padding
         assert out.is_cuda and out.is_contiguous()
         expected = reference.crop_resize(images, boxes, (h, w), **kwargs)
         out_dtype = dtype if dtype.is_floating_point else torch.float32
-        assert_close_to_reference(out.cpu(), expected, out_dtype)
+        assert_close_on_gpu(out.cpu(), expected, out_dtype)
         cpu = gfkernels.crop_resize(images, boxes, (h, w), backend="cpp", **kwargs)
-        assert_close_to_reference(out.cpu(), cpu, out_dtype)
+        assert_close_on_gpu(out.cpu(), cpu, out_dtype)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -84,8 +94,7 @@ def test_out_dtype(backend, in_dtype, out_dtype, generator):
                   out_dtype=out_dtype, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
     out = run(backend, images, boxes, (13, 17), **kwargs)
     assert out.dtype == out_dtype
-    assert_close_to_reference(out.cpu(), reference.crop_resize(images, boxes, (13, 17), **kwargs),
-                              out_dtype)
+    assert_close_on_gpu(out.cpu(), reference.crop_resize(images, boxes, (13, 17), **kwargs), out_dtype)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -294,9 +303,9 @@ def test_backward_low_precision(backend, dtype, generator):
 @pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
 def test_gradcheck(backend, mode):
     images = torch.rand(2, 2, 8, 9, dtype=torch.float64, device="cuda", requires_grad=True)
-    # Fractional boxes whose sample positions stay clear of integers (the kinks of the taps).
-    boxes = torch.tensor([[1.3, 0.7, 6.1, 7.2], [-1.45, 2.35, 10.2, 5.9], [7.3, 6.6, 2.2, 1.15]],
-                         dtype=torch.float64, device="cuda", requires_grad=True)
+    # Fractional boxes whose sample positions stay clear of integers (the kinks of the taps;
+    # tests/test_crop_resize.py checks that, and that the C++ kernels pass on them).
+    boxes = torch.tensor(GRADCHECK_BOXES, dtype=torch.float64, device="cuda", requires_grad=True)
     bi = torch.tensor([1, 0, 1], device="cuda")
 
     def fn(x, b):

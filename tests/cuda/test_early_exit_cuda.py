@@ -52,6 +52,8 @@ def run(backend, logits, threshold, active, B, device):
     K = logits.shape[1]
     out_logits = torch.full((B, K), 7.25, dtype=logits.dtype, device=device)
     exit_step = torch.full((B,), -1, dtype=torch.int64, device=device)
+    if isinstance(threshold, torch.Tensor) and device == "cpu":
+        threshold = threshold.cpu()  # the reference's run: a GPU threshold's value, on the CPU
     keep, num_keep = early_exit(logits.to(device), threshold, active.to(device), out_logits,
                                 exit_step, 3, backend=backend)
     return keep, num_keep, out_logits, exit_step
