@@ -171,7 +171,7 @@ def test_every_official_architecture_has_its_presets(name):
 
 def test_official_recipe_defaults_and_switches():
     from gfnet.config import build_config, get_preset
-    from gfnet.train.trainer import trained_parts
+    from gfnet.train.stages import trained_parts
 
     mob, res = get_preset("mobilenet_v3_large-p96"), get_preset("resnet50-p96")
     assert mob.optim.epochs_stage2 == res.optim.epochs_stage2 == 15

@@ -469,7 +469,7 @@ def test_timm_backbone_trains_one_step_and_its_flops_are_counted():
     from gfnet.flops import count_step_flops, static_macs
     from gfnet.models import build_model
     from gfnet.models.static import build_static_baseline
-    from gfnet.train.trainer import stage_loss
+    from gfnet.train.stages import stage_loss
 
     cfg = build_config(
         "small",

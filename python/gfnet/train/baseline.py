@@ -27,6 +27,7 @@ from ..models.static import StaticBaseline, build_static_baseline
 from ..run_config import run_config_path
 from .callbacks import TrainerCallback
 from .distributed import setup, teardown
+from .stages import ClassifierStage
 from .trainer import Trainer
 
 BASELINE_STAGE = 0  # the trainer's stage number for the baseline's single stage
@@ -40,7 +41,7 @@ def baseline_epochs(cfg: Config) -> int:
     return o.epochs_baseline or o.epochs_stage1 + o.epochs_stage3
 
 
-class _BaselineStage(nn.Module):
+class _BaselineLoss(nn.Module):
     """forward(images, labels) -> (cross-entropy, [logits]): the module DDP wraps."""
 
     def __init__(self, model: StaticBaseline):
@@ -52,8 +53,35 @@ class _BaselineStage(nn.Module):
         return F.cross_entropy(logits.float(), labels), [logits.detach()]
 
 
+class BaselineStage(ClassifierStage):
+    """The static baseline's one stage: the whole model, SGD at the backbone's learning rate."""
+
+    number, label = BASELINE_STAGE, "baseline"
+    val_modes = ("static",)
+
+    def checkpoint_path(self, out: Path) -> Path:
+        return out / BASELINE_FILE
+
+    def epochs(self, cfg: Config) -> int:
+        return baseline_epochs(cfg)
+
+    def set_trainable(self, trainer):
+        trainer.model.train()
+        for p in trainer.model.parameters():
+            p.requires_grad_(True)
+
+    def runner(self, trainer):
+        return _BaselineLoss(trainer.model)
+
+    def optimizer(self, trainer):
+        o = trainer.cfg.optim
+        return torch.optim.SGD([{"params": list(trainer.model.parameters()), "lr": o.lr_backbone, "name": "backbone"}],
+                               lr=o.lr_backbone, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
+                               weight_decay=o.weight_decay)
+
+
 class BaselineTrainer(Trainer):
-    stages = (BASELINE_STAGE,)
+    stage_kinds = (BaselineStage(),)
     checkpoint_kind = "baseline"
 
     def build_model(self) -> nn.Module:
@@ -67,39 +95,10 @@ class BaselineTrainer(Trainer):
     def warm_starts(self) -> bool:
         return False  # the static baseline starts from torchvision's weights or fresh, never init_from
 
-    def stage_path(self, stage: int) -> Path:
-        return self.out / BASELINE_FILE
-
-    def stage_label(self, stage: int) -> str:
-        return "baseline"
-
-    def stage_epochs(self, stage: int) -> int:
-        return baseline_epochs(self.cfg)
-
-    def set_trainable(self, stage: int) -> None:
-        self.model.train()
-        for p in self.model.parameters():
-            p.requires_grad_(True)
-
-    def stage_runner(self, stage: int) -> nn.Module:
-        return _BaselineStage(self.model)
-
-    def find_unused_parameters(self, stage: int) -> bool:
-        return False
-
     def num_outputs(self) -> int:
         return 1
 
-    def _optimizer(self, stage: int):
-        o = self.cfg.optim
-        return torch.optim.SGD([{"params": list(self.model.parameters()), "lr": o.lr_backbone, "name": "backbone"}],
-                               lr=o.lr_backbone, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
-                               weight_decay=o.weight_decay)
-
     # evaluation: Trainer.evaluate's loop, one output ("static") instead of GFNet's focus modes
-    def val_modes(self, stage: int) -> tuple[str, ...]:
-        return ("static",)
-
     def test_modes(self) -> tuple[str, ...]:
         return ("static",)
 

@@ -44,7 +44,7 @@ class StageCurve:
 
 
 def primary_val(val: dict[str, list[float]]) -> tuple[str, list[float]]:
-    """(mode, accuracy per step) a stage is judged by: its first evaluated mode (Trainer.val_modes
+    """(mode, accuracy per step) a stage is judged by: its first evaluated mode (Stage.val_modes
     lists it first: "policy" once a policy exists, else "random"; "static" for the baseline)."""
     mode = next(iter(val))
     return mode, list(val[mode])

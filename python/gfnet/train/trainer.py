@@ -1,10 +1,10 @@
-"""The three training stages of GFNet, data-parallel, with atomic checkpoints and exact resume.
+"""The trainer every stage runs through: data-parallel, with atomic checkpoints and exact resume.
 
-Stage 1 (warm-up): random focus locations; encoders + classifier learn
-    loss = (sum_t CE(classifier_t) + r * sum_t CE(encoder head on step t's features)) / T.
-Stage 2 (policy): encoders + classifier frozen (eval, no grad); PPO on the actor-critic.
-Stage 3 (fine-tune): policy frozen; encoders + classifier learn on the patches at locations
-    sampled from it (``optim.stage3_actions``: "sample", as the official code, or "mean").
+GFNet trains in three stages (warm-up, PPO policy, fine-tune; train/stages.py says what each
+does) and the static baseline in one more (train/baseline.py). The Trainer loops over the
+stages asked for: it owns the run folder, data loaders, evaluation, checkpoints and resume, DDP,
+AMP, progress bars and metrics; each stage object brings its epochs, trained parts, runner,
+optimiser, schedule and epoch loop.
 
 Files under the output folder: ``stage{k}.pt`` (latest checkpoint of stage k, rewritten
 atomically after every epoch; ``done`` once the stage is complete), ``metrics.jsonl`` (one
@@ -14,17 +14,15 @@ JSON object per epoch), ``results.json`` (test accuracy per step after each stag
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
@@ -35,69 +33,19 @@ from ..data import build_datasets, class_names
 from ..device import set_threads
 from ..errors import CheckpointError, ConfigError, DataError
 from ..files import write_atomic
-from ..models import GFNet, build_model
+from ..models import build_model
 from ..run_config import check_run_config, save_run_config
 from .callbacks import TrainerCallback
 from .curves import curve_warnings, primary_val, read_metrics, stage_curves
 from .distributed import (DistInfo, all_gather_object, all_reduce_sum, average_buffers, barrier, setup,
                           teardown)
-from .ppo import PolicyEvaluator, RolloutMemory, ppo_update, true_class_prob
+from .stages import GFNET_STAGES, Stage
 
-STAGES = (1, 2, 3)
-
-
-def trained_parts(cfg: Config, stage: int) -> tuple[str, ...]:
-    """Which parts of the model (GFNet.param_groups keys) a stage trains."""
-    if stage == 1:
-        enc = ("local_encoder",) if cfg.optim.freeze_global_stage1 else ("global_encoder", "local_encoder")
-        return enc + ("classifier",)
-    if stage == 2:
-        return ("policy",)
-    if stage == 3:
-        enc = ("local_encoder",) if cfg.optim.freeze_global_stage3 else ("global_encoder", "local_encoder")
-        return enc + ("classifier",)
-    raise ConfigError(f"stage must be 1, 2 or 3, not {stage!r}")
-
-
-def set_trainable(model: GFNet, parts: Iterable[str]) -> None:
-    """requires_grad and train/eval mode per part: frozen parts are eval (BN stats fixed)."""
-    parts = set(parts)
-    modules = {"global_encoder": model.global_encoder, "local_encoder": model.local_encoder,
-               "classifier": model.classifier, "policy": model.policy}
-    for name, mod in modules.items():
-        on = name in parts
-        mod.train(on)
-        for p in mod.parameters():
-            p.requires_grad_(on)
-
-
-def stage_loss(outs, labels: torch.Tensor, head_weight: float) -> torch.Tensor:
-    loss = sum(F.cross_entropy(o.logits.float(), labels) for o in outs)
-    if head_weight:
-        loss = loss + head_weight * sum(F.cross_entropy(o.head_logits.float(), labels) for o in outs)
-    return loss / len(outs)
-
-
-class _ClassifierStage(nn.Module):
-    """forward(images, labels) -> (loss, per-step logits): the module DDP wraps in stages 1, 3."""
-
-    def __init__(self, model: GFNet, policy: str, head_weight: float):
-        super().__init__()
-        self.model = model
-        self.policy = policy
-        self.head_weight = head_weight
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor):
-        outs = self.model.rollout(images, policy=self.policy)
-        return stage_loss(outs, labels, self.head_weight), [o.logits.detach() for o in outs]
-
-
-def _cosine(progress: float) -> float:
-    return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+__all__ = ["Trainer", "discard_unsaved_progress", "train"]
 
 
 class Trainer:
-    stages: tuple[int, ...] = STAGES
+    stage_kinds: tuple[Stage, ...] = GFNET_STAGES  # the stages this trainer runs, by number
     checkpoint_kind = "gfnet"  # the "kind" field of every checkpoint written
 
     def __init__(self, cfg: Config, out_dir: str | Path, *, resume: bool = False,
@@ -137,54 +85,35 @@ class Trainer:
         self.fresh_heads: list[str] = []
 
     # ------------------------------------------------------------------ what a subclass changes
-    # (the static baseline, train/baseline.py, trains another model through the same loop)
+    # (the static baseline, train/baseline.py, trains another model through the same loop with
+    # its own stage kind)
     def build_model(self) -> nn.Module:
         model = build_model(self.cfg.model, self.cfg.run.patch_backend or None)
         model.policy.clamp_samples = self.cfg.ppo.clamp_actions
         return model
 
+    @property
+    def stages(self) -> tuple[int, ...]:
+        return tuple(kind.number for kind in self.stage_kinds)
+
+    def stage(self, number: int) -> Stage:
+        for kind in self.stage_kinds:
+            if kind.number == number:
+                return kind
+        raise ConfigError(f"stages must be among {', '.join(map(str, self.stages))}; got {number}")
+
     def stage_path(self, stage: int) -> Path:
-        return ckpt.stage_path(self.out, stage)
+        return self.stage(stage).checkpoint_path(self.out)
 
     def stage_label(self, stage: int) -> str:
-        return f"stage {stage}"
+        return self.stage(stage).label
 
     def stage_epochs(self, stage: int) -> int:
-        return getattr(self.cfg.optim, f"epochs_stage{stage}")
-
-    def set_trainable(self, stage: int) -> None:
-        set_trainable(self.model, trained_parts(self.cfg, stage))
-        for head in self._fresh_frozen_heads(stage):
-            head.train(True)
-            head.requires_grad_(True)
-
-    def _fresh_frozen_heads(self, stage: int) -> list[nn.Module]:
-        """The class heads that started fresh (other classes than ``model.init_from``'s) inside a
-        part this stage keeps frozen, e.g. the glance head of a global encoder frozen in a
-        fine-tune: they learn with the classifier, or the glance would stay at chance."""
-        parts = trained_parts(self.cfg, stage)
-        if "classifier" not in parts:  # a stage that trains no classifier (PPO) trains no head
-            return []
-        return [self.model.get_submodule(name) for name in self.fresh_heads
-                if name.split(".", 1)[0] not in parts]
-
-    def stage_runner(self, stage: int) -> nn.Module:
-        """The module DDP wraps: forward(images, labels) -> (loss, per-step logits), or the
-        PPO actor-critic evaluator in stage 2."""
-        if stage == 2:
-            return PolicyEvaluator(self.model.policy)
-        actions = "random" if stage == 1 else self.cfg.optim.stage3_actions
-        return _ClassifierStage(self.model, actions, self.cfg.optim.head_loss_weight)
-
-    def find_unused_parameters(self, stage: int) -> bool:
-        return stage != 2 and not self.cfg.optim.head_loss_weight
+        return self.stage(stage).epochs(self.cfg)
 
     def num_outputs(self) -> int:
         """How many logits the runner returns per batch (GFNet: one per step)."""
         return self.model.max_steps
-
-    def val_modes(self, stage: int) -> tuple[str, ...]:
-        return ("mean", "random") if stage > 1 else ("random",)
 
     def test_modes(self) -> tuple[str, ...]:
         return ("mean", "random")
@@ -231,11 +160,13 @@ class Trainer:
         return DataLoader(shard, batch_size=bs, shuffle=False, num_workers=self.cfg.data.num_workers,
                           pin_memory=self.device.type == "cuda")
 
-    def _iters(self, loader: DataLoader, cap: int) -> int:
+    def iterations(self, loader: DataLoader, cap: int) -> int:
+        """Batches an epoch runs: the loader's, at most ``cap`` (0: no cap)."""
         n = len(loader)
         return min(n, cap) if cap > 0 else n
 
-    def _progress(self, it, total: int, desc: str):
+    def progress(self, it, total: int, desc: str):
+        """``it`` with a tqdm bar (main rank, run.progress), else ``it`` itself."""
         if not (self.cfg.run.progress and self.dist.is_main):
             return it
         from tqdm import tqdm
@@ -350,17 +281,24 @@ class Trainer:
         for s in stages:
             loaded[s] = self._load(s) if s in found else None
         first = stages[0]
-        if first > 1 and loaded.get(first) is None:
-            prev = self.stage_path(first - 1)
+        before = self.previous_stage(first)
+        if before is not None and loaded.get(first) is None:
+            prev = self.stage_path(before)
             if not prev.exists() and self.warm_starts():
                 return loaded  # starts from model.init_from (see warm_start)
-            ck = self._load(first - 1)
+            ck = self._load(before)
             if not ck.get("done"):
-                raise CheckpointError(f"stage {first - 1} checkpoint {str(prev)!r} is not finished "
+                raise CheckpointError(f"stage {before} checkpoint {str(prev)!r} is not finished "
                                       f"(epoch {ck.get('epoch')}/{ck.get('epochs')}); run "
-                                      f"--stage {first - 1} --resume first")
-            loaded[first - 1] = ck
+                                      f"--stage {before} --resume first")
+            loaded[before] = ck
         return loaded
+
+    def previous_stage(self, stage: int) -> int | None:
+        """The stage whose finished weights ``stage`` starts from (None for the first)."""
+        numbers = self.stages
+        i = numbers.index(stage)
+        return numbers[i - 1] if i > 0 else None
 
     def writes_run_config(self) -> bool:
         """Whether this run writes its config as the run folder's config.yaml (GFNet's always)."""
@@ -393,8 +331,9 @@ class Trainer:
             except json.JSONDecodeError:
                 self.results = {}
         first = stages[0]
-        if first > 1 and loaded.get(first) is None and loaded.get(first - 1) is not None:
-            ckpt.load_model_state(self.model, loaded[first - 1]["model"], self.stage_path(first - 1))
+        before = self.previous_stage(first)
+        if before is not None and loaded.get(first) is None and loaded.get(before) is not None:
+            ckpt.load_model_state(self.model, loaded[before]["model"], self.stage_path(before))
         elif loaded.get(first) is None and self.warm_starts():
             # a fresh first stage starts from model.init_from (a resumed one has its own weights)
             from .warm_start import warm_start
@@ -417,36 +356,19 @@ class Trainer:
         self._callback("on_run_end", self.results)
         return self.results
 
-    def _optimizer(self, stage: int):
-        o = self.cfg.optim
-        groups = self.model.param_groups()
-        parts = trained_parts(self.cfg, stage)
-        if stage == 2:
-            return torch.optim.Adam(groups["policy"], lr=self.cfg.ppo.lr)
-        cls_lr = o.lr_classifier_stage1 if stage == 1 else o.lr_classifier_stage3
-        pg = []
-        enc = [p for name in ("global_encoder", "local_encoder") if name in parts for p in groups[name]]
-        if enc:
-            pg.append({"params": enc, "lr": o.lr_backbone, "name": "backbone"})
-        heads = [p for head in self._fresh_frozen_heads(stage) for p in head.parameters()]
-        pg.append({"params": groups["classifier"] + heads, "lr": cls_lr, "name": "classifier"})
-        return torch.optim.SGD(pg, lr=cls_lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
-                               weight_decay=o.weight_decay)
-
     def train_stage(self, stage: int, ck: dict[str, Any] | None) -> None:
         cfg = self.cfg
-        epochs = self.stage_epochs(stage)
-        label = self.stage_label(stage)
+        kind = self.stage(stage)
+        epochs = kind.epochs(cfg)
+        label = kind.label
         self._seed_stage(stage)
         if ck is not None:
             self.fresh_heads = list(ck.get("fresh_heads", []))
-        self.set_trainable(stage)
-        opt = self._optimizer(stage)
-        iters = self._iters(self.train_loader(0), cfg.run.max_train_batches)
+        kind.set_trainable(self)
+        opt = kind.optimizer(self)
+        iters = self.iterations(self.train_loader(0), cfg.run.max_train_batches)
         unit_total = max(1, epochs if cfg.optim.schedule_unit == "epoch" else epochs * iters)
-        sched = None
-        if stage != 2:
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: _cosine(i / unit_total))
+        sched = kind.scheduler(opt, unit_total)
         scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
         start = 0
         if ck is not None:
@@ -466,21 +388,18 @@ class Trainer:
             self.log(f"{label}: resuming after epoch {start}/{epochs} from {path}")
         if self.dist.is_main:
             discard_unsaved_progress(self.out, self.stage_path(stage), stage, start)
-        runner = self.stage_runner(stage)
+        runner = kind.runner(self)
         if self.dist.enabled:
             runner = DDP(runner, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                         find_unused_parameters=self.find_unused_parameters(stage))
+                         find_unused_parameters=kind.find_unused_parameters(cfg))
         for epoch in range(start, epochs):
             t0 = time.time()
-            self.set_trainable(stage)
-            if stage == 2:
-                rec = self._epoch_ppo(runner, opt, epoch, epochs)
-            else:
-                rec = self._epoch_classifier(stage, runner, opt, sched, scaler, epoch, epochs)
+            kind.set_trainable(self)
+            rec = kind.run_epoch(self, runner, opt, sched, scaler, epoch, epochs)
             if cfg.optim.schedule_unit == "epoch" and sched is not None:
                 sched.step()
             average_buffers(self.model, self.dist)
-            val = self.evaluate("val", self.val_modes(stage))
+            val = self.evaluate("val", kind.val_modes)
             mode, acc = primary_val(val)
             rec.update(stage=stage, epoch=epoch + 1, epochs=epochs, val=val, val_mode=mode, val_accuracy=acc,
                        epoch_time_s=round(time.time() - t0, 2), time=time.time())
@@ -513,89 +432,6 @@ class Trainer:
         self.log(f"{self.stage_label(stage)} test accuracy per step: "
                  + " ".join(f"{k} {v}" for k, v in test.items()))
         return test
-
-    def _epoch_classifier(self, stage, runner, opt, sched, scaler, epoch, epochs) -> dict[str, Any]:
-        cfg = self.cfg
-        loader = self.train_loader(epoch)
-        cap = cfg.run.max_train_batches
-        total = self._iters(loader, cap)
-        correct = torch.zeros(self.num_outputs(), dtype=torch.float64)
-        loss_sum, seen, t0 = 0.0, 0, time.time()
-        params = [p for g in opt.param_groups for p in g["params"]]
-        bar = self._progress(loader, total, f"{self.stage_label(stage)} epoch {epoch + 1}/{epochs}")
-        for i, (x, y) in enumerate(bar):
-            if i >= total:
-                break
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.autocast():
-                loss, logits = runner(x, y)
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-            else:
-                loss.backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            if cfg.optim.schedule_unit == "step" and sched is not None:
-                sched.step()
-            loss_sum += float(loss.detach()) * y.numel()
-            seen += y.numel()
-            for t, lg in enumerate(logits):
-                correct[t] += float((lg.argmax(1) == y).sum())
-            if bar is not loader:
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct[-1] / seen:.3f}")
-        stats = torch.tensor([loss_sum, seen, *correct.tolist()], dtype=torch.float64, device=self.device)
-        all_reduce_sum(stats, self.dist)
-        n = max(float(stats[1]), 1.0)
-        dt = time.time() - t0
-        return {"loss": float(stats[0]) / n, "train_acc": [round(float(c) / n, 5) for c in stats[2:]],
-                "lr": {g.get("name", str(k)): g["lr"] for k, g in enumerate(opt.param_groups)},
-                "images_per_s": float(stats[1]) / max(dt, 1e-9), "train_time_s": round(dt, 2)}
-
-    def _epoch_ppo(self, runner, opt, epoch, epochs) -> dict[str, Any]:
-        cfg = self.cfg
-        model = self.model
-        loader = self.train_loader(epoch)
-        total = self._iters(loader, cfg.run.max_train_batches)
-        T = model.max_steps
-        sums = torch.zeros(4, dtype=torch.float64)  # policy loss, value loss, reward, batches
-        seen, t0 = 0, time.time()
-        memory = RolloutMemory()
-        bar = self._progress(loader, total, f"stage 2 epoch {epoch + 1}/{epochs}")
-        for i, (x, y) in enumerate(bar):
-            if i >= total:
-                break
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            memory.clear()
-            with torch.no_grad(), self.autocast():
-                out = model.glance_step(x)
-                p_prev = true_class_prob(out.logits, y)
-                state = out.state
-                for _ in range(1, T):
-                    out = model.focus_step(x, state, policy="sample")
-                    p = true_class_prob(out.logits, y)
-                    memory.add(out.policy_input, out.action, out.log_prob, p - p_prev)
-                    p_prev, state = p, out.state
-            if len(memory) == 0:
-                break
-            st = ppo_update(runner, opt, memory, cfg.ppo)
-            sums += torch.tensor([st["policy_loss"], st["value_loss"], st["reward"], 1.0], dtype=torch.float64)
-            seen += y.numel()
-            if bar is not loader:
-                bar.set_postfix(reward=f"{sums[2] / sums[3]:.3f}")
-        stats = torch.tensor([*sums.tolist(), seen], dtype=torch.float64, device=self.device)
-        all_reduce_sum(stats, self.dist)
-        nb = max(float(stats[3]), 1.0)
-        dt = time.time() - t0
-        return {"loss": float(stats[0]) / nb, "value_loss": float(stats[1]) / nb,
-                "reward": float(stats[2]) / nb, "lr": {"policy": opt.param_groups[0]["lr"]},
-                "images_per_s": float(stats[4]) / max(dt, 1e-9), "train_time_s": round(dt, 2)}
 
 
 def discard_unsaved_progress(out: Path, checkpoint: Path, stage: int, saved_epoch: int) -> None:

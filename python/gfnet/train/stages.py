@@ -1,0 +1,299 @@
+"""The kinds of training stage, as objects the Trainer loops over.
+
+A stage says how many epochs it runs, which parts of the model it trains, the module DDP wraps
+(its runner), its optimiser and schedule, how one epoch goes, which focus modes validate it, and
+where its checkpoint lives. The Trainer (trainer.py) owns what every stage shares: the run
+folder, data loaders, evaluation, checkpoints and exact resume, DDP, AMP, progress and metrics.
+
+Each stage has a number, the ``stage`` field of its checkpoint and of its metrics.jsonl rows:
+
+    0  the static baseline (train/baseline.py): the backbone on the full image
+    1  warm-up: random focus locations; encoders + classifier learn
+       loss = (sum_t CE(classifier_t) + r * sum_t CE(encoder head on step t's features)) / T
+    2  policy: encoders + classifier frozen (eval, no grad); PPO on the actor-critic
+    3  fine-tune: policy frozen; encoders + classifier learn on the patches at locations sampled
+       from it (``optim.stage3_actions``: "sample", as the official code, or "mean")
+
+A new kind of stage is a subclass of :class:`Stage` (or :class:`ClassifierStage` when it trains
+a classifier on a loss its runner returns) added to a trainer's ``stage_kinds``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import checkpoint as ckpt
+from ..config import Config
+from ..errors import ConfigError
+from ..models import GFNet
+from .distributed import all_reduce_sum
+from .ppo import PolicyEvaluator, RolloutMemory, ppo_update, true_class_prob
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+
+def set_trainable(model: GFNet, parts: Iterable[str]) -> None:
+    """requires_grad and train/eval mode per part: frozen parts are eval (BN stats fixed)."""
+    parts = set(parts)
+    modules = {"global_encoder": model.global_encoder, "local_encoder": model.local_encoder,
+               "classifier": model.classifier, "policy": model.policy}
+    for name, mod in modules.items():
+        on = name in parts
+        mod.train(on)
+        for p in mod.parameters():
+            p.requires_grad_(on)
+
+
+def stage_loss(outs, labels: torch.Tensor, head_weight: float) -> torch.Tensor:
+    loss = sum(F.cross_entropy(o.logits.float(), labels) for o in outs)
+    if head_weight:
+        loss = loss + head_weight * sum(F.cross_entropy(o.head_logits.float(), labels) for o in outs)
+    return loss / len(outs)
+
+
+def cosine(progress: float) -> float:
+    """The cosine schedule's factor at ``progress`` (0 .. 1) of a stage."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+class _RolloutLoss(nn.Module):
+    """forward(images, labels) -> (loss, per-step logits): the module DDP wraps in stages 1, 3."""
+
+    def __init__(self, model: GFNet, policy: str, head_weight: float):
+        super().__init__()
+        self.model = model
+        self.policy = policy
+        self.head_weight = head_weight
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor):
+        outs = self.model.rollout(images, policy=self.policy)
+        return stage_loss(outs, labels, self.head_weight), [o.logits.detach() for o in outs]
+
+
+class Stage:
+    """One kind of training stage. Subclasses set ``number`` and ``label`` and fill in the
+    methods that raise here."""
+
+    number: int
+    label: str
+    val_modes: tuple[str, ...] = ("mean", "random")  # focus modes of validation, the first judged
+
+    def checkpoint_path(self, out: Path) -> Path:
+        return ckpt.stage_path(out, self.number)
+
+    def epochs(self, cfg: Config) -> int:
+        return getattr(cfg.optim, f"epochs_stage{self.number}")
+
+    def set_trainable(self, trainer: Trainer) -> None:
+        raise NotImplementedError
+
+    def runner(self, trainer: Trainer) -> nn.Module:
+        """The module DDP wraps."""
+        raise NotImplementedError
+
+    def find_unused_parameters(self, cfg: Config) -> bool:
+        return False
+
+    def optimizer(self, trainer: Trainer) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def scheduler(self, opt: torch.optim.Optimizer, total_units: int):
+        """The learning-rate schedule over ``total_units`` (epochs or steps), or None."""
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: cosine(i / total_units))
+
+    def run_epoch(self, trainer: Trainer, runner: nn.Module, opt, sched, scaler, epoch: int,
+                  epochs: int) -> dict[str, Any]:
+        """One epoch of training; returns its metrics row (loss, lr, images_per_s, ...)."""
+        raise NotImplementedError
+
+
+class ClassifierStage(Stage):
+    """A stage whose runner returns (loss, per-output logits) for a batch: SGD with a cosine
+    schedule, optional AMP loss scaling and gradient clipping."""
+
+    def run_epoch(self, trainer, runner, opt, sched, scaler, epoch, epochs):
+        cfg = trainer.cfg
+        loader = trainer.train_loader(epoch)
+        total = trainer.iterations(loader, cfg.run.max_train_batches)
+        correct = torch.zeros(trainer.num_outputs(), dtype=torch.float64)
+        loss_sum, seen, t0 = 0.0, 0, time.time()
+        params = [p for g in opt.param_groups for p in g["params"]]
+        bar = trainer.progress(loader, total, f"{self.label} epoch {epoch + 1}/{epochs}")
+        for i, (x, y) in enumerate(bar):
+            if i >= total:
+                break
+            x, y = x.to(trainer.device, non_blocking=True), y.to(trainer.device, non_blocking=True)
+            with trainer.autocast():
+                loss, logits = runner(x, y)
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
+                loss.backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            if cfg.optim.schedule_unit == "step" and sched is not None:
+                sched.step()
+            loss_sum += float(loss.detach()) * y.numel()
+            seen += y.numel()
+            for t, lg in enumerate(logits):
+                correct[t] += float((lg.argmax(1) == y).sum())
+            if bar is not loader:
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct[-1] / seen:.3f}")
+        stats = torch.tensor([loss_sum, seen, *correct.tolist()], dtype=torch.float64, device=trainer.device)
+        all_reduce_sum(stats, trainer.dist)
+        n = max(float(stats[1]), 1.0)
+        dt = time.time() - t0
+        return {"loss": float(stats[0]) / n, "train_acc": [round(float(c) / n, 5) for c in stats[2:]],
+                "lr": {g.get("name", str(k)): g["lr"] for k, g in enumerate(opt.param_groups)},
+                "images_per_s": float(stats[1]) / max(dt, 1e-9), "train_time_s": round(dt, 2)}
+
+
+class _GFNetClassifierStage(ClassifierStage):
+    """Warm-up and fine-tune: encoders (one may stay frozen) + classifier on a GFNet rollout."""
+
+    freeze_global_key: str  # the optim switch that keeps the global encoder frozen
+    classifier_lr_key: str
+    actions_of_rollout = "random"
+
+    def trained_parts(self, cfg: Config) -> tuple[str, ...]:
+        frozen_global = getattr(cfg.optim, self.freeze_global_key)
+        enc = ("local_encoder",) if frozen_global else ("global_encoder", "local_encoder")
+        return enc + ("classifier",)
+
+    def fresh_frozen_heads(self, trainer: Trainer) -> list[nn.Module]:
+        """The class heads that started fresh (other classes than ``model.init_from``'s) inside
+        a part this stage keeps frozen, e.g. the glance head of a global encoder frozen in a
+        fine-tune: they learn with the classifier, or the glance would stay at chance."""
+        parts = self.trained_parts(trainer.cfg)
+        return [trainer.model.get_submodule(name) for name in trainer.fresh_heads
+                if name.split(".", 1)[0] not in parts]
+
+    def set_trainable(self, trainer):
+        set_trainable(trainer.model, self.trained_parts(trainer.cfg))
+        for head in self.fresh_frozen_heads(trainer):
+            head.train(True)
+            head.requires_grad_(True)
+
+    def rollout_actions(self, cfg: Config) -> str:
+        return self.actions_of_rollout
+
+    def runner(self, trainer):
+        return _RolloutLoss(trainer.model, self.rollout_actions(trainer.cfg), trainer.cfg.optim.head_loss_weight)
+
+    def find_unused_parameters(self, cfg):
+        return not cfg.optim.head_loss_weight
+
+    def optimizer(self, trainer):
+        o = trainer.cfg.optim
+        groups = trainer.model.param_groups()
+        parts = self.trained_parts(trainer.cfg)
+        cls_lr = getattr(o, self.classifier_lr_key)
+        pg = []
+        enc = [p for name in ("global_encoder", "local_encoder") if name in parts for p in groups[name]]
+        if enc:
+            pg.append({"params": enc, "lr": o.lr_backbone, "name": "backbone"})
+        heads = [p for head in self.fresh_frozen_heads(trainer) for p in head.parameters()]
+        pg.append({"params": groups["classifier"] + heads, "lr": cls_lr, "name": "classifier"})
+        return torch.optim.SGD(pg, lr=cls_lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
+                               weight_decay=o.weight_decay)
+
+
+class WarmUpStage(_GFNetClassifierStage):
+    number, label = 1, "stage 1"
+    val_modes = ("random",)  # no policy yet
+    freeze_global_key, classifier_lr_key = "freeze_global_stage1", "lr_classifier_stage1"
+
+
+class FineTuneStage(_GFNetClassifierStage):
+    number, label = 3, "stage 3"
+    freeze_global_key, classifier_lr_key = "freeze_global_stage3", "lr_classifier_stage3"
+
+    def rollout_actions(self, cfg):
+        return cfg.optim.stage3_actions
+
+
+class PolicyStage(Stage):
+    """PPO on the actor-critic; everything else frozen. No schedule: Adam at ``ppo.lr``."""
+
+    number, label = 2, "stage 2"
+
+    def trained_parts(self, cfg: Config) -> tuple[str, ...]:
+        return ("policy",)
+
+    def set_trainable(self, trainer):
+        set_trainable(trainer.model, self.trained_parts(trainer.cfg))
+
+    def runner(self, trainer):
+        return PolicyEvaluator(trainer.model.policy)
+
+    def optimizer(self, trainer):
+        return torch.optim.Adam(trainer.model.param_groups()["policy"], lr=trainer.cfg.ppo.lr)
+
+    def scheduler(self, opt, total_units):
+        return None
+
+    def run_epoch(self, trainer, runner, opt, sched, scaler, epoch, epochs):
+        cfg = trainer.cfg
+        model = trainer.model
+        loader = trainer.train_loader(epoch)
+        total = trainer.iterations(loader, cfg.run.max_train_batches)
+        T = model.max_steps
+        sums = torch.zeros(4, dtype=torch.float64)  # policy loss, value loss, reward, batches
+        seen, t0 = 0, time.time()
+        memory = RolloutMemory()
+        bar = trainer.progress(loader, total, f"{self.label} epoch {epoch + 1}/{epochs}")
+        for i, (x, y) in enumerate(bar):
+            if i >= total:
+                break
+            x, y = x.to(trainer.device, non_blocking=True), y.to(trainer.device, non_blocking=True)
+            memory.clear()
+            with torch.no_grad(), trainer.autocast():
+                out = model.glance_step(x)
+                p_prev = true_class_prob(out.logits, y)
+                state = out.state
+                for _ in range(1, T):
+                    out = model.focus_step(x, state, policy="sample")
+                    p = true_class_prob(out.logits, y)
+                    memory.add(out.policy_input, out.action, out.log_prob, p - p_prev)
+                    p_prev, state = p, out.state
+            if len(memory) == 0:
+                break
+            st = ppo_update(runner, opt, memory, cfg.ppo)
+            sums += torch.tensor([st["policy_loss"], st["value_loss"], st["reward"], 1.0], dtype=torch.float64)
+            seen += y.numel()
+            if bar is not loader:
+                bar.set_postfix(reward=f"{sums[2] / sums[3]:.3f}")
+        stats = torch.tensor([*sums.tolist(), seen], dtype=torch.float64, device=trainer.device)
+        all_reduce_sum(stats, trainer.dist)
+        nb = max(float(stats[3]), 1.0)
+        dt = time.time() - t0
+        return {"loss": float(stats[0]) / nb, "value_loss": float(stats[1]) / nb,
+                "reward": float(stats[2]) / nb, "lr": {"policy": opt.param_groups[0]["lr"]},
+                "images_per_s": float(stats[4]) / max(dt, 1e-9), "train_time_s": round(dt, 2)}
+
+
+GFNET_STAGES: tuple[Stage, ...] = (WarmUpStage(), PolicyStage(), FineTuneStage())
+
+
+def trained_parts(cfg: Config, stage: int) -> tuple[str, ...]:
+    """Which parts of the model (GFNet.param_groups keys) GFNet's stage ``stage`` trains."""
+    for kind in GFNET_STAGES:
+        if kind.number == stage:
+            return kind.trained_parts(cfg)
+    raise ConfigError(f"stage must be 1, 2 or 3, not {stage!r}")
