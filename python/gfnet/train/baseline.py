@@ -74,10 +74,8 @@ class BaselineStage(ClassifierStage):
         return _BaselineLoss(trainer.model)
 
     def optimizer(self, trainer):
-        o = trainer.cfg.optim
-        return torch.optim.SGD([{"params": list(trainer.model.parameters()), "lr": o.lr_backbone, "name": "backbone"}],
-                               lr=o.lr_backbone, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
-                               weight_decay=o.weight_decay)
+        lr = trainer.cfg.optim.lr_backbone
+        return self.sgd(trainer.cfg, [{"params": list(trainer.model.parameters()), "lr": lr, "name": "backbone"}], lr)
 
 
 class BaselineTrainer(Trainer):

@@ -120,6 +120,13 @@ class ClassifierStage(Stage):
     """A stage whose runner returns (loss, per-output logits) for a batch: SGD with a cosine
     schedule, optional AMP loss scaling and gradient clipping."""
 
+    @staticmethod
+    def sgd(cfg: Config, groups: list[dict[str, Any]], lr: float) -> torch.optim.SGD:
+        """SGD over ``groups`` with the recipe's momentum, Nesterov switch and weight decay."""
+        o = cfg.optim
+        return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
+                               weight_decay=o.weight_decay)
+
     def run_epoch(self, trainer, runner, opt, sched, scaler, epoch, epochs):
         cfg = trainer.cfg
         loader = trainer.train_loader(epoch)
@@ -169,7 +176,6 @@ class _GFNetClassifierStage(ClassifierStage):
 
     freeze_global_key: str  # the optim switch that keeps the global encoder frozen
     classifier_lr_key: str
-    actions_of_rollout = "random"
 
     def trained_parts(self, cfg: Config) -> tuple[str, ...]:
         frozen_global = getattr(cfg.optim, self.freeze_global_key)
@@ -191,7 +197,8 @@ class _GFNetClassifierStage(ClassifierStage):
             head.requires_grad_(True)
 
     def rollout_actions(self, cfg: Config) -> str:
-        return self.actions_of_rollout
+        """Where the rollouts of training look: random locations until a policy exists."""
+        return "random"
 
     def runner(self, trainer):
         return _RolloutLoss(trainer.model, self.rollout_actions(trainer.cfg), trainer.cfg.optim.head_loss_weight)
@@ -210,8 +217,7 @@ class _GFNetClassifierStage(ClassifierStage):
             pg.append({"params": enc, "lr": o.lr_backbone, "name": "backbone"})
         heads = [p for head in self.fresh_frozen_heads(trainer) for p in head.parameters()]
         pg.append({"params": groups["classifier"] + heads, "lr": cls_lr, "name": "classifier"})
-        return torch.optim.SGD(pg, lr=cls_lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
-                               weight_decay=o.weight_decay)
+        return self.sgd(trainer.cfg, pg, cls_lr)
 
 
 class WarmUpStage(_GFNetClassifierStage):
