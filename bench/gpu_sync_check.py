@@ -72,7 +72,7 @@ def _engine_case(device: torch.device, backend: str):
 
     cfg = build_config("digits")
     torch.manual_seed(0)
-    model = build_model(cfg.model, patch_backend=backend).to(device).eval()
+    model = build_model(cfg.model, kernel_backend=backend).to(device).eval()
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (64, 1, 128, 128), generator=g, dtype=torch.uint8).to(device)
     conf = inference.confidences(inference.anytime_inference(model, images).logits)

@@ -10,13 +10,17 @@ bounds the engine's step rate. Each row times `calls` calls, best of `repeats`:
 
     crop_resize (op)       torch.ops.gfkernels.crop_resize called directly: the dispatcher and
                            the kernel, the floor no Python wrapper can go under
-    crop_resize            gfkernels.crop_resize: our checks, backend lookup, the op
-    glance_patches         the model's glance crop (whole-image boxes, backend, crop_resize)
-    focus_patches          the model's focus crop (focus boxes from actions, crop_resize)
+    crop_resize            gfkernels.crop_resize: every argument checked, backend lookup, the op
+    Kernels.crop           a crop with its options checked once (gfkernels.Kernels.crop), as
+                           the model holds its two crops: per call the tensors are checked
+    glance_patches         the model's glance crop (its whole-image boxes and its glance Crop)
+    focus_patches          the model's focus crop (focus boxes from actions and its focus Crop)
     early_exit (op)        torch.ops.gfkernels.early_exit directly
     early_exit             gfkernels.early_exit
+    Kernels.early_exit     the same through the model's kernels (the engines' path)
     gather_rows (op)       torch.ops.gfkernels.gather_rows directly (3 tensors)
     gather_rows            gfkernels.gather_rows (3 tensors)
+    Kernels.gather_rows    the same through the model's kernels (the engines' path)
 
 Ours is a row minus its "(op)" row. Run with one thread (OMP_NUM_THREADS=1) on an idle machine.
 """
@@ -50,7 +54,7 @@ def per_call_us(fns: dict, calls: int, repeats: int) -> dict:
 
 def cases(device: str = "cpu") -> dict:
     import gfkernels
-    from gfnet.models.patches import focus_patches, glance_patches
+    from gfnet.models.patches import Patches, focus_boxes, model_kernels, whole_image_boxes
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (2, 3, 12, 12), generator=g, dtype=torch.uint8).to(device)
@@ -65,16 +69,29 @@ def cases(device: str = "cpu") -> dict:
     rows = [active, torch.randn(4, 8, device=device), torch.randn(4, 2, 3, 3, device=device)]
     keep = torch.tensor([2, 0, 1, 3], device=device)
     ops = torch.ops.gfkernels
+    kernels = model_kernels(None)  # as a GFNet model holds them
+    crop = kernels.crop(4, mean=mean, std=std, out_dtype=torch.float32)
+    patches = Patches(kernels, 4, mean=mean, std=std)  # the model's two crops
+
+    def glance():
+        return patches.glance(images, whole_image_boxes(images, images.shape[0]))
+
+    def focus():
+        return patches.focus(images, focus_boxes(actions, tuple(images.shape[-2:]), 4))
+
     return {
         "crop_resize (op)": lambda: ops.crop_resize(images, boxes, None, [4, 4], "bilinear", False,
                                                     "border", mean, std, torch.float32),
         "crop_resize": lambda: gfkernels.crop_resize(images, boxes, 4, mean=mean, std=std),
-        "glance_patches": lambda: glance_patches(images, 4, mean=mean, std=std),
-        "focus_patches": lambda: focus_patches(images, actions, 4, mean=mean, std=std),
+        "Kernels.crop": lambda: crop(images, boxes),
+        "glance_patches": glance,
+        "focus_patches": focus,
         "early_exit (op)": lambda: ops.early_exit(logits, threshold, active, out_logits, exit_step, 1),
         "early_exit": lambda: gfkernels.early_exit(logits, 0.5, active, out_logits, exit_step, 1),
+        "Kernels.early_exit": lambda: kernels.early_exit(logits, 0.5, active, out_logits, exit_step, 1),
         "gather_rows (op)": lambda: ops.gather_rows(rows, keep, 3),
         "gather_rows": lambda: gfkernels.gather_rows(rows, keep, 3),
+        "Kernels.gather_rows": lambda: kernels.gather_rows(rows, keep, 3),
     }
 
 

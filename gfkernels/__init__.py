@@ -4,7 +4,9 @@ Public API:
     crop_resize(images, boxes, size, *, batch_index=None, mode="bilinear", ...)
     early_exit(logits, threshold, active, out_logits, exit_step, step)
     gather_rows(tensors, index, n)
-    focus_boxes(actions, image_size, patch_size)
+    focus_boxes(actions, image_size, patch_size), whole_image_boxes(images, n): the boxes GFNet crops
+    Kernels(backend=None, fallback=False): the three ops under one backend policy, resolved once
+        per device, and crops whose options are checked once (Kernels.crop)
     build_info()
 Every op has a pure-PyTorch definition in gfkernels.reference; gfkernels.backends is the
 table of implementations (docs/OPS.md).
@@ -17,15 +19,17 @@ from importlib import metadata as _metadata
 import torch
 
 from . import backends, reference
+from .kernels import Crop, Kernels
 from .ops.crop_resize import crop_resize
 from .ops.early_exit import early_exit
 from .ops.gather_rows import gather_rows
-from .reference import focus_boxes
+from .boxes import focus_boxes, whole_image_boxes
 
 BACKENDS = backends.NAMES
 
-__all__ = ["BACKENDS", "backends", "build_info", "crop_resize", "default_backend", "early_exit",
-           "focus_boxes", "gather_rows", "reference"]
+__all__ = ["BACKENDS", "Crop", "Kernels", "backends", "build_info", "crop_resize",
+           "default_backend", "early_exit", "focus_boxes", "gather_rows", "reference",
+           "whole_image_boxes"]
 
 try:
     __version__ = _metadata.version("gfnet-kernels")

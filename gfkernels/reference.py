@@ -157,7 +157,7 @@ def focus_boxes(actions: torch.Tensor, image_size, patch_size: int) -> torch.Ten
     actions (B, 2) in [0, 1] -> integer P x P boxes (B, 4) as float (x1, y1, x2, y2).
     """
     H, W = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    a = actions.detach().to(torch.float64).clamp_(0.0, 1.0)
+    a = actions.detach().to(torch.float64).clamp(0.0, 1.0)  # not clamp_: float64 actions are not copied
     # left = floor(a[1] * (W - P)), top = floor(a[0] * (H - P)); right, bottom = + P (exact).
     # No out= into column views: torch.compile (torch 2.11) refuses a non-contiguous out=.
     top_left = torch.stack((a[:, 1] * (W - patch_size), a[:, 0] * (H - patch_size)), dim=1).floor_()

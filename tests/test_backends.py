@@ -76,17 +76,37 @@ def test_fallback_warns_once(without_extension):
         backends.resolve("cpp", CPU, fallback=True)
 
 
-def test_model_patches_use_the_table(without_extension):
-    from gfnet.models.patches import _backend, glance_patches
+def test_model_kernels_fall_back_for_every_op(without_extension):
+    """Without the extension a model's kernels fall back to the reference, for its crops and for
+    its engines' early_exit and gather_rows alike (one warning), so an unbuilt tree runs both."""
+    from gfnet.config import build_config
+    from gfnet.inference import anytime_inference, dynamic_inference, simulate_exits
+    from gfnet.models import build_model
+    from gfnet.models.patches import glance_patches, model_kernels
 
     with pytest.warns(RuntimeWarning, match="reference"):
-        assert _backend(None, CPU) == "reference"
+        assert model_kernels(None).backend_name(CPU) == "reference"
     images = torch.randint(0, 256, (2, 1, 12, 12), dtype=torch.uint8)
     out = glance_patches(images, 4, mean=[0.5], std=[0.25])
     expected = gfkernels.reference.crop_resize(
         images, torch.tensor([[0.0, 0, 12, 12]] * 2), 4, mode="bicubic", align_corners=True,
         mean=[0.5], std=[0.25])
     torch.testing.assert_close(out, expected)
+
+    cfg = build_config("digits", overrides=["model.pretrained=false", "model.max_steps=3"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    canvases = torch.randint(0, 256, (5, 1, 128, 128), dtype=torch.uint8)
+    every_step = anytime_inference(model, canvases)
+    confidence = torch.softmax(every_step.logits[0].double(), 1).amax(1).sort().values
+    # between the 2nd and 3rd most confident glances: 3 exit at the glance, 2 at step 3
+    thresholds = [float(confidence[1] + confidence[2]) / 2, 2.0]
+    result = dynamic_inference(model, canvases, thresholds)
+    assert model.kernels.backend_name(CPU) == "reference"
+    exit_step, logits = simulate_exits(every_step.logits, thresholds)
+    assert result.exit_counts[0] >= 1 and result.exit_counts[2] >= 1
+    assert torch.equal(result.exit_step, exit_step)
+    torch.testing.assert_close(result.logits, logits, atol=1e-5, rtol=1e-5)
 
 
 def test_every_op_has_every_backend():

@@ -49,11 +49,8 @@ def per_channel_list(values, name: str) -> Optional[list]:
     return [float(v) for v in values]
 
 
-def check_args(images, boxes, batch_index, mode, align_corners, padding_mode, mean, std,
-               out_dtype, size=None) -> None:
-    """Metadata checks shared by every backend, and by the fake kernels (no tensor values are
-    read, so this runs under torch.compile and on meta tensors); the backends check values
-    (gfkernels/contract.py). size: (h, w), checked against the output limit when given."""
+def check_tensor_args(images, boxes, batch_index) -> None:
+    """The tensors' metadata (no values read): checked on every call."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"crop_resize: images must be 4-D (N, C, H, W), got shape {shape}")
@@ -84,6 +81,10 @@ def check_args(images, boxes, batch_index, mode, align_corners, padding_mode, me
     elif boxes.shape[0] != images.shape[0]:
         raise ValueError("crop_resize: without batch_index, boxes must hold one box per image "
                          f"(B == N), got B = {boxes.shape[0]} and N = {images.shape[0]}")
+
+
+def check_option_args(mode, align_corners, padding_mode, mean, std, out_dtype) -> None:
+    """The options that do not depend on the images (out_dtype None: derived from them)."""
     if mode not in reference.MODES:
         raise ValueError(f"crop_resize: mode must be one of {reference.MODES}, got {mode!r}")
     if padding_mode not in reference.PADDING_MODES:
@@ -92,18 +93,88 @@ def check_args(images, boxes, batch_index, mode, align_corners, padding_mode, me
     if mode == "nearest" and align_corners:
         raise ValueError("crop_resize: align_corners=True is not defined for mode='nearest' "
                          "(as in F.interpolate)")
-    channels = images.shape[1]
+    contract.check_per_channel_values("mean", mean, nonzero=False)
+    contract.check_per_channel_values("std", std, nonzero=True)
+    if out_dtype is not None and out_dtype not in OUT_DTYPES:
+        raise TypeError(f"crop_resize: out_dtype must be float16, bfloat16, float32 or float64, "
+                        f"got {out_dtype}")
+
+
+def check_channel_args(channels: int, mean, std, size=None) -> None:
+    """The options that depend on the images' channel count C."""
     for name, values in (("mean", mean), ("std", std)):
         if values is not None and len(values) not in (1, channels):
             raise ValueError(f"crop_resize: {name} must hold 1 or C = {channels} values (one "
                              f"per channel), got {len(values)}")
-    contract.check_per_channel_values("mean", mean, nonzero=False)
-    contract.check_per_channel_values("std", std, nonzero=True)
-    if out_dtype not in OUT_DTYPES:
-        raise TypeError(f"crop_resize: out_dtype must be float16, bfloat16, float32 or float64, "
-                        f"got {out_dtype}")
     if size is not None:
         contract.check_output_size(channels, size[0], size[1])
+
+
+def check_args(images, boxes, batch_index, mode, align_corners, padding_mode, mean, std,
+               out_dtype, size=None) -> None:
+    """Metadata checks shared by every backend, and by the fake kernels (no tensor values are
+    read, so this runs under torch.compile and on meta tensors); the backends check values
+    (gfkernels/contract.py). size: (h, w), checked against the output limit when given."""
+    check_tensor_args(images, boxes, batch_index)
+    if out_dtype is None:
+        raise TypeError("crop_resize: out_dtype must be float16, bfloat16, float32 or float64, "
+                        "got None")
+    check_option_args(mode, align_corners, padding_mode, mean, std, out_dtype)
+    check_channel_args(images.shape[1], mean, std, size)
+
+
+def default_out_dtype(images: torch.Tensor) -> torch.dtype:
+    """out_dtype=None: the images' dtype if floating, else float32."""
+    return images.dtype if images.is_floating_point() else torch.float32
+
+
+class CropOptions:
+    """crop_resize's arguments other than the tensors, normalised and checked once.
+
+    A caller that crops many times with the same options (the GFNet model: one glance and one
+    focus crop per step) holds one of these, so each call checks only the tensors; the checks of
+    the options were about half of gfkernels.crop_resize's host time.
+    """
+
+    __slots__ = ("size", "size_list", "mode", "align_corners", "padding_mode", "mean", "std",
+                 "out_dtype", "_channels_checked")
+
+    def __init__(self, size: Size, *, mode: str = "bilinear", align_corners: bool = False,
+                 padding_mode: str = "border", mean=None, std=None,
+                 out_dtype: Optional[torch.dtype] = None):
+        self.size = normalise_size(size)
+        self.size_list = list(self.size)
+        self.mean, self.std = per_channel_list(mean, "mean"), per_channel_list(std, "std")
+        check_option_args(mode, align_corners, padding_mode, self.mean, self.std, out_dtype)
+        self.mode, self.align_corners, self.padding_mode = mode, align_corners, padding_mode
+        self.out_dtype = out_dtype
+        self._channels_checked: set = set()  # channel counts that passed check_channel_args
+
+    def check(self, images, boxes, batch_index) -> torch.dtype:
+        """The per-call checks; returns the output dtype."""
+        check_tensor_args(images, boxes, batch_index)
+        channels = images.shape[1]
+        if channels not in self._channels_checked:
+            check_channel_args(channels, self.mean, self.std, self.size)
+            self._channels_checked.add(channels)
+        return self.out_dtype if self.out_dtype is not None else default_out_dtype(images)
+
+    def __repr__(self) -> str:
+        return (f"CropOptions(size={self.size}, mode={self.mode!r}, align_corners="
+                f"{self.align_corners}, padding_mode={self.padding_mode!r}, mean={self.mean}, "
+                f"std={self.std}, out_dtype={self.out_dtype})")
+
+
+def run_crop_resize(chosen: backends.Backend, op, images, boxes, batch_index,
+                    options: CropOptions, out_dtype: torch.dtype) -> torch.Tensor:
+    """The op of the backend `chosen` on tensors that passed options.check (which gave
+    out_dtype): the value checks the backend does not do itself, then the call."""
+    if batch_index is not None and not chosen.checks_index_values:
+        check_index_values(batch_index, images.shape[0], "crop_resize", "batch_index")
+    needs_grad = torch.is_grad_enabled() and (images.requires_grad or boxes.requires_grad)
+    return call(chosen, op, needs_grad, images, boxes, batch_index, options.size_list,
+                options.mode, options.align_corners, options.padding_mode, options.mean,
+                options.std, out_dtype)
 
 
 def crop_resize(
@@ -130,20 +201,14 @@ def crop_resize(
     (default images.dtype if floating, else float32), differentiable wrt images (floating)
     and boxes (bilinear, bicubic) on every backend. backend: a name of
     gfkernels.backends.NAMES, or None for the device's default (cpp on CPU, cuda on GPU).
-    docs/OPS.md gives the exact sampling positions.
+    docs/OPS.md gives the exact sampling positions. Many calls with the same options:
+    gfkernels.Kernels(...).crop(size, ...) checks the options once.
     """
-    size = normalise_size(size)
-    mean, std = per_channel_list(mean, "mean"), per_channel_list(std, "std")
-    if out_dtype is None and isinstance(images, torch.Tensor):
-        out_dtype = images.dtype if images.is_floating_point() else torch.float32
-    check_args(images, boxes, batch_index, mode, align_corners, padding_mode, mean, std,
-               out_dtype, size)
+    options = CropOptions(size, mode=mode, align_corners=align_corners,
+                          padding_mode=padding_mode, mean=mean, std=std, out_dtype=out_dtype)
+    out_dtype = options.check(images, boxes, batch_index)
     chosen, op = backends.lookup("crop_resize", backend, images.device)
-    if batch_index is not None and not chosen.checks_index_values:
-        check_index_values(batch_index, images.shape[0], "crop_resize", "batch_index")
-    needs_grad = torch.is_grad_enabled() and (images.requires_grad or boxes.requires_grad)
-    return call(chosen, op, needs_grad, images, boxes, batch_index, list(size), mode,
-                align_corners, padding_mode, mean, std, out_dtype)
+    return run_crop_resize(chosen, op, images, boxes, batch_index, options, out_dtype)
 
 
 # ----------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 
@@ -69,12 +69,14 @@ def check_early_exit_args(logits, threshold, active, out_logits, exit_step, step
         raise TypeError(f"early_exit: logits must be float16, bfloat16, float32 or float64, "
                         f"got {logits.dtype}")
     n, K = logits.shape
+    device = logits.device  # read once: each read of .device makes a new object
     if K == 0:
         raise ValueError(f"early_exit: logits must have K > 0 classes, got shape "
                          f"{tuple(logits.shape)}")
-    if threshold.device != logits.device and threshold.device.type != "cpu":
+    threshold_device = threshold.device
+    if threshold_device != device and threshold_device.type != "cpu":
         raise ValueError(f"early_exit: threshold must be on the CPU or on the logits' device "
-                         f"{logits.device}, got {threshold.device}")
+                         f"{device}, got {threshold_device}")
     if not isinstance(active, torch.Tensor) or active.dtype != torch.int64:
         raise TypeError(f"early_exit: active must be an int64 tensor, got "
                         f"{getattr(active, 'dtype', type(active).__name__)}")
@@ -94,10 +96,11 @@ def check_early_exit_args(logits, threshold, active, out_logits, exit_step, step
     if exit_step.dim() != 1 or exit_step.shape[0] != out_logits.shape[0]:
         raise ValueError(f"early_exit: exit_step must be (B,) with B = {out_logits.shape[0]} "
                          f"rows of out_logits, got shape {tuple(exit_step.shape)}")
-    for name, t in (("active", active), ("out_logits", out_logits), ("exit_step", exit_step)):
-        if t.device != logits.device:
-            raise ValueError(f"early_exit: {name} must be on the logits' device "
-                             f"{logits.device}, got {t.device}")
+    if not active.device == out_logits.device == exit_step.device == device:
+        for name, t in (("active", active), ("out_logits", out_logits), ("exit_step", exit_step)):
+            if t.device != device:
+                raise ValueError(f"early_exit: {name} must be on the logits' device {device}, "
+                                 f"got {t.device}")
     if isinstance(step, bool) or not isinstance(step, (int, torch.SymInt)):
         raise TypeError(f"early_exit: step must be an int, got {type(step).__name__}")
 
@@ -127,9 +130,16 @@ def early_exit(
     0-dim int64 tensor on the logits' device. Nothing is read on the host for CUDA tensors.
     backend: a name of gfkernels.backends.NAMES, or None for the device's default.
     """
+    return run_early_exit(lambda device: backends.lookup("early_exit", backend, device), logits,
+                          threshold, active, out_logits, exit_step, step)
+
+
+def run_early_exit(lookup: Callable, logits, threshold, active, out_logits, exit_step, step):
+    """early_exit's checks and call, with the backend from ``lookup(device) -> (Backend, op)``
+    (gfkernels.backends.lookup, or a gfkernels.Kernels policy)."""
     threshold = threshold_tensor(threshold)
     check_early_exit_args(logits, threshold, active, out_logits, exit_step, step)
-    chosen, op = backends.lookup("early_exit", backend, logits.device)
+    chosen, op = lookup(logits.device)
     if not chosen.checks_index_values:
         check_index_values(active, out_logits.shape[0], "early_exit", "active")
     return call(chosen, op, False, logits, threshold, active, out_logits, exit_step, step)

@@ -10,7 +10,7 @@ differentiable wrt its floating tensors on every backend.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 
@@ -19,14 +19,11 @@ from .common import call, check_index_values, register_compiled
 
 
 def check_gather_rows_args(tensors, index, n) -> List[torch.Tensor]:
-    """Metadata checks shared by every backend; returns the tensors as a list."""
+    """Metadata checks shared by every backend; returns the tensors as a list. (One pass over
+    the tensors, reading each attribute once: the engines call this at every step.)"""
     if isinstance(tensors, torch.Tensor) or not isinstance(tensors, (list, tuple)):
         raise TypeError(f"gather_rows: tensors must be a list or tuple of tensors, got "
                         f"{type(tensors).__name__} (wrap a single tensor in a list)")
-    tensors = list(tensors)
-    for i, t in enumerate(tensors):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"gather_rows: tensors[{i}] must be a tensor, got {type(t).__name__}")
     if not isinstance(index, torch.Tensor) or index.dtype != torch.int64:
         raise TypeError(f"gather_rows: index must be an int64 tensor, got "
                         f"{getattr(index, 'dtype', type(index).__name__)}")
@@ -34,21 +31,25 @@ def check_gather_rows_args(tensors, index, n) -> List[torch.Tensor]:
         raise ValueError(f"gather_rows: index must be 1-D, got shape {tuple(index.shape)}")
     if isinstance(n, bool) or not isinstance(n, (int, torch.SymInt)):
         raise TypeError(f"gather_rows: n must be an int, got {type(n).__name__}")
-    if not torch.compiler.is_compiling() or isinstance(n, int):
-        if n < 0 or n > index.shape[0]:
-            raise ValueError(f"gather_rows: n must lie in [0, {index.shape[0]}] (the length of "
-                             f"index), got {n}")
+    if isinstance(n, int) and not 0 <= n <= index.shape[0]:  # a symbolic n: the kernels check it
+        raise ValueError(f"gather_rows: n must lie in [0, {index.shape[0]}] (the length of "
+                         f"index), got {n}")
+    tensors = list(tensors)
+    device, rows = index.device, None
     for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"gather_rows: tensors[{i}] must be a tensor, got {type(t).__name__}")
         if t.dim() == 0:
             raise ValueError(f"gather_rows: tensors[{i}] must have a leading (batch) dimension, "
                              "got a 0-dim tensor")
-        if t.shape[0] != tensors[0].shape[0]:
+        if rows is None:
+            rows = t.shape[0]
+        elif t.shape[0] != rows:
             raise ValueError(f"gather_rows: tensors[{i}] has leading size {t.shape[0]} but "
-                             f"tensors[0] has {tensors[0].shape[0]} (all must share the batch "
-                             "dimension)")
-        if t.device != index.device:
+                             f"tensors[0] has {rows} (all must share the batch dimension)")
+        if t.device != device:
             raise ValueError(f"gather_rows: tensors[{i}] must be on the index's device "
-                             f"{index.device}, got {t.device}")
+                             f"{device}, got {t.device}")
     return tensors
 
 
@@ -68,13 +69,20 @@ def gather_rows(
     GPU). index (M,) int64 with M >= n, values in [0, N). Differentiable wrt floating tensors.
     backend: a name of gfkernels.backends.NAMES, or None for the device's default.
     """
+    return run_gather_rows(lambda device: backends.lookup("gather_rows", backend, device),
+                           tensors, index, n)
+
+
+def run_gather_rows(lookup: Callable, tensors, index, n) -> List[torch.Tensor]:
+    """gather_rows' checks and call, with the backend from ``lookup(device) -> (Backend, op)``
+    (gfkernels.backends.lookup, or a gfkernels.Kernels policy)."""
     if isinstance(n, torch.Tensor):
         if n.dim() != 0 or n.is_floating_point() or n.is_complex() or n.dtype == torch.bool:
             raise TypeError(f"gather_rows: n must be an int or a 0-dim integer tensor, got "
                             f"{n.dtype} of shape {tuple(n.shape)}")
         n = int(n)
     tensors = check_gather_rows_args(tensors, index, n)
-    chosen, op = backends.lookup("gather_rows", backend, index.device)
+    chosen, op = lookup(index.device)
     if not tensors:
         return []
     if not chosen.checks_index_values:

@@ -192,7 +192,7 @@ def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu",
         raise CheckpointError(f"{str(p)!r} is a static baseline checkpoint (gfnet train --baseline), "
                               "not a GFNet one")
     cfg = checkpoint_config(ck, p, overrides)
-    model = build_model(cfg.model, cfg.run.patch_backend or None)
+    model = build_model(cfg.model, cfg.run.kernel_backend or None)
     load_model_state(model, ck["model"], p)
     return model.to(device).eval(), cfg, ck
 

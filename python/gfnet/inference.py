@@ -4,9 +4,9 @@
 
 Step 1 glances at every image; every later step runs the policy, crops and encodes only the
 active rows (``crop_resize`` with ``batch_index=active``: the images are never copied or
-compacted), then ``gfkernels.early_exit`` records the rows confident enough to stop and
-``gfkernels.gather_rows`` compacts every per-sample state tensor (classifier state, policy
-hidden, feature map) and the active index in one pass. The last step's threshold is -inf, so
+compacted), then early_exit records the rows confident enough to stop and gather_rows compacts
+every per-sample state tensor (classifier state, policy hidden, feature map) and the active
+index in one pass, both with the model's kernels (``model.kernels``, the backend its crops use). The last step's threshold is -inf, so
 every sample gets logits. Steps are numbered from 1 (the glance) to T.
 
 ``streaming_inference`` is the same engine over a stream of images: a pool of up to B rows in
@@ -30,7 +30,6 @@ import torch
 
 from .exits import confidences, engine_thresholds
 from .models.gfnet import GFNet, GFState, StepOutput
-from .models.patches import whole_image_boxes
 
 
 @dataclass
@@ -80,9 +79,14 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
             m.training = t
 
 
-def _glance_box(images: torch.Tensor) -> torch.Tensor:
-    """(4,) the whole image (0, 0, W, H), on the images' device without a host copy."""
-    return whole_image_boxes(images, 1)[0]
+def engine_kernels(model: GFNet, backend: str | None):
+    """The kernels an engine exits and compacts with: the model's own (the policy its crops use,
+    resolved once), or those of ``backend`` when one is named."""
+    if backend is None:
+        return model.kernels
+    import gfkernels
+
+    return gfkernels.Kernels(backend)
 
 
 def host_count(num_keep: torch.Tensor) -> int:
@@ -97,10 +101,8 @@ def dynamic_inference(model: GFNet, images: torch.Tensor, thresholds=None, *,
 
     thresholds: per-step confidence thresholds (max softmax probability) for steps 1 .. T-1
     (a T-th value is ignored: the last step lets everyone exit); None = nobody exits early.
-    backend: the gfkernels backend of early_exit/gather_rows (None = its default).
+    backend: the gfkernels backend of early_exit/gather_rows (None = the model's, ``model.kernels``).
     """
-    import gfkernels
-
     if images.dim() != 4:
         raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
     T = model.max_steps
@@ -109,6 +111,7 @@ def dynamic_inference(model: GFNet, images: torch.Tensor, thresholds=None, *,
     dev = images.device
     boxes = torch.full((B, T, 4), math.nan, device=dev)
     exit_counts = [0] * T
+    kernels = engine_kernels(model, backend)
     with torch.inference_mode(), _eval_mode(model):
         out = model.glance_step(images)
         K = out.logits.shape[1]
@@ -116,7 +119,7 @@ def dynamic_inference(model: GFNet, images: torch.Tensor, thresholds=None, *,
         exit_step = torch.zeros(B, dtype=torch.int64, device=dev)
         if B == 0:
             return InferenceResult(out_logits, exit_step, boxes, exit_counts)
-        boxes[:, 0] = _glance_box(images)
+        boxes[:, 0] = out.boxes
         active = torch.arange(B, device=dev)
         state = out.state
         for t in range(T):
@@ -124,15 +127,14 @@ def dynamic_inference(model: GFNet, images: torch.Tensor, thresholds=None, *,
                 out = model.focus_step(images, state, batch_index=active, policy="mean")
                 boxes[active, t] = out.boxes  # the boxes the step cropped
                 state = out.state
-            keep, num_keep = gfkernels.early_exit(out.logits, thr[t], active, out_logits,
-                                                  exit_step, t + 1, backend=backend)
+            keep, num_keep = kernels.early_exit(out.logits, thr[t], active, out_logits, exit_step,
+                                                t + 1)
             n = host_count(num_keep)  # the one host sync of the step
             exit_counts[t] = active.shape[0] - n
             if n == 0:
                 break
             if n < active.shape[0]:
-                active, *tensors = gfkernels.gather_rows([active, *state.tensors()], keep, n,
-                                                          backend=backend)
+                active, *tensors = kernels.gather_rows([active, *state.tensors()], keep, n)
                 state = GFState.from_tensors(tensors, state.step)
     return InferenceResult(out_logits, exit_step, boxes, exit_counts)
 
@@ -281,9 +283,9 @@ def streaming_inference(model: GFNet, batches: Iterable[torch.Tensor], threshold
     Every engine step: every row in the pool that has not finished takes its next focus step
     together (the policy, crop and local encoder once on all of them, the classifier per step:
     ``GFNet.focus_step_groups``), and the free slots are filled with new images, glanced on
-    arrival; then ``gfkernels.early_exit`` decides the exits of each step's rows against that
+    arrival; then early_exit decides the exits of each step's rows against that
     step's threshold, their survivor counts are read in one transfer (the one host sync of the
-    step), and ``gfkernels.gather_rows`` compacts each group's state. A row glanced at engine
+    step), and gather_rows compacts each group's state. A row glanced at engine
     step s exits at engine step s + exit_step - 1: once admitted it never waits, so it finishes
     within T engine steps. New images are admitted so that about B rows stay in flight; when
     the exit rates shift suddenly a focus step may run on more, up to (MAX_GLANCE_FACTOR + 1) B.
@@ -308,7 +310,8 @@ class _StreamingEngine:
 
     def __init__(self, model: GFNet, batches: Iterable[torch.Tensor], thresholds: list[float], pool_size: int,
                  backend: str | None, stats: StreamStats):
-        self.model, self.thr, self.pool_size, self.backend, self.stats = model, thresholds, pool_size, backend, stats
+        self.model, self.thr, self.pool_size, self.stats = model, thresholds, pool_size, stats
+        self.kernels = engine_kernels(model, backend)
         self.T = model.max_steps
         stats.exit_counts = [0] * self.T
         self.dev = next(model.parameters()).device
@@ -341,7 +344,7 @@ class _StreamingEngine:
         if self.out_logits is None:
             self.out_logits = out.logits.new_empty((self.capacity, out.logits.shape[1]))
         boxes = torch.full((m, self.T, 4), math.nan, device=self.dev)
-        boxes[:, 0] = _glance_box(new)
+        boxes[:, 0] = out.boxes
         ids = torch.arange(self.next_id, self.next_id + m, device=self.dev)
         admitted = torch.full((m,), self.tick, dtype=torch.int64, device=self.dev)
         self.next_id += m
@@ -366,8 +369,6 @@ class _StreamingEngine:
     def step(self) -> StreamedRows | None:
         """One engine step: the focus step of up to B rows in flight and the glance of new ones,
         their exits, the compaction. Returns the rows that finished (None: none did)."""
-        import gfkernels
-
         in_flight = sum(len(g) for g in self.running)
         new = None if self.feed.done else self.feed.take(self._admission(in_flight))
         if new is None and not self.running:
@@ -392,8 +393,8 @@ class _StreamingEngine:
         decisions = []
         for g, out in stepped:
             t = out.state.step  # the step these rows have just taken, 1 .. T
-            decisions.append(gfkernels.early_exit(out.logits, self.thr[t - 1], g.slots, self.out_logits,
-                                                  self.exit_step, t, backend=self.backend))
+            decisions.append(self.kernels.early_exit(out.logits, self.thr[t - 1], g.slots, self.out_logits,
+                                                     self.exit_step, t))
         kept = host_counts([num_keep for _, num_keep in decisions])  # the one host sync of the step
         by_step: dict[int, list[_Rows]] = {}
         finished = []
@@ -404,12 +405,10 @@ class _StreamingEngine:
                 by_step.setdefault(out.state.step, []).append(_Rows(out.state, *g.row_tensors()))
                 continue
             if n_keep:
-                tensors = gfkernels.gather_rows([*g.row_tensors(), *out.state.tensors()], keep, n_keep,
-                                                backend=self.backend)
+                tensors = self.kernels.gather_rows([*g.row_tensors(), *out.state.tensors()], keep, n_keep)
                 by_step.setdefault(out.state.step, []).append(
                     _Rows(GFState.from_tensors(tensors[4:], out.state.step), *tensors[:4]))
-            finished.append(gfkernels.gather_rows(g.row_tensors(), keep[n_keep:], n - n_keep,
-                                                  backend=self.backend))
+            finished.append(self.kernels.gather_rows(g.row_tensors(), keep[n_keep:], n - n_keep))
         self.running = [_Rows.joined(parts) for parts in by_step.values()]
         self.stats.engine_steps += 1
         tick, self.tick = self.tick, self.tick + 1
@@ -437,10 +436,7 @@ def anytime_inference(model: GFNet, images: torch.Tensor, *, policy: str = "mean
     with torch.inference_mode(), _eval_mode(model):
         outs = model.rollout(images, policy=policy, generator=generator)
         logits = torch.stack([o.logits for o in outs])
-        boxes = torch.empty(images.shape[0], T, 4, device=images.device)
-        boxes[:, 0] = _glance_box(images)
-        for t in range(1, T):
-            boxes[:, t] = outs[t].boxes
+        boxes = torch.stack([o.boxes for o in outs], dim=1)
     return AnytimeResult(logits, boxes)
 
 

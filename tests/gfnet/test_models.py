@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from gfnet.config import build_config, get_preset, list_presets
 from gfnet.models import GFNet, build_model, list_backbones
 from gfnet.models.backbones import build_backbone
+from gfnet.models.gfnet import GFState
 from gfnet.errors import ConfigError
 
 
@@ -70,8 +71,9 @@ def test_patches_are_gfkernels_glance_and_exact_focus(tiny_cfg):
 
 
 def test_step_api_on_active_rows_matches_full_batch(tiny_cfg):
-    """glance_step / focus_step on a subset of rows (batch_index + state.select) give the same
-    logits as the full-batch rollout: what the dynamic inference engine relies on."""
+    """glance_step / focus_step on a subset of rows (batch_index, the state compacted by the
+    model's gather_rows) give the same logits as the full-batch rollout: what the dynamic
+    inference engine relies on."""
     cfg = tiny_cfg()
     torch.manual_seed(0)
     model: GFNet = build_model(cfg.model).eval()
@@ -82,12 +84,17 @@ def test_step_api_on_active_rows_matches_full_batch(tiny_cfg):
         out = model.glance_step(x)
         torch.testing.assert_close(out.logits, full[0])
         active = torch.tensor([0, 2, 4])
-        state = out.state.select(active)
+
+        def select(state, rows):
+            return GFState.from_tensors(model.kernels.gather_rows(state.tensors(), rows, len(rows)),
+                                        state.step)
+
+        state = select(out.state, active)
         for t in range(1, cfg.model.max_steps):
             step = model.focus_step(x, state, batch_index=active)
             torch.testing.assert_close(step.logits, full[t][active], atol=1e-5, rtol=1e-5)
             state = step.state
-            active, state = active[1:], state.select(torch.arange(1, len(state)))
+            active, state = active[1:], select(state, torch.arange(1, len(state)))
 
 
 def test_concat_classifier_state_grows():
@@ -132,6 +139,7 @@ def test_focus_step_records_the_boxes_it_cropped():
     with torch.inference_mode():
         first = model.glance_step(images)
         out = model.focus_step(images, first.state)
+    assert first.boxes.tolist() == [[0.0, 0.0, 128.0, 128.0]] * 4  # the glance's box: the image
     assert torch.equal(out.boxes, focus_boxes(out.action, (128, 128), model.patch_size))
     P = model.patch_size
     with torch.inference_mode():

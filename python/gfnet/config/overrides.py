@@ -74,8 +74,14 @@ def _type_text(typ: Any) -> str:
     return typ.__name__ if isinstance(typ, type) else str(typ)
 
 
+# Keys that were renamed: configs and checkpoints written before still load.
+RENAMED_KEYS = {"patch_backend": "kernel_backend"}  # it chooses every op's backend, not only crops'
+
+
 def _resolve_key(cfg: Config, key: str) -> tuple[Any, str]:
     parts = key.split(".")
+    parts[-1] = RENAMED_KEYS.get(parts[-1], parts[-1])
+    key = ".".join(parts)
     if len(parts) == 1:
         if key == "preset":
             return cfg, key

@@ -166,7 +166,9 @@ class RunConfig:
     max_train_batches: int = 0  # cap batches per epoch (0 = all): smoke runs and tests
     max_eval_batches: int = 0
     eval_batch_size: int = 0  # 0 = optim.batch_size
-    patch_backend: str = ""  # gfkernels backend ("" = its default choice)
+    # gfkernels backend of every op the model and its engines run (crop_resize, early_exit,
+    # gather_rows); "" = the device's default, falling back to the reference where not built
+    kernel_backend: str = ""
 
 
 @dataclass

@@ -6,9 +6,12 @@ resolution (crop_resize, integer box) -> local encoder -> classifier -> logits.
 
 The per-sample state between steps is a :class:`GFState` of plain tensors (classifier state,
 policy hidden, last feature map), so an inference engine can keep only the rows still active
-(gfkernels.gather_rows on ``state.tensors()``, back with ``GFState.from_tensors``;
-``state.select(rows)`` is the same in plain PyTorch) and pass ``batch_index`` to read their
-images in place.
+(``model.kernels.gather_rows`` on ``state.tensors()``, back with ``GFState.from_tensors``) and
+pass ``batch_index`` to read their images in place.
+
+``model.kernels`` is the model's gfkernels policy (one backend for crop_resize, early_exit and
+gather_rows, resolved once per device; ``run.kernel_backend`` in the config): the model crops
+with it and the engines (gfnet.inference) exit and compact with it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .backbones import Backbone, build_backbone
-from .patches import focus_boxes, focus_patches, glance_patches
+from .patches import Patches, focus_boxes, model_kernels, whole_image_boxes
 from .policy import ActorCritic
 
 
@@ -41,10 +44,6 @@ class GFState:
         c, h, f = tensors
         return cls(c, h, f, step)
 
-    def select(self, rows: torch.Tensor) -> "GFState":
-        return GFState(self.cls.index_select(0, rows), self.policy_h.index_select(0, rows),
-                       self.fmap.index_select(0, rows), self.step)
-
     def __len__(self) -> int:
         return self.cls.shape[0]
 
@@ -58,7 +57,7 @@ class StepOutput:
     log_prob: torch.Tensor | None = None  # (n,) policy log-prob of action ("sample" mode)
     value: torch.Tensor | None = None  # (n,) critic value
     policy_input: torch.Tensor | None = None  # fmap the policy decided on (PPO memory)
-    boxes: torch.Tensor | None = None  # (n, 4) the focus boxes cropped (focus steps)
+    boxes: torch.Tensor | None = None  # (n, 4) the box cropped: the whole image (glance), the focus box
 
 
 class GRUClassifier(nn.Module):
@@ -109,12 +108,15 @@ class ConcatClassifier(nn.Module):
 
 
 class GFNet(nn.Module):
-    def __init__(self, cfg: ModelConfig, *, patch_backend: str | None = None):
+    def __init__(self, cfg: ModelConfig, *, kernel_backend: str | None = None):
         super().__init__()
         self.cfg = cfg
         self.patch_size = cfg.patch_size
         self.max_steps = cfg.max_steps
-        self.patch_backend = patch_backend or None
+        self.kernels = model_kernels(kernel_backend)
+        self.patches = Patches(self.kernels, cfg.patch_size, glance_mode=cfg.glance_mode,
+                               glance_align_corners=cfg.glance_align_corners, mean=cfg.mean,
+                               std=cfg.std)
         kw = dict(num_classes=cfg.num_classes, in_channels=cfg.in_channels,
                   pretrained=cfg.pretrained, width=cfg.width, weights=cfg.backbone_weights)
         self.global_encoder: Backbone = build_backbone(cfg.backbone, **kw)
@@ -133,10 +135,16 @@ class GFNet(nn.Module):
                                   hidden=cfg.policy_hidden, action_std=cfg.action_std)
 
     # ------------------------------------------------------------------ patches
-    def glance_input(self, images: torch.Tensor, batch_index: torch.Tensor | None = None) -> torch.Tensor:
-        return glance_patches(images, self.patch_size, batch_index=batch_index,
-                              mode=self.cfg.glance_mode, align_corners=self.cfg.glance_align_corners,
-                              mean=self.cfg.mean, std=self.cfg.std, backend=self.patch_backend)
+    def glance_boxes(self, images: torch.Tensor, n: int) -> torch.Tensor:
+        """(n, 4) the whole-image boxes of the glance (one cached box, expanded)."""
+        return whole_image_boxes(images, n)
+
+    def glance_input(self, images: torch.Tensor, batch_index: torch.Tensor | None = None, *,
+                     boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """The glance patches (``boxes``: their glance boxes, if already made)."""
+        if boxes is None:
+            boxes = self.glance_boxes(images, self._n(images, batch_index))
+        return self.patches.glance(images, boxes, batch_index)
 
     def focus_boxes(self, images: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """(n, 4) the P x P focus boxes of ``actions`` on ``images``' pixels."""
@@ -149,9 +157,9 @@ class GFNet(nn.Module):
         if images.shape[-1] < self.patch_size or images.shape[-2] < self.patch_size:
             raise ValueError(f"image {tuple(images.shape[-2:])} is smaller than the patch size "
                              f"{self.patch_size}")
-        return focus_patches(images, actions, self.patch_size, batch_index=batch_index,
-                             mean=self.cfg.mean, std=self.cfg.std, backend=self.patch_backend,
-                             boxes=boxes)
+        if boxes is None:
+            boxes = self.focus_boxes(images, actions)
+        return self.patches.focus(images, boxes, batch_index)
 
     # ------------------------------------------------------------------ steps
     def _n(self, images: torch.Tensor, batch_index: torch.Tensor | None) -> int:
@@ -160,13 +168,14 @@ class GFNet(nn.Module):
     def glance_step(self, images: torch.Tensor, batch_index: torch.Tensor | None = None) -> StepOutput:
         """Step 1 on ``images`` (or the rows ``batch_index`` of it)."""
         n = self._n(images, batch_index)
-        x = self.glance_input(images, batch_index)
+        boxes = self.glance_boxes(images, n)
+        x = self.glance_input(images, batch_index, boxes=boxes)
         feat, fmap = self.global_encoder(x)
         cls0 = self.classifier.init_state(n, feat.device, feat.dtype)
         logits, cls = self.classifier(feat, cls0, 0, self.global_encoder.head)
         head_logits = self.global_encoder.head(feat)
         h0 = self.policy.init_hidden(n, feat.device, self.policy.actor.weight.dtype)
-        return StepOutput(logits, head_logits, GFState(cls, h0, fmap.detach(), 1))
+        return StepOutput(logits, head_logits, GFState(cls, h0, fmap.detach(), 1), boxes=boxes)
 
     def focus_step(self, images: torch.Tensor, state: GFState, *, batch_index: torch.Tensor | None = None,
                    policy: str = "mean", action: torch.Tensor | None = None,
@@ -273,8 +282,8 @@ class GFNet(nn.Module):
         }
 
 
-def build_model(cfg: ModelConfig, patch_backend: str | None = None) -> GFNet:
-    return GFNet(cfg, patch_backend=patch_backend)
+def build_model(cfg: ModelConfig, kernel_backend: str | None = None) -> GFNet:
+    return GFNet(cfg, kernel_backend=kernel_backend)
 
 
 __all__ = ["GFNet", "GFState", "StepOutput", "build_model"]

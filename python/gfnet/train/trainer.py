@@ -88,7 +88,7 @@ class Trainer:
     # (the static baseline, train/baseline.py, trains another model through the same loop with
     # its own stage kind)
     def build_model(self) -> nn.Module:
-        model = build_model(self.cfg.model, self.cfg.run.patch_backend or None)
+        model = build_model(self.cfg.model, self.cfg.run.kernel_backend or None)
         model.policy.clamp_samples = self.cfg.ppo.clamp_actions
         return model
 
