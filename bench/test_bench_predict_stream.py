@@ -41,7 +41,7 @@ from gfnet.data import ClutteredDigits
 from gfnet.inference import StreamStats, anytime_inference, dynamic_inference, streaming_inference
 from gfnet.models import build_model
 from gfnet.models.static import build_static_baseline
-from gfnet.predict import _DecodeDataset, _WorkerBatch, find_images, predict_folder
+from gfnet.bulk_predict import _DecodeDataset, _WorkerBatch, find_images, predict_folder
 from PIL import Image
 
 import gfnet
@@ -169,7 +169,7 @@ def test_engine_in_memory(benchmark, tmp_path_factory, pool, case):
 
 _MEASURE = """
 import json, resource, sys
-from gfnet.predict import predict_folder
+from gfnet.bulk_predict import predict_folder
 paths = [line.rstrip("\\n") for line in open(sys.argv[1])]
 thr = json.loads(sys.argv[4])
 predict_folder(sys.argv[2], paths, out=sys.argv[3], thresholds=thr, budget=None if thr else 20,

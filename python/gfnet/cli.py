@@ -5,7 +5,7 @@ Each subcommand is a function registered in ``COMMANDS`` by ``@command(name, hel
 arguments)``, ``arguments`` adding its options to its own subparser, so new subcommands plug in
 without touching the others. A command only parses its arguments, calls the library function
 that does the work (``gfnet.train.train``, ``gfnet.evaluate.evaluate_run``,
-``gfnet.predict.predict_folder``, ``gfnet.flops.flops_summary``, ``gfnet.report.build_report``,
+``gfnet.bulk_predict.predict_folder``, ``gfnet.flops.flops_summary``, ``gfnet.report.build_report``,
 ``gfnet.official.import_official``, ``gfnet.demo.run_demo``) and prints what it returns; errors
 are ``GFNetError``s, printed as one line by ``main``.
 """
@@ -356,7 +356,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
          "classify images (files, folders, lists) with early exit into DIR/predictions.jsonl",
          _predict_args)
 def _predict(args: argparse.Namespace) -> int:
-    from .predict import predict_folder
+    from .bulk_predict import predict_folder
     from .predictor import DEFAULT_BATCH_SIZE
 
     if not args.images and args.files_from is None:

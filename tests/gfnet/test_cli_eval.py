@@ -123,7 +123,7 @@ def test_the_commands_are_library_functions(run_dir, images, tmp_path, capsys):
     """What eval and predict print and write comes from functions a user can call: silent
     unless given a log, returning what the files hold."""
     from gfnet.evaluate import evaluate_run
-    from gfnet.predict import predict_files
+    from gfnet.bulk_predict import predict_files
 
     summary = evaluate_run(run_dir, out=tmp_path / "ev", budgets=[20], target_macs=[3e6], simulate=True,
                            store=False)

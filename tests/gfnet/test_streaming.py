@@ -22,8 +22,8 @@ from gfnet.models import build_model
 from PIL import Image
 
 import gfnet
-import gfnet.predict as predict_module
-from gfnet.predict import find_images, predict_folder
+import gfnet.bulk_predict as predict_module
+from gfnet.bulk_predict import find_images, predict_folder
 
 from .conftest import tiny_overrides
 from .test_predictor import _checkpoint

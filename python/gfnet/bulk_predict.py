@@ -1,6 +1,8 @@
-"""Classifying image files with a trained run: what ``gfnet predict`` does, callable from Python.
+"""Classifying image files with a trained run at any scale: what ``gfnet predict`` does,
+callable from Python (the Predictor itself, ``gfnet.load``, is in ``gfnet/predictor.py``).
 
     result = predict_files("runs/digits", ["a.png", "b.png"], budget=5, out="predict")
+    summary = predict_folder("runs/digits", ["photos/"], out="preds", budget=5)  # streaming
 
 The images go through the predictor (``gfnet.load``, ``gfnet/predictor.py``): the dynamic
 engine with the exit thresholds of a budget (stored in the checkpoint by an evaluation),
