@@ -54,6 +54,9 @@ def test_metrics_rows_hold_validation_accuracy_per_step(tiny_cfg, tmp_path):
     assert [(r["stage"], r["epoch"]) for r in rows] == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (2, 1), (3, 1)]
     modes = {r["stage"]: r["val_mode"] for r in rows}
     assert modes == {0: "static", 1: "random", 2: "policy", 3: "policy"}
+    # which stages train the glance: the warm-up, and the fine-tune unless it freezes the glance
+    glance = {r["stage"]: r["trains_glance"] for r in rows}
+    assert glance == {0: False, 1: True, 2: False, 3: not cfg.optim.freeze_global_stage3}
     for r in rows:
         steps = 1 if r["stage"] == 0 else cfg.model.max_steps
         assert len(r["val_accuracy"]) == steps and all(0.0 <= a <= 1.0 for a in r["val_accuracy"])
@@ -72,8 +75,10 @@ def test_read_metrics_keeps_the_last_row_of_an_epoch_written_twice(tmp_path):
     assert [r["loss"] for r in read_metrics(p)] == [2.0, 1.4]
 
 
-def _curve(stage, accs, mode="policy"):
-    return StageCurve(stage, list(range(1, len(accs) + 1)), [1.0] * len(accs), [list(a) for a in accs], mode)
+def _curve(stage, accs, mode="policy", trains_glance=None):
+    trains_glance = stage in (1, 3) if trains_glance is None else trains_glance
+    return StageCurve(stage, list(range(1, len(accs) + 1)), [1.0] * len(accs), [list(a) for a in accs], mode,
+                      trains_glance)
 
 
 def test_warnings_glance_near_chance_and_still_climbing():
@@ -83,6 +88,10 @@ def test_warnings_glance_near_chance_and_still_climbing():
     (w,) = curve_warnings(_curve(1, stuck, "random"), 10)
     assert "glance (step 1) at 12.0 %" in w and "near chance" in w
     assert curve_warnings(_curve(2, stuck), 10) == []  # stage 2 does not train the glance
+    assert curve_warnings(_curve(3, stuck, trains_glance=False), 10) == []  # nor a frozen fine-tune
+    # rows written before the field: stages 1 and 3 trained the glance
+    (old,) = stage_curves([{"stage": 3, "epoch": 1, "val_mode": "policy", "val_accuracy": [0.1, 0.9]}])
+    assert old.trains_glance and len(curve_warnings(old, 10)) == 1
     climbing = [[0.30, 0.50, 0.60], [0.40, 0.60, 0.70], [0.55, 0.70, 0.85]]
     (w,) = curve_warnings(_curve(1, climbing, "random"), 10)
     assert "(all 3 steps) was still climbing 12.5 points per epoch" in w

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 STAGE_LABELS = {0: "baseline", 1: "stage 1 (warm-up)", 2: "stage 2 (policy)", 3: "stage 3 (fine-tune)"}
-# The stages that train the global encoder, where a glance that stays near chance is a failure
-# (stage 2 freezes it: its glance is the one stage 1 left).
-GLANCE_TRAINING_STAGES = (1, 3)
+# Each row says whether its stage trains the glance (``trains_glance``, from the stage object:
+# Stage.trains_glance). Rows written before that field: the stages that trained the global
+# encoder by default then (stage 2 freezes it; a fine-tune may too, optim.freeze_global_stage3).
+_GLANCE_TRAINING_STAGES_OF_OLD_ROWS = (1, 3)
 NEAR_CHANCE_MARGIN = 0.05  # "near chance": less than 5 points above 1 / num_classes
 # "still climbing steeply": the last step's accuracy rose over 2 points per epoch over the last
 # two epochs (an earlier step may go on improving while the last has converged: no warning)
@@ -37,6 +38,7 @@ class StageCurve:
     loss: list[float] = field(default_factory=list)
     val_accuracy: list[list[float]] = field(default_factory=list)  # [epoch][step]
     val_mode: str = ""
+    trains_glance: bool = False  # the stage trains the glance (step 1)
 
     @property
     def label(self) -> str:
@@ -71,7 +73,9 @@ def stage_curves(rows: list[dict[str, Any]]) -> list[StageCurve]:
     """The rows grouped per stage, in stage order (baseline first), epochs ascending."""
     curves: dict[int, StageCurve] = {}
     for rec in rows:
-        curve = curves.setdefault(int(rec["stage"]), StageCurve(int(rec["stage"])))
+        stage = int(rec["stage"])
+        curve = curves.setdefault(stage, StageCurve(stage))
+        curve.trains_glance = bool(rec.get("trains_glance", stage in _GLANCE_TRAINING_STAGES_OF_OLD_ROWS))
         if "val_accuracy" in rec:
             mode, acc = rec.get("val_mode", ""), list(rec["val_accuracy"])
         elif rec.get("val"):  # rows written before val_accuracy existed
@@ -98,7 +102,7 @@ def curve_warnings(curve: StageCurve, num_classes: int) -> list[str]:
         out.append(f"{where} with validation accuracy {100 * last[-1]:.1f} %, near chance "
                    f"({100 * chance:.1f} % for {num_classes} classes): it has not learned; check the data "
                    "and labels, then the learning rate and the number of epochs")
-    elif curve.stage in GLANCE_TRAINING_STAGES and len(last) > 1 and last[0] < near:
+    elif curve.trains_glance and len(last) > 1 and last[0] < near:
         out.append(f"{where} with the glance (step 1) at {100 * last[0]:.1f} % validation accuracy, near chance "
                    f"({100 * chance:.1f} %): the glance has not learned, so early exits at it will be wrong")
     if len(curve.val_accuracy) >= 3:  # judged on the last step: the prediction the stage trains for

@@ -96,6 +96,11 @@ class Stage:
     def set_trainable(self, trainer: Trainer) -> None:
         raise NotImplementedError
 
+    def trains_glance(self, trainer: Trainer) -> bool:
+        """Whether the stage trains the glance's prediction (step 1): a glance that ends near
+        chance is then this stage's failure (train/curves.py warns of it)."""
+        return False
+
     def runner(self, trainer: Trainer) -> nn.Module:
         """The module DDP wraps."""
         raise NotImplementedError
@@ -189,6 +194,11 @@ class _GFNetClassifierStage(ClassifierStage):
         parts = self.trained_parts(trainer.cfg)
         return [trainer.model.get_submodule(name) for name in trainer.fresh_heads
                 if name.split(".", 1)[0] not in parts]
+
+    def trains_glance(self, trainer):
+        # the global encoder, or at least its fresh head inside a frozen global encoder
+        return ("global_encoder" in self.trained_parts(trainer.cfg)
+                or any(name.startswith("global_encoder.") for name in trainer.fresh_heads))
 
     def set_trainable(self, trainer):
         set_trainable(trainer.model, self.trained_parts(trainer.cfg))

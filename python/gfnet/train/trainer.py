@@ -402,7 +402,8 @@ class Trainer:
             val = self.evaluate("val", kind.val_modes)
             mode, acc = primary_val(val)
             rec.update(stage=stage, epoch=epoch + 1, epochs=epochs, val=val, val_mode=mode, val_accuracy=acc,
-                       epoch_time_s=round(time.time() - t0, 2), time=time.time())
+                       trains_glance=kind.trains_glance(self), epoch_time_s=round(time.time() - t0, 2),
+                       time=time.time())
             self._metrics(rec)
             self.log(f"{label} epoch {epoch + 1}/{epochs}: loss {rec['loss']:.4f} "
                      f"val acc/step {' '.join(f'{a:.3f}' for a in acc)} "
