@@ -6,8 +6,9 @@ Step 1 glances at every image; every later step runs the policy, crops and encod
 active rows (``crop_resize`` with ``batch_index=active``: the images are never copied or
 compacted), then early_exit records the rows confident enough to stop and gather_rows compacts
 every per-sample state tensor (classifier state, policy hidden, feature map) and the active
-index in one pass, both with the model's kernels (``model.kernels``, the backend its crops use). The last step's threshold is -inf, so
-every sample gets logits. Steps are numbered from 1 (the glance) to T.
+index in one pass, both with the model's kernels (``model.kernels``, the backend its crops
+use). The last step's threshold is -inf, so every sample gets logits. Steps are numbered from 1
+(the glance) to T.
 
 ``streaming_inference`` is the same engine over a stream of images: a pool of up to B rows in
 flight, refilled after every step with newly glanced images as rows exit, so the focus steps
