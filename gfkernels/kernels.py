@@ -77,17 +77,26 @@ class Kernels:
                    out_logits: torch.Tensor, exit_step: torch.Tensor, step: int
                    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """gfkernels.early_exit with this object's backend."""
-        return run_early_exit(lambda device: self._op(device, 1), logits, threshold, active,
-                              out_logits, exit_step, step)
+        return run_early_exit(self._early_exit_op, logits, threshold, active, out_logits,
+                              exit_step, step)
 
     def gather_rows(self, tensors: Sequence[torch.Tensor], index: torch.Tensor, n
                     ) -> List[torch.Tensor]:
         """gfkernels.gather_rows with this object's backend."""
-        return run_gather_rows(lambda device: self._op(device, 2), tensors, index, n)
+        return run_gather_rows(self._gather_rows_op, tensors, index, n)
 
-    def _op(self, device: torch.device, which: int):
-        chosen, ops = self.resolve(device)
-        return chosen, ops[which]
+    # (Backend, op) for tensors on `device`: the lookups the run_* functions of gfkernels/ops take
+    def _crop_resize_op(self, device: torch.device):
+        chosen, ops = self._resolved.get(device) or self.resolve(device)
+        return chosen, ops[0]
+
+    def _early_exit_op(self, device: torch.device):
+        chosen, ops = self._resolved.get(device) or self.resolve(device)
+        return chosen, ops[1]
+
+    def _gather_rows_op(self, device: torch.device):
+        chosen, ops = self._resolved.get(device) or self.resolve(device)
+        return chosen, ops[2]
 
     # ------------------------------------------------------------------ copies and pickles
     def __getstate__(self) -> dict:
@@ -117,7 +126,7 @@ class Crop:
         """(B, C, h, w) crops of ``boxes`` (B, 4) from ``images`` (rows ``batch_index``, or box b
         from image b), as gfkernels.crop_resize with these options."""
         out_dtype = self.options.check(images, boxes, batch_index)
-        chosen, op = self.kernels._op(images.device, 0)
+        chosen, op = self.kernels._crop_resize_op(images.device)
         return run_crop_resize(chosen, op, images, boxes, batch_index, self.options, out_dtype)
 
     def __repr__(self) -> str:

@@ -38,8 +38,9 @@ def call(backend: backends.Backend, op, needs_grad: bool, *args):
     layer: its Python autograd kernel (several microseconds a call, as much as a small crop)
     is skipped, as under inference_mode (which skips it already: no guard is entered there,
     the guard costs about a microsecond). Under torch.compile the call is left as it is."""
-    if (needs_grad or not backend.library_ops or torch.is_inference_mode_enabled()
-            or torch.compiler.is_compiling()):
+    # is_compiling first: dynamo cannot trace is_inference_mode_enabled
+    if (needs_grad or not backend.library_ops or torch.compiler.is_compiling()
+            or torch.is_inference_mode_enabled()):
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)

@@ -39,12 +39,13 @@ def check_gather_rows_args(tensors, index, n) -> List[torch.Tensor]:
     for i, t in enumerate(tensors):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"gather_rows: tensors[{i}] must be a tensor, got {type(t).__name__}")
-        if t.dim() == 0:
+        shape = t.shape
+        if not shape:
             raise ValueError(f"gather_rows: tensors[{i}] must have a leading (batch) dimension, "
                              "got a 0-dim tensor")
         if rows is None:
-            rows = t.shape[0]
-        elif t.shape[0] != rows:
+            rows = shape[0]
+        elif shape[0] != rows:
             raise ValueError(f"gather_rows: tensors[{i}] has leading size {t.shape[0]} but "
                              f"tensors[0] has {rows} (all must share the batch dimension)")
         if t.device != device:
