@@ -1,13 +1,15 @@
-// early_exit and gather_rows: their schemas and the checks every kernel shares. Kernels live
-// in ../cpu and ../cuda and register themselves per dispatch key; fake kernels and autograd are
-// registered from Python (gfkernels/ops/early_exit.py).
+// early_exit: its schema and the checks every kernel shares. Kernels live in ../cpu and
+// ../cuda and register themselves per dispatch key; fake kernels and autograd are registered
+// from Python (gfkernels/ops/early_exit.py). The library fragment below also defines
+// gather_rows' schema (gather_rows.h: that op has no translation unit of its own).
 #include "early_exit.h"
 
 #include <ATen/ops/empty.h>
-#include <c10/util/irange.h>
 #include <torch/library.h>
 
 #include <utility>
+
+#include "gather_rows.h"
 
 namespace gfkernels {
 
@@ -58,55 +60,14 @@ std::tuple<at::Tensor, at::Tensor> prepare_early_exit(const at::Tensor& logits,
   return {at::empty({logits.size(0)}, options), at::empty({}, options)};
 }
 
-std::vector<at::Tensor> prepare_gather_rows(at::TensorList tensors, const at::Tensor& index,
-                                            int64_t n) {
-  TORCH_CHECK_TYPE(index.scalar_type() == at::kLong, "gather_rows: index must be int64, got ",
-                   index.scalar_type());
-  TORCH_CHECK_VALUE(index.dim() == 1, "gather_rows: index must be 1-D, got shape ",
-                    index.sizes());
-  TORCH_CHECK_VALUE(n >= 0 && n <= index.size(0), "gather_rows: n must lie in [0, ",
-                    index.size(0), "] (the length of index), got ", n);
-  std::vector<at::Tensor> outs;
-  outs.reserve(tensors.size());
-  for (const auto i : c10::irange(tensors.size())) {
-    const at::Tensor& t = tensors[i];
-    TORCH_CHECK_VALUE(t.dim() >= 1, "gather_rows: tensors[", i,
-                      "] must have a leading (batch) dimension, got a 0-dim tensor");
-    TORCH_CHECK_VALUE(t.size(0) == tensors[0].size(0), "gather_rows: tensors[", i,
-                      "] has leading size ", t.size(0), " but tensors[0] has ",
-                      tensors[0].size(0), " (all must share the batch dimension)");
-    TORCH_CHECK_VALUE(t.device() == index.device(), "gather_rows: tensors[", i,
-                      "] must be on the index's device ", index.device(), ", got ", t.device());
-    std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
-    shape[0] = n;
-    outs.push_back(at::empty(shape, t.options()));
-  }
-  return outs;
-}
-
-RowLayout row_layout(const at::Tensor& t) {
-  RowLayout r;
-  for (int64_t d = 1; d < t.dim(); ++d) {
-    if (t.size(d) == 1) continue;
-    if (!r.sizes.empty() && r.strides.back() == t.stride(d) * t.size(d)) {
-      r.sizes.back() *= t.size(d);
-      r.strides.back() = t.stride(d);
-    } else {
-      r.sizes.push_back(t.size(d));
-      r.strides.push_back(t.stride(d));
-    }
-  }
-  return r;
-}
-
 TORCH_LIBRARY_FRAGMENT(gfkernels, m) {
   // threshold is a 0-dim floating tensor (on the CPU, or on the logits' device); out_logits and
   // exit_step are written in place. keep (n,) int64, num_keep 0-dim int64.
   m.def(
       "early_exit(Tensor logits, Tensor threshold, Tensor active, Tensor(a!) out_logits, "
       "Tensor(b!) exit_step, int step) -> (Tensor, Tensor)");
-  // n is a host int (the caller read num_keep once): outputs are contiguous (n, ...).
-  m.def("gather_rows(Tensor[] tensors, Tensor index, SymInt n) -> Tensor[]");
+  define_gather_rows_schema(m);
 }
 
 }  // namespace gfkernels
+
