@@ -1,5 +1,5 @@
 """gather_rows (batch compaction): the public API of the op, its metadata checks, fake kernel
-and autograd (schema: csrc/ops/early_exit.cpp, beside early_exit, whose keep index and
+and autograd (schema: csrc/ops/gather_rows.h, registered beside early_exit, whose keep index and
 survivor count it takes: the loop is in early_exit.py's docstring).
 
 gather_rows takes n as a host int, the value the loop reads from num_keep once anyway: its

@@ -43,7 +43,6 @@ from .crop_resize_forward import _forward_kernel
 
 _MODES = {"nearest": 0, "bilinear": 1, "bicubic": 2}
 _TAPS = {0: 1, 1: 2, 2: 4}
-_CUBIC_A = -0.75
 _NUM_WARPS = 4
 
 

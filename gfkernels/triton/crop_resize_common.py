@@ -85,7 +85,7 @@ def _taps(x, size, MODE: tl.constexpr, ZEROS: tl.constexpr):
         d2 = zero
         d3 = zero
     else:
-        a = -0.75
+        a = -0.75  # Keys' cubic constant, as in csrc/sampling.h (and F.interpolate)
         f = tl.floor(x)
         t = x - f
         first = f.to(tl.int32) - 1
