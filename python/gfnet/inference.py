@@ -176,6 +176,7 @@ class StreamStats:
     focus_steps: int = 0  # engine steps that ran a focus step
     focus_rows: int = 0  # rows those focus steps ran on, summed
     exit_counts: list[int] = field(default_factory=list)  # images that exited at steps 1 .. T
+    step_rows: list[int] = field(default_factory=list)  # rows that computed steps 1 .. T
 
     @property
     def mean_focus_batch(self) -> float:
@@ -315,6 +316,7 @@ class _StreamingEngine:
         self.kernels = engine_kernels(model, backend)
         self.T = model.max_steps
         stats.exit_counts = [0] * self.T
+        stats.step_rows = [0] * self.T
         self.dev = next(model.parameters()).device
         self.feed = _Feed(batches, self.dev)
         self.pool: torch.Tensor | None = None  # (slots, C, H, W): the image of each slot
@@ -352,26 +354,28 @@ class _StreamingEngine:
         self.stats.images += m
         return _Rows(out.state, slots, ids, boxes, admitted), out
 
-    def _admission(self, in_flight: int) -> int:
-        """How many new images to glance now: enough that, at the exit rates seen so far, about B
-        rows are left in flight for the next focus step (a glance exiting most images calls for
-        a larger glance batch); none while B or more rows are in flight."""
-        B = self.pool_size
-        if in_flight >= B:
-            return 0
-        st = self.stats
-        glance_survival = 1.0 - st.exit_counts[0] / st.images if st.images else 1.0
-        focus_exits = sum(st.exit_counts[1:])
-        focus_survival = 1.0 - focus_exits / st.focus_rows if st.focus_rows else 1.0
-        expected_left = in_flight * focus_survival
-        wanted = math.ceil((B - expected_left) / max(glance_survival, 1.0 / MAX_GLANCE_FACTOR))
-        return max(B - in_flight, min(wanted, MAX_GLANCE_FACTOR * B))
+    def _admission(self) -> int:
+        """How many new images to glance now: enough that, at each step's exit rate seen so far,
+        about B rows are left in flight for the next focus step (a glance exiting most images
+        calls for a larger glance batch; rows taking their last step all leave). Admitting none
+        while B rows are in flight would leave the next focus step with only their survivors:
+        the focus batches would swing between B and a fraction of it."""
+        B, st = self.pool_size, self.stats
+
+        def survival(t: int) -> float:  # of the rows that compute step t + 1 (0-based t)
+            if t == self.T - 1:
+                return 0.0
+            return 1.0 - st.exit_counts[t] / st.step_rows[t] if st.step_rows[t] else 1.0
+
+        expected_left = sum(len(g) * survival(g.state.step) for g in self.running)
+        wanted = math.ceil((B - expected_left) / max(survival(0), 1.0 / MAX_GLANCE_FACTOR))
+        return max(0, min(wanted, MAX_GLANCE_FACTOR * B, self.free.shape[0]))
 
     def step(self) -> StreamedRows | None:
         """One engine step: the focus step of up to B rows in flight and the glance of new ones,
         their exits, the compaction. Returns the rows that finished (None: none did)."""
-        in_flight = sum(len(g) for g in self.running)
-        new = None if self.feed.done else self.feed.take(self._admission(in_flight))
+        wanted = 0 if self.feed.done else self._admission()
+        new = self.feed.take(wanted) if wanted else None
         if new is None and not self.running:
             self.done = True
             return None
@@ -402,6 +406,7 @@ class _StreamingEngine:
         for (g, out), (keep, _), n_keep in zip(stepped, decisions, kept):
             n = len(g)
             self.stats.exit_counts[out.state.step - 1] += n - n_keep
+            self.stats.step_rows[out.state.step - 1] += n
             if n_keep == n:
                 by_step.setdefault(out.state.step, []).append(_Rows(out.state, *g.row_tensors()))
                 continue

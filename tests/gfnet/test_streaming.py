@@ -12,6 +12,7 @@ import torch
 from gfnet.config import build_config
 from gfnet.data import ClutteredDigits
 from gfnet.inference import (
+    MAX_GLANCE_FACTOR,
     StreamStats,
     anytime_inference,
     confidences,
@@ -102,6 +103,22 @@ def test_streaming_keeps_focus_batches_full(engine_setup):
     per_batch = [dynamic_inference(model, images[i:i + pool], thr).reached() for i in range(0, 40, pool)]
     per_batch_mean = sum(sum(r[1:]) for r in per_batch) / sum(sum(1 for x in r[1:] if x) for r in per_batch)
     assert stats.mean_focus_batch > per_batch_mean
+    assert stats.step_rows == [40, 40 - stats.exit_counts[0], stats.exit_counts[2]]
+
+
+def test_streaming_admission_keeps_about_b_rows_in_flight(engine_setup):
+    """Over a long stream with steady exit rates the focus steps run on about B rows each: the
+    admission glances as many new images as the rows expected to leave (it does not stop
+    while B rows are in flight, which would leave the next focus step their survivors only)."""
+    model, images, conf = engine_setup
+    thr = [float(conf[t].median()) + 1e-6 for t in range(conf.shape[0] - 1)]
+    pool = 8
+    stream = images.repeat(8, 1, 1, 1)  # 320 images, the same exit pattern over and over
+    stats = StreamStats()
+    list(streaming_inference(model, stream.split(5), thr, pool_size=pool, stats=stats))
+    assert sum(stats.exit_counts) == 320
+    assert stats.mean_focus_batch >= 0.8 * pool
+    assert stats.focus_rows <= stats.focus_steps * (MAX_GLANCE_FACTOR + 1) * pool
 
 
 def test_streaming_rejects_what_it_cannot_pool(engine_setup):
