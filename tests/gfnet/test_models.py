@@ -147,3 +147,33 @@ def test_focus_step_records_the_boxes_it_cropped():
     for b, (x1, y1, _x2, _y2) in enumerate(out.boxes.int().tolist()):
         patch = images[b, :, y1:y1 + P, x1:x1 + P].float() / 255
         torch.testing.assert_close(crops[b], (patch - cfg.model.mean[0]) / cfg.model.std[0])
+
+
+def test_cpu_inference_tiles_a_large_batch_with_the_same_answers():
+    """digitnet runs a large inference batch on the CPU in tiles that fit its activations in the
+    cache (Backbone.cpu_tile_bytes): the same outputs as the whole batch at once, and never
+    when gradients are on, in train mode, or for a batch under two tiles."""
+    torch.manual_seed(0)
+    enc = build_backbone("digitnet", num_classes=10, in_channels=1).eval()
+    x = torch.randn(131, 1, 48, 48)
+    calls = []
+    enc.body.register_forward_hook(lambda _m, inputs, _o: calls.append(inputs[0].shape[0]))
+    with torch.inference_mode():
+        tiled = enc(x)
+        assert calls[0] == 1  # the one-row pass that measures the largest activation
+        rows = enc.cpu_tile_bytes // enc._peak_bytes[(1, 48, 48, torch.float32)]
+        assert len(calls[1:]) >= 2 and max(calls[1:]) <= rows and sum(calls[1:]) == 131
+        whole = enc.features(x)
+    for a, b in zip(tiled, whole):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    calls.clear()
+    with torch.no_grad():
+        enc(x[: rows + 1])  # under two tiles: whole
+    assert calls == [rows + 1]
+    calls.clear()
+    enc(x)  # gradients on: whole
+    enc.train()
+    with torch.no_grad():
+        enc(x)  # train mode (batch statistics): whole
+    assert calls == [131, 131]
+    assert build_backbone("resnet50", num_classes=10).cpu_tile_bytes is None  # compute-bound: never

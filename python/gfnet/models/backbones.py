@@ -19,10 +19,20 @@ from ..registry import Registry
 
 
 class Backbone(nn.Module):
-    """A feature extractor: body -> last feature map -> pool (-> neck) -> pooled features."""
+    """A feature extractor: body -> last feature map -> pool (-> neck) -> pooled features.
+
+    ``cpu_tile_bytes``: inference on CPU tensors runs a large batch in tiles of rows whose
+    largest activation fits in about this many bytes (None: never tiled). For a memory-bound
+    network, few channels at a large resolution, the per-row cost past the cache is twice that
+    within it: the digits preset's digitnet at 48 px ran 480 us per row at a batch of 256 and
+    203 in tiles of 56 rows (1 thread; 2.5x with 2). Compute-bound backbones (ResNet-50,
+    MobileNetV3 at 96 px) gained 0.7-1.2x, so they are not tiled (bench/RESULTS.md, "Batch
+    tiling on the CPU"). Training and train mode are never tiled (batch norm's batch statistics).
+    """
 
     def __init__(self, body: nn.Module, feature_dim: int, fmap_channels: int, head: nn.Module,
-                 neck: nn.Module | None = None, fmap_act: nn.Module | None = None, family: str = ""):
+                 neck: nn.Module | None = None, fmap_act: nn.Module | None = None, family: str = "",
+                 cpu_tile_bytes: int | None = None):
         super().__init__()
         self.body = body
         self.fmap_act = fmap_act if fmap_act is not None else nn.Identity()
@@ -31,11 +41,37 @@ class Backbone(nn.Module):
         self.feature_dim = feature_dim
         self.fmap_channels = fmap_channels
         self.family = family
+        self.cpu_tile_bytes = cpu_tile_bytes
+        self._peak_bytes: dict[tuple, int] = {}  # (C, H, W, dtype) -> largest activation of a row
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self._tile_rows(x)
+        if rows is None:
+            return self.features(x)
+        parts = [self.features(tile) for tile in x.split(rows)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled features, feature map) of the whole batch at once."""
         fmap = self.fmap_act(self.body(x))
         pooled = torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1)
         return self.neck(pooled), fmap
+
+    def _tile_rows(self, x: torch.Tensor) -> int | None:
+        """Rows per tile for this batch, or None to run it whole: tiles only where they pay (a
+        batch of at least two tiles), of equal size."""
+        if (self.cpu_tile_bytes is None or self.training or torch.is_grad_enabled()
+                or x.device.type != "cpu" or x.dim() != 4 or torch.compiler.is_compiling()):
+            return None
+        key = (*x.shape[1:], x.dtype)
+        peak = self._peak_bytes.get(key)
+        if peak is None:
+            peak = self._peak_bytes[key] = peak_activation_bytes(self.features, x[:1])
+        rows = max(1, self.cpu_tile_bytes // max(peak, 1))
+        if x.shape[0] < 2 * rows:
+            return None
+        tiles = -(-x.shape[0] // rows)
+        return -(-x.shape[0] // tiles)
 
     @torch.no_grad()
     def fmap_shape(self, in_channels: int, size: int) -> tuple[int, int, int]:
@@ -48,6 +84,27 @@ class Backbone(nn.Module):
         finally:
             self.train(was_training)
         return tuple(fmap.shape[1:])  # type: ignore[return-value]
+
+
+def peak_activation_bytes(forward: Callable, x: torch.Tensor) -> int:
+    """The largest output, in bytes, of any leaf module that ``forward(x)`` runs."""
+    owner = getattr(forward, "__self__", None)
+    modules = [m for m in owner.modules() if not next(m.children(), None)] if owner is not None else []
+    peak = 0
+
+    def record(_module, _inputs, output) -> None:
+        nonlocal peak
+        for t in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(t, torch.Tensor):
+                peak = max(peak, t.numel() * t.element_size())
+
+    handles = [m.register_forward_hook(record) for m in modules]
+    try:
+        forward(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return peak
 
 
 BackboneFn = Callable[..., Backbone]
@@ -122,7 +179,7 @@ class TimmBackbone(Backbone):
                          family="timm")
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fmap = self.model.forward_features(x)
         return self.model.forward_head(fmap, pre_logits=True), fmap
 
@@ -407,6 +464,11 @@ class _Block(nn.Module):
         return F.relu(self.bn2(self.conv2(y)) + self.short(x), inplace=True)
 
 
+# digitnet's CPU inference tiles (Backbone.cpu_tile_bytes): 4 MiB of its largest activation (56
+# rows at 48 px), measured best among 4 and 8 MiB on a 2-core EPYC with a 32 MiB L3
+DIGITNET_CPU_TILE_BYTES = 4 * 2**20
+
+
 @register_backbone("digitnet")
 def digitnet(num_classes: int, in_channels: int = 1, pretrained: bool = False, width: int = 16,
              **_) -> Backbone:
@@ -425,4 +487,5 @@ def digitnet(num_classes: int, in_channels: int = 1, pretrained: bool = False, w
         _Block(w, 2 * w, 2),
         _Block(2 * w, 4 * w, 2),
     )
-    return Backbone(body, 4 * w, 4 * w, nn.Linear(4 * w, num_classes), family="small")
+    return Backbone(body, 4 * w, 4 * w, nn.Linear(4 * w, num_classes), family="small",
+                    cpu_tile_bytes=DIGITNET_CPU_TILE_BYTES)
