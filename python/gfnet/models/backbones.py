@@ -48,6 +48,10 @@ class Backbone(nn.Module):
         rows = self._tile_rows(x)
         if rows is None:
             return self.features(x)
+        if rows == 0:  # the first such batch of this shape runs whole, measuring its activations
+            out, peak = run_measuring_activations(self.features, x)
+            self._peak_bytes[(*x.shape[1:], x.dtype)] = max(1, peak // x.shape[0])
+            return out
         parts = [self.features(tile) for tile in x.split(rows)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
@@ -59,15 +63,17 @@ class Backbone(nn.Module):
 
     def _tile_rows(self, x: torch.Tensor) -> int | None:
         """Rows per tile for this batch, or None to run it whole: tiles only where they pay (a
-        batch of at least two tiles), of equal size."""
+        batch of at least two tiles), of equal size; 0 where a batch of this shape that could
+        be tiled comes first (its largest activation per row is not known yet; measured by
+        running it whole, so that no extra forward pass ever runs, nor shows in a FLOP count)."""
         if (self.cpu_tile_bytes is None or self.training or torch.is_grad_enabled()
-                or x.device.type != "cpu" or x.dim() != 4 or torch.compiler.is_compiling()):
+                or x.device.type != "cpu" or x.dim() != 4 or x.shape[0] < MIN_TILED_BATCH
+                or torch.compiler.is_compiling()):
             return None
-        key = (*x.shape[1:], x.dtype)
-        peak = self._peak_bytes.get(key)
+        peak = self._peak_bytes.get((*x.shape[1:], x.dtype))
         if peak is None:
-            peak = self._peak_bytes[key] = peak_activation_bytes(self.features, x[:1])
-        rows = max(1, self.cpu_tile_bytes // max(peak, 1))
+            return 0
+        rows = max(1, self.cpu_tile_bytes // peak)
         if x.shape[0] < 2 * rows:
             return None
         tiles = -(-x.shape[0] // rows)
@@ -86,10 +92,13 @@ class Backbone(nn.Module):
         return tuple(fmap.shape[1:])  # type: ignore[return-value]
 
 
-def peak_activation_bytes(forward: Callable, x: torch.Tensor) -> int:
-    """The largest output, in bytes, of any leaf module that ``forward(x)`` runs."""
-    owner = getattr(forward, "__self__", None)
-    modules = [m for m in owner.modules() if not next(m.children(), None)] if owner is not None else []
+MIN_TILED_BATCH = 16  # smaller batches are never tiled (nor measured)
+
+
+def run_measuring_activations(forward: Callable, x: torch.Tensor):
+    """(forward(x), the largest output in bytes of any leaf module it ran): ``forward`` is a
+    bound method of a module."""
+    modules = [m for m in forward.__self__.modules() if next(m.children(), None) is None]
     peak = 0
 
     def record(_module, _inputs, output) -> None:
@@ -100,11 +109,11 @@ def peak_activation_bytes(forward: Callable, x: torch.Tensor) -> int:
 
     handles = [m.register_forward_hook(record) for m in modules]
     try:
-        forward(x)
+        out = forward(x)
     finally:
         for h in handles:
             h.remove()
-    return peak
+    return out, peak
 
 
 BackboneFn = Callable[..., Backbone]
