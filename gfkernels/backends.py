@@ -83,6 +83,11 @@ class Backend:
     # Its CPU kernels check index values (active, batch_index, gather index) themselves; for
     # the others the Python API checks them on CPU tensors (CUDA kernels assert on the device).
     checks_index_values: bool = False
+    # Its kernels check the ops' tensor metadata themselves, with the Python API's messages and
+    # exception types (the compiled backends: csrc/ops' prepare_* of every kernel entry), so
+    # the API may leave the per-tensor checks to them (gather_rows does: a loop over its
+    # tensors is most of its host time).
+    checks_metadata: bool = False
     # Its ops are torch.library ops whose autograd is registered in Python: calls that need no
     # gradient skip that layer (gfkernels.ops.common.call).
     library_ops: bool = True
@@ -128,9 +133,10 @@ TABLE: Dict[str, Backend] = {
     b.name: b
     for b in (
         Backend("cpp", "C++ kernels for CPU tensors (gfkernels._C)", lambda: ("cpu",),
-                lambda: _compiled_status("cpu"), _compiled_ops, checks_index_values=True),
+                lambda: _compiled_status("cpu"), _compiled_ops, checks_index_values=True,
+                checks_metadata=True),
         Backend("cuda", "CUDA kernels for GPU tensors (gfkernels._C)", lambda: ("cuda",),
-                lambda: _compiled_status("cuda"), _compiled_ops),
+                lambda: _compiled_status("cuda"), _compiled_ops, checks_metadata=True),
         Backend("triton", "Triton kernels: GPU tensors, or CPU tensors under TRITON_INTERPRET=1",
                 _triton_devices, _triton_status, _triton_ops),
         Backend("reference", "gfkernels.reference: the pure-PyTorch definitions (slow)",

@@ -149,3 +149,26 @@ def test_renamed_config_key_still_loads():
 
     cfg = Config.from_dict({"run": {"patch_backend": "reference"}})
     assert cfg.run.kernel_backend == "reference"
+
+
+def test_crop_resize_remembers_checked_options_by_value_and_type():
+    """gfkernels.crop_resize checks a set of options once and finds it again by value and type:
+    a float size after an int one is still refused, a list of mean values changed in place is
+    a new set, and tensors of mean/std are never remembered."""
+    from gfkernels.ops import crop_resize as module
+
+    images, boxes = torch.rand(1, 1, 6, 6), torch.tensor([[0.0, 0, 6, 6]])
+    mean, std = [0.5], [0.25]
+    first = gfkernels.crop_resize(images, boxes, 3, mean=mean, std=std)
+    key = module._options_key(3, "bilinear", False, "border", mean, std, None)
+    assert key in module._OPTIONS
+    with pytest.raises(ValueError, match="size must be an int"):
+        gfkernels.crop_resize(images, boxes, 3.0, mean=mean, std=std)
+    mean[0] = 0.0  # the same list object, other values: another set of options
+    torch.testing.assert_close(gfkernels.crop_resize(images, boxes, 3, mean=mean, std=std),
+                               first + 2.0)
+    with pytest.raises(ValueError, match="std must be non-zero"):
+        gfkernels.crop_resize(images, boxes, 3, std=[0.0])
+    assert module._options_key(3, "bilinear", False, "border", torch.tensor([0.5]), None,
+                               None) is None
+    assert module._options_key(3, "bilinear", 1, "border", None, None, None) is None

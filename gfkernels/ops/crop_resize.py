@@ -22,11 +22,12 @@ Size = Union[int, Sequence[int]]
 
 
 def normalise_size(size: Size) -> Tuple[int, int]:
-    if isinstance(size, int):
+    if isinstance(size, int) and not isinstance(size, bool):
         size = (size, size)
-    size = tuple(size)
-    if len(size) != 2 or not all(isinstance(s, int) for s in size):
+    if not isinstance(size, (list, tuple, torch.Size)) or len(size) != 2 or \
+            not all(isinstance(s, int) and not isinstance(s, bool) for s in size):
         raise ValueError(f"crop_resize: size must be an int or (h, w) ints, got {size!r}")
+    size = tuple(size)
     if size[0] <= 0 or size[1] <= 0:
         raise ValueError(f"crop_resize: size must be positive, got {size}")
     return size
@@ -165,6 +166,56 @@ class CropOptions:
                 f"std={self.std}, out_dtype={self.out_dtype})")
 
 
+_OPTIONS: dict = {}  # recent calls' options, checked: _options_key(...) -> CropOptions
+_MAX_OPTIONS = 256
+
+
+def _numbers(values) -> bool:
+    return all(type(v) in (int, float) for v in values)
+
+
+def _options_key(size, mode, align_corners, padding_mode, mean, std, out_dtype):
+    """A hashable key of exactly these arguments, or None where one cannot be cached (a tensor
+    of mean/std, whose values could change under the same object, or an argument of an
+    unexpected type: those go through the checks, which refuse them). Types are part of the
+    key: size=4.0 must not find the options of size=4."""
+    if type(size) is int:
+        size_key = size
+    elif isinstance(size, (list, tuple)) and all(type(v) is int for v in size):
+        size_key = tuple(size)
+    else:
+        return None
+    parts = []
+    for values in (mean, std):
+        if values is None or type(values) in (int, float):
+            parts.append((type(values), values))
+        elif isinstance(values, (list, tuple)) and _numbers(values):
+            parts.append(tuple(values))
+        else:
+            return None
+    if type(mode) is not str or type(padding_mode) is not str or type(align_corners) is not bool:
+        return None
+    if out_dtype is not None and not isinstance(out_dtype, torch.dtype):
+        return None
+    return (size_key, mode, align_corners, padding_mode, *parts, out_dtype)
+
+
+def crop_options(size, mode, align_corners, padding_mode, mean, std, out_dtype) -> CropOptions:
+    """CropOptions of these arguments, checked once per distinct value: gfkernels.crop_resize
+    called in a loop with the same options checks them on its first call only (they were most
+    of its host time)."""
+    key = _options_key(size, mode, align_corners, padding_mode, mean, std, out_dtype)
+    options = _OPTIONS.get(key) if key is not None else None
+    if options is None:
+        options = CropOptions(size, mode=mode, align_corners=align_corners,
+                              padding_mode=padding_mode, mean=mean, std=std, out_dtype=out_dtype)
+        if key is not None:
+            if len(_OPTIONS) >= _MAX_OPTIONS:
+                _OPTIONS.clear()
+            _OPTIONS[key] = options
+    return options
+
+
 def run_crop_resize(chosen: backends.Backend, op, images, boxes, batch_index,
                     options: CropOptions, out_dtype: torch.dtype) -> torch.Tensor:
     """The op of the backend `chosen` on tensors that passed options.check (which gave
@@ -204,8 +255,7 @@ def crop_resize(
     docs/OPS.md gives the exact sampling positions. Many calls with the same options:
     gfkernels.Kernels(...).crop(size, ...) checks the options once.
     """
-    options = CropOptions(size, mode=mode, align_corners=align_corners,
-                          padding_mode=padding_mode, mean=mean, std=std, out_dtype=out_dtype)
+    options = crop_options(size, mode, align_corners, padding_mode, mean, std, out_dtype)
     out_dtype = options.check(images, boxes, batch_index)
     chosen, op = backends.lookup("crop_resize", backend, images.device)
     return run_crop_resize(chosen, op, images, boxes, batch_index, options, out_dtype)

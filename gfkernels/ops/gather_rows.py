@@ -18,9 +18,9 @@ from .. import backends
 from .common import call, check_index_values, register_compiled
 
 
-def check_gather_rows_args(tensors, index, n) -> List[torch.Tensor]:
-    """Metadata checks shared by every backend; returns the tensors as a list. (One pass over
-    the tensors, reading each attribute once: the engines call this at every step.)"""
+def check_gather_rows_call(tensors, index, n) -> List[torch.Tensor]:
+    """The call's types: tensors a list or tuple of tensors, index a 1-D int64 tensor, n an
+    int in [0, len(index)]; returns the tensors as a list."""
     if isinstance(tensors, torch.Tensor) or not isinstance(tensors, (list, tuple)):
         raise TypeError(f"gather_rows: tensors must be a list or tuple of tensors, got "
                         f"{type(tensors).__name__} (wrap a single tensor in a list)")
@@ -34,11 +34,17 @@ def check_gather_rows_args(tensors, index, n) -> List[torch.Tensor]:
     if isinstance(n, int) and not 0 <= n <= index.shape[0]:  # a symbolic n: the kernels check it
         raise ValueError(f"gather_rows: n must lie in [0, {index.shape[0]}] (the length of "
                          f"index), got {n}")
-    tensors = list(tensors)
-    device, rows = index.device, None
     for i, t in enumerate(tensors):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"gather_rows: tensors[{i}] must be a tensor, got {type(t).__name__}")
+    return list(tensors)
+
+
+def check_gather_rows_tensors(tensors: List[torch.Tensor], index: torch.Tensor) -> None:
+    """Each tensor's metadata: a leading dimension shared by all, on the index's device (the
+    compiled kernels check the same, with the same messages: csrc/ops/gather_rows.h)."""
+    device, rows = index.device, None
+    for i, t in enumerate(tensors):
         shape = t.shape
         if not shape:
             raise ValueError(f"gather_rows: tensors[{i}] must have a leading (batch) dimension, "
@@ -51,6 +57,13 @@ def check_gather_rows_args(tensors, index, n) -> List[torch.Tensor]:
         if t.device != device:
             raise ValueError(f"gather_rows: tensors[{i}] must be on the index's device "
                              f"{device}, got {t.device}")
+
+
+def check_gather_rows_args(tensors, index, n) -> List[torch.Tensor]:
+    """Every metadata check (what the backends without their own, the fake kernel and the
+    reference run); returns the tensors as a list."""
+    tensors = check_gather_rows_call(tensors, index, n)
+    check_gather_rows_tensors(tensors, index)
     return tensors
 
 
@@ -82,10 +95,12 @@ def run_gather_rows(lookup: Callable, tensors, index, n) -> List[torch.Tensor]:
             raise TypeError(f"gather_rows: n must be an int or a 0-dim integer tensor, got "
                             f"{n.dtype} of shape {tuple(n.shape)}")
         n = int(n)
-    tensors = check_gather_rows_args(tensors, index, n)
+    tensors = check_gather_rows_call(tensors, index, n)
     chosen, op = lookup(index.device)
     if not tensors:
         return []
+    if not chosen.checks_metadata:
+        check_gather_rows_tensors(tensors, index)
     if not chosen.checks_index_values:
         check_index_values(index[:n], tensors[0].shape[0], "gather_rows", "index")
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
