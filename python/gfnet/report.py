@@ -13,7 +13,7 @@ RUN/baseline.pt``), its GFNet checkpoint and its static baseline (``RUN/baseline
    (a large batch of full-size images can spill out of the caches);
 3. asks whether looking matters: every step's test accuracy with uniformly random focus
    locations beside the learned policy's and, where the data set knows where its object is
-   (the cluttered digits' digit box), how often each one's first focus patch holds at least
+   (a data set's ``object_box(i)``: the cluttered digits' digit), how often each one's first focus patch holds at least
    half of it;
 4. draws the pictures ``gfnet predict`` draws of the glance and the chosen patches for a
    handful of test images (saved as PNG files and read back): about half of them images that
@@ -43,7 +43,7 @@ from .errors import GFNetError
 from .files import write_atomic
 
 ACCURACY_MARGIN = 0.01  # "reaches the baseline's accuracy": within 1 point
-DIGIT_HIT_MIN_FRACTION = 0.5  # a patch "holds the digit" if it holds this much of its box
+OBJECT_HIT_MIN_FRACTION = 0.5  # a patch "holds the object" if it holds this much of its box
 RANDOM_LOCATIONS_SEED = 4242  # + run.seed: the random-locations pass is repeatable
 # the baseline's test accuracy is stored rounded to 5 decimals (the trainer's evaluation), the
 # budgets' is exact: 22 of 24 images is 0.91667 against 0.916666..., and must count as reached
@@ -124,7 +124,7 @@ def _test_tensors(ds, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fraction_holding(patches: torch.Tensor, objects: torch.Tensor,
-                     min_fraction: float = DIGIT_HIT_MIN_FRACTION) -> float:
+                     min_fraction: float = OBJECT_HIT_MIN_FRACTION) -> float:
     """The fraction of (x1, y1, x2, y2) ``patches`` holding at least ``min_fraction`` of the
     area of their row's ``objects`` box."""
     w = (torch.minimum(patches[:, 2], objects[:, 2]) - torch.maximum(patches[:, 0], objects[:, 0])).clamp(min=0)
@@ -133,11 +133,11 @@ def fraction_holding(patches: torch.Tensor, objects: torch.Tensor,
     return float((w * h >= min_fraction * area).double().mean())
 
 
-def looking_matters(model, images: torch.Tensor, labels: torch.Tensor, digit_boxes: torch.Tensor | None, *,
+def looking_matters(model, images: torch.Tensor, labels: torch.Tensor, object_boxes: torch.Tensor | None, *,
                     batch_size: int, device: torch.device, seed: int) -> tuple[dict[str, Any], torch.Tensor]:
     """The learned policy against uniformly random focus locations on the same images: each
-    one's accuracy per step and, given the digits' boxes, how often its first focus patch (step
-    2) holds at least half of the digit. Returns (the report's numbers, the learned policy's
+    one's accuracy per step and, given each image's object box (a data set's ``object_box``), how
+    often its first focus patch (step 2) holds at least half of it. Returns (the report's numbers, the learned policy's
     (T, N, K) logits). On the whole test split, ``policy_anytime_accuracy`` is gfnet eval's
     ``anytime_accuracy``; on its first ``max_images`` it is what the random one is compared to."""
     from torch.utils.data import DataLoader, TensorDataset
@@ -153,13 +153,13 @@ def looking_matters(model, images: torch.Tensor, labels: torch.Tensor, digit_box
         "random_policy": {"anytime_accuracy": per_step_accuracy(runs["random"][0], labels),
                           "policy_anytime_accuracy": per_step_accuracy(runs["mean"][0], labels),
                           "test_samples": int(labels.numel()), "seed": seed},
-        "digit_in_first_patch": None,
+        "object_in_first_patch": None,
     }
-    if digit_boxes is not None and model.max_steps > 1:
-        out["digit_in_first_patch"] = {
-            "policy": fraction_holding(runs["mean"][2][:, 1], digit_boxes),
-            "random": fraction_holding(runs["random"][2][:, 1], digit_boxes),
-            "min_fraction_of_digit": DIGIT_HIT_MIN_FRACTION, "test_samples": int(labels.numel()),
+    if object_boxes is not None and model.max_steps > 1:
+        out["object_in_first_patch"] = {
+            "policy": fraction_holding(runs["mean"][2][:, 1], object_boxes),
+            "random": fraction_holding(runs["random"][2][:, 1], object_boxes),
+            "min_fraction_of_object": OBJECT_HIT_MIN_FRACTION, "test_samples": int(labels.numel()),
         }
     return out, runs["mean"][0]
 
@@ -321,11 +321,11 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
     speedup = dyn_t.images_per_s / static_t.images_per_s
 
     say(f"report: learned focus locations against random ones on {images.shape[0]} test images")
-    boxes_of = getattr(test_set, "digit_box", None)  # the cluttered digits know where the digit is
-    digit_boxes = (torch.tensor([boxes_of(i) for i in range(images.shape[0])], dtype=torch.float32)
+    boxes_of = getattr(test_set, "object_box", None)  # a data set that knows where its object is
+    object_boxes = (torch.tensor([boxes_of(i) for i in range(images.shape[0])], dtype=torch.float32)
                    if boxes_of is not None else None)
     looking, policy_logits = looking_matters(
-        model, images, labels, digit_boxes, device=device, seed=cfg.run.seed + RANDOM_LOCATIONS_SEED,
+        model, images, labels, object_boxes, device=device, seed=cfg.run.seed + RANDOM_LOCATIONS_SEED,
         batch_size=cfg.run.eval_batch_size or cfg.optim.batch_size)
     random_acc = looking["random_policy"]["anytime_accuracy"]
 
@@ -377,7 +377,7 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
         "speedup_vs_all_steps": dyn_t.images_per_s / all_t.images_per_s,
         "throughput": [{**asdict(t), "images_per_s": t.images_per_s} for t in best],  # each at its best batch
         "throughput_by_batch": [{**asdict(t), "images_per_s": t.images_per_s} for t in timings],
-        **looking,  # random_policy, digit_in_first_patch
+        **looking,  # random_policy, object_in_first_patch
         "samples": samples, "budgets": rows, "training": training,
         "files": {"report": str(out_dir / "report.md"), "plot": str(plot_path),
                   "eval": str(eval_path)},
@@ -480,7 +480,7 @@ def _facts_section(r: dict[str, Any]) -> list[str]:
 def render_markdown(r: dict[str, Any], out_dir: Path, claims: Claims | None = None) -> str:
     b, g, op = r["baseline"], r["gfnet"], r["operating_point"]
     T = g["steps"]
-    hit = r["digit_in_first_patch"]
+    hit = r["object_in_first_patch"]
     rnd, learned = r["random_policy"]["anytime_accuracy"], r["random_policy"]["policy_anytime_accuracy"]
     targets = claims is not None and "claims" in r
     thr_txt = ", ".join(f"{t:.4f}" for t in op["thresholds"] if t is not None)
@@ -574,7 +574,7 @@ def render_markdown(r: dict[str, Any], out_dir: Path, claims: Claims | None = No
     if hit is not None:
         lines += [
             "The first focus patch (step 2) holds at least "
-            f"{100 * hit['min_fraction_of_digit']:.0f} % of the digit's box "
+            f"{100 * hit['min_fraction_of_object']:.0f} % of the box of the object the image is about (the digit) "
             f"for {pct(hit['policy'])} of the test images with the learned policy, {pct(hit['random'])} with "
             "random locations.",
             "",

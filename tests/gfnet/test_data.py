@@ -138,7 +138,7 @@ def test_evaluation_resize_follows_the_model_unless_the_data_set_fixes_it():
         assert tuple(eval_settings(get_preset(preset)))[:2] == settings, preset
 
 
-def test_clutter_stays_off_the_digit_and_digit_box_needs_no_canvas():
+def test_clutter_stays_off_the_digit_and_object_box_needs_no_canvas():
     """Fragments keep 2 px clear of the digit's box, so a patch on the digit holds it intact: the
     box and its margin are the same as on a canvas without clutter (same stream of draws)."""
     kw = dict(canvas_size=64, digit_size=16, digit_size_jitter=2, fragment_size=8, length=40)
@@ -147,7 +147,7 @@ def test_clutter_stays_off_the_digit_and_digit_box_needs_no_canvas():
     for i in range(40):
         canvas, label, (x1, y1, x2, y2) = cluttered.sample(i)
         bare, label0, box0 = clean.sample(i)
-        assert (label, (x1, y1, x2, y2)) == (label0, box0) == (label0, cluttered.digit_box(i))
+        assert (label, (x1, y1, x2, y2)) == (label0, box0) == (label0, cluttered.object_box(i))
         window = (slice(max(y1 - 2, 0), y2 + 2), slice(max(x1 - 2, 0), x2 + 2))
         assert np.array_equal(canvas[window], bare[window])
         assert (canvas > 0).sum() > (bare > 0).sum()  # the clutter is there, elsewhere

@@ -141,10 +141,10 @@ def test_demo_report_random_locations_and_digit_hits(demo):
     # the learned policy on the same (here: all) test images is gfnet eval's anytime accuracy
     learned = r["random_policy"]["policy_anytime_accuracy"]
     assert len(learned) == 3 and all(a == pytest.approx(b, abs=ONE_IMAGE) for a, b in zip(learned, acc))
-    hit = r["digit_in_first_patch"]
-    assert set(hit) == {"policy", "random", "min_fraction_of_digit", "test_samples"}
+    hit = r["object_in_first_patch"]
+    assert set(hit) == {"policy", "random", "min_fraction_of_object", "test_samples"}
     assert all(isinstance(hit[k], float) and 0.0 <= hit[k] <= 1.0 for k in ("policy", "random"))
-    assert hit["min_fraction_of_digit"] == 0.5 and hit["test_samples"] == 40
+    assert hit["min_fraction_of_object"] == 0.5 and hit["test_samples"] == 40
     claims = r["claims"]
     assert claims["glance_at_most_85pct"] == (acc[0] <= 0.85)
     assert claims["last_step_at_least_95pct"] == (acc[-1] >= 0.95)
@@ -174,7 +174,7 @@ def test_report_on_part_of_the_test_split_compares_like_with_like(demo):
                  "--batch-sizes", "8", "--images", "2", "--threads", "1"]) == 0
     r = json.loads((out / "part" / "report.json").read_text())
     rp = r["random_policy"]
-    assert rp["test_samples"] == r["digit_in_first_patch"]["test_samples"] == 20 and r["gfnet"]["test_samples"] == 40
+    assert rp["test_samples"] == r["object_in_first_patch"]["test_samples"] == 20 and r["gfnet"]["test_samples"] == 40
     assert all(abs(20 * a - round(20 * a)) < 1e-6 for a in rp["anytime_accuracy"] + rp["policy_anytime_accuracy"])
     assert r["claims"]["policy_beats_random_by_10pts_at_step_2"] == (
         rp["policy_anytime_accuracy"][1] - rp["anytime_accuracy"][1] >= 0.10 - 1e-12)

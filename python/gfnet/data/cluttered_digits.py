@@ -18,7 +18,7 @@ Splits are by digit instance: each of the 1797 originals belongs to exactly one 
 train / val / test (fixed by ``split_seed``), and canvases only use digits (main and clutter)
 of their own split. Val and test canvases are fixed by the seed; train canvases are sampled
 afresh each epoch (``set_epoch``), deterministically from (seed, epoch, index), so a resumed
-or data-parallel run sees exactly the same data. ``digit_box(i)`` gives the digit's box on
+or data-parallel run sees exactly the same data. ``object_box(i)`` gives the digit's box on
 canvas ``i`` without drawing it.
 """
 
@@ -128,8 +128,9 @@ class ClutteredDigits(Dataset):
         top, left = (int(v) for v in rng.integers(0, (H - s + 1, W - s + 1)))
         return k, s, top, left
 
-    def digit_box(self, index: int) -> tuple[int, int, int, int]:
-        """The digit's box (x1, y1, x2, y2) on canvas ``index``, without drawing the canvas."""
+    def object_box(self, index: int) -> tuple[int, int, int, int]:
+        """The digit's box (x1, y1, x2, y2) on canvas ``index``, without drawing the canvas: the
+        object the image is about (the protocol ``gfnet report`` reads, data/datasets.py)."""
         self._check_index(index)
         _k, s, top, left = self._place_digit(self._rng(index))
         return left, top, left + s, top + s
