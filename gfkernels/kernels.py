@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 from . import backends
-from .ops.crop_resize import CropOptions, Size, run_crop_resize
+from .ops.crop_resize import CropOptions, Size, crop_options, run_crop_resize
 from .ops.early_exit import run_early_exit
 from .ops.gather_rows import run_gather_rows
 
@@ -64,14 +64,17 @@ class Kernels:
              padding_mode: str = "border", mean=None, std=None,
              out_dtype: Optional[torch.dtype] = None) -> "Crop":
         """A crop_resize with these options, checked now: ``crop(images, boxes, batch_index)``."""
-        return Crop(self, CropOptions(size, mode=mode, align_corners=align_corners,
-                                      padding_mode=padding_mode, mean=mean, std=std,
-                                      out_dtype=out_dtype))
+        return Crop(self, crop_options(size, mode, align_corners, padding_mode, mean, std,
+                                       out_dtype))
 
     def crop_resize(self, images: torch.Tensor, boxes: torch.Tensor, size: Size, *,
-                    batch_index: Optional[torch.Tensor] = None, **options) -> torch.Tensor:
-        """gfkernels.crop_resize with this object's backend (options checked on this call)."""
-        return self.crop(size, **options)(images, boxes, batch_index)
+                    batch_index: Optional[torch.Tensor] = None, mode: str = "bilinear",
+                    align_corners: bool = False, padding_mode: str = "border", mean=None,
+                    std=None, out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """gfkernels.crop_resize with this object's backend."""
+        crop = self.crop(size, mode=mode, align_corners=align_corners, padding_mode=padding_mode,
+                         mean=mean, std=std, out_dtype=out_dtype)
+        return crop(images, boxes, batch_index)
 
     def early_exit(self, logits: torch.Tensor, threshold, active: torch.Tensor,
                    out_logits: torch.Tensor, exit_step: torch.Tensor, step: int
