@@ -18,7 +18,7 @@ Group ``predict_files_cpu`` (GFNET_BENCH_FILES PNG files, default 3000; images/s
     predictor_call      today's Python path: gfnet.load(...)(paths)
     static_baseline     the same decode pipeline into the static baseline (the backbone on the
                         whole image, random weights: its cost, not its answers)
-Groups ``engine_digits_cpu_b{64,256}`` (GFNET_BENCH_IMAGES in-memory images, default 1024):
+Groups ``engine_digits_cpu_b{16,64,256}`` (GFNET_BENCH_IMAGES in-memory images, default 1024):
     streaming  streaming_inference, pool B;  per_batch  dynamic_inference, B at a time;
     all_steps  anytime_inference, B at a time.
 test_peak_memory: ``gfnet predict`` as a fresh process on N and 3N files (N = files / 3): its
@@ -60,7 +60,7 @@ add_targets(Target("predict_files_cpu", "predict_streaming", "per_batch_pipeline
                    "gfnet predict's streaming engine at least as fast as the per-batch one, same pipeline"),
             Target("predict_files_cpu", "predict_streaming", "predictor_call", 1.0,
                    "gfnet predict no slower than today's gfnet.load(...)(paths)"))
-for _b in (64, 256):
+for _b in (16, 64, 256):
     add_targets(Target(f"engine_digits_cpu_b{_b}", "streaming", "per_batch", 1.0,
                        "the streaming engine at least as fast as the per-batch engine at the same B"))
 
@@ -138,7 +138,7 @@ def test_predict_files(benchmark, tmp_path_factory, case):
 
 
 @pytest.mark.parametrize("case", ["streaming", "per_batch", "all_steps"])
-@pytest.mark.parametrize("pool", [64, 256])
+@pytest.mark.parametrize("pool", [16, 64, 256])
 def test_engine_in_memory(benchmark, tmp_path_factory, pool, case):
     ck, thr, folder, predictor = _setup(tmp_path_factory.mktemp("predict"))
     model = predictor.model
