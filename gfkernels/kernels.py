@@ -8,7 +8,8 @@ and its inference engines.
     active, h = kernels.gather_rows([active, h], keep, n)
 
 The functions gfkernels.crop_resize / early_exit / gather_rows take ``backend=`` per call and
-check every argument on every call. A Kernels object resolves its backend once per device (the
+check their arguments on every call (crop_resize looks options it has checked before up by
+value). A Kernels object resolves its backend once per device (the
 same choice for all three ops, so a model and its engine never disagree, and a missing default
 falls back for all of them or for none), and ``crop`` checks a crop's options once: on a GPU
 a call's host time is as long as the focus crop's kernel, so it bounds the engine's step rate
