@@ -168,17 +168,6 @@ def lookup(op: str, backend: Optional[str], device: torch.device) -> Tuple[Backe
     return found
 
 
-def resolve_remembered(backend: Optional[str], device: torch.device, *,
-                       fallback: bool = False) -> Backend:
-    """resolve(backend, device, fallback=fallback), remembered per arguments as lookup's are (a
-    resolve call costs microseconds of host time, paid on every crop by the model)."""
-    key = ("resolve", backend, device, fallback)
-    found = _resolved.get(key)
-    if found is None:
-        found = _resolved[key] = (resolve(backend, device, fallback=fallback),)
-    return found[0]
-
-
 def default_name(device: torch.device) -> str:
     """The name of the default backend for tensors on `device` (available or not)."""
     return DEFAULTS.get(torch.device(device).type, "reference")
