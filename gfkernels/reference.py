@@ -102,12 +102,12 @@ def crop_resize(
     float32). uint8 values are divided by 255; then out = (v - mean) / std per channel.
     """
     from .ops.common import check_index_values
-    from .ops.crop_resize import check_args, normalise_size, per_channel_list
+    from .ops.crop_resize import check_args, default_out_dtype, normalise_size, per_channel_list
 
     h, w = normalise_size(size)
     mean, std = per_channel_list(mean, "mean"), per_channel_list(std, "std")
     if out_dtype is None and isinstance(images, torch.Tensor):
-        out_dtype = images.dtype if images.is_floating_point() else torch.float32
+        out_dtype = default_out_dtype(images)
     check_args(images, boxes, batch_index, mode, align_corners, padding_mode, mean, std, out_dtype,
                (h, w))
     contract.check_finite_boxes("crop_resize", boxes)

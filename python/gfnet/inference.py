@@ -169,14 +169,28 @@ class StreamedRows:
 
 @dataclass
 class StreamStats:
-    """What a :func:`streaming_inference` run did, filled in as it goes."""
+    """What a :func:`streaming_inference` run did, filled in as it goes (a run starts it afresh:
+    an object passed to several runs describes the last one)."""
 
     engine_steps: int = 0  # steps of the engine (a glance of new rows and/or one shared focus step)
-    images: int = 0  # images taken from the input
     focus_steps: int = 0  # engine steps that ran a focus step
-    focus_rows: int = 0  # rows those focus steps ran on, summed
     exit_counts: list[int] = field(default_factory=list)  # images that exited at steps 1 .. T
     step_rows: list[int] = field(default_factory=list)  # rows that computed steps 1 .. T
+
+    def start(self, steps: int) -> None:
+        """Every count back to zero, for a model of ``steps`` steps."""
+        self.engine_steps = self.focus_steps = 0
+        self.exit_counts, self.step_rows = [0] * steps, [0] * steps
+
+    @property
+    def images(self) -> int:
+        """Images taken from the input (each is glanced on arrival)."""
+        return self.step_rows[0] if self.step_rows else 0
+
+    @property
+    def focus_rows(self) -> int:
+        """Rows the focus steps ran on, summed."""
+        return sum(self.step_rows[1:])
 
     @property
     def mean_focus_batch(self) -> float:
@@ -315,8 +329,7 @@ class _StreamingEngine:
         self.model, self.thr, self.pool_size, self.stats = model, thresholds, pool_size, stats
         self.kernels = engine_kernels(model, backend)
         self.T = model.max_steps
-        stats.exit_counts = [0] * self.T
-        stats.step_rows = [0] * self.T
+        stats.start(self.T)
         self.dev = next(model.parameters()).device
         self.feed = _Feed(batches, self.dev)
         self.pool: torch.Tensor | None = None  # (slots, C, H, W): the image of each slot
@@ -351,7 +364,6 @@ class _StreamingEngine:
         ids = torch.arange(self.next_id, self.next_id + m, device=self.dev)
         admitted = torch.full((m,), self.tick, dtype=torch.int64, device=self.dev)
         self.next_id += m
-        self.stats.images += m
         return _Rows(out.state, slots, ids, boxes, admitted), out
 
     def _admission(self) -> int:
@@ -389,7 +401,6 @@ class _StreamingEngine:
             slots = torch.cat([g.slots for g in chosen]) if len(chosen) > 1 else chosen[0].slots
             outs = self.model.focus_step_groups(self.pool, [g.state for g in chosen], batch_index=slots)
             self.stats.focus_steps += 1
-            self.stats.focus_rows += len(slots)
             for g, out in zip(chosen, outs):
                 g.boxes[:, g.state.step] = out.boxes
                 stepped.append((g, out))

@@ -26,8 +26,9 @@ class Backbone(nn.Module):
     network, few channels at a large resolution, the per-row cost past the cache is twice that
     within it: the digits preset's digitnet at 48 px ran 480 us per row at a batch of 256 and
     203 in tiles of 56 rows (1 thread; 2.5x with 2). Compute-bound backbones (ResNet-50,
-    MobileNetV3 at 96 px) gained 0.7-1.2x, so they are not tiled (bench/RESULTS.md, "Batch
-    tiling on the CPU"). Training and train mode are never tiled (batch norm's batch statistics).
+    MobileNetV3 at 96 px) gained 0.7-1.2x, so they are not tiled (bench/RESULTS.md, prediction
+    at scale, "Third pass": batch tiling on the CPU). Training and train mode are never tiled
+    (batch norm's batch statistics).
     """
 
     def __init__(self, body: nn.Module, feature_dim: int, fmap_channels: int, head: nn.Module,
@@ -49,9 +50,7 @@ class Backbone(nn.Module):
         if rows is None:
             return self.features(x)
         if rows == 0:  # the first such batch of this shape runs whole, measuring its activations
-            out, peak = run_measuring_activations(self.features, x)
-            self._peak_bytes[(*x.shape[1:], x.dtype)] = max(1, peak // x.shape[0])
-            return out
+            return self._features_measuring(x)
         parts = [self.features(tile) for tile in x.split(rows)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
@@ -60,6 +59,26 @@ class Backbone(nn.Module):
         fmap = self.fmap_act(self.body(x))
         pooled = torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1)
         return self.neck(pooled), fmap
+
+    def _features_measuring(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features(x), recording the largest output of any leaf module per row of x."""
+        peak = 0
+
+        def record(_module, _inputs, output) -> None:
+            nonlocal peak
+            for t in output if isinstance(output, (tuple, list)) else (output,):
+                if isinstance(t, torch.Tensor):
+                    peak = max(peak, t.numel() * t.element_size())
+
+        handles = [m.register_forward_hook(record) for m in self.modules()
+                   if next(m.children(), None) is None]
+        try:
+            out = self.features(x)
+        finally:
+            for h in handles:
+                h.remove()
+        self._peak_bytes[(*x.shape[1:], x.dtype)] = max(1, peak // x.shape[0])
+        return out
 
     def _tile_rows(self, x: torch.Tensor) -> int | None:
         """Rows per tile for this batch, or None to run it whole: tiles only where they pay (a
@@ -93,27 +112,6 @@ class Backbone(nn.Module):
 
 
 MIN_TILED_BATCH = 16  # smaller batches are never tiled (nor measured)
-
-
-def run_measuring_activations(forward: Callable, x: torch.Tensor):
-    """(forward(x), the largest output in bytes of any leaf module it ran): ``forward`` is a
-    bound method of a module."""
-    modules = [m for m in forward.__self__.modules() if next(m.children(), None) is None]
-    peak = 0
-
-    def record(_module, _inputs, output) -> None:
-        nonlocal peak
-        for t in output if isinstance(output, (tuple, list)) else (output,):
-            if isinstance(t, torch.Tensor):
-                peak = max(peak, t.numel() * t.element_size())
-
-    handles = [m.register_forward_hook(record) for m in modules]
-    try:
-        out = forward(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return out, peak
 
 
 BackboneFn = Callable[..., Backbone]
