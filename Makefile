@@ -6,7 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # nvcc lives here on our machines; setup.py compiles the CUDA kernels whenever a toolkit
-# matching torch's CUDA is found (GFKERNELS_CUDA=0 turns them off).
+# matching torch's CUDA is found (GFKERNELS_CUDA=0 turns them off; =gpu, as `make demo` sets it,
+# builds them only where torch sees a GPU).
 export CUDA_HOME ?= /usr/local/cuda
 export MAX_JOBS ?= 2
 
@@ -80,6 +81,9 @@ gpu-check-dry-run: build
 # stages and stored thresholds. DEMO_ARGS passes more options to `gfnet demo` (see --help).
 DEMO_OUT ?= runs/demo
 DEMO_ARGS ?=
+# The demo builds the CUDA kernels only where torch sees a GPU: on a CPU machine they would cost a
+# minute of compiling (about half the build) for nothing. `make test` builds them (a rebuild).
+demo: export GFKERNELS_CUDA ?= gpu
 demo: build
 	$(PY) -m gfnet demo --out $(DEMO_OUT) $(DEMO_ARGS)
 

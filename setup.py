@@ -3,6 +3,8 @@
 Switches (environment variables):
   GFKERNELS_CUDA=0|1    force the CUDA kernels off, or on (an error, with the reason, if nvcc cannot
                         build them: another major version than torch's CUDA, or too old for an arch)
+  GFKERNELS_CUDA=gpu    build them only when torch sees a GPU here (`make demo` uses this: kernels
+                        no GPU can run are minutes of compiling for nothing)
   TORCH_CUDA_ARCH_LIST  GPU architectures; defaults to the visible GPUs, else "8.0;9.0"
   MAX_JOBS              parallel compile jobs for ninja
   GFKERNELS_BUILD_TEMP  where object files are kept (default build/temp, for incremental builds)
@@ -88,6 +90,11 @@ def _want_cuda():
     if switch == "0":
         print("gfkernels: GFKERNELS_CUDA=0, building CPU kernels only")
         return False
+    if switch == "gpu" and not torch.cuda.is_available():
+        print("gfkernels: GFKERNELS_CUDA=gpu and torch sees no GPU, building CPU kernels only")
+        return False
+    if switch not in ("", "1", "gpu"):
+        raise RuntimeError(f"GFKERNELS_CUDA must be 0, 1 or gpu, not {switch!r}")
     problem = None
     cuda_home = cpp_extension.CUDA_HOME
     if torch.version.cuda is None:

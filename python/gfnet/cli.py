@@ -435,7 +435,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--images", type=int, default=8, help="test images to draw the glance and patches of")
     p.add_argument("--passes", type=int, default=3, help="timed passes over the test images per engine")
-    p.add_argument("--batch-sizes", default="8,16,64,128",
+    p.add_argument("--batch-sizes", default="16,64,128",
                    help="batch sizes of the throughput runs (comma-separated); each engine is judged at its best")
     p.add_argument("--max-images", type=int, default=2000,
                    help="test images in the throughput runs and the learned-vs-random comparison")

@@ -244,7 +244,7 @@ def _predict_samples(model, cfg, images: torch.Tensor, labels: torch.Tensor, ind
 
 def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eval_json: str | Path | None = None,
                  out: str | Path | None = None, device: torch.device | str = "cpu", num_images: int = 8,
-                 passes: int = 3, batch_sizes: tuple[int, ...] = (8, 16, 64, 128), max_images: int = 2000,
+                 passes: int = 3, batch_sizes: tuple[int, ...] = (16, 64, 128), max_images: int = 2000,
                  threads: int | None = None, progress: bool = True, claims: Claims | None = None
                  ) -> dict[str, Any]:
     """The report of a run (module docstring); ``claims``: targets to check it against and

@@ -103,6 +103,7 @@ class ClutteredDigits(Dataset):
             _CACHE[key] = _render(images[self.instances], self.sizes)
         self.rendered = _CACHE[key]
         self._split_id = SPLITS.index(split)
+        self._drawn: dict[int, tuple[torch.Tensor, int]] = {}  # val/test canvases by index
 
     def set_epoch(self, epoch: int) -> None:
         """Train canvases depend on the epoch; val/test are fixed."""
@@ -123,9 +124,10 @@ class ClutteredDigits(Dataset):
     def _place_digit(self, rng: np.random.Generator) -> tuple[int, int, int, int]:
         """(instance, side, top, left) of a canvas's digit: the first draws of its stream."""
         H, W = self.canvas_hw
-        k = int(rng.integers(len(self.instances)))
-        s = int(rng.integers(self.sizes.start, self.sizes.stop))
-        top, left = (int(v) for v in rng.integers(0, (H - s + 1, W - s + 1)))
+        draw = rng.integers
+        k = int(draw(len(self.instances)))
+        s = int(draw(self.sizes.start, self.sizes.stop))
+        top, left = int(draw(0, H - s + 1)), int(draw(0, W - s + 1))
         return k, s, top, left
 
     def object_box(self, index: int) -> tuple[int, int, int, int]:
@@ -139,6 +141,10 @@ class ClutteredDigits(Dataset):
         """-> (canvas float32 (H, W) in [0, 1], label, digit box (x1, y1, x2, y2))."""
         self._check_index(index)
         rng = self._rng(index)
+        # One scalar draw at a time: numpy's Generator gives the same numbers for integers(0,
+        # (a, b)) and size=2 as for two scalar draws in turn (the stream, and so every canvas,
+        # is pinned by a test), and a scalar draw costs a fifth of an array one.
+        draw = rng.integers
         H, W = self.canvas_hw
         canvas = np.zeros((H, W), dtype=np.float32)
         n = len(self.instances)
@@ -146,35 +152,41 @@ class ClutteredDigits(Dataset):
         # clutter: fragments of other digits of the same split, each wholly off the digit (a
         # margin of _CLEARANCE px around its box), so a patch on the digit holds it intact
         fs = self.fragment_size
+        size_lo, size_hi = self.sizes.start, self.sizes.stop
         x1, y1, x2, y2 = left - _CLEARANCE, top - _CLEARANCE, left + s + _CLEARANCE, top + s + _CLEARANCE
         for c in range(self.num_clutter):
-            j = int(rng.integers(n))
-            sj = int(rng.integers(self.sizes.start, self.sizes.stop))
+            j = int(draw(n))
+            sj = int(draw(size_lo, size_hi))
             f = min(fs, sj)
-            fy, fx = (int(v) for v in rng.integers(0, sj - f + 1, size=2))
-            frag = self.rendered[sj][j, fy:fy + f, fx:fx + f]
+            fy, fx = int(draw(0, sj - f + 1)), int(draw(0, sj - f + 1))
             near = c < self.near_clutter
             for _try in range(_PLACEMENT_TRIES):
                 if near:  # beside one side of the digit, 0-2 px beyond the margin
-                    side, gap = int(rng.integers(4)), int(rng.integers(0, 3))
-                    along = int(rng.integers(-f + 1, s))
+                    side, gap, along = int(draw(4)), int(draw(0, 3)), int(draw(-f + 1, s))
                     py, px = ((top + along, x2 + gap) if side == 0 else (top + along, x1 - gap - f) if side == 1
                               else (y2 + gap, left + along) if side == 2 else (y1 - gap - f, left + along))
                 else:
-                    py, px = (int(v) for v in rng.integers(0, (H - f + 1, W - f + 1)))
+                    py, px = int(draw(0, H - f + 1)), int(draw(0, W - f + 1))
                 inside = 0 <= py <= H - f and 0 <= px <= W - f
                 if inside and (px + f <= x1 or px >= x2 or py + f <= y1 or py >= y2):
                     region = canvas[py:py + f, px:px + f]
-                    np.maximum(region, frag, out=region)
+                    np.maximum(region, self.rendered[sj][j, fy:fy + f, fx:fx + f], out=region)
                     break  # (no free place after all tries: this fragment is left out)
         region = canvas[top:top + s, left:left + s]
         np.maximum(region, self.rendered[s][k], out=region)
         return canvas, int(self.labels[k]), (left, top, left + s, top + s)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if self.split != "train":  # fixed canvases, validated every epoch: drawn once
+            if index not in self._drawn:
+                self._drawn[index] = self._draw(index)
+            img, label = self._drawn[index]
+            return img.clone(), label
+        return self._draw(index)
+
+    def _draw(self, index: int) -> tuple[torch.Tensor, int]:
         canvas, label, _ = self.sample(index)
-        img = torch.from_numpy(np.rint(canvas * 255.0).astype(np.uint8))[None]
-        return img, label
+        return torch.from_numpy(np.rint(canvas * 255.0).astype(np.uint8))[None], label
 
 
 @register_dataset("digits", channels=1, num_classes=10, class_names=[str(k) for k in range(10)])
