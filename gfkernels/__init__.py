@@ -5,6 +5,8 @@ Public API:
     early_exit(logits, threshold, active, out_logits, exit_step, step)
     gather_rows(tensors, index, n)
     focus_boxes(actions, image_size, patch_size), whole_image_boxes(images, n): the boxes GFNet crops
+    continuous_focus_boxes(actions, image_size, patch_size): focus boxes before the floor,
+        differentiable in the actions (the differentiable policy training)
     Kernels(backend=None, fallback=False): the three ops under one backend policy, resolved once
         per device, and crops whose options are checked once (Kernels.crop)
     build_info()
@@ -23,12 +25,12 @@ from .kernels import Crop, Kernels
 from .ops.crop_resize import crop_resize
 from .ops.early_exit import early_exit
 from .ops.gather_rows import gather_rows
-from .boxes import focus_boxes, whole_image_boxes
+from .boxes import continuous_focus_boxes, focus_boxes, whole_image_boxes
 
 BACKENDS = backends.NAMES
 
-__all__ = ["BACKENDS", "Crop", "Kernels", "backends", "build_info", "crop_resize",
-           "default_backend", "early_exit", "focus_boxes", "gather_rows", "reference",
+__all__ = ["BACKENDS", "Crop", "Kernels", "backends", "build_info", "continuous_focus_boxes",
+           "crop_resize", "default_backend", "early_exit", "focus_boxes", "gather_rows", "reference",
            "whole_image_boxes"]
 
 try:

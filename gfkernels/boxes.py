@@ -81,4 +81,18 @@ def focus_boxes(actions: torch.Tensor, image_size: ImageSize, patch_size: int) -
     return boxes.to(actions.dtype if actions.is_floating_point() else torch.float32)
 
 
-__all__ = ["focus_boxes", "whole_image_boxes"]
+def continuous_focus_boxes(actions: torch.Tensor, image_size: ImageSize, patch_size: int) -> torch.Tensor:
+    """The focus boxes of :func:`focus_boxes` before the floor, differentiable in the actions:
+    top-left (a[:, 1] * (W - P), a[:, 0] * (H - P)) with the actions clamped to [0, 1], and
+    P x P. crop_resize's bilinear crop reads such a box between pixels and passes gradients
+    back to its corners, so a loss on the patches reaches the actions (and whatever made
+    them): the differentiable policy training. In the actions' floating dtype (float32 for
+    others)."""
+    h, w = _image_hw(image_size)
+    a = actions if actions.is_floating_point() else actions.float()
+    a = a.clamp(0.0, 1.0)
+    top_left = torch.stack((a[:, 1] * float(w - patch_size), a[:, 0] * float(h - patch_size)), dim=1)
+    return torch.cat((top_left, top_left + float(patch_size)), dim=1)
+
+
+__all__ = ["continuous_focus_boxes", "focus_boxes", "whole_image_boxes"]

@@ -166,7 +166,8 @@ def _list_presets() -> int:
 def _train_args(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     p.add_argument("--stage", default="all", choices=["1", "2", "3", "all"],
-                   help="which stage to run; 2 and 3 read the previous stage's checkpoint")
+                   help="which stage to run; a later stage reads the previous stage's checkpoint "
+                        "(optim.policy_training=differentiable has no stage 2)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="the run folder: checkpoints, metrics, and config.yaml, the run's "
                         "config, which --resume, --baseline and later stages start from")
@@ -238,8 +239,13 @@ def _train(args: argparse.Namespace, callbacks: Sequence[TrainerCallback] = ()) 
         print(f"static baseline ({cfg.model.backbone}, {size_text(cfg.model.image_size)} px): test accuracy "
               f"{ck['test_accuracy']:.4f}, {ck['macs'] / 1e6:.2f} M MACs per image")
         return 0
-    stages = [1, 2, 3] if args.stage == "all" else [int(args.stage)]
-    from .train import train
+    from .train import gfnet_stages, train
+
+    stages = gfnet_stages(cfg) if args.stage == "all" else [int(args.stage)]
+    if not set(stages) <= set(gfnet_stages(cfg)):
+        raise GFNetError(f"--stage {args.stage}: with optim.policy_training={cfg.optim.policy_training} GFNet "
+                         f"trains stages {', '.join(map(str, gfnet_stages(cfg)))} (stage 3 learns the policy "
+                         "by gradient; there is no PPO stage 2)")
 
     results = train(cfg, args.out, stages, resume=args.resume, callbacks=callbacks,
                     force=args.force)

@@ -122,7 +122,7 @@ def run_demo(cfg: Config, out: str | Path, *, images: int = 8, passes: int = 3,
     log: receives a heading per step and the results of each. force: go on in an ``out`` whose
     config.yaml records other model, data or schedule settings (refused otherwise).
     """
-    from .train import train
+    from .train import gfnet_stages, train
     from .train.baseline import BASELINE_FILE, train_baseline
 
     say = log or (lambda _msg: None)
@@ -143,8 +143,10 @@ def run_demo(cfg: Config, out: str | Path, *, images: int = 8, passes: int = 3,
     if not (gf_cfg.model.init_from or gf_cfg.model.pretrained):
         gf_cfg.model.init_from = str(baseline)
     step(2, f"train GFNet ({cfg.preset}), encoders from {gf_cfg.model.init_from or 'pretrained weights'}: "
-            f"warm-up, policy (PPO), fine-tune -> {out}")
-    train(gf_cfg, out, [1, 2, 3], resume=True, force=force)  # finished stages are skipped
+         + ("warm-up, policy (PPO), fine-tune" if gf_cfg.optim.policy_training == "ppo"
+            else "warm-up, then policy, encoders and classifier end to end (differentiable)")
+         + f" -> {out}")
+    train(gf_cfg, out, gfnet_stages(gf_cfg), resume=True, force=force)  # finished stages are skipped
     finished = _finished_report(out)
     if finished is not None:
         say(f"\n== gfnet demo 3-4/{STEPS}: already done, {out / 'report.json'} reused ==")

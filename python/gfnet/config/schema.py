@@ -17,6 +17,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_INTERPOLATIONS = ("bilinear", "bicubic")
 # data.auto_augment: torchvision's RandAugment or TrivialAugmentWide, or none
 AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
+POLICY_TRAININGS = ("ppo", "differentiable")  # optim.policy_training: how the policy learns
 
 
 def image_hw(size: int | Sequence[int], name: str = "image size") -> tuple[int, int]:
@@ -139,6 +140,16 @@ class OptimConfig:
     stage3_actions: str = "sample"
     schedule_unit: str = "epoch"  # cosine schedule stepped per "epoch" or per "step"
     grad_clip: float = 0.0  # 0 = off
+    # How the policy learns where to look. "ppo": the paper's recipe, stage 2 by reinforcement
+    # learning, then the fine-tune (stage 3). "differentiable": no stage 2; stage 3 trains the
+    # policy with the encoders and classifier by backpropagating the classification losses
+    # through the bilinear focus crop into the patch locations (docs/TRAINING.md).
+    policy_training: str = "ppo"
+    lr_policy: float = 1e-3  # "differentiable": the policy's learning rate in stage 3 (Adam)
+    # "differentiable": stage 3's loss also averages in a rollout at uniformly random locations,
+    # so the local encoder and classifier keep learning from everywhere, not only from where
+    # the young policy looks
+    random_focus_loss: bool = True
 
 
 @dataclass
@@ -258,6 +269,11 @@ class Config:
                 raise ConfigError(f"optim.epochs_stage{k} must be >= 0")
         if o.epochs_baseline < 0:
             raise ConfigError("optim.epochs_baseline must be >= 0 (0: stage-1 + stage-3 epochs)")
+        if o.policy_training not in POLICY_TRAININGS:
+            raise ConfigError(f"optim.policy_training must be one of {', '.join(POLICY_TRAININGS)}, "
+                              f"not {o.policy_training!r}")
+        if not o.lr_policy > 0:
+            raise ConfigError(f"optim.lr_policy must be > 0, not {o.lr_policy!r}")
         return self
 
 

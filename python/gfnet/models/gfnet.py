@@ -23,7 +23,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .backbones import Backbone, build_backbone
-from .patches import Patches, focus_boxes, model_kernels, whole_image_boxes
+from .patches import Patches, continuous_focus_boxes, focus_boxes, model_kernels, whole_image_boxes
 from .policy import ActorCritic
 
 
@@ -179,11 +179,15 @@ class GFNet(nn.Module):
 
     def focus_step(self, images: torch.Tensor, state: GFState, *, batch_index: torch.Tensor | None = None,
                    policy: str = "mean", action: torch.Tensor | None = None,
-                   generator: torch.Generator | None = None) -> StepOutput:
+                   generator: torch.Generator | None = None, differentiable: bool = False) -> StepOutput:
         """One focus step: policy action -> crop -> local encoder -> classifier.
 
         policy: "mean" (deterministic, inference), "sample" (Gaussian exploration, PPO),
         "random" (uniform locations; the policy is not run) or "given" (use ``action``).
+        differentiable: crop at the action's exact position (continuous_focus_boxes, a bilinear
+        read between pixels) instead of the whole-pixel box, so that a loss on this step's
+        outputs reaches the action and, through it, the policy (the differentiable policy
+        training; inference always crops whole pixels).
         """
         step = state.step
         if step >= self.max_steps:
@@ -205,7 +209,10 @@ class GFNet(nn.Module):
                     torch.autocast(state.fmap.device.type, enabled=False):
                 action, log_prob, value, policy_h = self.policy.act(state.fmap.float(), state.policy_h,
                                                                     policy, generator)
-        boxes = self.focus_boxes(images, action)  # once: cropped here, recorded by the engine
+        if differentiable:
+            boxes = continuous_focus_boxes(action, tuple(images.shape[-2:]), self.patch_size)
+        else:
+            boxes = self.focus_boxes(images, action)  # once: cropped here, recorded by the engine
         x = self.focus_input(images, action, batch_index, boxes=boxes)
         feat, fmap = self.local_encoder(x)
         logits, cls = self.classifier(feat, state.cls, step, self.global_encoder.head)

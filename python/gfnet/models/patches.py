@@ -2,7 +2,8 @@
 
 - glance: the whole image box (0, 0, W, H) resized to P x P;
 - focus: the integer P x P box whose top-left is ``floor(a * (H - P))`` (row from a[0],
-  column from a[1]), an exact copy of those pixels.
+  column from a[1]), an exact copy of those pixels; in the differentiable policy training the
+  same box before the floor, read bilinearly between pixels, so that gradients reach ``a``.
 
 Normalisation (``(v / 255 - mean) / std`` for uint8 input) is fused into the same pass.
 """
@@ -43,6 +44,14 @@ def focus_boxes(actions: torch.Tensor, image_hw: tuple[int, int], patch: int) ->
     return gfkernels.focus_boxes(actions.detach().float(), tuple(image_hw), patch)
 
 
+def continuous_focus_boxes(actions: torch.Tensor, image_hw: tuple[int, int], patch: int) -> torch.Tensor:
+    """(B, 2) actions -> (B, 4) boxes at top-left a * (H - P), unfloored and differentiable in
+    the actions: gfkernels.continuous_focus_boxes (the differentiable policy training)."""
+    import gfkernels
+
+    return gfkernels.continuous_focus_boxes(actions, tuple(image_hw), patch)
+
+
 class Patches:
     """A model's two crops with their options fixed (and checked) once, under its kernel policy:
     per call only the tensors are checked (gfkernels.Kernels.crop)."""
@@ -64,7 +73,8 @@ class Patches:
 
     def focus(self, images: torch.Tensor, boxes: torch.Tensor,
               batch_index: torch.Tensor | None = None) -> torch.Tensor:
-        """The P x P patches of ``boxes`` (their focus_boxes), exact copies of the pixels."""
+        """The P x P patches of ``boxes``: exact copies of the pixels for focus_boxes, bilinear
+        reads between them for continuous_focus_boxes (differentiable in the boxes)."""
         return self._focus(images, boxes.to(images.device), batch_index)
 
 

@@ -56,7 +56,7 @@ class _BaselineLoss(nn.Module):
 class BaselineStage(ClassifierStage):
     """The static baseline's one stage: the whole model, SGD at the backbone's learning rate."""
 
-    number, label = BASELINE_STAGE, "baseline"
+    number, label, title = BASELINE_STAGE, "baseline", "baseline"
     val_modes = ("static",)
 
     def checkpoint_path(self, out: Path) -> Path:
@@ -79,8 +79,10 @@ class BaselineStage(ClassifierStage):
 
 
 class BaselineTrainer(Trainer):
-    stage_kinds = (BaselineStage(),)
     checkpoint_kind = "baseline"
+
+    def stage_kinds_for(self, cfg: Config) -> tuple[BaselineStage]:
+        return (BaselineStage(),)
 
     def build_model(self) -> nn.Module:
         return build_static_baseline(self.cfg.model)

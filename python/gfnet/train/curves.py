@@ -39,10 +39,11 @@ class StageCurve:
     val_accuracy: list[list[float]] = field(default_factory=list)  # [epoch][step]
     val_mode: str = ""
     trains_glance: bool = False  # the stage trains the glance (step 1)
+    title: str = ""  # the rows' stage_title (Stage.title); rows written before it: STAGE_LABELS
 
     @property
     def label(self) -> str:
-        return STAGE_LABELS.get(self.stage, f"stage {self.stage}")
+        return self.title or STAGE_LABELS.get(self.stage, f"stage {self.stage}")
 
 
 def primary_val(val: dict[str, list[float]]) -> tuple[str, list[float]]:
@@ -76,6 +77,7 @@ def stage_curves(rows: list[dict[str, Any]]) -> list[StageCurve]:
         stage = int(rec["stage"])
         curve = curves.setdefault(stage, StageCurve(stage))
         curve.trains_glance = bool(rec.get("trains_glance", stage in _GLANCE_TRAINING_STAGES_OF_OLD_ROWS))
+        curve.title = str(rec.get("stage_title", curve.title))
         if "val_accuracy" in rec:
             mode, acc = rec.get("val_mode", ""), list(rec["val_accuracy"])
         elif rec.get("val"):  # rows written before val_accuracy existed

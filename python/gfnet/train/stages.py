@@ -14,6 +14,13 @@ Each stage has a number, the ``stage`` field of its checkpoint and of its metric
     3  fine-tune: policy frozen; encoders + classifier learn on the patches at locations sampled
        from it (``optim.stage3_actions``: "sample", as the official code, or "mean")
 
+That is the paper's recipe (``optim.policy_training = "ppo"``). With "differentiable" there is
+no stage 2, and stage 3 is the end-to-end stage: the policy learns with the encoders and the
+classifier from the classification losses themselves, backpropagated through the bilinear
+focus crop into the patch locations (crop_resize's box gradients), beside a rollout at random
+locations (``optim.random_focus_loss``):
+       loss = (loss of stage 1 at the policy's exact locations + the same at random ones) / 2
+
 A new kind of stage is a subclass of :class:`Stage` (or :class:`ClassifierStage` when it trains
 a classifier on a loss its runner returns) added to a trainer's ``stage_kinds``.
 """
@@ -53,10 +60,15 @@ def set_trainable(model: GFNet, parts: Iterable[str]) -> None:
             p.requires_grad_(on)
 
 
+def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """AMP's half-precision logits in float32 for the loss; float64 stays (gradient checks)."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 def stage_loss(outs, labels: torch.Tensor, head_weight: float) -> torch.Tensor:
-    loss = sum(F.cross_entropy(o.logits.float(), labels) for o in outs)
+    loss = sum(F.cross_entropy(_at_least_float32(o.logits), labels) for o in outs)
     if head_weight:
-        loss = loss + head_weight * sum(F.cross_entropy(o.head_logits.float(), labels) for o in outs)
+        loss = loss + head_weight * sum(F.cross_entropy(_at_least_float32(o.head_logits), labels) for o in outs)
     return loss / len(outs)
 
 
@@ -79,12 +91,38 @@ class _RolloutLoss(nn.Module):
         return stage_loss(outs, labels, self.head_weight), [o.logits.detach() for o in outs]
 
 
+class _EndToEndLoss(nn.Module):
+    """forward(images, labels) -> (loss, per-step logits at the policy's locations): the module
+    DDP wraps in the differentiable stage 3. One glance serves both rollouts."""
+
+    def __init__(self, model: GFNet, head_weight: float, random_rollout: bool):
+        super().__init__()
+        self.model = model
+        self.head_weight = head_weight
+        self.random_rollout = random_rollout
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor):
+        model = self.model
+        glance = model.glance_step(images)
+        learned = [glance]
+        for _ in range(1, model.max_steps):
+            learned.append(model.focus_step(images, learned[-1].state, policy="mean", differentiable=True))
+        loss = stage_loss(learned, labels, self.head_weight)
+        if self.random_rollout:
+            spread = [glance]
+            for _ in range(1, model.max_steps):
+                spread.append(model.focus_step(images, spread[-1].state, policy="random"))
+            loss = (loss + stage_loss(spread, labels, self.head_weight)) / 2
+        return loss, [o.logits.detach() for o in learned]
+
+
 class Stage:
     """One kind of training stage. Subclasses set ``number`` and ``label`` and fill in the
     methods that raise here."""
 
     number: int
-    label: str
+    label: str  # "stage N": the key of its results (results.json) and of the log's lines
+    title: str = ""  # what it does, in the training curves and their warnings ("": the label)
     val_modes: tuple[str, ...] = ("mean", "random")  # focus modes of validation, the first judged
 
     def checkpoint_path(self, out: Path) -> Path:
@@ -232,22 +270,88 @@ class _GFNetClassifierStage(ClassifierStage):
 
 class WarmUpStage(_GFNetClassifierStage):
     number, label = 1, "stage 1"
+    title = "stage 1 (warm-up)"
     val_modes = ("random",)  # no policy yet
     freeze_global_key, classifier_lr_key = "freeze_global_stage1", "lr_classifier_stage1"
 
 
 class FineTuneStage(_GFNetClassifierStage):
     number, label = 3, "stage 3"
+    title = "stage 3 (fine-tune)"
     freeze_global_key, classifier_lr_key = "freeze_global_stage3", "lr_classifier_stage3"
 
     def rollout_actions(self, cfg):
         return cfg.optim.stage3_actions
 
 
+class JointOptimizer(torch.optim.Optimizer):
+    """Several optimisers stepped as one, for a stage whose parts learn best with different
+    rules (the differentiable stage 3: SGD for the networks, Adam for the policy). Its
+    ``param_groups`` are theirs, so a schedule scales every group; one state dict holds theirs."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        params = [p for o in optimizers for g in o.param_groups for p in g["params"]]
+        super().__init__(params, {})
+        self.optimizers = optimizers
+        self.param_groups = [g for o in optimizers for g in o.param_groups]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("JointOptimizer.step takes no closure")
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        states = state_dict["optimizers"]
+        if len(states) != len(self.optimizers):
+            raise ValueError(f"{len(states)} optimiser states for {len(self.optimizers)} optimisers")
+        for o, st in zip(self.optimizers, states):
+            o.load_state_dict(st)
+        # loading gives each optimiser new group dicts: the schedule must scale those
+        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
+
+
+class EndToEndStage(_GFNetClassifierStage):
+    """The differentiable recipe's stage 3: the policy learns with the encoders and the
+    classifier, by gradient through the crop (no PPO, no value network, no rewards)."""
+
+    number, label = 3, "stage 3"
+    title = "stage 3 (end to end)"
+    freeze_global_key, classifier_lr_key = "freeze_global_stage3", "lr_classifier_stage3"
+
+    def trained_parts(self, cfg):
+        return super().trained_parts(cfg) + ("policy",)
+
+    def runner(self, trainer):
+        o = trainer.cfg.optim
+        return _EndToEndLoss(trainer.model, o.head_loss_weight, o.random_focus_loss)
+
+    def find_unused_parameters(self, cfg):
+        return True  # the policy's critic (PPO's value network) gets no gradient here
+
+    def optimizer(self, trainer):
+        # The policy's gradient comes through a few pixels of image gradient and is small and
+        # one-sided early on: SGD at the networks' learning rates hardly moves it, at ten to a
+        # hundred times that it drives the actor into the sigmoid's flat ends (a fixed corner).
+        # Adam's steps do not depend on the gradient's scale, as in PPO's stage 2.
+        policy = torch.optim.Adam([{"params": trainer.model.param_groups()["policy"],
+                                    "lr": trainer.cfg.optim.lr_policy, "name": "policy"}])
+        return JointOptimizer(super().optimizer(trainer), policy)
+
+
 class PolicyStage(Stage):
     """PPO on the actor-critic; everything else frozen. No schedule: Adam at ``ppo.lr``."""
 
     number, label = 2, "stage 2"
+    title = "stage 2 (policy)"
 
     def trained_parts(self, cfg: Config) -> tuple[str, ...]:
         return ("policy",)
@@ -304,12 +408,32 @@ class PolicyStage(Stage):
                 "images_per_s": float(stats[4]) / max(dt, 1e-9), "train_time_s": round(dt, 2)}
 
 
+# GFNet's stages per optim.policy_training: the paper's (PPO) and the differentiable recipe
 GFNET_STAGES: tuple[Stage, ...] = (WarmUpStage(), PolicyStage(), FineTuneStage())
+RECIPES: dict[str, tuple[Stage, ...]] = {
+    "ppo": GFNET_STAGES,
+    "differentiable": (WarmUpStage(), EndToEndStage()),
+}
+
+
+def gfnet_stage_kinds(cfg: Config) -> tuple[Stage, ...]:
+    """The stages GFNet trains through with ``cfg``'s ``optim.policy_training``."""
+    try:
+        return RECIPES[cfg.optim.policy_training]
+    except KeyError:
+        raise ConfigError(f"optim.policy_training must be one of {', '.join(RECIPES)}, "
+                          f"not {cfg.optim.policy_training!r}") from None
+
+
+def gfnet_stages(cfg: Config) -> list[int]:
+    """Their numbers: [1, 2, 3] (PPO) or [1, 3] (differentiable)."""
+    return [kind.number for kind in gfnet_stage_kinds(cfg)]
 
 
 def trained_parts(cfg: Config, stage: int) -> tuple[str, ...]:
     """Which parts of the model (GFNet.param_groups keys) GFNet's stage ``stage`` trains."""
-    for kind in GFNET_STAGES:
+    for kind in gfnet_stage_kinds(cfg):
         if kind.number == stage:
             return kind.trained_parts(cfg)
-    raise ConfigError(f"stage must be 1, 2 or 3, not {stage!r}")
+    raise ConfigError(f"stage must be one of {', '.join(map(str, gfnet_stages(cfg)))} with "
+                      f"optim.policy_training={cfg.optim.policy_training!r}, not {stage!r}")

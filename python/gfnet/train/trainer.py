@@ -39,13 +39,12 @@ from .callbacks import TrainerCallback
 from .curves import curve_warnings, primary_val, read_metrics, stage_curves
 from .distributed import (DistInfo, all_gather_object, all_reduce_sum, average_buffers, barrier, setup,
                           teardown)
-from .stages import GFNET_STAGES, Stage
+from .stages import Stage, gfnet_stage_kinds
 
 __all__ = ["Trainer", "discard_unsaved_progress", "train"]
 
 
 class Trainer:
-    stage_kinds: tuple[Stage, ...] = GFNET_STAGES  # the stages this trainer runs, by number
     checkpoint_kind = "gfnet"  # the "kind" field of every checkpoint written
 
     def __init__(self, cfg: Config, out_dir: str | Path, *, resume: bool = False,
@@ -53,6 +52,7 @@ class Trainer:
                  force: bool = False):
         cfg.validate()
         self.cfg = cfg
+        self.stage_kinds = self.stage_kinds_for(cfg)  # the stages this trainer runs, by number
         self.out = Path(out_dir)
         self.resume = resume
         self.force = force  # train on although the config differs from the run's config.yaml
@@ -87,6 +87,9 @@ class Trainer:
     # ------------------------------------------------------------------ what a subclass changes
     # (the static baseline, train/baseline.py, trains another model through the same loop with
     # its own stage kind)
+    def stage_kinds_for(self, cfg: Config) -> tuple[Stage, ...]:
+        return gfnet_stage_kinds(cfg)
+
     def build_model(self) -> nn.Module:
         model = build_model(self.cfg.model, self.cfg.run.kernel_backend or None)
         model.policy.clamp_samples = self.cfg.ppo.clamp_actions
@@ -401,7 +404,8 @@ class Trainer:
             average_buffers(self.model, self.dist)
             val = self.evaluate("val", kind.val_modes)
             mode, acc = primary_val(val)
-            rec.update(stage=stage, epoch=epoch + 1, epochs=epochs, val=val, val_mode=mode, val_accuracy=acc,
+            rec.update(stage=stage, stage_title=kind.title, epoch=epoch + 1, epochs=epochs, val=val, val_mode=mode,
+                       val_accuracy=acc,
                        trains_glance=kind.trains_glance(self), epoch_time_s=round(time.time() - t0, 2),
                        time=time.time())
             self._metrics(rec)
