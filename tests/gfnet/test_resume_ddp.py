@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from .conftest import subprocess_env, tiny_overrides
@@ -63,10 +64,14 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert len(lines) == 6  # 2 epochs x 3 stages, none repeated
 
 
-def test_torchrun_two_ranks_identical_parameters(tmp_path):
+@pytest.mark.parametrize("policy_training,stages", [("ppo", (1, 2, 3)), ("differentiable", (1, 3))])
+def test_torchrun_two_ranks_identical_parameters(tmp_path, policy_training, stages):
+    """Both recipes: PPO's stage 2, and the differentiable stage 3 that trains the policy
+    through the crop (with its critic unused: DDP's find_unused_parameters)."""
     proc = _train(tmp_path / "ddp", callbacks=["--dump-params", str(tmp_path / "dump")], launcher=TORCHRUN_2,
                   **{"optim.epochs_stage1": 1, "optim.epochs_stage2": 1, "optim.epochs_stage3": 1,
-                     "data.train_samples": 32, "run.max_train_batches": 2})
+                     "optim.policy_training": policy_training, "data.train_samples": 32,
+                     "run.max_train_batches": 2})
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = torch.load(tmp_path / "dump" / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "dump" / "rank1.pt", weights_only=True)
@@ -74,9 +79,8 @@ def test_torchrun_two_ranks_identical_parameters(tmp_path):
     assert r0.keys() == r1.keys()
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k
-    for stage in (1, 2, 3):
-        assert (tmp_path / "ddp" / f"stage{stage}.pt").exists()
-    assert any(not torch.equal(r0[k], init[k]) for k in r0 if k.startswith("policy."))
+    assert [s for s in (1, 2, 3) if (tmp_path / "ddp" / f"stage{s}.pt").exists()] == list(stages)
+    assert any(not torch.equal(r0[k], init[k]) for k in r0 if k.startswith("policy.actor."))
 
 
 def test_baseline_resume_after_kill_matches_uninterrupted_run(tmp_path):
