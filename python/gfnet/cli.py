@@ -241,10 +241,11 @@ def _train(args: argparse.Namespace, callbacks: Sequence[TrainerCallback] = ()) 
         return 0
     from .train import gfnet_stages, train
 
-    stages = gfnet_stages(cfg) if args.stage == "all" else [int(args.stage)]
-    if not set(stages) <= set(gfnet_stages(cfg)):
+    recipe = gfnet_stages(cfg)
+    stages = recipe if args.stage == "all" else [int(args.stage)]
+    if not set(stages) <= set(recipe):
         raise GFNetError(f"--stage {args.stage}: with optim.policy_training={cfg.optim.policy_training} GFNet "
-                         f"trains stages {', '.join(map(str, gfnet_stages(cfg)))} (stage 3 learns the policy "
+                         f"trains stages {', '.join(map(str, recipe))} (stage 3 learns the policy "
                          "by gradient; there is no PPO stage 2)")
 
     results = train(cfg, args.out, stages, resume=args.resume, callbacks=callbacks,

@@ -108,6 +108,10 @@ def test_the_recipe_has_no_ppo_stage_and_trains_the_policy_in_stage_3():
     assert gfnet_stages(cfg) == [1, 3]
     assert "policy" in trained_parts(cfg, 3) and "policy" not in trained_parts(cfg, 1)
     assert gfnet_stages(build_config("digits")) == [1, 2, 3]
+    from gfnet.config.schema import POLICY_TRAININGS
+    from gfnet.train.stages import RECIPES
+
+    assert set(RECIPES) == set(POLICY_TRAININGS)  # the config accepts exactly the recipes there are
     assert isinstance(EndToEndStage(), EndToEndStage) and EndToEndStage.title == "stage 3 (end to end)"
     with pytest.raises(Exception, match="policy_training"):
         build_config("digits", overrides=["optim.policy_training=reinforce"]).validate()

@@ -262,15 +262,20 @@ class GFNet(nn.Module):
         return outs
 
     def rollout(self, images: torch.Tensor, *, policy: str = "mean", actions: list[torch.Tensor] | None = None,
-                steps: int | None = None, generator: torch.Generator | None = None) -> list[StepOutput]:
-        """All steps on the whole batch; ``actions`` (T-1 tensors) forces the focus locations."""
+                steps: int | None = None, generator: torch.Generator | None = None,
+                glance: StepOutput | None = None, differentiable: bool = False) -> list[StepOutput]:
+        """All steps on the whole batch; ``actions`` (T-1 tensors) forces the focus locations.
+        ``glance``: this batch's glance step, already taken (two rollouts from one glance);
+        ``differentiable``: the focus steps' (focus_step)."""
         steps = self.max_steps if steps is None else steps
-        outs = [self.glance_step(images)]
+        outs = [self.glance_step(images) if glance is None else glance]
         for t in range(1, steps):
             if actions is not None:
-                outs.append(self.focus_step(images, outs[-1].state, policy="given", action=actions[t - 1]))
+                outs.append(self.focus_step(images, outs[-1].state, policy="given", action=actions[t - 1],
+                                            differentiable=differentiable))
             else:
-                outs.append(self.focus_step(images, outs[-1].state, policy=policy, generator=generator))
+                outs.append(self.focus_step(images, outs[-1].state, policy=policy, generator=generator,
+                                            differentiable=differentiable))
         return outs
 
     def forward(self, images: torch.Tensor, policy: str = "mean",

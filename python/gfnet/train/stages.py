@@ -102,16 +102,10 @@ class _EndToEndLoss(nn.Module):
         self.random_rollout = random_rollout
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor):
-        model = self.model
-        glance = model.glance_step(images)
-        learned = [glance]
-        for _ in range(1, model.max_steps):
-            learned.append(model.focus_step(images, learned[-1].state, policy="mean", differentiable=True))
+        learned = self.model.rollout(images, policy="mean", differentiable=True)
         loss = stage_loss(learned, labels, self.head_weight)
         if self.random_rollout:
-            spread = [glance]
-            for _ in range(1, model.max_steps):
-                spread.append(model.focus_step(images, spread[-1].state, policy="random"))
+            spread = self.model.rollout(images, policy="random", glance=learned[0])
             loss = (loss + stage_loss(spread, labels, self.head_weight)) / 2
         return loss, [o.logits.detach() for o in learned]
 

@@ -404,8 +404,8 @@ class Trainer:
             average_buffers(self.model, self.dist)
             val = self.evaluate("val", kind.val_modes)
             mode, acc = primary_val(val)
-            rec.update(stage=stage, stage_title=kind.title, epoch=epoch + 1, epochs=epochs, val=val, val_mode=mode,
-                       val_accuracy=acc,
+            rec.update(stage=stage, stage_title=kind.title, epoch=epoch + 1, epochs=epochs, val=val,
+                       val_mode=mode, val_accuracy=acc,
                        trains_glance=kind.trains_glance(self), epoch_time_s=round(time.time() - t0, 2),
                        time=time.time())
             self._metrics(rec)
