@@ -22,7 +22,7 @@ from gfnet.config import build_config
 from gfnet.models import build_model
 from gfnet.models.patches import Patches
 from gfnet.train import EndToEndStage, gfnet_stages, trained_parts
-from gfnet.train.stages import _EndToEndLoss
+from gfnet.train.stages import _RolloutLoss
 
 from .conftest import tiny_overrides
 from .test_demo import _demo
@@ -62,7 +62,7 @@ def test_gradient_reaches_the_policy_through_the_crop(backend):
     labels = torch.tensor([1, 4, 7])
     with torch.no_grad():
         bias.add_(torch.tensor([0.3, -0.2], dtype=torch.float64))  # off the centre, between pixels
-    loss_of = _EndToEndLoss(model, head_weight=1.0, random_rollout=False)
+    loss_of = _RolloutLoss(model, "mean", head_weight=1.0, differentiable=True)
 
     loss, _ = loss_of(images, labels)
     (grad,) = torch.autograd.grad(loss, bias)

@@ -78,36 +78,29 @@ def cosine(progress: float) -> float:
 
 
 class _RolloutLoss(nn.Module):
-    """forward(images, labels) -> (loss, per-step logits): the module DDP wraps in stages 1, 3."""
+    """forward(images, labels) -> (loss, per-step logits): the module DDP wraps in stages 1, 3.
 
-    def __init__(self, model: GFNet, policy: str, head_weight: float):
+    policy: where the rollout looks ("random", or the policy's "mean" / "sample");
+    differentiable: crop at the exact locations, so that the loss reaches the policy (the
+    differentiable stage 3); random_rollout: average in the loss of a second rollout at random
+    locations from the same glance (its logits are not returned)."""
+
+    def __init__(self, model: GFNet, policy: str, head_weight: float, *, differentiable: bool = False,
+                 random_rollout: bool = False):
         super().__init__()
         self.model = model
         self.policy = policy
         self.head_weight = head_weight
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor):
-        outs = self.model.rollout(images, policy=self.policy)
-        return stage_loss(outs, labels, self.head_weight), [o.logits.detach() for o in outs]
-
-
-class _EndToEndLoss(nn.Module):
-    """forward(images, labels) -> (loss, per-step logits at the policy's locations): the module
-    DDP wraps in the differentiable stage 3. One glance serves both rollouts."""
-
-    def __init__(self, model: GFNet, head_weight: float, random_rollout: bool):
-        super().__init__()
-        self.model = model
-        self.head_weight = head_weight
+        self.differentiable = differentiable
         self.random_rollout = random_rollout
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor):
-        learned = self.model.rollout(images, policy="mean", differentiable=True)
-        loss = stage_loss(learned, labels, self.head_weight)
+        outs = self.model.rollout(images, policy=self.policy, differentiable=self.differentiable)
+        loss = stage_loss(outs, labels, self.head_weight)
         if self.random_rollout:
-            spread = self.model.rollout(images, policy="random", glance=learned[0])
+            spread = self.model.rollout(images, policy="random", glance=outs[0])
             loss = (loss + stage_loss(spread, labels, self.head_weight)) / 2
-        return loss, [o.logits.detach() for o in learned]
+        return loss, [o.logits.detach() for o in outs]
 
 
 class Stage:
@@ -326,7 +319,8 @@ class EndToEndStage(_GFNetClassifierStage):
 
     def runner(self, trainer):
         o = trainer.cfg.optim
-        return _EndToEndLoss(trainer.model, o.head_loss_weight, o.random_focus_loss)
+        return _RolloutLoss(trainer.model, "mean", o.head_loss_weight, differentiable=True,
+                            random_rollout=o.random_focus_loss)
 
     def find_unused_parameters(self, cfg):
         return True  # the policy's critic (PPO's value network) gets no gradient here
