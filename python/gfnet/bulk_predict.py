@@ -38,7 +38,7 @@ def predict_files(checkpoint: str | Path, images: Sequence[str], *, budget: int 
                   out: str | Path = "predict", device: str | None = None,
                   class_names: str | Path | Sequence[str] | None = None,
                   batch_size: int = DEFAULT_BATCH_SIZE, resize: bool = True,
-                  force: bool = False) -> dict[str, Any]:
+                  force: bool = False, precision: str = "fp32", layout: str = "auto") -> dict[str, Any]:
     """Classify image files (any format PIL reads) with the checkpoint (file or run folder).
 
     Returns ``{"thresholds": where they come from, "steps": T, "predictions": [...]}`` with a
@@ -56,7 +56,7 @@ def predict_files(checkpoint: str | Path, images: Sequence[str], *, budget: int 
     names = [prediction_picture_name(i, str(name)) for i, name in enumerate(images)]
     for name in names:
         folder.target(name)  # refuse before the work, not after it
-    predictor = load(checkpoint, device, class_names=class_names)
+    predictor = load(checkpoint, device, class_names=class_names, precision=precision, layout=layout)
     set_threads(predictor.cfg.run.threads)
     result = predictor(images, budget=budget, threshold=thresholds, target_macs=target_macs,
                        batch_size=batch_size, resize=resize, keep_inputs=True)
@@ -301,7 +301,8 @@ def predict_folder(checkpoint: str | Path, inputs: Sequence[str | Path] = (), *,
                    batch_size: int = DEFAULT_BATCH_SIZE, resize: bool = True, workers: int | None = None,
                    fmt: str = "jsonl", pictures: int | None = None, overwrite: bool = False,
                    force: bool = False, progress: bool = True, rank: int | None = None,
-                   world_size: int | None = None, log=None) -> dict[str, Any]:
+                   world_size: int | None = None, log=None, precision: str = "fp32",
+                   layout: str = "auto") -> dict[str, Any]:
     """Classify every image of ``inputs`` (files, folders searched recursively) and of
     ``files_from`` into ``out``/predictions.jsonl (or .csv with ``fmt="csv"``), at any scale.
 
@@ -317,7 +318,8 @@ def predict_folder(checkpoint: str | Path, inputs: Sequence[str | Path] = (), *,
     runs of at most 16 images, else none). Under torchrun (or with ``rank`` / ``world_size``),
     rank k takes every world_size-th image and writes predictions.rank{k}.jsonl; the last rank
     to finish merges the shards into predictions.jsonl. log: called with each line to print
-    (small runs print a line per image). Returns a summary of the run.
+    (small runs print a line per image). precision, layout: the inference format (gfnet.load).
+    Returns a summary of the run.
     """
     from .viz import prediction_picture, prediction_picture_name
 
@@ -340,7 +342,7 @@ def predict_folder(checkpoint: str | Path, inputs: Sequence[str | Path] = (), *,
         raise DataError("no images to predict: give image files, folders holding images, or --files-from LIST")
     if device in (None, "auto") and torch.cuda.is_available():
         device = f"cuda:{local_rank % torch.cuda.device_count()}"
-    predictor = load(checkpoint, device, class_names=class_names)
+    predictor = load(checkpoint, device, class_names=class_names, precision=precision, layout=layout)
     set_threads(predictor.cfg.run.threads)
     rule = predictor.exit_rule(budget, thresholds, target_macs)
     # the exit rule is checked before anything is written

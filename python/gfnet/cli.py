@@ -18,6 +18,7 @@ from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from .config.schema import LAYOUTS, PRECISIONS
 from .errors import GFNetError
 
 if TYPE_CHECKING:
@@ -303,6 +304,17 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="a static baseline checkpoint (gfnet train --baseline): its point on the plot")
     p.add_argument("--baseline-acc", type=float, default=None,
                    help="accuracy of a static baseline (the backbone on the full image), plotted at its MACs")
+    _format_args(p, "the run's run.precision, fp32 unless set; thresholds are calibrated and stored per "
+                    "precision")
+
+
+def _format_args(p: argparse.ArgumentParser, default: str = "fp32") -> None:
+    """--precision and --layout: the networks' inference format (gfnet.precision)."""
+    p.add_argument("--precision", choices=list(PRECISIONS), default=None,
+                   help=f"arithmetic of the networks: fp32, bf16 (a CPU with native bf16, or a GPU) or fp16 "
+                        f"(a GPU); exits are decided in fp32 either way (default: {default})")
+    p.add_argument("--layout", choices=list(LAYOUTS), default=None,
+                   help="memory layout of the networks' activations (default auto: channels_last)")
 
 
 @command("eval", "budgeted evaluation: thresholds per budget, accuracy vs average FLOPs",
@@ -314,7 +326,8 @@ def _eval(args: argparse.Namespace) -> int:
                  budgets=_parse_budgets(args.budgets), target_macs=[t * 1e6 for t in args.target_macs],
                  recalibrate=args.recalibrate, store=not args.no_store, simulate=args.simulate,
                  batch_size=args.batch_size, max_batches=args.max_batches, baseline=args.baseline,
-                 baseline_acc=args.baseline_acc, force=args.force, log=print)
+                 baseline_acc=args.baseline_acc, force=args.force, log=print, precision=args.precision,
+                 layout=args.layout)
     return 0
 
 
@@ -357,6 +370,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true",
                    help="replace files (or links) in DIR that a prediction did not write")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (under torchrun: each rank's GPU)")
+    _format_args(p)
 
 
 @command("predict",
@@ -382,7 +396,8 @@ def _predict(args: argparse.Namespace) -> int:
                        device=args.device, class_names=args.class_names,
                        batch_size=DEFAULT_BATCH_SIZE if args.batch_size is None else args.batch_size,
                        resize=not args.no_resize, workers=args.workers, fmt=args.fmt, pictures=args.pictures,
-                       overwrite=args.overwrite, force=args.force, progress=not args.no_progress, log=print)
+                       overwrite=args.overwrite, force=args.force, progress=not args.no_progress, log=print,
+                       precision=args.precision or "fp32", layout=args.layout or "auto")
     skipped = f", {r['skipped']} already done" if r["skipped"] else ""
     print(f"{r['predicted']} images predicted, {r['errors']} unreadable{skipped} "
           f"({r['images_per_s']:.1f} images/s) -> {r['predictions']}")

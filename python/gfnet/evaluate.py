@@ -51,6 +51,7 @@ from .exits import (
 from .files import OutputFolder
 from .flops import average_macs, count_step_flops, format_table, require_fvcore
 from .inference import collect_anytime, exit_counts_of, per_step_accuracy, simulate_exits
+from .precision import InferenceFormat, precision_note
 
 Log = Callable[[str], None]
 
@@ -113,12 +114,12 @@ def evaluate_dynamic(model, loader, cal: Calibration, points: Sequence[BudgetPoi
 
 
 def _usable_calibration(ck: dict[str, Any], cfg: Config, step_macs: list[float],
-                        budgets: Sequence[int] | None, log: Log) -> Calibration | None:
+                        budgets: Sequence[int] | None, log: Log, precision: str = "fp32") -> Calibration | None:
     """The thresholds an earlier evaluation (or the import of an official checkpoint) stored in
     ``ck``, unless they were calibrated for other step costs (another model), miss one of
     ``budgets``, or were set on a val split that is also the test split (checkpoints from before
-    calibration splits were recorded)."""
-    cal = stored_calibration(ck)
+    calibration splits were recorded). Only thresholds calibrated in ``precision`` count."""
+    cal = stored_calibration(ck, precision)
     if cal is None:
         return None
     if [round(m) for m in cal.step_macs] != [round(m) for m in step_macs]:
@@ -138,7 +139,8 @@ def evaluate_run(checkpoint: str | Path, *, out: str | Path | None = None, data_
                  target_macs: Sequence[float] = (), recalibrate: bool = False, store: bool = True,
                  simulate: bool = False, batch_size: int | None = None, max_batches: int = 0,
                  baseline: str | Path | None = None, baseline_acc: float | None = None,
-                 force: bool = False, log: Log | None = None) -> dict[str, Any]:
+                 force: bool = False, log: Log | None = None, precision: str | None = None,
+                 layout: str | None = None) -> dict[str, Any]:
     """Evaluate the checkpoint (file or run folder) at ``budgets`` (None: all 39) and at each
     target average of ``target_macs`` MACs per image; write eval.json, eval.csv and eval.png
     into ``out`` (default: the checkpoint's folder / eval) and return the summary.
@@ -150,6 +152,9 @@ def evaluate_run(checkpoint: str | Path, *, out: str | Path | None = None, data_
     baseline: a finished static baseline checkpoint, plotted at its accuracy and MACs (or give
     ``baseline_acc``, plotted at the backbone's MACs on the full image). max_batches: evaluate at
     most this many batches per split (0 = all). log: receives progress and result lines.
+    precision, layout: the inference format (gfnet.precision; default the config's
+    ``run.precision`` and ``run.layout``): the thresholds are calibrated, stored and used per
+    precision.
     """
     log = log or _quiet
     require_fvcore("gfnet eval (it calibrates exits on MACs)")  # before any loading
@@ -162,9 +167,15 @@ def evaluate_run(checkpoint: str | Path, *, out: str | Path | None = None, data_
     ck_path = resolve_checkpoint(checkpoint)
     dev = pick_device(device)
     model, cfg, ck = load_checkpoint_model(ck_path, dev, {"data.root": data_root} if data_root else None)
+    precision = precision or cfg.run.precision
+    fmt = InferenceFormat.choose(precision, dev, layout or cfg.run.layout)
     set_threads(cfg.run.threads)
     sf = count_step_flops(model)
     step_macs = [float(m) for m in sf.macs]
+    note = precision_note(precision, dev)
+    if note:
+        log(f"warning: {note}")
+    model.set_inference_format(fmt)  # after counting: fvcore traces the model as it is
     for t in target_macs:
         if not (step_macs[0] <= t <= sum(step_macs)):
             raise GFNetError(f"--target-macs {t / 1e6:g} M is out of range: between the glance alone "
@@ -181,15 +192,15 @@ def evaluate_run(checkpoint: str | Path, *, out: str | Path | None = None, data_
         split = calibration_split(cfg)  # never the test images
         return collect_anytime(model, eval_loader(split.dataset, bs), device=dev, max_batches=max_batches)[0], split
 
-    cal = None if recalibrate else _usable_calibration(ck, cfg, step_macs, budgets, log)
+    cal = None if recalibrate else _usable_calibration(ck, cfg, step_macs, budgets, log, precision)
     logits = None
     if cal is None:
         logits, split = calibration_logits()
         # all 39 budgets: cheap once the logits are there
         cal = calibrate(logits, step_macs, split=split.split, details=split.details)
         if store_here:
-            store_calibration(ck_path, cal, ck)
-        log(f"calibrated {len(cal.points)} budgets on {split.describe()}"
+            store_calibration(ck_path, cal, ck, precision=precision)
+        log(f"calibrated {len(cal.points)} budgets in {precision} on {split.describe()}"
             + (f" (stored in {ck_path})" if store_here else ""))
     else:
         what = cal.details.get("source") or f"{cal.samples} {cal.split} images"
@@ -213,6 +224,7 @@ def evaluate_run(checkpoint: str | Path, *, out: str | Path | None = None, data_
         plotted = (baseline_macs if baseline_macs is not None else float(sf.static_macs), baseline_acc)
     summary = {
         "checkpoint": str(ck_path), "preset": cfg.preset, "engine": "simulated" if simulate else "dynamic",
+        "precision": precision, "layout": "channels_last" if fmt.channels_last else "contiguous",
         "test_samples": int(labels.numel()), "step_macs": step_macs, "step_flops": [2 * m for m in step_macs],
         "static_macs": sf.static_macs, "anytime_accuracy": step_acc, "calibration_split": cal.split,
         "calibration": {"split": cal.split, "samples": cal.samples, **cal.details},

@@ -297,23 +297,32 @@ def thresholds_for_macs(step_logits: torch.Tensor, step_macs: Sequence[float], t
 CKPT_KEY = "exit_thresholds"
 
 
-def store_calibration(ckpt_path, cal: Calibration, ck: dict[str, Any] | None = None) -> None:
-    """Adds the calibration to a checkpoint file (atomically rewritten; nothing else changes).
-    ck: the file's contents when the caller has already loaded them (they are updated too)."""
+def calibration_key(precision: str = "fp32") -> str:
+    """Where a checkpoint keeps the thresholds calibrated in ``precision`` (gfnet.precision):
+    a model run in bf16 gives other confidences than in fp32, so each precision has its own."""
+    return CKPT_KEY if precision == "fp32" else f"{CKPT_KEY}_{precision}"
+
+
+def store_calibration(ckpt_path, cal: Calibration, ck: dict[str, Any] | None = None, *,
+                      precision: str = "fp32") -> None:
+    """Adds the calibration (made in ``precision``) to a checkpoint file (atomically rewritten;
+    nothing else changes). ck: the file's contents when the caller has already loaded them
+    (they are updated too)."""
     from .checkpoint import load, save_atomic
 
     if ck is None:
         ck = load(ckpt_path)
-    ck[CKPT_KEY] = cal.to_dict()
+    ck[calibration_key(precision)] = cal.to_dict()
     save_atomic(ck, ckpt_path)
 
 
-def stored_calibration(ck: dict[str, Any]) -> Calibration | None:
-    d = ck.get(CKPT_KEY)
+def stored_calibration(ck: dict[str, Any], precision: str = "fp32") -> Calibration | None:
+    """The thresholds calibrated in ``precision``, or None."""
+    d = ck.get(calibration_key(precision))
     return None if d is None else Calibration.from_dict(d)
 
 
 __all__ = ["ALL_STEPS", "CKPT_KEY", "DEFAULT_BUDGET", "NUM_BUDGETS", "BudgetPoint", "Calibration",
-           "ExitRule", "ExitRuleError", "budget_q", "calibrate", "confidences", "engine_thresholds", "exit_fractions",
+           "ExitRule", "ExitRuleError", "budget_q", "calibrate", "calibration_key", "confidences", "engine_thresholds", "exit_fractions",
            "exit_rule", "geometric_fractions", "parse_thresholds", "store_calibration", "stored_calibration",
            "thresholds_for_fractions", "thresholds_for_macs"]

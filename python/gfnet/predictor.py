@@ -53,6 +53,7 @@ from __future__ import annotations
 import copy
 import itertools
 import threading
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ from .data.datasets import class_names as data_class_names, eval_settings
 from .device import pick_device
 from .errors import GFNetError
 from .exits import Calibration, ExitRule, exit_rule, stored_calibration
+from .precision import InferenceFormat, check_precision, precision_note
 from .inference import StreamStats, dynamic_inference, streaming_inference
 from .models.gfnet import GFNet
 
@@ -144,8 +146,14 @@ class Predictor:
     ``target_macs=``). Build one with :func:`gfnet.load`, or from a model and its config."""
 
     def __init__(self, model: GFNet, cfg: Config, *, calibration: Calibration | None = None,
-                 class_names: Sequence[str] | str | Path | None = None, source: str = "the model"):
+                 class_names: Sequence[str] | str | Path | None = None, source: str = "the model",
+                 inference_format: InferenceFormat | None = None):
         self.model = model.eval()
+        fmt = inference_format or InferenceFormat.choose(device=next(model.parameters()).device)
+        note = precision_note(fmt.precision, next(model.parameters()).device)
+        if note:
+            warnings.warn(note, stacklevel=2)
+        model.set_inference_format(fmt)
         self.cfg = cfg
         self._eval_settings = eval_settings(cfg)  # the evaluation resize: looked up once, not per image
         self._cumulative_macs: list[float] | None = None  # of steps 1 .. t for each t, counted with _step_macs
@@ -199,8 +207,16 @@ class Predictor:
                 self._macs_counted = True
             return self._step_macs, self._cumulative_macs
 
+    @property
+    def inference_format(self) -> InferenceFormat:
+        """The precision and layout the networks run in (gfnet.precision)."""
+        return self.model.inference_format
+
     def to(self, device: torch.device | str) -> Predictor:
+        fmt = self.model.inference_format
+        check_precision(fmt.precision, device)
         self.model.to(device)
+        self.model.set_inference_format(fmt)
         return self
 
     def class_name(self, index: int) -> str:
@@ -212,7 +228,7 @@ class Predictor:
         budgets = "none" if self.calibration is None else f"{len(self.calibration.points)} calibrated"
         return (f"Predictor({self.source!r}: {m.backbone}, {m.num_classes} classes, image "
                 f"{size_text(m.image_size)}, patch {m.patch_size}, {m.max_steps} steps, budgets {budgets}, "
-                f"device {self.device})")
+                f"device {self.device}, {self.inference_format.describe()})")
 
     # -------------------------------------------------------------- exits
     def exit_rule(self, budget: int | None = None, threshold: float | Sequence[float] | torch.Tensor | None = None,
@@ -361,17 +377,22 @@ class Predictor:
 
 # ---------------------------------------------------------------------- loading
 def load(source: str | Path, device: torch.device | str | None = None, *,
-         class_names: Sequence[str] | str | Path | None = None) -> Predictor:
+         class_names: Sequence[str] | str | Path | None = None, precision: str = "fp32",
+         layout: str = "auto") -> Predictor:
     """A :class:`Predictor` from a run folder (its latest stage), a gfnet checkpoint file, or an
     imported official checkpoint (``gfnet import-official`` writes one).
 
     device: "auto" or None (a GPU if there is one, else the CPU), "cpu", "cuda", "cuda:N" or a
     torch.device. class_names: a names file (one per line, or JSON) or a list, overriding the
     checkpoint's names; without either, the names of the data set when it fixes them, else
-    the class indices as text.
+    the class indices as text. precision: "fp32", "bf16" (a CPU with native bf16, or a GPU) or
+    "fp16" (a GPU); the budgets are those calibrated in that precision (``gfnet eval
+    --precision``), else the fp32 ones with a warning. layout: "auto" (gfnet.precision),
+    "channels_last" or "contiguous".
     """
     ck_path = resolve_checkpoint(source)
     dev = pick_device(None if device is None else str(device))
+    fmt = InferenceFormat.choose(precision, dev, layout)  # a bad option before the loading
     model, cfg, ck = load_checkpoint_model(ck_path, dev)
     if class_names is None:
         stored = ck.get("class_names")
@@ -381,8 +402,15 @@ def load(source: str | Path, device: torch.device | str | None = None, *,
             fixed = data_class_names(cfg)  # the data set's own names, without reading its data
             if fixed is not None and len(fixed) == cfg.model.num_classes:
                 class_names = fixed
-    return Predictor(model, cfg, calibration=stored_calibration(ck), class_names=class_names,
-                     source=str(ck_path))
+    calibration = stored_calibration(ck, precision)
+    if calibration is None and precision != "fp32":
+        calibration = stored_calibration(ck)
+        if calibration is not None:
+            warnings.warn(f"{ck_path}: its exit thresholds were calibrated in fp32, not {precision}; budgets "
+                          f"choose slightly other exits in {precision} (gfnet eval --precision {precision} "
+                          "calibrates them for it)", stacklevel=2)
+    return Predictor(model, cfg, calibration=calibration, class_names=class_names, source=str(ck_path),
+                     inference_format=fmt)
 
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Prediction", "Predictions", "PreparedImage",

@@ -41,6 +41,7 @@ import torch
 from .data.calibration_images import describe_calibration
 from .errors import GFNetError
 from .files import write_atomic
+from .precision import InferenceFormat
 
 ACCURACY_MARGIN = 0.01  # "reaches the baseline's accuracy": within 1 point
 OBJECT_HIT_MIN_FRACTION = 0.5  # a patch "holds the object" if it holds this much of its box
@@ -272,6 +273,11 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
         raise GFNetError(f"baseline {str(base_path)!r} is for {bcfg.model.image_size}-pixel images and "
                          f"{bcfg.model.num_classes} classes, the GFNet run for {cfg.model.image_size} and "
                          f"{cfg.model.num_classes}")
+    # every engine runs in the format the thresholds were calibrated in (eval.json's precision) and
+    # the run's layout, the static baseline too: like is timed against like
+    fmt = InferenceFormat.choose(ev.get("precision", "fp32"), device, cfg.run.layout)
+    model.set_inference_format(fmt)
+    static.to(memory_format=fmt.memory_format)
     nthreads = threads if threads is not None else (cfg.run.threads or torch.get_num_threads())
     torch.set_num_threads(nthreads)
     base_acc, base_macs = float(bck["test_accuracy"]), float(bck["macs"])
@@ -291,7 +297,7 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
     all_macs = sum(step_macs)
 
     def run_static(x):
-        with torch.inference_mode():
+        with torch.inference_mode(), fmt.autocast(device.type):
             return static(x).argmax(1), base_macs * x.shape[0]
 
     def run_all_steps(x):
@@ -364,6 +370,8 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
                  "in_channels": cfg.model.in_channels, "mean": list(cfg.model.mean),
                  "std": list(cfg.model.std)},
         "device": str(device), "threads": nthreads, "batch_sizes": list(batch_sizes), "passes": passes,
+        "inference_format": {"precision": fmt.precision,
+                             "layout": "channels_last" if fmt.channels_last else "contiguous"},
         "torch": torch.__version__,
         "baseline": {"backbone": bcfg.model.backbone, "image_size": bcfg.model.image_size,
                      "test_accuracy": base_acc, "macs": base_macs},
@@ -389,6 +397,12 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
     write_atomic(out_dir / "report.json", json.dumps(report, indent=2).encode())
     say(f"report: wrote {out_dir / 'report.md'}")
     return report
+
+
+def _format_text(r: dict[str, Any]) -> str:
+    """The report's inference format in words (a report from before it was recorded: fp32, contiguous)."""
+    f = r.get("inference_format") or {"precision": "fp32", "layout": "contiguous"}
+    return f"{f['precision']}, {f['layout'].replace('_', ' ')}"
 
 
 def pct(x: float) -> str:
@@ -532,8 +546,9 @@ def render_markdown(r: dict[str, Any], out_dir: Path, claims: Claims | None = No
         "## Realised throughput",
         "",
         f"{r['throughput'][0]['images']} test images, device {r['device']}, {r['threads']} thread(s), torch "
-        f"{r['torch']}; images per second from the median of {r['passes']} full passes after a warm-up batch, "
-        "the engines taking turns. Each engine is compared at its best batch size.",
+        f"{r['torch']}, every network in {_format_text(r)}; images per second from the median of "
+        f"{r['passes']} full passes after a warm-up batch, the engines taking turns. Each engine is compared "
+        "at its best batch size.",
         "",
         "| engine | " + " | ".join(f"batch {b}" for b in r["batch_sizes"])
         + " | best | accuracy | avg MACs (M) | GMAC/s at best | vs baseline |",

@@ -12,6 +12,10 @@ from typing import Any
 
 from ..errors import ConfigError
 
+# the inference formats (gfnet.precision: what each means and does)
+PRECISIONS = ("fp32", "bf16", "fp16")
+LAYOUTS = ("auto", "channels_last", "contiguous")
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_INTERPOLATIONS = ("bilinear", "bicubic")
@@ -170,7 +174,12 @@ class PPOConfig:
 class RunConfig:
     seed: int = 0
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
-    amp: str = "auto"  # "auto" (bf16 on GPU, off on CPU) | "bf16" | "fp16" | "off"
+    amp: str = "auto"  # training: "auto" (bf16 on GPU, off on CPU) | "bf16" | "fp16" | "off"
+    # inference (gfnet eval / predict / the report's engines; gfnet.precision): the networks'
+    # precision, "fp32" | "bf16" (a CPU with native bf16, or a GPU) | "fp16" (a GPU), and their
+    # memory layout, "auto" | "channels_last" | "contiguous"
+    precision: str = "fp32"
+    layout: str = "auto"
     deterministic: bool = False
     progress: bool = True  # tqdm bars (rank 0 only)
     threads: int = 0  # torch.set_num_threads (0 = leave as is)
@@ -264,6 +273,10 @@ class Config:
             raise ConfigError("data.calibration_samples must be >= 1")
         if self.run.amp not in ("auto", "bf16", "fp16", "off"):
             raise ConfigError("run.amp must be auto|bf16|fp16|off")
+        if self.run.precision not in PRECISIONS:
+            raise ConfigError(f"run.precision must be {'|'.join(PRECISIONS)}, not {self.run.precision!r}")
+        if self.run.layout not in LAYOUTS:
+            raise ConfigError(f"run.layout must be {'|'.join(LAYOUTS)}, not {self.run.layout!r}")
         for k in (1, 2, 3):
             if getattr(o, f"epochs_stage{k}") < 0:
                 raise ConfigError(f"optim.epochs_stage{k} must be >= 0")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..precision import FP32, InferenceFormat
 from .backbones import Backbone, build_backbone
 from .patches import Patches, continuous_focus_boxes, focus_boxes, model_kernels, whole_image_boxes
 from .policy import ActorCritic
@@ -133,6 +134,16 @@ class GFNet(nn.Module):
         self.policy = ActorCritic(fmap_shape, state=cfg.policy_state, mlp_width=cfg.policy_mlp_width,
                                   conv_channels=cfg.policy_conv_channels, conv_bias=cfg.policy_conv_bias,
                                   hidden=cfg.policy_hidden, action_std=cfg.action_std)
+        # how the inference engines run the networks (gfnet.precision); training ignores it
+        self.inference_format = FP32
+
+    def set_inference_format(self, fmt: InferenceFormat) -> GFNet:
+        """Run the networks in ``fmt`` at inference (gfnet.inference's engines): its precision
+        by autocast, its layout by converting the convolutions' weights now (their activations
+        follow the weights)."""
+        self.to(memory_format=fmt.memory_format)
+        self.inference_format = fmt
+        return self
 
     # ------------------------------------------------------------------ patches
     def glance_boxes(self, images: torch.Tensor, n: int) -> torch.Tensor:

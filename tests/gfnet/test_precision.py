@@ -1,0 +1,151 @@
+"""The inference format (gfnet.precision): channels_last and bf16 give the fp32 contiguous
+answers within their dtype's rounding, on every engine; exits are decided on float32 logits;
+thresholds are calibrated, stored and used per precision; bad options are clear errors."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from gfnet.checkpoint import save_atomic
+from gfnet.cli import main
+from gfnet.config import build_config
+from gfnet.data import ClutteredDigits
+from gfnet.errors import ConfigError
+from gfnet.inference import anytime_inference, dynamic_inference, streaming_inference
+from gfnet.models import build_model
+from gfnet.precision import FP32, InferenceFormat, precision_note
+
+import gfnet
+
+from .conftest import save_gfnet_checkpoint, tiny_overrides
+from .test_cli_eval import _sets
+
+CHANNELS_LAST = InferenceFormat("fp32", channels_last=True)
+BF16 = InferenceFormat("bf16", channels_last=True)
+
+
+@pytest.fixture(scope="module")
+def canvases():
+    ds = ClutteredDigits("test", length=24)
+    return torch.stack([ds[i][0] for i in range(24)])
+
+
+def _model(fmt=FP32, **extra):
+    """The same freshly initialised tiny digits model (RGB-free: 1 channel) in ``fmt``."""
+    torch.manual_seed(0)
+    cfg = build_config("digits", overrides=tiny_overrides(**extra))
+    return build_model(cfg.model).eval().set_inference_format(fmt)
+
+
+def _rgb_model(fmt=FP32):
+    return _model(fmt, **{"model.in_channels": 3, "model.mean": "0.5,0.4,0.3", "model.std": "0.25,0.25,0.25"})
+
+
+def _logit_scale(logits: torch.Tensor) -> float:
+    return float(logits.abs().max())
+
+
+@pytest.mark.parametrize("make", [_model, _rgb_model], ids=["gray", "rgb"])
+def test_channels_last_gives_the_contiguous_answers(make, canvases):
+    images = canvases if make is _model else canvases.expand(-1, 3, -1, -1).contiguous()
+    ref_model, cl_model = make(), make(CHANNELS_LAST)
+    conv = next(m for m in cl_model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    ref, got = anytime_inference(ref_model, images), anytime_inference(cl_model, images)
+    # fp32 either way: only the order of the convolutions' sums differs
+    assert (got.logits - ref.logits).abs().max() <= 1e-5 * max(_logit_scale(ref.logits), 1.0)
+    assert torch.equal(got.boxes, ref.boxes)
+    thr = [0.2, 0.25]
+    a, b = dynamic_inference(ref_model, images, thr), dynamic_inference(cl_model, images, thr)
+    assert torch.equal(a.exit_step, b.exit_step)
+    assert torch.allclose(a.logits, b.logits, atol=1e-5 * max(_logit_scale(a.logits), 1.0), rtol=0)
+
+
+def test_bf16_stays_within_its_rounding_and_exits_on_float32(canvases):
+    ref_model, bf_model = _model(), _model(BF16)
+    ref, got = anytime_inference(ref_model, canvases), anytime_inference(bf_model, canvases)
+    assert got.logits.dtype == torch.float32  # widened before exits are decided
+    # bf16 keeps 8 bits of mantissa: each layer rounds at 2^-8 relative; a few percent of the
+    # logits' scale after a dozen layers, far from the fp32 answers' agreement (1e-5)
+    err = float((got.logits - ref.logits).abs().max())
+    assert 0 < err <= 0.1 * _logit_scale(ref.logits)
+    thr = [0.2, 0.25]
+    r = dynamic_inference(bf_model, canvases, thr)
+    assert r.logits.dtype == torch.float32 and r.exit_step.min() >= 1
+    # the engine's exits are those of its own (bf16, widened) anytime logits
+    conf = torch.softmax(got.logits, dim=2).amax(2)
+    expected = torch.full((canvases.shape[0],), 3, dtype=torch.int64)
+    for t in (1, 0):
+        expected[conf[t] >= thr[t]] = t + 1
+    assert torch.equal(r.exit_step, expected)
+    streamed = list(streaming_inference(bf_model, [canvases[:10], canvases[10:]], thr, pool_size=8))
+    ids = torch.cat([s.ids for s in streamed])
+    steps = torch.cat([s.exit_step for s in streamed])[ids.argsort()]
+    assert torch.equal(steps, r.exit_step)
+    assert all(s.logits.dtype == torch.float32 for s in streamed)
+
+
+def test_bad_formats_are_clear_errors(monkeypatch):
+    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, fp16, not 'fp8'"):
+        InferenceFormat.choose("fp8", "cpu")
+    with pytest.raises(ConfigError, match="'fp16' runs on a GPU only"):
+        InferenceFormat.choose("fp16", "cpu")
+    with pytest.raises(ConfigError, match="layout must be one of auto, channels_last, contiguous"):
+        InferenceFormat.choose("fp32", "cpu", "nhwc")
+    with pytest.raises(ConfigError, match="run.precision must be fp32|bf16|fp16"):
+        build_config("digits", overrides=["run.precision=half"])
+    assert InferenceFormat.choose("bf16", "cpu") == BF16
+    assert InferenceFormat.choose("fp32", "cpu", "contiguous") == FP32
+    monkeypatch.setattr("gfnet.precision.cpu_has_native_bf16", lambda: False)
+    assert "no native bf16" in precision_note("bf16", "cpu")
+    assert precision_note("fp32", "cpu") is None and precision_note("bf16", "cuda") is None
+
+
+def test_predictor_takes_a_precision_and_warns_where_it_is_slow(tmp_path, canvases, monkeypatch):
+    cfg = build_config("digits", overrides=tiny_overrides())
+    path = save_gfnet_checkpoint(tmp_path / "stage3.pt", cfg, _model(), stage=3, done=True)
+    p32 = gfnet.load(path, "cpu", layout="contiguous")
+    pbf = gfnet.load(path, "cpu", precision="bf16")
+    assert p32.inference_format == FP32 and pbf.inference_format == BF16
+    assert "bf16, channels_last" in repr(pbf)
+    images = list(canvases[:6])
+    a, b = p32(images, threshold=0.0), pbf(images, threshold=0.0)
+    assert [p.exit_step for p in a] == [p.exit_step for p in b] == [1] * 6
+    assert b.logits.dtype == torch.float32
+    with pytest.raises(ConfigError, match="'fp16' runs on a GPU only"):
+        gfnet.load(path, "cpu", precision="fp16")
+    monkeypatch.setattr("gfnet.precision.cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no native bf16"):
+        gfnet.load(path, "cpu", precision="bf16")
+
+
+def test_thresholds_are_calibrated_and_used_per_precision(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "digits", "--epochs", "1", "--out", str(run),
+                 *_sets("run.max_train_batches=1")]) == 0
+    assert main(["eval", str(run), "--out", str(run / "ev32"), "--budgets", "20"]) == 0
+    assert main(["eval", str(run), "--out", str(run / "evbf"), "--budgets", "20", "--precision", "bf16"]) == 0
+    out = capsys.readouterr().out
+    assert "calibrated 39 budgets in fp32" in out and "calibrated 39 budgets in bf16" in out
+    ck = torch.load(run / "stage3.pt", weights_only=True)
+    assert {"exit_thresholds", "exit_thresholds_bf16"} <= set(ck)
+    bf = json.loads((run / "evbf" / "eval.json").read_text())
+    assert bf["precision"] == "bf16" and bf["layout"] == "channels_last"
+    # the bf16 thresholds are the ones a bf16 predictor uses, the fp32 ones an fp32 predictor
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pbf = gfnet.load(run, "cpu", precision="bf16")
+    assert pbf.calibration.to_dict() == ck["exit_thresholds_bf16"]
+    assert gfnet.load(run, "cpu").calibration.to_dict() == ck["exit_thresholds"]
+    # a second bf16 evaluation reuses them
+    assert main(["eval", str(run), "--out", str(run / "evbf2"), "--budgets", "20", "--precision", "bf16"]) == 0
+    assert "using the thresholds stored" in capsys.readouterr().out
+    # only fp32 thresholds: a bf16 predictor uses them and says so
+    del ck["exit_thresholds_bf16"]
+    save_atomic(ck, run / "only32.pt")
+    with pytest.warns(UserWarning, match="calibrated in fp32, not bf16"):
+        p = gfnet.load(run / "only32.pt", "cpu", precision="bf16")
+    assert p.calibration.to_dict() == ck["exit_thresholds"]
