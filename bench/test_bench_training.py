@@ -36,6 +36,8 @@ from gfnet.config import build_config  # noqa: E402
 from gfnet.models import build_model  # noqa: E402
 from gfnet.train import set_trainable, stage_loss, trained_parts  # noqa: E402
 
+from bench.harness import Target, add_targets, run_case  # noqa: E402
+
 CASES = {
     # name: (preset, overrides, batch)
     "digits": ("digits", [], 32),
@@ -133,3 +135,54 @@ def test_training_step(benchmark, case, impl):
     if impl == "gfkernels":
         assert fraction < 0.03, f"patch extraction is {100 * fraction:.1f}% of a training step"
     assert math.isfinite(wall)
+
+
+# ---------------------------------------------------------------------- memory layout and precision
+# (issue 28) One stage-1 step in each training format the config offers on a CPU: run.train_layout
+# (contiguous | channels_last) and run.amp (off | bf16). 2 threads, the machine's cores.
+FORMAT_CASES = {"mobilenet_v3_large-p96": ("mobilenet_v3_large-p96", ["model.num_classes=100"], 32),
+                "digits": ("digits", [], 32)}
+TRAIN_FORMATS = {"fp32": (torch.contiguous_format, None), "channels_last": (torch.channels_last, None),
+                 "bf16": (torch.contiguous_format, torch.bfloat16),
+                 "bf16_channels_last": (torch.channels_last, torch.bfloat16)}
+for _case in FORMAT_CASES:
+    add_targets(*(Target(f"training_format_{_case}_cpu", _f, "fp32", None, "reported: the training step's "
+                         "speed in this format against contiguous fp32") for _f in list(TRAIN_FORMATS)[1:]))
+
+
+def _format_setup(case: str, layout, dtype):
+    preset, overrides, batch = FORMAT_CASES[case]
+    cfg = build_config(preset, overrides=overrides + ["model.pretrained=false"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model).to(memory_format=layout)
+    set_trainable(model, trained_parts(cfg, 1))
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9,
+                          nesterov=True)
+    m = cfg.model
+    images = torch.randint(0, 256, (batch, m.in_channels, m.image_size, m.image_size), dtype=torch.uint8)
+    labels = torch.randint(0, m.num_classes, (batch,))
+
+    def step():
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            outs = model.rollout(images, policy="random")
+            loss = stage_loss(outs, labels, cfg.optim.head_loss_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, batch
+
+
+@pytest.mark.parametrize("fmt", list(TRAIN_FORMATS))
+@pytest.mark.parametrize("case", list(FORMAT_CASES))
+def test_training_step_format(benchmark, case, fmt):
+    from gfnet.precision import cpu_has_native_bf16
+
+    layout, dtype = TRAIN_FORMATS[fmt]
+    if dtype is not None and not cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16 (AVX-512 BF16 or AMX)")
+    torch.set_num_threads(2)
+    step, batch = _format_setup(case, layout, dtype)
+    step()  # warm-up
+    run_case(benchmark, f"training_format_{case}_cpu", fmt, step, rounds=3, warmup_rounds=0)
+    benchmark.extra_info["images_per_s"] = round(batch / benchmark.stats.stats.median, 2)

@@ -180,6 +180,8 @@ class RunConfig:
     # memory layout, "auto" | "channels_last" | "contiguous"
     precision: str = "fp32"
     layout: str = "auto"
+    # training's memory layout, "contiguous" | "channels_last" (its precision is run.amp)
+    train_layout: str = "contiguous"
     deterministic: bool = False
     progress: bool = True  # tqdm bars (rank 0 only)
     threads: int = 0  # torch.set_num_threads (0 = leave as is)
@@ -277,6 +279,8 @@ class Config:
             raise ConfigError(f"run.precision must be {'|'.join(PRECISIONS)}, not {self.run.precision!r}")
         if self.run.layout not in LAYOUTS:
             raise ConfigError(f"run.layout must be {'|'.join(LAYOUTS)}, not {self.run.layout!r}")
+        if self.run.train_layout not in LAYOUTS[1:]:
+            raise ConfigError(f"run.train_layout must be {'|'.join(LAYOUTS[1:])}, not {self.run.train_layout!r}")
         for k in (1, 2, 3):
             if getattr(o, f"epochs_stage{k}") < 0:
                 raise ConfigError(f"optim.epochs_stage{k} must be >= 0")

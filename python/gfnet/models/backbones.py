@@ -454,6 +454,24 @@ for _name in ("efficientnet_b0", "efficientnet_b2", "efficientnet_b3"):
 
 
 # ---------------------------------------------------------------------- small CPU backbone
+class _PointwiseConv(nn.Conv2d):
+    """A strided 1x1 convolution (a residual shortcut). On channels_last inputs it reads every
+    stride-th pixel first and convolves those at stride 1: the same sums, but not through
+    oneDNN's strided 1x1 channels_last kernel, whose weight gradient crashes the process (a
+    segmentation fault) for fewer than 16 input channels at 48 px and more (torch 2.14.1 on
+    AVX-512 CPUs; digitnet's first shortcut has 8). Contiguous inputs take the plain convolution,
+    so contiguous training is unchanged to the bit."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stride
+        if s == (1, 1) or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x)
+        return F.conv2d(x[:, :, ::s[0], ::s[1]], self.weight, self.bias)
+
+
 class _Block(nn.Module):
     """Pre-activation-free residual block: conv-bn-relu-conv-bn + (strided 1x1) shortcut."""
 
@@ -464,7 +482,7 @@ class _Block(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.short = (nn.Identity() if stride == 1 and cin == cout else
-                      nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+                      nn.Sequential(_PointwiseConv(cin, cout, stride), nn.BatchNorm2d(cout)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.bn1(self.conv1(x)), inplace=True)

@@ -73,7 +73,8 @@ class Trainer:
                             f"model.num_classes={cfg.model.num_classes}: set model.num_classes="
                             f"{found} (gfnet train --data DIR sets it from the folders)")
         torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
-        self.model = self.build_model().to(self.device)
+        layout = torch.channels_last if cfg.run.train_layout == "channels_last" else torch.contiguous_format
+        self.model = self.build_model().to(self.device, memory_format=layout)
         amp = cfg.run.amp
         if amp == "auto":
             amp = "bf16" if self.device.type == "cuda" else "off"
