@@ -142,6 +142,7 @@ class GFNet(nn.Module):
         by autocast, its layout by converting the convolutions' weights now (their activations
         follow the weights)."""
         self.to(memory_format=fmt.memory_format)
+        self.patches.memory_format = fmt.memory_format
         self.inference_format = fmt
         return self
 
