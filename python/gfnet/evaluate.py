@@ -168,7 +168,7 @@ def evaluate_run(checkpoint: str | Path, *, out: str | Path | None = None, data_
     dev = pick_device(device)
     model, cfg, ck = load_checkpoint_model(ck_path, dev, {"data.root": data_root} if data_root else None)
     precision = precision or cfg.run.precision
-    fmt = InferenceFormat.choose(precision, dev, layout or cfg.run.layout)
+    fmt = InferenceFormat.choose(precision, dev, layout or cfg.run.layout, fold_batch_norm=True)
     set_threads(cfg.run.threads)
     sf = count_step_flops(model)
     step_macs = [float(m) for m in sf.macs]

@@ -61,21 +61,24 @@ def precision_note(precision: str, device: torch.device | str) -> str | None:
 @dataclass(frozen=True)
 class InferenceFormat:
     """How a model's networks run at inference: ``precision`` (fp32 | bf16 | fp16: autocast to
-    that dtype) and ``channels_last`` (the convolutions' weights and activations in NHWC)."""
+    that dtype), ``channels_last`` (the convolutions' weights and activations in NHWC) and
+    ``fold_batch_norm`` (each batch norm folded into the convolution before it,
+    gfnet.models.folding: for models loaded for inference only, since it removes parameters)."""
 
     precision: str = "fp32"
     channels_last: bool = False
+    fold_batch_norm: bool = False
 
     @classmethod
     def choose(cls, precision: str = "fp32", device: torch.device | str = "cpu", layout: str = "auto",
-               what: str = "precision") -> InferenceFormat:
+               what: str = "precision", *, fold_batch_norm: bool = False) -> InferenceFormat:
         """The format for ``device``: ``precision`` checked against it; ``layout`` "auto" picks
         channels_last (every GFNet backbone is convolutional; bench/test_bench_precision.py
         measures the gain), "channels_last" or "contiguous" force one."""
         check_precision(precision, device, what)
         if layout not in LAYOUTS:
             raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
-        return cls(precision, layout != "contiguous")
+        return cls(precision, layout != "contiguous", fold_batch_norm)
 
     @property
     def dtype(self) -> torch.dtype | None:
@@ -92,7 +95,8 @@ class InferenceFormat:
         return torch.autocast(device_type, dtype=self.dtype)
 
     def describe(self) -> str:
-        return f"{self.precision}, {'channels_last' if self.channels_last else 'contiguous'}"
+        folded = ", batch norm folded" if self.fold_batch_norm else ""
+        return f"{self.precision}, {'channels_last' if self.channels_last else 'contiguous'}{folded}"
 
 
 FP32 = InferenceFormat()

@@ -392,7 +392,8 @@ def load(source: str | Path, device: torch.device | str | None = None, *,
     """
     ck_path = resolve_checkpoint(source)
     dev = pick_device(None if device is None else str(device))
-    fmt = InferenceFormat.choose(precision, dev, layout)  # a bad option before the loading
+    # a bad option fails before the loading; the model is the predictor's own: batch norm folded
+    fmt = InferenceFormat.choose(precision, dev, layout, fold_batch_norm=True)
     model, cfg, ck = load_checkpoint_model(ck_path, dev)
     if class_names is None:
         stored = ck.get("class_names")

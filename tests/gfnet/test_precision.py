@@ -109,8 +109,9 @@ def test_predictor_takes_a_precision_and_warns_where_it_is_slow(tmp_path, canvas
     path = save_gfnet_checkpoint(tmp_path / "stage3.pt", cfg, _model(), stage=3, done=True)
     p32 = gfnet.load(path, "cpu", layout="contiguous")
     pbf = gfnet.load(path, "cpu", precision="bf16")
-    assert p32.inference_format == FP32 and pbf.inference_format == BF16
-    assert "bf16, channels_last" in repr(pbf)
+    assert p32.inference_format == InferenceFormat("fp32", False, fold_batch_norm=True)
+    assert pbf.inference_format == InferenceFormat("bf16", True, fold_batch_norm=True)
+    assert "bf16, channels_last, batch norm folded" in repr(pbf)
     images = list(canvases[:6])
     a, b = p32(images, threshold=0.0), pbf(images, threshold=0.0)
     assert [p.exit_step for p in a] == [p.exit_step for p in b] == [1] * 6
@@ -182,3 +183,66 @@ def test_train_layout_switch(tmp_path):
     assert conv.dim() == 4 and conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     with pytest.raises(ConfigError, match="run.train_layout must be contiguous|channels_last"):
         build_config("digits", overrides=["run.train_layout=auto"])
+
+
+def _randomise_batch_norms(model):
+    """Statistics and affine parameters away from identity, so a fold that got them wrong shows."""
+    g = torch.Generator().manual_seed(5)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+
+
+@pytest.mark.parametrize("preset", ["digits", "mobilenet_v3_large-p96", "resnet50-p96"])
+def test_folding_batch_norm_keeps_the_answers(preset):
+    from gfnet.flops import count_step_flops
+
+    torch.manual_seed(0)
+    cfg = build_config(preset, overrides=["model.pretrained=false"])
+    model = build_model(cfg.model).eval()
+    _randomise_batch_norms(model)
+    m = cfg.model
+    images = torch.randint(0, 256, (3, m.in_channels, m.image_size, m.image_size),
+                           generator=torch.Generator().manual_seed(6), dtype=torch.uint8)
+    ref = anytime_inference(model, images)
+    macs = count_step_flops(model, static=False, cross_check=False).macs
+    model.set_inference_format(InferenceFormat("fp32", True, fold_batch_norm=True))
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in model.modules())  # every one folded
+    got = anytime_inference(model, images)
+    # float32 rounding through 50 layers in another order (resnet50: 2.2e-5); the issue's bar is 1e-4
+    assert (got.logits - ref.logits).abs().max() <= 1e-4 * _logit_scale(ref.logits)
+    assert torch.equal(got.boxes, ref.boxes)
+    assert count_step_flops(model, static=False, cross_check=False).macs == macs  # fvcore counts no BN
+
+
+def test_folding_leaves_what_it_cannot_prove():
+    from gfnet.models.folding import fold_batch_norms
+
+    class BatchNormAct(torch.nn.BatchNorm2d):  # does more than a batch norm (as timm's does)
+        def forward(self, x):
+            return torch.relu(super().forward(x))
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), BatchNormAct(4), torch.nn.Conv2d(4, 4, 1),
+                              torch.nn.ReLU(), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 5, 1),
+                              torch.nn.BatchNorm2d(5)).eval()
+    assert fold_batch_norms(net) == 1  # only the last pair: conv then a plain batch norm
+    assert isinstance(net[1], BatchNormAct) and isinstance(net[4], torch.nn.BatchNorm2d)
+    assert isinstance(net[6], torch.nn.Identity)
+    model = _model().train()
+    with pytest.raises(ValueError, match="eval mode"):
+        model.set_inference_format(InferenceFormat(fold_batch_norm=True))
+
+
+def test_load_folds_its_own_model_and_never_a_given_one(tmp_path):
+    cfg = build_config("digits", overrides=tiny_overrides())
+    path = save_gfnet_checkpoint(tmp_path / "stage3.pt", cfg, _model(), stage=3, done=True)
+    loaded = gfnet.load(path, "cpu")
+    assert loaded.inference_format.fold_batch_norm
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in loaded.model.modules())
+    mine = _model()
+    gfnet.Predictor(mine, cfg)
+    assert any(isinstance(x, torch.nn.BatchNorm2d) for x in mine.modules())

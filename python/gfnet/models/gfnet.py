@@ -24,6 +24,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..precision import FP32, InferenceFormat
 from .backbones import Backbone, build_backbone
+from .folding import fold_batch_norms
 from .patches import Patches, continuous_focus_boxes, focus_boxes, model_kernels, whole_image_boxes
 from .policy import ActorCritic
 
@@ -140,7 +141,12 @@ class GFNet(nn.Module):
     def set_inference_format(self, fmt: InferenceFormat) -> GFNet:
         """Run the networks in ``fmt`` at inference (gfnet.inference's engines): its precision
         by autocast, its layout by converting the convolutions' weights now (their activations
-        follow the weights)."""
+        follow the weights), and with ``fmt.fold_batch_norm`` the batch norms folded into the
+        convolutions (for good: the model is then for inference only; gfnet.models.folding)."""
+        if fmt.fold_batch_norm:
+            if self.training:
+                raise ValueError("batch norm can only be folded into a model in eval mode")
+            fold_batch_norms(self)
         self.to(memory_format=fmt.memory_format)
         self.patches.memory_format = fmt.memory_format
         self.inference_format = fmt
