@@ -70,8 +70,9 @@ def main(argv=None) -> dict:
             row["argmax_agreement_per_step"] = [float((a.argmax(1) == b.argmax(1)).double().mean())
                                                 for a, b in zip(logits, ref)]
             row["max_logit_difference_over_scale"] = float((logits - ref).abs().max() / ref.abs().max())
-            row["accuracy_points_vs_fp32"] = [round(100 * (a - b), 2) for a, b in
-                                              zip(row["accuracy_per_step"], out["fp32 contiguous"]["accuracy_per_step"])]
+            reference_accuracy = out["fp32 contiguous"]["accuracy_per_step"]
+            row["accuracy_points_vs_fp32"] = [round(100 * (a - b), 2)
+                                              for a, b in zip(row["accuracy_per_step"], reference_accuracy)]
             row["meets_targets"] = (min(row["argmax_agreement_per_step"]) >= AGREEMENT
                                     and max(abs(p) for p in row["accuracy_points_vs_fp32"]) <= ACCURACY_POINTS)
         out[name] = row

@@ -12,10 +12,11 @@ uint8 images at the preset's size. Cases, one group per preset:
     all_steps_cl      the same in channels_last
     all_steps_folded  channels_last with batch norm folded into the convolutions: fp32 as
                       gfnet.load, gfnet eval and the report run it
-    all_steps_bf16    the same under bf16 autocast
-    dynamic_bf16      the dynamic engine in bf16 (channels_last, folded), with half the images
-                      exiting at the glance and 30 / 20 % at the next steps ("mid", thresholds
-                      set on the fp32 confidences)
+    dynamic_fp32      the dynamic engine in that format, with half the images exiting at the
+                      glance and 30 / 20 % at the next steps ("mid", thresholds set on the fp32
+                      confidences)
+    all_steps_bf16    the same as all_steps_folded under bf16 autocast
+    dynamic_bf16      the dynamic engine in bf16 (channels_last, folded), the same exits
 
 Targets (issue 28): all steps in fp32 (folded, channels_last) at least 1.4x the official way for mobilenet_v3_large-p96
 and 1.15x for resnet50-p96; bf16 at least 2x, and with early exit at least 3x. The digits preset
@@ -42,7 +43,8 @@ from bench.test_bench_inference import BUDGETS, _settle_batch_norm, official_for
 WORKLOADS = {"mobilenet_v3_large-p96": (64, 1.4), "resnet50-p96": (16, 1.15), "digits": (256, None)}
 FAST_FP32, FAST_BF16 = InferenceFormat("fp32", True, True), InferenceFormat("bf16", True, True)
 FORMATS = {"all_steps_fp32": FP32, "all_steps_cl": InferenceFormat("fp32", True),
-           "all_steps_folded": FAST_FP32, "all_steps_bf16": FAST_BF16, "dynamic_bf16": FAST_BF16}
+           "all_steps_folded": FAST_FP32, "dynamic_fp32": FAST_FP32, "all_steps_bf16": FAST_BF16,
+           "dynamic_bf16": FAST_BF16}
 CASES = ["official", *FORMATS]
 BF16_SPEEDUP, EXIT_SPEEDUP = 2.0, 3.0
 torch.set_flush_denormal(True)
@@ -54,6 +56,7 @@ for _p, (_b, _cl) in WORKLOADS.items():
         Target(_g, "all_steps_fp32", "official", None, "our engine as it ran before: contiguous float32"),
         Target(_g, "all_steps_cl", "official", None, "channels_last alone"),
         Target(_g, "all_steps_folded", "official", _cl, _no or "all steps, fp32 (channels_last, BN folded)"),
+        Target(_g, "dynamic_fp32", "official", None, "early exit (mid), fp32"),
         Target(_g, "all_steps_bf16", "official", None if _no else BF16_SPEEDUP, _no or "all steps, bf16"),
         Target(_g, "dynamic_bf16", "official", None if _no else EXIT_SPEEDUP, _no or "early exit (mid), bf16"),
     )

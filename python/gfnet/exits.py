@@ -323,6 +323,7 @@ def stored_calibration(ck: dict[str, Any], precision: str = "fp32") -> Calibrati
 
 
 __all__ = ["ALL_STEPS", "CKPT_KEY", "DEFAULT_BUDGET", "NUM_BUDGETS", "BudgetPoint", "Calibration",
-           "ExitRule", "ExitRuleError", "budget_q", "calibrate", "calibration_key", "confidences", "engine_thresholds", "exit_fractions",
+           "ExitRule", "ExitRuleError", "budget_q", "calibrate", "calibration_key", "confidences",
+           "engine_thresholds", "exit_fractions",
            "exit_rule", "geometric_fractions", "parse_thresholds", "store_calibration", "stored_calibration",
            "thresholds_for_fractions", "thresholds_for_macs"]

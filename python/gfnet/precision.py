@@ -101,5 +101,5 @@ class InferenceFormat:
 
 FP32 = InferenceFormat()
 
-__all__ = ["AUTOCAST_DTYPES", "FP32", "LAYOUTS", "PRECISIONS", "InferenceFormat", "check_precision", "cpu_has_native_bf16",
-           "precision_note"]
+__all__ = ["AUTOCAST_DTYPES", "FP32", "LAYOUTS", "PRECISIONS", "InferenceFormat", "check_precision",
+           "cpu_has_native_bf16", "precision_note"]

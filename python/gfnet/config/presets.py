@@ -146,8 +146,9 @@ def _digits() -> Config:
         # the digit) and PPO found no reward (last step 85.6 %); 30 warm-up epochs did not cure
         # it. At r = 0 the plateau goes but the glance reaches 84-85 %, at the edge of the data
         # set's point; at r = 2 the classifier ignored the patches too. r = 0.5 met every
-        # claim for seeds 0-2 (bench/RESULTS.md, "The demo over seeds"). The fine-tune keeps the global encoder frozen (as the official
-        # recipe does for some backbones): the glance stays the warm-up's and the policy keeps
+        # claim for seeds 0-2 with 1 and 2 threads (bench/RESULTS.md, "The demo over seeds").
+        # The fine-tune keeps the global encoder frozen (as the official recipe does for some
+        # backbones): the glance stays the warm-up's and the policy keeps
         # the features it was trained on (bench/RESULTS.md, "The demo over seeds"). PPO epochs
         # are cheap (48 px patches, a small policy).
         optim=dict(batch_size=32, epochs_stage1=20, epochs_stage2=12, epochs_stage3=5,

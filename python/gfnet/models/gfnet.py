@@ -148,7 +148,7 @@ class GFNet(nn.Module):
                 raise ValueError("batch norm can only be folded into a model in eval mode")
             fold_batch_norms(self)
         self.to(memory_format=fmt.memory_format)
-        self.patches.memory_format = fmt.memory_format
+        self.patches.channels_last = fmt.channels_last
         self.inference_format = fmt
         return self
 

@@ -68,20 +68,23 @@ class Patches:
         # the layout the encoders take their input in (GFNet.set_inference_format, the trainer's
         # run.train_layout). The kernels write contiguous patches; a channels_last model reads
         # them 10 % faster already reordered than reordering them itself (mobilenet_v3_large
-        # and resnet50 at 96 px on a CPU), and the reorder costs 0.04-0.3 % of the encoder
-        self.memory_format = torch.contiguous_format
+        # and resnet50 at 96 px on a CPU), and the reorder costs 0.04-0.3 % of the encoder.
+        # A bool, not a torch.memory_format: torch.save cannot pickle those (a saved whole model)
+        self.channels_last = False
 
     def glance(self, images: torch.Tensor, boxes: torch.Tensor,
                batch_index: torch.Tensor | None = None) -> torch.Tensor:
         """The whole images (``boxes``: their whole_image_boxes) resized to P x P."""
-        return self._glance(images, boxes, batch_index).contiguous(memory_format=self.memory_format)
+        return self._layout(self._glance(images, boxes, batch_index))
 
     def focus(self, images: torch.Tensor, boxes: torch.Tensor,
               batch_index: torch.Tensor | None = None) -> torch.Tensor:
         """The P x P patches of ``boxes``: exact copies of the pixels for focus_boxes, bilinear
         reads between them for continuous_focus_boxes (differentiable in the boxes)."""
-        out = self._focus(images, boxes.to(images.device), batch_index)
-        return out.contiguous(memory_format=self.memory_format)
+        return self._layout(self._focus(images, boxes.to(images.device), batch_index))
+
+    def _layout(self, patches: torch.Tensor) -> torch.Tensor:
+        return patches.contiguous(memory_format=torch.channels_last) if self.channels_last else patches
 
 
 def glance_patches(images: torch.Tensor, patch: int, *, batch_index: torch.Tensor | None = None,

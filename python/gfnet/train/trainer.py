@@ -76,7 +76,7 @@ class Trainer:
         layout = torch.channels_last if cfg.run.train_layout == "channels_last" else torch.contiguous_format
         self.model = self.build_model().to(self.device, memory_format=layout)
         if hasattr(self.model, "patches"):  # GFNet's crops hand the encoders patches in that layout
-            self.model.patches.memory_format = layout
+            self.model.patches.channels_last = layout is torch.channels_last
         amp = cfg.run.amp
         if amp == "auto":
             amp = "bf16" if self.device.type == "cuda" else "off"
