@@ -224,7 +224,7 @@ def evaluate_run(checkpoint: str | Path, *, out: str | Path | None = None, data_
         plotted = (baseline_macs if baseline_macs is not None else float(sf.static_macs), baseline_acc)
     summary = {
         "checkpoint": str(ck_path), "preset": cfg.preset, "engine": "simulated" if simulate else "dynamic",
-        "precision": precision, "layout": "channels_last" if fmt.channels_last else "contiguous",
+        "precision": precision, "layout": fmt.layout,
         "test_samples": int(labels.numel()), "step_macs": step_macs, "step_flops": [2 * m for m in step_macs],
         "static_macs": sf.static_macs, "anytime_accuracy": step_acc, "calibration_split": cal.split,
         "calibration": {"split": cal.split, "samples": cal.samples, **cal.details},

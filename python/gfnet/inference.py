@@ -92,12 +92,6 @@ def _device_type(model: GFNet) -> str:
     return next(model.parameters()).device.type
 
 
-def exit_logits(logits: torch.Tensor) -> torch.Tensor:
-    """A step's logits as the engines decide exits on and return them: float32 at least (bf16
-    or fp16 logits of an autocast model are widened; float64 stays)."""
-    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
-
-
 def engine_kernels(model: GFNet, backend: str | None):
     """The kernels an engine exits and compacts with: the model's own (the policy its crops use,
     resolved once), or those of ``backend`` when one is named."""
@@ -134,7 +128,7 @@ def dynamic_inference(model: GFNet, images: torch.Tensor, thresholds=None, *,
     with _running(model):
         out = model.glance_step(images)
         K = out.logits.shape[1]
-        out_logits = torch.empty(B, K, dtype=exit_logits(out.logits).dtype, device=dev)
+        out_logits = torch.empty(B, K, dtype=out.logits.dtype, device=dev)
         exit_step = torch.zeros(B, dtype=torch.int64, device=dev)
         if B == 0:
             return InferenceResult(out_logits, exit_step, boxes, exit_counts)
@@ -146,8 +140,8 @@ def dynamic_inference(model: GFNet, images: torch.Tensor, thresholds=None, *,
                 out = model.focus_step(images, state, batch_index=active, policy="mean")
                 boxes[active, t] = out.boxes  # the boxes the step cropped
                 state = out.state
-            keep, num_keep = kernels.early_exit(exit_logits(out.logits), thr[t], active, out_logits,
-                                                exit_step, t + 1)
+            keep, num_keep = kernels.early_exit(out.logits, thr[t], active, out_logits, exit_step,
+                                                t + 1)
             n = host_count(num_keep)  # the one host sync of the step
             exit_counts[t] = active.shape[0] - n
             if n == 0:
@@ -376,7 +370,7 @@ class _StreamingEngine:
         self.pool.index_copy_(0, slots, new)
         out = self.model.glance_step(new)
         if self.out_logits is None:
-            self.out_logits = exit_logits(out.logits).new_empty((self.capacity, out.logits.shape[1]))
+            self.out_logits = out.logits.new_empty((self.capacity, out.logits.shape[1]))
         boxes = torch.full((m, self.T, 4), math.nan, device=self.dev)
         boxes[:, 0] = out.boxes
         ids = torch.arange(self.next_id, self.next_id + m, device=self.dev)
@@ -427,8 +421,8 @@ class _StreamingEngine:
         decisions = []
         for g, out in stepped:
             t = out.state.step  # the step these rows have just taken, 1 .. T
-            decisions.append(self.kernels.early_exit(exit_logits(out.logits), self.thr[t - 1], g.slots,
-                                                     self.out_logits, self.exit_step, t))
+            decisions.append(self.kernels.early_exit(out.logits, self.thr[t - 1], g.slots, self.out_logits,
+                                                     self.exit_step, t))
         kept = host_counts([num_keep for _, num_keep in decisions])  # the one host sync of the step
         by_step: dict[int, list[_Rows]] = {}
         finished = []
@@ -470,7 +464,7 @@ def anytime_inference(model: GFNet, images: torch.Tensor, *, policy: str = "mean
     T = model.max_steps
     with _running(model):
         outs = model.rollout(images, policy=policy, generator=generator)
-        logits = torch.stack([exit_logits(o.logits) for o in outs])
+        logits = torch.stack([o.logits for o in outs])
         boxes = torch.stack([o.boxes for o in outs], dim=1)
     return AnytimeResult(logits, boxes)
 

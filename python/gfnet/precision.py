@@ -6,9 +6,9 @@ fp16) and the memory layout of their activations (channels_last or not).
 A GFNet holds its :class:`InferenceFormat`; the engines (gfnet.inference: dynamic, streaming,
 anytime) run its networks under it, so the predictor, ``gfnet eval``, ``gfnet predict`` and the
 report all get it from one place. Whatever the precision, exit decisions are taken on float32
-logits and every result is float32: the engines cast each step's logits before early_exit. The
-policy always runs in float32 (GFNet.focus_step), so bf16 moves where a row looks only through
-the features it reads.
+logits and every result is float32: the recurrent classifier and the policy run in float32
+under autocast (GFNet._classify, GFNet.focus_step), so bf16 moves a row's logits and where it
+looks only through the features the encoders hand them.
 
 Why channels_last: oneDNN (CPU) and cuDNN (GPU) run convolutions fastest with the channels
 innermost; a contiguous (N, C, H, W) model makes them reorder every activation on the way in and
@@ -94,9 +94,14 @@ class InferenceFormat:
             return nullcontext()
         return torch.autocast(device_type, dtype=self.dtype)
 
+    @property
+    def layout(self) -> str:
+        """The layout's name: "channels_last" or "contiguous"."""
+        return "channels_last" if self.channels_last else "contiguous"
+
     def describe(self) -> str:
         folded = ", batch norm folded" if self.fold_batch_norm else ""
-        return f"{self.precision}, {'channels_last' if self.channels_last else 'contiguous'}{folded}"
+        return f"{self.precision}, {self.layout}{folded}"
 
 
 FP32 = InferenceFormat()

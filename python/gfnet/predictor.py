@@ -149,8 +149,9 @@ class Predictor:
                  class_names: Sequence[str] | str | Path | None = None, source: str = "the model",
                  inference_format: InferenceFormat | None = None):
         self.model = model.eval()
-        fmt = inference_format or InferenceFormat.choose(device=next(model.parameters()).device)
-        note = precision_note(fmt.precision, next(model.parameters()).device)
+        device = next(model.parameters()).device
+        fmt = inference_format or InferenceFormat.choose(device=device)
+        note = precision_note(fmt.precision, device)
         if note:
             warnings.warn(note, stacklevel=2)
         model.set_inference_format(fmt)

@@ -15,6 +15,7 @@ from ..errors import ConfigError
 # the inference formats (gfnet.precision: what each means and does)
 PRECISIONS = ("fp32", "bf16", "fp16")
 LAYOUTS = ("auto", "channels_last", "contiguous")
+TRAIN_LAYOUTS = LAYOUTS[1:]  # training takes a layout as given: no "auto"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -279,8 +280,8 @@ class Config:
             raise ConfigError(f"run.precision must be {'|'.join(PRECISIONS)}, not {self.run.precision!r}")
         if self.run.layout not in LAYOUTS:
             raise ConfigError(f"run.layout must be {'|'.join(LAYOUTS)}, not {self.run.layout!r}")
-        if self.run.train_layout not in LAYOUTS[1:]:
-            raise ConfigError(f"run.train_layout must be {'|'.join(LAYOUTS[1:])}, not {self.run.train_layout!r}")
+        if self.run.train_layout not in TRAIN_LAYOUTS:
+            raise ConfigError(f"run.train_layout must be {'|'.join(TRAIN_LAYOUTS)}, not {self.run.train_layout!r}")
         for k in (1, 2, 3):
             if getattr(o, f"epochs_stage{k}") < 0:
                 raise ConfigError(f"optim.epochs_stage{k} must be >= 0")

@@ -10,7 +10,7 @@ logits move by float32 rounding only (tests/gfnet/test_precision.py).
 A pair is folded only where the batch norm is certain to take the convolution's output and
 nothing else does: consecutive children of an ``nn.Sequential`` (torchvision's
 Conv2dNormActivation, downsample branches, digitnet's stem and shortcuts), and ``convK`` /
-``bnK`` of the residual blocks listed in :data:`PAIRED_BLOCKS`, whose forward applies
+``bnK`` of the residual blocks ``_paired_blocks`` lists, whose forward applies
 ``bnK(convK(x))``. Only plain ``nn.BatchNorm2d`` folds (a subclass may do more, e.g. timm's
 BatchNormAct2d also applies its activation). The folded batch norm becomes ``nn.Identity``:
 its parameters leave the model, which is then for inference only (GFNet.set_inference_format
