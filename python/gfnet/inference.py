@@ -367,7 +367,7 @@ class _StreamingEngine:
         if new.dtype != self.pool.dtype:
             new, self.pool = _same_dtype(new, self.pool)
         slots, self.free = self.free[:m], self.free[m:]
-        self.pool.index_copy_(0, slots, new)
+        copy_rows(self.pool, slots, new)
         out = self.model.glance_step(new)
         if self.out_logits is None:
             self.out_logits = out.logits.new_empty((self.capacity, out.logits.shape[1]))
@@ -447,6 +447,23 @@ class _StreamingEngine:
         self.free = torch.cat([self.free, slots])
         return StreamedRows(ids, self.out_logits.index_select(0, slots), self.exit_step.index_select(0, slots),
                             boxes, admitted, tick)
+
+
+def copy_rows(dest: torch.Tensor, rows: torch.Tensor, src: torch.Tensor) -> None:
+    """``dest[rows[i]] = src[i]`` for a contiguous ``dest``; each row is moved as the widest
+    integer words its byte count divides into, because index_copy_ moves uint8 images a byte at a
+    time (6x slower than as 8-byte words on a CPU: a pool refill was 3 % of a streaming run)."""
+    n = src.shape[0]
+    if n == 0:
+        return
+    row_bytes = src[0].numel() * src.element_size()
+    word = next((w for w, size in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2))
+                 if row_bytes % size == 0), None)
+    if word is None or src.dtype != dest.dtype or not dest.is_contiguous():
+        dest.index_copy_(0, rows, src)
+        return
+    words = dest.view(dest.shape[0], -1).view(word)
+    words.index_copy_(0, rows, src.reshape(n, -1).contiguous().view(word))
 
 
 def _same_dtype(new: torch.Tensor, pool: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

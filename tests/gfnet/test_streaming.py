@@ -16,6 +16,7 @@ from gfnet.inference import (
     StreamStats,
     anytime_inference,
     confidences,
+    copy_rows,
     dynamic_inference,
     streaming_inference,
 )
@@ -119,6 +120,22 @@ def test_streaming_admission_keeps_about_b_rows_in_flight(engine_setup):
     assert sum(stats.exit_counts) == 320
     assert stats.mean_focus_batch >= 0.8 * pool
     assert stats.focus_rows <= stats.focus_steps * (MAX_GLANCE_FACTOR + 1) * pool
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float16, torch.float32, torch.bool])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 5, 7), (2, 3, 4), (1, 1, 1)])
+def test_copy_rows_equals_index_copy(dtype, shape):
+    """The pool refill moves rows as machine words where their bytes allow (8, 4, 2, or one at a
+    time for odd sizes), from contiguous and strided batches, to exactly index_copy_'s result."""
+    g = torch.Generator().manual_seed(len(shape) + shape[-1])
+    dest = (torch.rand(11, *shape, generator=g) * 200).to(dtype)
+    src = (torch.rand(5, *shape[::-1], generator=g) * 200).to(dtype).permute(0, 3, 2, 1)  # strided
+    rows = torch.randperm(11, generator=g)[:5]
+    expected = dest.clone().index_copy_(0, rows, src)
+    copy_rows(dest, rows, src)
+    assert torch.equal(dest, expected)
+    copy_rows(dest, rows[:0], src[:0])  # no rows: nothing moves
+    assert torch.equal(dest, expected)
 
 
 def test_streaming_rejects_what_it_cannot_pool(engine_setup):
