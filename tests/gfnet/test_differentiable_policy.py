@@ -157,3 +157,23 @@ def test_demo_of_the_differentiable_recipe_writes_a_full_report(tmp_path):
     predictor = gfnet.load(out / "stage3.pt")
     images = torch.randint(0, 255, (2, 1, 128, 128), dtype=torch.uint8)
     assert len(predictor(list(images))) == 2
+    # the diagnostic of the location gradient (bench/focus_gradient.py) reads such a run
+    from bench.focus_gradient import OFFSETS, main
+
+    probe = main([str(out), "--images", "4", "--threads", "1"])
+    assert probe["images"] == 4 and len(probe["policy"]["spread"]) == 2
+    assert all(0 <= v < 100 for v in probe["step2_loss"].values())  # cross-entropies, finite
+    rows = [probe["alignment"][f"within {o}"] for o in OFFSETS]
+    assert all(-1 <= a["cosine"] <= 1 and 0 <= a["pointing_closer"] <= 1 for r in rows for a in r.values())
+
+
+def test_object_centred_actions_centre_the_patch_on_the_object():
+    from bench.focus_gradient import object_centred_actions
+
+    boxes = torch.tensor([[40.0, 10.0, 56.0, 26.0], [0.0, 0.0, 12.0, 12.0], [90.0, 100.0, 110.0, 120.0]])
+    actions = object_centred_actions(boxes, (128, 112), 48)
+    patch = gfkernels.continuous_focus_boxes(actions, (128, 112), 48)
+    centre = (patch[:, :2] + patch[:, 2:]) / 2
+    torch.testing.assert_close(centre[0], torch.tensor([48.0, 24.0]))  # inside: centred exactly
+    assert actions[1].tolist() == [0.0, 0.0]  # at the corner: the patch goes as far as it can
+    assert torch.all(patch[2, 2:] == torch.tensor([112.0, 128.0]))  # and at the far edges
