@@ -10,7 +10,8 @@ uint8 images at the preset's size. Cases, one group per preset:
                       afterwards, so this is also its time with early exit)
     all_steps_fp32    our engine, all T steps, as it ran before (contiguous float32)
     all_steps_cl      the same in channels_last
-    all_steps_folded  channels_last with batch norm folded into the convolutions: fp32 as
+    all_steps_folded  channels_last with batch norm folded into the convolutions (and for
+                      ResNet-50 the weights packed once, gfnet.models.prepack): fp32 as
                       gfnet.load, gfnet eval and the report run it
     dynamic_fp32      the dynamic engine in that format, with half the images exiting at the
                       glance and 30 / 20 % at the next steps ("mid", thresholds set on the fp32

@@ -29,11 +29,16 @@ class Backbone(nn.Module):
     MobileNetV3 at 96 px) gained 0.7-1.2x, so they are not tiled (bench/RESULTS.md, prediction
     at scale, "Third pass": batch tiling on the CPU). Training and train mode are never tiled
     (batch norm's batch statistics).
+
+    ``cpu_prepack``: a model kept for inference packs this backbone's convolution weights for
+    oneDNN once instead of on every CPU call (gfnet.models.prepack), where that was measured to
+    pay: ResNet, DenseNet, RegNet and EfficientNet gained 1.04-1.36x over five steps, MobileNetV3
+    and digitnet lost (0.73-0.94x in float32 or bf16; bench/RESULTS.md, "Weights packed once").
     """
 
     def __init__(self, body: nn.Module, feature_dim: int, fmap_channels: int, head: nn.Module,
                  neck: nn.Module | None = None, fmap_act: nn.Module | None = None, family: str = "",
-                 cpu_tile_bytes: int | None = None):
+                 cpu_tile_bytes: int | None = None, cpu_prepack: bool = False):
         super().__init__()
         self.body = body
         self.fmap_act = fmap_act if fmap_act is not None else nn.Identity()
@@ -43,6 +48,7 @@ class Backbone(nn.Module):
         self.fmap_channels = fmap_channels
         self.family = family
         self.cpu_tile_bytes = cpu_tile_bytes
+        self.cpu_prepack = cpu_prepack
         self._peak_bytes: dict[tuple, int] = {}  # (C, H, W, dtype) -> largest activation of a row
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,7 +329,7 @@ def resnet50(num_classes: int, in_channels: int = 3, pretrained: bool = False, *
     m = _tv_model("resnet50", pretrained)
     m.conv1 = _adapt_first_conv(m.conv1, in_channels)
     body = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3, m.layer4)
-    return Backbone(body, 2048, 2048, _head(m.fc, num_classes), family="resnet")
+    return Backbone(body, 2048, 2048, _head(m.fc, num_classes), family="resnet", cpu_prepack=True)
 
 
 def _densenet(name: str) -> BackboneFn:
@@ -332,7 +338,7 @@ def _densenet(name: str) -> BackboneFn:
         m.features.conv0 = _adapt_first_conv(m.features.conv0, in_channels)
         d = m.classifier.in_features
         return Backbone(m.features, d, d, _head(m.classifier, num_classes),
-                        fmap_act=nn.ReLU(inplace=False), family="densenet")
+                        fmap_act=nn.ReLU(inplace=False), family="densenet", cpu_prepack=True)
 
     return build
 
@@ -347,7 +353,7 @@ def _regnet(name: str) -> BackboneFn:
         m.stem[0] = _adapt_first_conv(m.stem[0], in_channels)
         d = m.fc.in_features
         return Backbone(nn.Sequential(m.stem, m.trunk_output), d, d, _head(m.fc, num_classes),
-                        family="regnet")
+                        family="regnet", cpu_prepack=True)
 
     return build
 
@@ -444,7 +450,7 @@ def _efficientnet(name: str) -> BackboneFn:
         drop, last = m.classifier[0], m.classifier[-1]
         head = nn.Sequential(_no_inplace(drop), _head(last, num_classes))
         return Backbone(m.features, last.in_features, last.in_features, head,
-                        family="efficientnet")
+                        family="efficientnet", cpu_prepack=True)
 
     return build
 
