@@ -5,13 +5,15 @@ convolution reorders the weight into it on every call. For a network with many w
 activation that reorder is a large part of the time: ResNet-50 at 96 px runs its five steps
 1.15x faster in float32 and 1.28x in bf16 with the reorders done once, with the very same
 results (bench/RESULTS.md, "Weights packed once"). It does not pay everywhere: MobileNetV3
-(depthwise and 1 x 1 convolutions on small maps) ran 0.86-0.90x and digitnet 0.94x in float32,
-so a backbone asks for it (``Backbone.cpu_prepack``, measured per family).
+ran 0.86-0.90x and digitnet 0.94x in float32, so a backbone asks for it
+(``Backbone.cpu_prepack``, measured per family).
 
 :class:`PackedConv2d` is an ``nn.Conv2d`` (same parameters, state dict, FLOP count) that keeps
 its packed weight per dtype, made on its first CPU inference call in that dtype, and remade
 when its weight changes; it runs as a plain convolution wherever the packed one does not
 apply (gradients, tracing, compiling, other devices or dtypes, other padding modes).
+:class:`PackedBottleneck` runs a folded ResNet bottleneck on them with its ReLUs and its
+shortcut's sum fused into the convolutions.
 """
 
 from __future__ import annotations
