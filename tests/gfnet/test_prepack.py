@@ -19,7 +19,8 @@ from gfnet.inference import anytime_inference
 from gfnet.models import build_model
 from gfnet.models.backbones import Backbone
 from gfnet.models.folding import fold_batch_norms
-from gfnet.models.prepack import PackedBottleneck, PackedConv2d, prepack_available, prepack_convolutions
+from gfnet.models.prepack import (LARGE_LINEAR, PackedBottleneck, PackedConv2d, PackedGRUCell, PackedLinear,
+                                  prepack_available, prepack_weights)
 from torchvision.models.resnet import Bottleneck
 from gfnet.precision import InferenceFormat
 
@@ -137,7 +138,7 @@ def test_a_model_kept_for_inference_answers_the_same_packed():
     assert any(isinstance(m, PackedConv2d) for m in encoders)
     assert not any(type(m) is nn.Conv2d for m in encoders)  # every plain one packed
     assert not any(isinstance(m, PackedConv2d) for m in model.policy.modules())  # not a backbone's
-    assert prepack_convolutions(model) == 0  # already packed: nothing more to do
+    assert prepack_weights(model) == 0  # already packed: nothing more to do
     want, got = anytime_inference(plain, images).logits, anytime_inference(model, images).logits
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
@@ -170,7 +171,7 @@ def test_a_packed_bottleneck_fuses_its_relus_and_shortcut_to_the_same_result(str
     backbone = Backbone(nn.Sequential(block), 16, 16, nn.Identity(), cpu_prepack=True).eval()
     fold_batch_norms(backbone)
     backbone.to(memory_format=memory)
-    assert prepack_convolutions(backbone) == 3 + (down is not None)
+    assert prepack_weights(backbone) == 3 + (down is not None)
     fused = backbone.body[0]
     assert isinstance(fused, PackedBottleneck)
     with torch.inference_mode():
@@ -186,5 +187,57 @@ def test_a_packed_bottleneck_fuses_its_relus_and_shortcut_to_the_same_result(str
 def test_a_bottleneck_with_batch_norm_left_is_not_fused():
     block = _settled(Bottleneck(16, 4))
     backbone = Backbone(nn.Sequential(block), 16, 16, nn.Identity(), cpu_prepack=True).eval()
-    prepack_convolutions(backbone)  # batch norms not folded: the convolutions pack, the block stays
+    prepack_weights(backbone)  # batch norms not folded: the convolutions pack, the block stays
     assert type(backbone.body[0]) is Bottleneck and isinstance(backbone.body[0].conv1, PackedConv2d)
+
+
+def test_large_linears_pack_and_answer_as_aten_does():
+    """A Linear of at least LARGE_LINEAR weights runs float32 CPU inference on oneDNN's inner
+    product (aten's result up to summation order); smaller ones, autocast, gradients, tracing
+    and 3-d inputs keep aten's linear; a pack follows its weight and is never copied."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 7)).eval()
+    assert model[0].weight.numel() == LARGE_LINEAR
+    want_model = copy.deepcopy(model)
+    assert prepack_weights(model) == 1
+    assert isinstance(model[0], PackedLinear) and type(model[2]) is nn.Linear
+    for rows in (1, 5, 33):
+        x = torch.randn(rows, 1024)
+        with torch.inference_mode():
+            want, got = want_model(x), model(x)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    assert model[0]._packs
+    layer = model[0]
+    x = torch.randn(4, 1024)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16  # autocast: aten's bf16 linear, as before
+    out = layer(x.requires_grad_(True))
+    out.sum().backward()  # gradients: aten's linear
+    assert x.grad is not None
+    with torch.no_grad():
+        assert layer(torch.randn(2, 3, 1024)).shape == (2, 3, 1024)  # 3-d: aten's
+        graph = str(torch.jit.trace(layer, torch.randn(2, 1024)).inlined_graph)
+        assert "aten::linear" in graph and "mkldnn" not in graph
+        other = nn.Linear(1024, 1024)
+        layer.load_state_dict(other.state_dict())  # new weights: a new pack
+        y = torch.randn(3, 1024)
+        torch.testing.assert_close(layer(y), other(y), rtol=1e-5, atol=1e-4)
+        assert not copy.deepcopy(layer)._packs
+
+
+def test_large_gru_cells_pack_and_answer_as_aten_does():
+    torch.manual_seed(0)
+    holder = nn.ModuleDict({"big": nn.GRUCell(1024, 512), "small": nn.GRUCell(16, 8)}).eval()
+    assert holder["big"].weight_ih.numel() >= LARGE_LINEAR
+    want = copy.deepcopy(holder)
+    assert prepack_weights(holder) == 1
+    assert isinstance(holder["big"], PackedGRUCell) and type(holder["small"]) is nn.GRUCell
+    x, h = torch.randn(7, 1024), torch.randn(7, 512)
+    with torch.inference_mode():
+        expected, got = want["big"](x, h), holder["big"](x, h)
+        assert holder["big"]._packs
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(holder["big"](x), want["big"](x))  # no state given: aten's cell
+    out = holder["big"](x, h.requires_grad_(True))  # gradients: aten's cell
+    out.sum().backward()
+    assert h.grad is not None and not copy.deepcopy(holder["big"])._packs

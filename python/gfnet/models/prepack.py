@@ -14,6 +14,14 @@ when its weight changes; it runs as a plain convolution wherever the packed one 
 apply (gradients, tracing, compiling, other devices or dtypes, other padding modes).
 :class:`PackedBottleneck` runs a folded ResNet bottleneck on them with its ReLUs and its
 shortcut's sum fused into the convolutions.
+
+:class:`PackedLinear` does the same for a large float32 ``nn.Linear`` anywhere in the model
+(at least ``LARGE_LINEAR`` weights): oneDNN's inner product on a weight converted once ran
+1.3-2x faster than aten's linear at 1-256 rows (Linear(18432, 2048), the ImageNet presets'
+policy layer, whose 151 MB of weights are read at every focus step); it differs from aten's by
+summation order only (1e-6 relative). Linears under autocast stay aten's.
+:class:`PackedGRUCell` runs a large GRU cell's two products the same way (the recurrent
+classifier's and the policy's, 2048 -> 1024 in those presets).
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ from .backbones import Backbone
 
 
 def prepack_available() -> bool:
-    """Whether this torch has oneDNN's packed-weight convolution."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    """Whether this torch has oneDNN's packed-weight convolution and inner product."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 class PackedConv2d(nn.Conv2d):
@@ -51,10 +60,8 @@ class PackedConv2d(nn.Conv2d):
 
     def _pack_dtype(self, x: torch.Tensor) -> torch.dtype | None:
         """The dtype the packed weight runs ``x`` in, or None where it does not apply."""
-        if (x.device.type != "cpu" or x.dim() != 4 or self.padding_mode != "zeros"
-                or isinstance(self.padding, str) or torch.is_grad_enabled()
-                or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-                or self.weight.device.type != "cpu"):
+        if (not _inference_on_cpu(x, self.weight) or x.dim() != 4 or self.padding_mode != "zeros"
+                or isinstance(self.padding, str)):
             return None
         if torch.is_autocast_enabled("cpu"):
             dtype = torch.get_autocast_dtype("cpu")
@@ -69,8 +76,7 @@ class PackedConv2d(nn.Conv2d):
         return packed, bias
 
     def _versions(self) -> tuple:
-        return (self.weight._version, self.weight.data_ptr(),
-                None if self.bias is None else (self.bias._version, self.bias.data_ptr()))
+        return _versions(self.weight, self.bias)
 
     def run_packed(self, x: torch.Tensor, *, activation: str = "none",
                    add: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -95,6 +101,101 @@ class PackedConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.run_packed(x)
         return super().forward(x) if out is None else out
+
+
+LARGE_LINEAR = 1 << 20  # weights of a Linear worth packing (4 MB in float32)
+
+
+def _inference_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a call on ``x`` is CPU inference that a packed weight may run (no gradients, no
+    tracing or compiling, which must see aten's ops)."""
+    return (x.device.type == "cpu" and weight.device.type == "cpu" and not torch.is_grad_enabled()
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and not torch.compiler.is_compiling())
+
+
+class PackedLinear(nn.Linear):
+    """An ``nn.Linear`` that runs float32 CPU inference through oneDNN's inner product on a
+    weight converted once (module docstring); aten's linear everywhere else."""
+
+    _packs: dict
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> PackedLinear:
+        packed = cls.__new__(cls)
+        packed.__dict__.update({k: dict(v) if type(v) is dict else v for k, v in linear.__dict__.items()})
+        packed._packs = {}
+        return packed
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state["_packs"] = {}
+        return state
+
+    def _versions(self) -> tuple:
+        return _versions(self.weight, self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (not _inference_on_cpu(x, self.weight) or torch.is_autocast_enabled("cpu") or x.dim() != 2
+                or x.dtype != torch.float32 or self.weight.dtype != torch.float32):
+            return super().forward(x)
+        entry = self._packs.get(torch.float32)
+        if entry is None or entry[0] != self._versions():
+            entry = (self._versions(), self.weight.detach().contiguous().to_mkldnn())
+            self._packs[torch.float32] = entry
+        bias = None if self.bias is None else self.bias.detach()
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), entry[1], bias, "none", [], "")
+
+
+class PackedGRUCell(nn.GRUCell):
+    """An ``nn.GRUCell`` whose two matrix products run as :class:`PackedLinear`'s do (float32
+    CPU inference on oneDNN's inner product, weights converted once), with PyTorch's GRU cell
+    around them: r = sigmoid(W_ir x + b_ir + W_hr h + b_hr), z likewise, n = tanh(W_in x + b_in +
+    r * (W_hn h + b_hn)), h' = (1 - z) * n + z * h. aten's cell everywhere else."""
+
+    _packs: dict
+
+    @classmethod
+    def from_cell(cls, cell: nn.GRUCell) -> PackedGRUCell:
+        packed = cls.__new__(cls)
+        packed.__dict__.update({k: dict(v) if type(v) is dict else v for k, v in cell.__dict__.items()})
+        packed._packs = {}
+        return packed
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state["_packs"] = {}
+        return state
+
+    def _versions(self) -> tuple:
+        return _versions(self.weight_ih, self.bias_ih) + _versions(self.weight_hh, self.bias_hh)
+
+    def forward(self, x: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
+        if (hx is None or not _inference_on_cpu(x, self.weight_ih) or torch.is_autocast_enabled("cpu")
+                or x.dim() != 2 or x.dtype != torch.float32 or hx.dtype != torch.float32
+                or self.weight_ih.dtype != torch.float32):
+            return super().forward(x, hx)
+        entry = self._packs.get(torch.float32)
+        if entry is None or entry[0] != self._versions():
+            entry = (self._versions(), self.weight_ih.detach().contiguous().to_mkldnn(),
+                     self.weight_hh.detach().contiguous().to_mkldnn())
+            self._packs[torch.float32] = entry
+        _, w_ih, w_hh = entry
+        b_ih = None if self.bias_ih is None else self.bias_ih.detach()
+        b_hh = None if self.bias_hh is None else self.bias_hh.detach()
+        gi = torch.ops.mkldnn._linear_pointwise(x.contiguous(), w_ih, b_ih, "none", [], "")
+        gh = torch.ops.mkldnn._linear_pointwise(hx.contiguous(), w_hh, b_hh, "none", [], "")
+        i_r, i_z, i_n = gi.chunk(3, 1)
+        h_r, h_z, h_n = gh.chunk(3, 1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        return n + z * (hx - n)
+
+
+def _versions(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+    """What a pack was made from: a weight changed in place, or replaced, makes a new one."""
+    return (weight._version, weight.data_ptr(), None if bias is None else (bias._version, bias.data_ptr()))
 
 
 class PackedBottleneck(Bottleneck):
@@ -126,10 +227,13 @@ class PackedBottleneck(Bottleneck):
         return self.conv3.run_packed(out, activation="relu", add=shortcut)
 
 
-def prepack_convolutions(module: nn.Module) -> int:
-    """Turns the convolutions of every Backbone in ``module`` that asks for it
-    (``cpu_prepack``) into :class:`PackedConv2d`, in place; returns how many. For models kept for
-    inference (their weights may still change: a pack follows its weight)."""
+def prepack_weights(module: nn.Module) -> int:
+    """Packs, in place, the convolutions of every Backbone in ``module`` that asks for it
+    (``cpu_prepack``: :class:`PackedConv2d`, and its folded ResNet bottlenecks as
+    :class:`PackedBottleneck`) and every Linear, or GRU cell's input weight, of at least
+    ``LARGE_LINEAR`` weights (:class:`PackedLinear`, :class:`PackedGRUCell`); returns how many
+    modules it packed. For models kept for inference
+    (a pack follows its weight if that still changes)."""
     if not prepack_available():
         return 0
     count = 0
@@ -144,7 +248,16 @@ def prepack_convolutions(module: nn.Module) -> int:
             for name, child in list(parent._modules.items()):
                 if PackedBottleneck.fusable(child):
                     parent._modules[name] = PackedBottleneck.from_block(child)
+    for parent in list(module.modules()):
+        for name, child in list(parent._modules.items()):
+            if type(child) is nn.Linear and child.weight.numel() >= LARGE_LINEAR:
+                parent._modules[name] = PackedLinear.from_linear(child)
+                count += 1
+            elif type(child) is nn.GRUCell and child.weight_ih.numel() >= LARGE_LINEAR:
+                parent._modules[name] = PackedGRUCell.from_cell(child)
+                count += 1
     return count
 
 
-__all__ = ["PackedBottleneck", "PackedConv2d", "prepack_available", "prepack_convolutions"]
+__all__ = ["LARGE_LINEAR", "PackedBottleneck", "PackedConv2d", "PackedGRUCell", "PackedLinear",
+           "prepack_available", "prepack_weights"]
