@@ -63,9 +63,8 @@ class InferenceFormat:
     """How a model's networks run at inference: ``precision`` (fp32 | bf16 | fp16: autocast to
     that dtype), ``channels_last`` (the convolutions' weights and activations in NHWC) and
     ``fold_batch_norm`` (each batch norm folded into the convolution before it,
-    gfnet.models.folding, and on the CPU the weights of the backbones that gain from it packed
-    once, gfnet.models.prepack: for models loaded for inference only, since it removes
-    parameters)."""
+    gfnet.models.folding, and on the CPU the weights packed for oneDNN once where that pays,
+    gfnet.models.prepack: for models loaded for inference only, since it removes parameters)."""
 
     precision: str = "fp32"
     channels_last: bool = False
