@@ -38,7 +38,7 @@ def _pair(spec, seed=0):
     cin, cout, k, s, p, d, g, bias = spec
     torch.manual_seed(seed)
     conv = nn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=d, groups=g, bias=bias).eval()
-    return conv, PackedConv2d.from_conv(copy.deepcopy(conv))
+    return conv, PackedConv2d.adopt(copy.deepcopy(conv))
 
 
 def _input(cin, layout, seed=1):

@@ -39,24 +39,51 @@ def prepack_available() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-class PackedConv2d(nn.Conv2d):
-    """An ``nn.Conv2d`` that runs CPU inference on a weight packed once (module docstring)."""
+def _inference_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a call on ``x`` is CPU inference that a packed weight may run (no gradients, no
+    tracing or compiling, which must see aten's ops)."""
+    return (x.device.type == "cpu" and weight.device.type == "cpu" and not torch.is_grad_enabled()
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and not torch.compiler.is_compiling())
+
+
+class _Packed:
+    """What the packed modules share: taking over a plain module's parameters and state, and
+    packs kept per key, remade when a weight they were made from changes (in place or
+    replaced), neither copied nor pickled (oneDNN's opaque tensors: remade on use)."""
 
     _packs: dict
+    _packed_from: tuple[str, ...] = ()  # the parameters a pack is made from
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> PackedConv2d:
-        """The same convolution (its parameters shared, not copied) as a PackedConv2d."""
+    def adopt(cls, module: nn.Module):
+        """``module`` as this class, its parameters shared, not copied."""
         packed = cls.__new__(cls)
-        packed.__dict__.update({k: dict(v) if type(v) is dict else v for k, v in conv.__dict__.items()})
+        packed.__dict__.update({k: dict(v) if type(v) is dict else v for k, v in module.__dict__.items()})
         packed._packs = {}
         return packed
 
     def __getstate__(self):
-        # the packs are oneDNN's opaque tensors: neither copied nor pickled, remade on use
         state = dict(super().__getstate__())  # a copy: the default state is the live __dict__
         state["_packs"] = {}
         return state
+
+    def _pack(self, key, make):
+        """The pack under ``key``, made by ``make()`` unless one from the current weights is kept
+        (threads packing at once each make the same pack; the last one stays)."""
+        made_from = tuple(None if t is None else (t._version, t.data_ptr())
+                          for t in (getattr(self, name) for name in self._packed_from))
+        entry = self._packs.get(key)
+        if entry is None or entry[0] != made_from:
+            entry = (made_from, make())
+            self._packs[key] = entry
+        return entry[1]
+
+
+class PackedConv2d(_Packed, nn.Conv2d):
+    """An ``nn.Conv2d`` that runs CPU inference on a weight packed once (module docstring)."""
+
+    _packed_from = ("weight", "bias")
 
     def _pack_dtype(self, x: torch.Tensor) -> torch.dtype | None:
         """The dtype the packed weight runs ``x`` in, or None where it does not apply."""
@@ -68,15 +95,11 @@ class PackedConv2d(nn.Conv2d):
             return dtype if dtype in (torch.float32, torch.bfloat16) else None
         return x.dtype if x.dtype == self.weight.dtype and x.dtype in (torch.float32, torch.bfloat16) else None
 
-    def _pack(self, dtype: torch.dtype, input_size: list[int]):
+    def _make(self, dtype: torch.dtype, input_size: list[int]):
         weight = self.weight.detach().to(dtype).contiguous().to_mkldnn()
         packed = torch._C._nn.mkldnn_reorder_conv2d_weight(weight, list(self.padding), list(self.stride),
                                                            list(self.dilation), self.groups, input_size)
-        bias = None if self.bias is None else self.bias.detach().to(dtype)
-        return packed, bias
-
-    def _versions(self) -> tuple:
-        return _versions(self.weight, self.bias)
+        return packed, None if self.bias is None else self.bias.detach().to(dtype)
 
     def run_packed(self, x: torch.Tensor, *, activation: str = "none",
                    add: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -86,12 +109,7 @@ class PackedConv2d(nn.Conv2d):
         dtype = self._pack_dtype(x)
         if dtype is None:
             return None
-        entry = self._packs.get(dtype)
-        if entry is None or entry[0] != self._versions():
-            # several threads may pack at once: each makes the same pack, the last one stays
-            entry = (self._versions(), *self._pack(dtype, list(x.shape)))
-            self._packs[dtype] = entry
-        _, weight, bias = entry
+        weight, bias = self._pack(dtype, lambda: self._make(dtype, list(x.shape)))
         args = (weight, bias, list(self.padding), list(self.stride), list(self.dilation), self.groups)
         if add is None:
             return torch.ops.mkldnn._convolution_pointwise(x.to(dtype), *args, activation, [], "")
@@ -106,110 +124,60 @@ class PackedConv2d(nn.Conv2d):
 LARGE_LINEAR = 1 << 20  # weights of a Linear worth packing (4 MB in float32)
 
 
-def _inference_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether a call on ``x`` is CPU inference that a packed weight may run (no gradients, no
-    tracing or compiling, which must see aten's ops)."""
-    return (x.device.type == "cpu" and weight.device.type == "cpu" and not torch.is_grad_enabled()
-            and not torch.jit.is_tracing() and not torch.jit.is_scripting()
-            and not torch.compiler.is_compiling())
+def _float32_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a product of ``x`` and ``weight`` is float32 CPU inference outside autocast on
+    rows (2-d), which oneDNN's inner product runs for :class:`PackedLinear` and
+    :class:`PackedGRUCell`."""
+    return (_inference_on_cpu(x, weight) and not torch.is_autocast_enabled("cpu") and x.dim() == 2
+            and x.dtype == torch.float32 and weight.dtype == torch.float32)
 
 
-class PackedLinear(nn.Linear):
+def _inner_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight.T + bias on oneDNN, ``weight`` converted for it (``to_mkldnn``)."""
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, None if bias is None else bias.detach(),
+                                              "none", [], "")
+
+
+class PackedLinear(_Packed, nn.Linear):
     """An ``nn.Linear`` that runs float32 CPU inference through oneDNN's inner product on a
     weight converted once (module docstring); aten's linear everywhere else."""
 
-    _packs: dict
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear) -> PackedLinear:
-        packed = cls.__new__(cls)
-        packed.__dict__.update({k: dict(v) if type(v) is dict else v for k, v in linear.__dict__.items()})
-        packed._packs = {}
-        return packed
-
-    def __getstate__(self):
-        state = dict(super().__getstate__())
-        state["_packs"] = {}
-        return state
-
-    def _versions(self) -> tuple:
-        return _versions(self.weight, self.bias)
+    _packed_from = ("weight",)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (not _inference_on_cpu(x, self.weight) or torch.is_autocast_enabled("cpu") or x.dim() != 2
-                or x.dtype != torch.float32 or self.weight.dtype != torch.float32):
+        if not _float32_inference(x, self.weight):
             return super().forward(x)
-        entry = self._packs.get(torch.float32)
-        if entry is None or entry[0] != self._versions():
-            entry = (self._versions(), self.weight.detach().contiguous().to_mkldnn())
-            self._packs[torch.float32] = entry
-        bias = None if self.bias is None else self.bias.detach()
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), entry[1], bias, "none", [], "")
+        weight = self._pack(torch.float32, lambda: self.weight.detach().contiguous().to_mkldnn())
+        return _inner_product(x, weight, self.bias)
 
 
-class PackedGRUCell(nn.GRUCell):
+class PackedGRUCell(_Packed, nn.GRUCell):
     """An ``nn.GRUCell`` whose two matrix products run as :class:`PackedLinear`'s do (float32
     CPU inference on oneDNN's inner product, weights converted once), with PyTorch's GRU cell
     around them: r = sigmoid(W_ir x + b_ir + W_hr h + b_hr), z likewise, n = tanh(W_in x + b_in +
     r * (W_hn h + b_hn)), h' = (1 - z) * n + z * h. aten's cell everywhere else."""
 
-    _packs: dict
-
-    @classmethod
-    def from_cell(cls, cell: nn.GRUCell) -> PackedGRUCell:
-        packed = cls.__new__(cls)
-        packed.__dict__.update({k: dict(v) if type(v) is dict else v for k, v in cell.__dict__.items()})
-        packed._packs = {}
-        return packed
-
-    def __getstate__(self):
-        state = dict(super().__getstate__())
-        state["_packs"] = {}
-        return state
-
-    def _versions(self) -> tuple:
-        return _versions(self.weight_ih, self.bias_ih) + _versions(self.weight_hh, self.bias_hh)
+    _packed_from = ("weight_ih", "weight_hh")
 
     def forward(self, x: torch.Tensor, hx: torch.Tensor | None = None) -> torch.Tensor:
-        if (hx is None or not _inference_on_cpu(x, self.weight_ih) or torch.is_autocast_enabled("cpu")
-                or x.dim() != 2 or x.dtype != torch.float32 or hx.dtype != torch.float32
-                or self.weight_ih.dtype != torch.float32):
+        if hx is None or hx.dtype != torch.float32 or not _float32_inference(x, self.weight_ih):
             return super().forward(x, hx)
-        entry = self._packs.get(torch.float32)
-        if entry is None or entry[0] != self._versions():
-            entry = (self._versions(), self.weight_ih.detach().contiguous().to_mkldnn(),
-                     self.weight_hh.detach().contiguous().to_mkldnn())
-            self._packs[torch.float32] = entry
-        _, w_ih, w_hh = entry
-        b_ih = None if self.bias_ih is None else self.bias_ih.detach()
-        b_hh = None if self.bias_hh is None else self.bias_hh.detach()
-        gi = torch.ops.mkldnn._linear_pointwise(x.contiguous(), w_ih, b_ih, "none", [], "")
-        gh = torch.ops.mkldnn._linear_pointwise(hx.contiguous(), w_hh, b_hh, "none", [], "")
-        i_r, i_z, i_n = gi.chunk(3, 1)
-        h_r, h_z, h_n = gh.chunk(3, 1)
+        w_ih, w_hh = self._pack(torch.float32, lambda: (self.weight_ih.detach().contiguous().to_mkldnn(),
+                                                        self.weight_hh.detach().contiguous().to_mkldnn()))
+        i_r, i_z, i_n = _inner_product(x, w_ih, self.bias_ih).chunk(3, 1)
+        h_r, h_z, h_n = _inner_product(hx, w_hh, self.bias_hh).chunk(3, 1)
         r = torch.sigmoid(i_r + h_r)
         z = torch.sigmoid(i_z + h_z)
         n = torch.tanh(i_n + r * h_n)
         return n + z * (hx - n)
 
 
-def _versions(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple:
-    """What a pack was made from: a weight changed in place, or replaced, makes a new one."""
-    return (weight._version, weight.data_ptr(), None if bias is None else (bias._version, bias.data_ptr()))
-
-
-class PackedBottleneck(Bottleneck):
+class PackedBottleneck(_Packed, Bottleneck):
     """torchvision's ResNet bottleneck with its batch norms folded and its convolutions packed,
     run as three oneDNN calls: conv1 + ReLU, conv2 + ReLU, and conv3 + the shortcut + ReLU
     (the sums and the ReLU fused into the convolutions instead of three passes over the
     activations of their own). Elsewhere (:meth:`PackedConv2d.run_packed` returns None) it runs
     the block as torchvision does."""
-
-    @classmethod
-    def from_block(cls, block: Bottleneck) -> PackedBottleneck:
-        packed = cls.__new__(cls)
-        packed.__dict__.update({k: dict(v) if type(v) is dict else v for k, v in block.__dict__.items()})
-        return packed
 
     @staticmethod
     def fusable(block: nn.Module) -> bool:
@@ -232,8 +200,8 @@ def prepack_weights(module: nn.Module) -> int:
     (``cpu_prepack``: :class:`PackedConv2d`, and its folded ResNet bottlenecks as
     :class:`PackedBottleneck`) and every Linear, or GRU cell's input weight, of at least
     ``LARGE_LINEAR`` weights (:class:`PackedLinear`, :class:`PackedGRUCell`); returns how many
-    modules it packed. For models kept for inference
-    (a pack follows its weight if that still changes)."""
+    modules it packed. For models kept for inference (a pack follows its weight if that still
+    changes)."""
     if not prepack_available():
         return 0
     count = 0
@@ -242,19 +210,19 @@ def prepack_weights(module: nn.Module) -> int:
         for parent in list(backbone.modules()):
             for name, child in list(parent._modules.items()):
                 if type(child) is nn.Conv2d:
-                    parent._modules[name] = PackedConv2d.from_conv(child)
+                    parent._modules[name] = PackedConv2d.adopt(child)
                     count += 1
         for parent in list(backbone.modules()):
             for name, child in list(parent._modules.items()):
                 if PackedBottleneck.fusable(child):
-                    parent._modules[name] = PackedBottleneck.from_block(child)
+                    parent._modules[name] = PackedBottleneck.adopt(child)
     for parent in list(module.modules()):
         for name, child in list(parent._modules.items()):
             if type(child) is nn.Linear and child.weight.numel() >= LARGE_LINEAR:
-                parent._modules[name] = PackedLinear.from_linear(child)
+                parent._modules[name] = PackedLinear.adopt(child)
                 count += 1
             elif type(child) is nn.GRUCell and child.weight_ih.numel() >= LARGE_LINEAR:
-                parent._modules[name] = PackedGRUCell.from_cell(child)
+                parent._modules[name] = PackedGRUCell.adopt(child)
                 count += 1
     return count
 
