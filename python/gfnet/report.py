@@ -41,8 +41,7 @@ import torch
 from .data.calibration_images import describe_calibration
 from .errors import GFNetError
 from .files import write_atomic
-from .models.folding import fold_batch_norms
-from .models.prepack import prepack_weights
+from .models.prepack import networks_for_inference
 from .precision import InferenceFormat
 
 ACCURACY_MARGIN = 0.01  # "reaches the baseline's accuracy": within 1 point
@@ -279,9 +278,7 @@ def build_report(run_dir: str | Path, *, baseline: str | Path | None = None, eva
     # the run's layout, the static baseline too: like is timed against like
     fmt = InferenceFormat.choose(ev.get("precision", "fp32"), device, cfg.run.layout, fold_batch_norm=True)
     model.set_inference_format(fmt)
-    fold_batch_norms(static.eval())
-    static.to(memory_format=fmt.memory_format)
-    prepack_weights(static)
+    networks_for_inference(static.eval(), fmt)
     nthreads = threads if threads is not None else (cfg.run.threads or torch.get_num_threads())
     torch.set_num_threads(nthreads)
     base_acc, base_macs = float(bck["test_accuracy"]), float(bck["macs"])

@@ -24,8 +24,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..precision import FP32, InferenceFormat
 from .backbones import Backbone, build_backbone
-from .folding import fold_batch_norms
-from .prepack import prepack_weights
+from .prepack import networks_for_inference
 from .patches import Patches, continuous_focus_boxes, focus_boxes, model_kernels, whole_image_boxes
 from .policy import ActorCritic
 
@@ -146,13 +145,7 @@ class GFNet(nn.Module):
         convolutions (for good: the model is then for inference only; gfnet.models.folding) and
         the convolutions of the backbones that gain from it, and its large linears, packed for
         oneDNN once on the CPU (gfnet.models.prepack)."""
-        if fmt.fold_batch_norm:
-            if self.training:
-                raise ValueError("batch norm can only be folded into a model in eval mode")
-            fold_batch_norms(self)
-        self.to(memory_format=fmt.memory_format)
-        if fmt.fold_batch_norm:
-            prepack_weights(self)
+        networks_for_inference(self, fmt)
         self.patches.channels_last = fmt.channels_last
         self.inference_format = fmt
         return self

@@ -26,11 +26,17 @@ classifier's and the policy's, 2048 -> 1024 in those presets).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
 from .backbones import Backbone
+from .folding import fold_batch_norms
+
+if TYPE_CHECKING:
+    from ..precision import InferenceFormat
 
 
 def prepack_available() -> bool:
@@ -227,5 +233,20 @@ def prepack_weights(module: nn.Module) -> int:
     return count
 
 
+def networks_for_inference(module: nn.Module, fmt: InferenceFormat) -> nn.Module:
+    """``module``'s networks in ``fmt``'s memory layout and, with ``fmt.fold_batch_norm`` (a
+    model kept for inference), their batch norms folded (gfnet.models.folding) and their weights
+    packed where that pays (:func:`prepack_weights`); in place. What GFNet.set_inference_format
+    and the report's static baseline both do."""
+    if fmt.fold_batch_norm:
+        if module.training:
+            raise ValueError("batch norm can only be folded into a model in eval mode")
+        fold_batch_norms(module)
+    module.to(memory_format=fmt.memory_format)
+    if fmt.fold_batch_norm:
+        prepack_weights(module)
+    return module
+
+
 __all__ = ["LARGE_LINEAR", "PackedBottleneck", "PackedConv2d", "PackedGRUCell", "PackedLinear",
-           "prepack_available", "prepack_weights"]
+           "networks_for_inference", "prepack_available", "prepack_weights"]
