@@ -215,9 +215,12 @@ def _triton_cases() -> List[tuple[str, Callable[[], object]]]:
         for in_dtype, out_dtype in ((torch.float32, torch.float32), (torch.uint8, torch.float32),
                                     (torch.bfloat16, torch.bfloat16),
                                     (torch.float64, torch.float64)):
-            label = f"crop_resize {mode} {in_dtype} -> {out_dtype}"
-            cases.append((label, lambda m=mode, i=in_dtype, o=out_dtype: tcr._forward_impl(
-                images(i), boxes, bi, [size, size], m, False, "zeros", [0.5], [0.25], o)))
+            for channels_last in (False, True):  # the output layouts (the engine's is the latter)
+                label = (f"crop_resize {mode} {in_dtype} -> {out_dtype}"
+                         f"{' channels_last' if channels_last else ''}")
+                cases.append((label, lambda m=mode, i=in_dtype, o=out_dtype, cl=channels_last:
+                              tcr._forward_impl(images(i), boxes, bi, [size, size], m, False,
+                                                "zeros", [0.5], [0.25], o, cl)))
         for acc in (torch.float32, torch.float64):
             grad = torch.randn(2, 3, size, size, generator=g, dtype=acc)
             cases.append((f"backward_images {mode} {acc}",

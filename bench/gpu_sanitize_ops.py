@@ -4,11 +4,12 @@ compute-sanitizer (memcheck, racecheck, synccheck), so each tool sees each kerne
     python -m bench.gpu_sanitize_ops --device cuda      # the CUDA kernels
     python -m bench.gpu_sanitize_ops --device cpu       # the same calls on the C++ CPU kernels
 
-Covers crop_resize's forward in every mode (float32, uint8 with a fused normalisation to
-float16, float64), its backward wrt images (atomic and deterministic) and wrt boxes, early_exit
-(float32, float64 and bfloat16 logits; a host and a device threshold) and gather_rows. Boxes are
-fractional, flipped and partly off the image, so the clamped edge paths run too. Exits non-zero
-if an op raises; the sanitizer's own report is in its output.
+Covers crop_resize's forward in every mode (float32, uint8 with a fused normalisation to float16
+and to float32 written in channels_last, float64), its backward wrt images (atomic and
+deterministic) and wrt boxes, early_exit (float32, float64 and bfloat16 logits; a host and a
+device threshold) and gather_rows. Boxes are fractional, flipped and partly off the image, so
+the clamped edge paths run too. Exits non-zero if an op raises; the sanitizer's own report is
+in its output.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def run(device: str) -> list[str]:
                               out_dtype=torch.float16, **opts)
         gfkernels.crop_resize(images.to(dev), boxes.double().to(dev), (5, 6), **opts)
         ran.append(f"crop_resize {mode}: uint8 -> float16 normalised, float64")
+        gfkernels.crop_resize(u8, b.detach(), (5, 6), mean=[0.5], std=[0.2],
+                              memory_format=torch.channels_last, **opts)
+        ran.append(f"crop_resize {mode}: uint8 -> float32 written in channels_last")
     B, K = 8, 10
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
         logits = torch.randn(5, K, generator=g).to(dtype).to(dev)

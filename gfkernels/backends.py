@@ -222,9 +222,10 @@ def compiled_with_cuda() -> bool:
 # The reference's definitions behind the schema signatures of the compiled ops.
 _REFERENCE_OPS = types.SimpleNamespace(
     crop_resize=lambda images, boxes, batch_index, size, mode, align_corners, padding_mode,
-    mean, std, out_dtype: reference.crop_resize(
+    mean, std, out_dtype, channels_last=False: reference.crop_resize(
         images, boxes, size, batch_index=batch_index, mode=mode, align_corners=align_corners,
-        padding_mode=padding_mode, mean=mean, std=std, out_dtype=out_dtype),
+        padding_mode=padding_mode, mean=mean, std=std, out_dtype=out_dtype,
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format),
     early_exit=reference.early_exit,
     gather_rows=reference.gather_rows,
 )

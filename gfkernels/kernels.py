@@ -63,18 +63,21 @@ class Kernels:
     # ------------------------------------------------------------------ the ops
     def crop(self, size: Size, *, mode: str = "bilinear", align_corners: bool = False,
              padding_mode: str = "border", mean=None, std=None,
-             out_dtype: Optional[torch.dtype] = None) -> "Crop":
+             out_dtype: Optional[torch.dtype] = None,
+             memory_format: torch.memory_format = torch.contiguous_format) -> "Crop":
         """A crop_resize with these options, checked now: ``crop(images, boxes, batch_index)``."""
         return Crop(self, crop_options(size, mode, align_corners, padding_mode, mean, std,
-                                       out_dtype))
+                                       out_dtype, memory_format))
 
     def crop_resize(self, images: torch.Tensor, boxes: torch.Tensor, size: Size, *,
                     batch_index: Optional[torch.Tensor] = None, mode: str = "bilinear",
                     align_corners: bool = False, padding_mode: str = "border", mean=None,
-                    std=None, out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+                    std=None, out_dtype: Optional[torch.dtype] = None,
+                    memory_format: torch.memory_format = torch.contiguous_format
+                    ) -> torch.Tensor:
         """gfkernels.crop_resize with this object's backend."""
         crop = self.crop(size, mode=mode, align_corners=align_corners, padding_mode=padding_mode,
-                         mean=mean, std=std, out_dtype=out_dtype)
+                         mean=mean, std=std, out_dtype=out_dtype, memory_format=memory_format)
         return crop(images, boxes, batch_index)
 
     def early_exit(self, logits: torch.Tensor, threshold, active: torch.Tensor,

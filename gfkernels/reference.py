@@ -95,14 +95,17 @@ def crop_resize(
     mean: Optional[Sequence[float]] = None,
     std: Optional[Sequence[float]] = None,
     out_dtype: Optional[torch.dtype] = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> torch.Tensor:
     """Crops box b of image batch_index[b] and resizes it to `size`: (B, C, h, w).
 
     Computed in float64, then cast to out_dtype (default: images.dtype if floating, else
-    float32). uint8 values are divided by 255; then out = (v - mean) / std per channel.
+    float32) in memory_format (contiguous or channels_last). uint8 values are divided by 255;
+    then out = (v - mean) / std per channel.
     """
     from .ops.common import check_index_values
-    from .ops.crop_resize import check_args, default_out_dtype, normalise_size, per_channel_list
+    from .ops.crop_resize import (check_args, check_memory_format, default_out_dtype,
+                                  normalise_size, per_channel_list)
 
     h, w = normalise_size(size)
     mean, std = per_channel_list(mean, "mean"), per_channel_list(std, "std")
@@ -110,6 +113,7 @@ def crop_resize(
         out_dtype = default_out_dtype(images)
     check_args(images, boxes, batch_index, mode, align_corners, padding_mode, mean, std, out_dtype,
                (h, w))
+    check_memory_format(memory_format)
     contract.check_finite_boxes("crop_resize", boxes)
     if batch_index is not None:
         check_index_values(batch_index, images.shape[0], "crop_resize", "batch_index")
@@ -142,7 +146,9 @@ def crop_resize(
         out = out - _per_channel(mean, C, out)
     if std is not None:
         out = out / _per_channel(std, C, out)
-    return out.to(out_dtype)
+    # allocated in the layout, as the kernels do (strides agree even where C, h or w is 1)
+    return torch.empty(out.shape, dtype=out_dtype, device=out.device,
+                       memory_format=memory_format).copy_(out)
 
 
 def _per_channel(values: Sequence[float], channels: int, like: torch.Tensor) -> torch.Tensor:

@@ -183,6 +183,83 @@ def test_matches_roi_align(generator):
 
 
 # ---------------------------------------------------------------------------------------
+# Output layout: patches written straight into channels_last
+# ---------------------------------------------------------------------------------------
+
+
+def channels_last_strides(shape):
+    return torch.empty(shape, memory_format=torch.channels_last).stride()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("image_layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("mode", MODES)
+def test_channels_last_output(backend, image_layout, mode, generator):
+    """memory_format=torch.channels_last: the kernel's own output has channels_last strides
+    (not a reordered copy of a contiguous one: the op returns the tensor it allocated) and the
+    reference's values, for every image layout, dtype, interpolating and copied boxes, C = 1."""
+    for trial, (dtype, C) in enumerate([(torch.uint8, 3), (torch.float32, 4), (torch.float64, 1),
+                                        (torch.bfloat16, 3), (torch.float16, 2)]):
+        N, H, W, h, w = 3, 23 + trial, 19, 7, 5 + trial
+        images = random_images(N, C, H, W, dtype, generator, image_layout)
+        boxes = random_boxes(6, H, W, generator, kind="partly_off")
+        boxes[0] = torch.tensor([2.0, 3.0, 2.0 + w, 3.0 + h])  # an integer box: the copy path
+        bi = torch.randint(0, N, (6,), generator=generator)
+        kwargs = dict(batch_index=bi, mode=mode, mean=[0.3] * C, std=[0.7] * C,
+                      memory_format=torch.channels_last)
+        out = gfkernels.crop_resize(images, boxes, (h, w), backend=backend, **kwargs)
+        expected = reference.crop_resize(images, boxes, (h, w), **kwargs)
+        assert out.stride() == channels_last_strides(out.shape), (out.stride(), dtype, C)
+        out_dtype = dtype if dtype.is_floating_point else torch.float32
+        assert_close_to_reference(out, expected, out_dtype)
+        contiguous = gfkernels.crop_resize(images, boxes, (h, w), backend=backend,
+                                           **{**kwargs, "memory_format": torch.contiguous_format})
+        assert contiguous.is_contiguous() and torch.equal(out, contiguous)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_channels_last_output_gradients(backend, generator):
+    """Gradients through a channels_last output equal those through a contiguous one, with the
+    incoming gradient in either layout (the backward ops read it through its strides)."""
+    images = random_images(2, 3, 13, 11, torch.float64, generator)
+    boxes = gradcheck_boxes(13, 11, generator)
+    bi = torch.tensor([0, 1, 1, 0])
+    grad = torch.randn(4, 3, 6, 5, generator=generator, dtype=torch.float64)
+    results = []
+    for out_format in (torch.contiguous_format, torch.channels_last):
+        for grad_format in (torch.contiguous_format, torch.channels_last):
+            im, bx = images.clone().requires_grad_(), boxes.clone().requires_grad_()
+            out = gfkernels.crop_resize(im, bx, (6, 5), batch_index=bi, mode="bicubic",
+                                        std=[0.5, 2.0, 1.0], memory_format=out_format,
+                                        backend=backend)
+            out.backward(grad.contiguous(memory_format=grad_format))
+            results.append((im.grad, bx.grad))
+    for gi, gb in results[1:]:
+        torch.testing.assert_close(gi, results[0][0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(gb, results[0][1], rtol=1e-12, atol=1e-12)
+
+    def fn(im, bx):
+        return gfkernels.crop_resize(im, bx, (4, 3), batch_index=bi, mode="bilinear",
+                                     memory_format=torch.channels_last, backend=backend)
+
+    assert torch.autograd.gradcheck(fn, (images.requires_grad_(), boxes.requires_grad_()),
+                                    eps=1e-6, atol=1e-7, fast_mode=backend != "cpp")
+
+
+def test_kernels_crop_memory_format(generator):
+    """Kernels.crop carries the layout as an option: checked once, kept in its repr."""
+    images = random_images(2, 3, 16, 16, torch.uint8, generator)
+    boxes = random_boxes(2, 16, 16, generator)
+    crop = gfkernels.Kernels().crop(8, memory_format=torch.channels_last)
+    assert "channels_last" in repr(crop)
+    out = crop(images, boxes)
+    assert out.stride() == channels_last_strides(out.shape)
+    with pytest.raises(ValueError, match="memory_format must be torch.contiguous_format or "
+                                         "torch.channels_last"):
+        gfkernels.Kernels().crop(8, memory_format=torch.channels_last_3d)
+
+
+# ---------------------------------------------------------------------------------------
 # Gradients
 # ---------------------------------------------------------------------------------------
 
@@ -307,7 +384,8 @@ def test_nearest_box_gradient_is_zero(generator):
 
 
 @pytest.mark.parametrize("backend", OP_BACKENDS)
-@pytest.mark.parametrize("case", ["float_grad", "uint8_norm", "channels_last_bicubic"])
+@pytest.mark.parametrize("case", ["float_grad", "uint8_norm", "channels_last_bicubic",
+                                  "channels_last_output", "channels_last_output_uint8"])
 def test_opcheck(backend, case, generator):
     op = backends.TABLE[backend].ops.crop_resize.default
     if case == "float_grad":
@@ -320,12 +398,22 @@ def test_opcheck(backend, case, generator):
         boxes = random_boxes(2, 12, 10, generator)
         args = (images, boxes, None, [6, 6], "nearest", False, "border", [0.5, 0.4, 0.3],
                 [0.2, 0.3, 0.4], torch.float32)
-    else:
+    elif case == "channels_last_bicubic":
         images = random_images(2, 3, 12, 10, torch.float32, generator,
                                "channels_last").requires_grad_()
         boxes = gradcheck_boxes(12, 10, generator, n=2).float().requires_grad_()
         args = (images, boxes, None, [7, 3], "bicubic", True, "border", None, [0.5],
                 torch.float32)
+    elif case == "channels_last_output":  # the fake kernel's strides must match the kernel's
+        images = random_images(2, 3, 12, 10, torch.float64, generator).requires_grad_()
+        boxes = gradcheck_boxes(12, 10, generator, n=3).requires_grad_()
+        args = (images, boxes, torch.tensor([1, 0, 1]), [5, 4], "bilinear", False, "zeros",
+                None, [0.5, 1.0, 2.0], torch.float64, True)
+    else:
+        images = random_images(2, 3, 12, 10, torch.uint8, generator)
+        boxes = random_boxes(2, 12, 10, generator)
+        args = (images, boxes, None, [6, 5], "bicubic", False, "border", [0.5, 0.4, 0.3],
+                [0.2, 0.3, 0.4], torch.bfloat16, True)
     torch.library.opcheck(op, args)
 
 
@@ -411,6 +499,8 @@ BAD_INPUTS = [
      "mean must be numbers or a CPU tensor"),
     ("std_zero", {}, dict(std=[1.0, 0.0, 1.0]), ValueError, "std must be non-zero"),
     ("out_dtype", {}, dict(out_dtype=torch.int64), TypeError, "out_dtype must be"),
+    ("memory_format", {}, dict(memory_format=torch.preserve_format), ValueError,
+     "memory_format must be torch.contiguous_format or torch.channels_last"),
     ("backend", {}, dict(backend="metal"), ValueError, "backend must be one of"),
     ("backend_cuda_on_cpu", {}, dict(backend="cuda"), ValueError,
      "backend='cuda' runs on CUDA tensors"),

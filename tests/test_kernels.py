@@ -160,8 +160,13 @@ def test_crop_resize_remembers_checked_options_by_value_and_type():
     images, boxes = torch.rand(1, 1, 6, 6), torch.tensor([[0.0, 0, 6, 6]])
     mean, std = [0.5], [0.25]
     first = gfkernels.crop_resize(images, boxes, 3, mean=mean, std=std)
-    key = module._options_key(3, "bilinear", False, "border", mean, std, None)
+    contiguous, channels_last = torch.contiguous_format, torch.channels_last
+    key = module._options_key(3, "bilinear", False, "border", mean, std, None, contiguous)
     assert key in module._OPTIONS
+    # the layout is part of the options: another layout is another set
+    gfkernels.crop_resize(images, boxes, 3, mean=mean, std=std, memory_format=channels_last)
+    assert module._options_key(3, "bilinear", False, "border", mean, std, None,
+                               channels_last) in module._OPTIONS
     with pytest.raises(ValueError, match="size must be an int"):
         gfkernels.crop_resize(images, boxes, 3.0, mean=mean, std=std)
     mean[0] = 0.0  # the same list object, other values: another set of options
@@ -170,5 +175,6 @@ def test_crop_resize_remembers_checked_options_by_value_and_type():
     with pytest.raises(ValueError, match="std must be non-zero"):
         gfkernels.crop_resize(images, boxes, 3, std=[0.0])
     assert module._options_key(3, "bilinear", False, "border", torch.tensor([0.5]), None,
-                               None) is None
-    assert module._options_key(3, "bilinear", 1, "border", None, None, None) is None
+                               None, contiguous) is None
+    assert module._options_key(3, "bilinear", 1, "border", None, None, None, contiguous) is None
+    assert module._options_key(3, "bilinear", False, "border", None, None, None, "nchw") is None

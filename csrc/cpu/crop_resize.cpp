@@ -6,7 +6,8 @@
 // reads over the box's column span, a contiguous, vectorisable loop) followed by a short
 // horizontal pass over the taps. Work is split over (box, output row) for the forward, over
 // image planes for the backward wrt images (each thread owns its planes: deterministic, no
-// atomics) and over boxes for the backward wrt boxes.
+// atomics) and over boxes for the backward wrt boxes. Outputs are written, and incoming
+// gradients read, through their strides: contiguous and channels_last alike, without copies.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -133,12 +134,16 @@ inline void prefetch_row(const void* p, int64_t bytes) {
   for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 1);
 }
 
-// dst[j] = src[j * stride] * scale + shift, the exact-copy path: a memcpy when nothing is
-// converted, a vectorisable loop for contiguous rows, a strided loop otherwise.
+// dst[j * dst_stride] = src[j * stride] * scale + shift, the exact-copy path: a memcpy when
+// nothing is converted, a vectorisable loop for contiguous rows, a strided loop otherwise.
 template <typename image_t, typename out_t, typename acc_t>
 void copy_row(const image_t* __restrict src, int64_t stride, int64_t len, acc_t scale,
-              acc_t shift, out_t* __restrict dst) {
-  if (stride == 1) {
+              acc_t shift, out_t* __restrict dst, int64_t dst_stride) {
+  if (dst_stride != 1) {
+    for (int64_t j = 0; j < len; ++j)
+      dst[j * dst_stride] =
+          static_cast<out_t>(static_cast<acc_t>(src[j * stride]) * scale + shift);
+  } else if (stride == 1) {
     if constexpr (std::is_same_v<image_t, out_t>) {
       if (scale == acc_t(1) && shift == acc_t(0)) {
         std::memcpy(dst, src, len * sizeof(out_t));
@@ -174,11 +179,13 @@ void forward_impl(const at::Tensor& images, const at::Tensor& boxes, const int64
   const image_t* img = images.data_ptr<image_t>();
   out_t* dst = out.data_ptr<out_t>();
   const int64_t C = g.C;
+  const int64_t oN = out.stride(0), oC = out.stride(1), oH = out.stride(2), oW = out.stride(3);
 
   // One unit of work is one output row of one channel. Units run plane by plane (b, c, i),
-  // so source rows and output rows are visited in address order; for channels_last images
-  // the channels of one row are adjacent in memory, so units run (b, i, c) instead.
-  const bool channels_inner = g.sC == 1 && C > 1;
+  // so source rows and output rows are visited in address order; when the channels of one
+  // row are adjacent in memory (channels_last images or output), units run (b, i, c) instead,
+  // so that the channels of an output row are written one after the other.
+  const bool channels_inner = (g.sC == 1 || oC == 1) && C > 1;
   at::parallel_for(0, B * C * h, std::max<int64_t>(1, 2048 / w), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> row(g.W);
     const image_t* rows[kMaxTaps];
@@ -188,7 +195,7 @@ void forward_impl(const at::Tensor& images, const at::Tensor& boxes, const int64
       const int64_t i = channels_inner ? (u / C) % h : u % h;
       const int64_t n = batch_index ? batch_index[b] : b;
       const image_t* plane = img + n * g.sN + c * g.sC;
-      out_t* o = dst + ((b * C + c) * h + i) * w;
+      out_t* o = dst + b * oN + c * oC + i * oH;
       const acc_t sc = static_cast<acc_t>(affine.scale[c]);
       const acc_t sh = static_cast<acc_t>(affine.shift[c]);
       if (xt.exact[b] && yt.exact[b]) {
@@ -199,7 +206,7 @@ void forward_impl(const at::Tensor& images, const at::Tensor& boxes, const int64
           // so that several rows are in flight (the hardware prefetcher sees one stream).
           prefetch_row(src + kPrefetchRows * g.sH, w * sizeof(image_t));
         }
-        copy_row<image_t, out_t, acc_t>(src, g.sW, w, sc, sh, o);
+        copy_row<image_t, out_t, acc_t>(src, g.sW, w, sc, sh, o, oW);
         continue;
       }
       const int64_t* iy = yt.index_at(b, i);
@@ -209,7 +216,7 @@ void forward_impl(const at::Tensor& images, const at::Tensor& boxes, const int64
       for (int64_t j = 0; j < w; ++j) {
         const acc_t v = horizontal_tap<TAPS, acc_t>(xt.index_at(b, j), xt.weight_at(b, j),
                                                     row.data(), xlo);
-        o[j] = static_cast<out_t>(v * sc + sh);
+        o[j * oW] = static_cast<out_t>(v * sc + sh);
       }
     }
   });
@@ -227,12 +234,14 @@ at::Tensor crop_resize_cpu(const at::Tensor& images, const at::Tensor& boxes_in,
                            c10::string_view mode_name, bool align_corners,
                            c10::string_view padding_name,
                            std::optional<c10::ArrayRef<double>> mean,
-                           std::optional<c10::ArrayRef<double>> std, at::ScalarType out_dtype) {
+                           std::optional<c10::ArrayRef<double>> std, at::ScalarType out_dtype,
+                           bool channels_last) {
   const CropResizeCall call = prepare_crop_resize(images, boxes_in, batch_index, size, mode_name,
                                                   align_corners, padding_name, mean, std,
                                                   out_dtype, /*check_values=*/true);
   at::Tensor out = at::empty({boxes_in.size(0), images.size(1), size[0], size[1]},
-                             images.options().dtype(out_dtype));
+                             images.options().dtype(out_dtype),
+                             output_format(channels_last));
   if (out.numel() == 0) return out;
   const at::Tensor boxes = boxes_in.contiguous();
   const std::vector<int64_t> bi = copy_batch_index(batch_index);
@@ -274,6 +283,7 @@ void backward_images_impl(const at::Tensor& grad, const at::Tensor& boxes,
   const AxisTable<acc_t>& yt = tables.second;
   const auto groups = boxes_per_image(bi, B, N);
   const grad_t* g = grad.data_ptr<grad_t>();
+  const int64_t gN = grad.stride(0), gC = grad.stride(1), gH = grad.stride(2), gW = grad.stride(3);
   acc_t* gi = grad_images.data_ptr<acc_t>();
 
   at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
@@ -286,11 +296,11 @@ void backward_images_impl(const at::Tensor& grad, const at::Tensor& boxes,
       for (const int64_t b : groups[n]) {
         const int64_t xlo = xt.lo[b], span = xt.hi[b] - xt.lo[b] + 1;
         for (int64_t i = 0; i < h; ++i) {
-          const grad_t* go = g + ((b * C + c) * h + i) * w;
+          const grad_t* go = g + b * gN + c * gC + i * gH;
           // Transposed horizontal pass: spread the output row over the column span.
           std::fill(row.begin(), row.begin() + span, acc_t(0));
           for (int64_t j = 0; j < w; ++j) {
-            const acc_t v = static_cast<acc_t>(go[j]) * sc;
+            const acc_t v = static_cast<acc_t>(go[j * gW]) * sc;
             const int64_t* ix = xt.index_at(b, j);
             const acc_t* wx = xt.weight_at(b, j);
             for (int k = 0; k < TAPS; ++k) row[ix[k] - xlo] += wx[k] * v;
@@ -310,16 +320,15 @@ void backward_images_impl(const at::Tensor& grad, const at::Tensor& boxes,
   });
 }
 
-at::Tensor crop_resize_backward_images_cpu(const at::Tensor& grad_in, const at::Tensor& boxes_in,
+at::Tensor crop_resize_backward_images_cpu(const at::Tensor& grad, const at::Tensor& boxes_in,
                                            const std::optional<at::Tensor>& batch_index,
                                            at::IntArrayRef image_size, at::ScalarType image_dtype,
                                            c10::string_view mode_name, bool align_corners,
                                            c10::string_view padding_name,
                                            std::optional<c10::ArrayRef<double>> std) {
   const BackwardImagesCall call =
-      prepare_backward_images(grad_in, boxes_in, batch_index, image_size, image_dtype, mode_name,
+      prepare_backward_images(grad, boxes_in, batch_index, image_size, image_dtype, mode_name,
                               align_corners, padding_name, std, /*check_values=*/true);
-  const at::Tensor grad = grad_in.contiguous();
   const at::Tensor boxes = boxes_in.contiguous();
   const std::vector<int64_t> bi = copy_batch_index(batch_index);
   // Each thread zeroes the planes it owns right before accumulating into them (first touch
@@ -353,6 +362,7 @@ void backward_boxes_impl(const at::Tensor& grad, const at::Tensor& images, const
   const AxisTable<acc_t>& yt = tables.second;
   const image_t* img = images.data_ptr<image_t>();
   const grad_t* g = grad.data_ptr<grad_t>();
+  const int64_t gN = grad.stride(0), gC = grad.stride(1), gH = grad.stride(2), gW = grad.stride(3);
   std::vector<double> result(B * 4);
 
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
@@ -375,10 +385,10 @@ void backward_boxes_impl(const at::Tensor& grad, const at::Tensor& images, const
                                         value_row.data());
           combine_rows<image_t, acc_t>(rows, yt.dweight_at(b, i), yt.taps, span, geo.sW,
                                         slope_row.data());
-          const grad_t* go = g + ((b * C + c) * h + i) * w;
+          const grad_t* go = g + b * gN + c * gC + i * gH;
           double row_sum = 0.0;
           for (int64_t j = 0; j < w; ++j) {
-            const acc_t gv = static_cast<acc_t>(go[j]) * sc;
+            const acc_t gv = static_cast<acc_t>(go[j * gW]) * sc;
             if (gv == acc_t(0)) continue;
             const int64_t* ix = xt.index_at(b, j);
             gx[j] += static_cast<double>(
@@ -413,16 +423,15 @@ void backward_boxes_impl(const at::Tensor& grad, const at::Tensor& images, const
   });
 }
 
-at::Tensor crop_resize_backward_boxes_cpu(const at::Tensor& grad_in, const at::Tensor& images,
+at::Tensor crop_resize_backward_boxes_cpu(const at::Tensor& grad, const at::Tensor& images,
                                           const at::Tensor& boxes_in,
                                           const std::optional<at::Tensor>& batch_index,
                                           c10::string_view mode_name, bool align_corners,
                                           c10::string_view padding_name,
                                           std::optional<c10::ArrayRef<double>> std) {
   const BackwardBoxesCall call =
-      prepare_backward_boxes(grad_in, images, boxes_in, batch_index, mode_name, align_corners,
+      prepare_backward_boxes(grad, images, boxes_in, batch_index, mode_name, align_corners,
                              padding_name, std, /*check_values=*/true);
-  const at::Tensor grad = grad_in.contiguous();
   const at::Tensor boxes = boxes_in.contiguous();
   const std::vector<int64_t> bi = copy_batch_index(batch_index);
   at::Tensor grad_boxes = at::zeros_like(boxes, at::MemoryFormat::Contiguous);

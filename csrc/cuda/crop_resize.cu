@@ -64,6 +64,8 @@ template <Mode MODE, typename in_t, typename out_t, typename acc_t>
 void launch_forward(const at::Tensor& images, const Boxes& boxes, const BatchIndex& batch_index,
                     at::Tensor& out, int64_t B, int h, int w, Padding padding,
                     bool align_corners, const Affine<acc_t>& affine, cudaStream_t stream) {
+  const OutputLayout o{static_cast<int>(out.stride(1)), static_cast<int>(out.stride(2)),
+                       static_cast<int>(out.stride(3))};
   constexpr int P = kPixels;
   const int groups_per_row = (w + P - 1) / P;
   // Threads a box needs: the copy path's (a group of P pixels of a row each) or the
@@ -79,7 +81,7 @@ void launch_forward(const at::Tensor& images, const Boxes& boxes, const BatchInd
   forward_kernel<MODE, in_t, out_t, acc_t>
       <<<static_cast<unsigned>(B * blocks_per_box), threads, 0, stream>>>(
           images.const_data_ptr<in_t>(), boxes, batch_index, out.mutable_data_ptr<out_t>(),
-          image_layout(images, h, w), h, w, groups_per_row, static_cast<int>(blocks_per_box),
+          image_layout(images, h, w), o, h, w, groups_per_row, static_cast<int>(blocks_per_box),
           padding, align_corners, affine);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -89,14 +91,16 @@ at::Tensor crop_resize_cuda(const at::Tensor& images, const at::Tensor& boxes,
                             c10::string_view mode_name, bool align_corners,
                             c10::string_view padding_name,
                             std::optional<c10::ArrayRef<double>> mean,
-                            std::optional<c10::ArrayRef<double>> std, at::ScalarType out_dtype) {
+                            std::optional<c10::ArrayRef<double>> std, at::ScalarType out_dtype,
+                            bool channels_last) {
   c10::cuda::CUDAGuard guard(images.device());
   const CropResizeCall call = prepare_crop_resize(images, boxes, batch_index, size, mode_name,
                                                   align_corners, padding_name, mean, std,
                                                   out_dtype, /*check_values=*/false);
   const int64_t h = size[0], w = size[1], B = boxes.size(0);
   check_sizes(h, w);
-  at::Tensor out = at::empty({B, images.size(1), h, w}, images.options().dtype(out_dtype));
+  at::Tensor out = at::empty({B, images.size(1), h, w}, images.options().dtype(out_dtype),
+                             output_format(channels_last));
   if (out.numel() == 0) return out;
   check_images_exist(images.size(0));
   const Boxes box_arg = boxes_arg(boxes);
@@ -210,6 +214,7 @@ at::Tensor crop_resize_backward_images_cuda(const at::Tensor& grad_in, const at:
                                          : at::zeros(image_size, acc_options);
   if (grad_images.numel() == 0) return grad_images.to(image_dtype);
   if (grad_in.numel() == 0) return grad_images.zero_().to(image_dtype);
+  // The backward kernels index grad as contiguous: a channels_last one is reordered here.
   const at::Tensor grad = grad_in.contiguous();
   const Boxes box_arg = boxes_arg(boxes);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -252,7 +257,7 @@ at::Tensor crop_resize_backward_boxes_cuda(const at::Tensor& grad_in, const at::
   check_sizes(h, w);
   if (grad_in.numel() == 0) return at::zeros_like(boxes, at::MemoryFormat::Contiguous);
   check_images_exist(images.size(0));
-  const at::Tensor grad = grad_in.contiguous();
+  const at::Tensor grad = grad_in.contiguous();  // as above: indexed as contiguous
   const AffineArg<double> affine(call.affine, images.device());
   const Geometry g = geometry_of(images);
   const int64_t hw = h * w;

@@ -207,11 +207,12 @@ BackwardBoxesCall prepare_backward_boxes(const at::Tensor& grad, const at::Tenso
 }
 
 TORCH_LIBRARY_FRAGMENT(gfkernels, m) {
-  // Outputs are always contiguous (B, C, h, w), whatever the images' layout.
+  // Outputs are (B, C, h, w), contiguous or (channels_last) channels innermost, whatever the
+  // images' layout: a channels_last network takes its patches as the kernel wrote them.
   m.def(
       "crop_resize(Tensor images, Tensor boxes, Tensor? batch_index, int[] size, str mode, "
       "bool align_corners, str padding_mode, float[]? mean, float[]? std, "
-      "ScalarType out_dtype) -> Tensor");
+      "ScalarType out_dtype, bool channels_last=False) -> Tensor");
   m.def(
       "crop_resize_backward_images(Tensor grad, Tensor boxes, Tensor? batch_index, "
       "int[] image_size, ScalarType image_dtype, str mode, bool align_corners, "

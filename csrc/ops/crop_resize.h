@@ -44,6 +44,12 @@ inline Geometry geometry_of(const at::Tensor& images) {
           images.stride(0), images.stride(1), images.stride(2), images.stride(3)};
 }
 
+// The forward's output layout: contiguous (B, C, h, w), or channels_last (the channels of a
+// pixel adjacent), which is what oneDNN and cuDNN convolutions run fastest on.
+inline at::MemoryFormat output_format(bool channels_last) {
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
 // Per-channel affine map applied to every sampled value v: out = v * scale[c] + shift[c],
 // i.e. (v / 255 - mean) / std for uint8 images and (v - mean) / std otherwise.
 struct ChannelAffine {
@@ -57,8 +63,8 @@ using OptionalDoubles = std::optional<c10::ArrayRef<double>>;
 // (sampling.h) and device asserts to stay in bounds.
 
 // crop_resize(images, boxes, batch_index, size, mode, ...), checked. Each kernel allocates the
-// output, a contiguous (B, C, h, w) tensor of out_dtype, after its own checks (the CUDA one
-// refuses outputs too large for its 32-bit indices before allocating anything).
+// output, a (B, C, h, w) tensor of out_dtype in output_format(channels_last), after its own checks (the
+// CUDA one refuses outputs too large for its 32-bit indices before allocating anything).
 struct CropResizeCall {
   Mode mode;
   Padding padding;

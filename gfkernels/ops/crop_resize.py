@@ -17,6 +17,8 @@ from .common import call, check_index_values, register_compiled
 
 IMAGE_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
 OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The output layouts the kernels write: (B, C, h, w) contiguous, or channels innermost.
+MEMORY_FORMATS = (torch.contiguous_format, torch.channels_last)
 
 Size = Union[int, Sequence[int]]
 
@@ -84,6 +86,12 @@ def check_tensor_args(images, boxes, batch_index) -> None:
                          f"(B == N), got B = {boxes.shape[0]} and N = {images.shape[0]}")
 
 
+def check_memory_format(memory_format) -> None:
+    if not isinstance(memory_format, torch.memory_format) or memory_format not in MEMORY_FORMATS:
+        raise ValueError("crop_resize: memory_format must be torch.contiguous_format or "
+                         f"torch.channels_last, got {memory_format!r}")
+
+
 def check_option_args(mode, align_corners, padding_mode, mean, std, out_dtype) -> None:
     """The options that do not depend on the images (out_dtype None: derived from them)."""
     if mode not in reference.MODES:
@@ -138,17 +146,21 @@ class CropOptions:
     """
 
     __slots__ = ("size", "size_list", "mode", "align_corners", "padding_mode", "mean", "std",
-                 "out_dtype", "_channels_checked")
+                 "out_dtype", "channels_last", "_channels_checked")
 
     def __init__(self, size: Size, *, mode: str = "bilinear", align_corners: bool = False,
                  padding_mode: str = "border", mean=None, std=None,
-                 out_dtype: Optional[torch.dtype] = None):
+                 out_dtype: Optional[torch.dtype] = None,
+                 memory_format: torch.memory_format = torch.contiguous_format):
         self.size = normalise_size(size)
         self.size_list = list(self.size)
         self.mean, self.std = per_channel_list(mean, "mean"), per_channel_list(std, "std")
         check_option_args(mode, align_corners, padding_mode, self.mean, self.std, out_dtype)
+        check_memory_format(memory_format)
         self.mode, self.align_corners, self.padding_mode = mode, align_corners, padding_mode
         self.out_dtype = out_dtype
+        # the op's argument: a bool (torch.save cannot pickle a torch.memory_format)
+        self.channels_last = memory_format == torch.channels_last
         self._channels_checked: set = set()  # channel counts that passed check_channel_args
 
     def check(self, images, boxes, batch_index) -> torch.dtype:
@@ -160,10 +172,15 @@ class CropOptions:
             self._channels_checked.add(channels)
         return self.out_dtype if self.out_dtype is not None else default_out_dtype(images)
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
     def __repr__(self) -> str:
         return (f"CropOptions(size={self.size}, mode={self.mode!r}, align_corners="
                 f"{self.align_corners}, padding_mode={self.padding_mode!r}, mean={self.mean}, "
-                f"std={self.std}, out_dtype={self.out_dtype})")
+                f"std={self.std}, out_dtype={self.out_dtype}, "
+                f"memory_format={self.memory_format})")
 
 
 _OPTIONS: dict = {}  # recent calls' options, checked: _options_key(...) -> CropOptions
@@ -174,7 +191,7 @@ def _numbers(values) -> bool:
     return all(type(v) in (int, float) for v in values)
 
 
-def _options_key(size, mode, align_corners, padding_mode, mean, std, out_dtype):
+def _options_key(size, mode, align_corners, padding_mode, mean, std, out_dtype, memory_format):
     """A hashable key of exactly these arguments, or None where one cannot be cached (a tensor
     of mean/std, whose values could change under the same object, or an argument of an
     unexpected type: those go through the checks, which refuse them). Types are part of the
@@ -197,18 +214,23 @@ def _options_key(size, mode, align_corners, padding_mode, mean, std, out_dtype):
         return None
     if out_dtype is not None and not isinstance(out_dtype, torch.dtype):
         return None
-    return (size_key, mode, align_corners, padding_mode, *parts, out_dtype)
+    if not isinstance(memory_format, torch.memory_format):
+        return None
+    return (size_key, mode, align_corners, padding_mode, *parts, out_dtype, memory_format)
 
 
-def crop_options(size, mode, align_corners, padding_mode, mean, std, out_dtype) -> CropOptions:
+def crop_options(size, mode, align_corners, padding_mode, mean, std, out_dtype,
+                 memory_format=torch.contiguous_format) -> CropOptions:
     """CropOptions of these arguments, checked once per distinct value: gfkernels.crop_resize
     called in a loop with the same options checks them on its first call only (they were most
     of its host time)."""
-    key = _options_key(size, mode, align_corners, padding_mode, mean, std, out_dtype)
+    key = _options_key(size, mode, align_corners, padding_mode, mean, std, out_dtype,
+                       memory_format)
     options = _OPTIONS.get(key) if key is not None else None
     if options is None:
         options = CropOptions(size, mode=mode, align_corners=align_corners,
-                              padding_mode=padding_mode, mean=mean, std=std, out_dtype=out_dtype)
+                              padding_mode=padding_mode, mean=mean, std=std, out_dtype=out_dtype,
+                              memory_format=memory_format)
         if key is not None:
             if len(_OPTIONS) >= _MAX_OPTIONS:
                 _OPTIONS.clear()
@@ -225,7 +247,7 @@ def run_crop_resize(chosen: backends.Backend, op, images, boxes, batch_index,
     needs_grad = torch.is_grad_enabled() and (images.requires_grad or boxes.requires_grad)
     return call(chosen, op, needs_grad, images, boxes, batch_index, options.size_list,
                 options.mode, options.align_corners, options.padding_mode, options.mean,
-                options.std, out_dtype)
+                options.std, out_dtype, options.channels_last)
 
 
 def crop_resize(
@@ -240,6 +262,7 @@ def crop_resize(
     mean=None,
     std=None,
     out_dtype: Optional[torch.dtype] = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
     backend: Optional[str] = None,
 ) -> torch.Tensor:
     """Crops box b of image ``batch_index[b]`` and resizes it to ``size`` in one pass.
@@ -248,14 +271,16 @@ def crop_resize(
     float (x1, y1, x2, y2) in pixels, may be fractional and leave the image; batch_index (B,)
     int64 or None (box b reads image b). mode "bilinear" | "bicubic" | "nearest";
     padding_mode "border" | "zeros"; mean/std per channel, fused: out = (v - mean) / std with
-    v divided by 255 first for uint8. Returns a contiguous (B, C, h, w) tensor of out_dtype
-    (default images.dtype if floating, else float32), differentiable wrt images (floating)
-    and boxes (bilinear, bicubic) on every backend. backend: a name of
+    v divided by 255 first for uint8. Returns a (B, C, h, w) tensor of out_dtype (default
+    images.dtype if floating, else float32) in memory_format (torch.contiguous_format, or
+    torch.channels_last: written in that layout, no reorder), differentiable wrt images
+    (floating) and boxes (bilinear, bicubic) on every backend. backend: a name of
     gfkernels.backends.NAMES, or None for the device's default (cpp on CPU, cuda on GPU).
     docs/OPS.md gives the exact sampling positions. Many calls with the same options:
     gfkernels.Kernels(...).crop(size, ...) checks the options once.
     """
-    options = crop_options(size, mode, align_corners, padding_mode, mean, std, out_dtype)
+    options = crop_options(size, mode, align_corners, padding_mode, mean, std, out_dtype,
+                           memory_format)
     out_dtype = options.check(images, boxes, batch_index)
     chosen, op = backends.lookup("crop_resize", backend, images.device)
     return run_crop_resize(chosen, op, images, boxes, batch_index, options, out_dtype)
@@ -267,13 +292,14 @@ def crop_resize(
 
 
 def fake_crop_resize(images, boxes, batch_index, size, mode, align_corners, padding_mode, mean,
-                     std, out_dtype):
+                     std, out_dtype, channels_last=False):
     # the checks too: on meta tensors mixed with real ones this runs instead of a kernel
     concrete = all(isinstance(s, int) for s in size)  # not symbolic sizes under torch.compile
     check_args(images, boxes, batch_index, mode, align_corners, padding_mode, mean, std,
                out_dtype, tuple(size) if concrete else None)
-    return images.new_empty((boxes.shape[0], images.shape[1], size[0], size[1]),
-                            dtype=out_dtype)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty((boxes.shape[0], images.shape[1], size[0], size[1]), dtype=out_dtype,
+                       device=images.device, memory_format=layout)
 
 
 def fake_backward_images(grad, boxes, batch_index, image_size, image_dtype, mode,
@@ -292,7 +318,8 @@ def fake_backward_boxes(grad, images, boxes, batch_index, mode, align_corners, p
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    images, boxes, batch_index, _size, mode, align_corners, padding_mode, _mean, std, _dt = inputs
+    # (the memory format, inputs[10], is the output's: the backward ops read any layout)
+    images, boxes, batch_index, _size, mode, align_corners, padding_mode, _mean, std = inputs[:9]
     ctx.save_for_backward(images, boxes, batch_index)
     ctx.options = (mode, align_corners, padding_mode, std)
 
@@ -312,7 +339,7 @@ def register_autograd(forward, backward_images, backward_boxes) -> None:
         if ctx.needs_input_grad[1]:
             grad_boxes = backward_boxes(grad, images, boxes, batch_index, mode, align_corners,
                                         padding_mode, std)
-        return grad_images, grad_boxes, None, None, None, None, None, None, None, None
+        return grad_images, grad_boxes, None, None, None, None, None, None, None, None, None
 
     torch.library.register_autograd(forward, backward, setup_context=_setup_context)
 

@@ -148,7 +148,7 @@ def _index_args(batch_index: Optional[torch.Tensor], boxes: torch.Tensor):
 def _forward_impl(images: torch.Tensor, boxes: torch.Tensor, batch_index: Optional[torch.Tensor],
                   size: List[int], mode: str, align_corners: bool, padding_mode: str,
                   mean: Optional[List[float]], std: Optional[List[float]],
-                  out_dtype: torch.dtype) -> torch.Tensor:
+                  out_dtype: torch.dtype, channels_last: bool = False) -> torch.Tensor:
     h, w = int(size[0]), int(size[1])
     N, C, H, W = images.shape
     B = boxes.shape[0]
@@ -159,21 +159,24 @@ def _forward_impl(images: torch.Tensor, boxes: torch.Tensor, batch_index: Option
         contract.check_finite_boxes("crop_resize", boxes)
         if batch_index is not None and N > 0:  # N = 0: _check_images_exist says so below
             check_index_values(batch_index, N, "crop_resize", "batch_index")
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     if B * C * h * w == 0:
-        return torch.empty((B, C, h, w), dtype=out_dtype, device=images.device)
+        return torch.empty((B, C, h, w), dtype=out_dtype, device=images.device,
+                           memory_format=layout)
     _check_images_exist(N, B)
     code = _MODES[mode]
     acc64 = _acc64(images.dtype, out_dtype)
     block, warps = _pixel_tile(mode, acc64, h * w)
     grid = (B * triton.cdiv(h * w, block),)
     _check_sizes(h, w, grid[0], (C, H, W, *images.stride()[1:]))
-    out = torch.empty((B, C, h, w), dtype=out_dtype, device=images.device)
+    out = torch.empty((B, C, h, w), dtype=out_dtype, device=images.device, memory_format=layout)
     bi, s_bi, has_bi = _index_args(batch_index, boxes)
     with on_device(images):
         affine = _affine(C, images.dtype == torch.uint8, mean, std, images)
         launch(_forward_kernel)[grid](
             images, boxes, boxes.stride(0), boxes.stride(1), bi, s_bi, out, affine, N, C, H, W,
             *images.stride(), h, w, HAS_BI=has_bi, MODE=code, NT=_TAPS[code],
+            CHANNELS_LAST=bool(channels_last),
             ZEROS=padding_mode == "zeros", ALIGN=bool(align_corners), ACC64=acc64, BLOCK=block,
             num_warps=warps)
     return out

@@ -49,6 +49,7 @@ def _to_output(v, DT: tl.constexpr):
 @triton.jit
 def _forward_kernel(img, boxes, sb0, sb1, batch_index, s_bi, out, affine, N, C, H, W, sN, sC,
                     sH, sW, h, w, HAS_BI: tl.constexpr, MODE: tl.constexpr, NT: tl.constexpr,
+                    CHANNELS_LAST: tl.constexpr,
                     ZEROS: tl.constexpr, ALIGN: tl.constexpr, ACC64: tl.constexpr,
                     BLOCK: tl.constexpr):
     ACC: tl.constexpr = tl.float64 if ACC64 else tl.float32
@@ -56,9 +57,16 @@ def _forward_kernel(img, boxes, sb0, sb1, batch_index, s_bi, out, affine, N, C, 
     b, p, mask, i, j = _output_tile(h, w, BLOCK)
     n = _image_of(batch_index, s_bi, b, N, HAS_BI)
     x1, y1, x2, y2 = _load_box(boxes, sb0, sb1, b)
-    # c * sC and c * hw stay below 2^31 (the host checks the image's and the crop's span).
+    # c * sC and c * hw stay below 2^31 (the host checks the image's and the crop's span). A
+    # box's output is C * hw elements in both layouts; channel c of pixel p is at c * hw + p
+    # (contiguous) or p * C + c (channels_last).
     plane0 = img + n * sN
-    dst = out + b.to(tl.int64) * C * hw + p
+    if CHANNELS_LAST:
+        dst = out + b.to(tl.int64) * C * hw + p * C
+        oC = 1
+    else:
+        dst = out + b.to(tl.int64) * C * hw + p
+        oC = hw
     exact = _is_exact(x1, x2, w, W) & _is_exact(y1, y2, h, H)
     if exact:
         # Fast path: an integer box of the output's size is a copy.
@@ -67,7 +75,7 @@ def _forward_kernel(img, boxes, sb0, sb1, batch_index, s_bi, out, affine, N, C, 
             v = tl.load(plane0 + c * sC + off, mask=mask, other=0).to(ACC)
             sc = tl.load(affine + c).to(ACC)
             sh = tl.load(affine + C + c).to(ACC)
-            tl.store(dst + c * hw, _to_output(v * sc + sh, out.dtype.element_ty), mask=mask)
+            tl.store(dst + c * oC, _to_output(v * sc + sh, out.dtype.element_ty), mask=mask)
     else:
         (iy0, iy1, iy2, iy3, wy0, wy1, wy2, wy3, ix0, ix1, ix2, ix3, wx0, wx1, wx2,
          wx3) = _pixel_taps(x1, y1, x2, y2, i, j, h, w, H, W, MODE, ZEROS, ALIGN, ACC)
@@ -78,4 +86,4 @@ def _forward_kernel(img, boxes, sb0, sb1, batch_index, s_bi, out, affine, N, C, 
                         ox3, wx0, wx1, wx2, wx3, mask, NT, ACC)
             sc = tl.load(affine + c).to(ACC)
             sh = tl.load(affine + C + c).to(ACC)
-            tl.store(dst + c * hw, _to_output(v * sc + sh, out.dtype.element_ty), mask=mask)
+            tl.store(dst + c * oC, _to_output(v * sc + sh, out.dtype.element_ty), mask=mask)

@@ -133,16 +133,24 @@ def test_many_channels_many_boxes_and_empty(backend, generator):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.uint8], ids=str)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_copy_path_every_alignment(backend, dtype, layout, generator):
+@pytest.mark.parametrize("layout,out_layout", [("contiguous", "contiguous"),
+                                               ("channels_last", "contiguous"),
+                                               ("contiguous", "channels_last"),
+                                               ("channels_last", "channels_last")])
+def test_copy_path_every_alignment(backend, dtype, layout, out_layout, generator):
     """Integer boxes of the output's size at every column offset and width: the copy path's
-    vector loads and stores (taken only where aligned) give the exact pixels."""
+    vector loads and stores (taken only where aligned, and only into contiguous output rows)
+    give the exact pixels, in both output layouts."""
     images = random_images(2, 3, 20, 24, dtype, generator, layout).cuda()
+    memory_format = getattr(torch, out_layout if out_layout == "channels_last"
+                            else "contiguous_format")
     for w in range(1, 10):
         boxes = torch.tensor([[float(x), 3.0, float(x + w), 8.0] for x in range(8)],
                              device="cuda")
         bi = torch.tensor([x % 2 for x in range(8)], device="cuda")
-        out = gfkernels.crop_resize(images, boxes, (5, w), batch_index=bi, backend=backend)
+        out = gfkernels.crop_resize(images, boxes, (5, w), batch_index=bi, backend=backend,
+                                    memory_format=memory_format)
+        assert out.stride() == torch.empty(out.shape, memory_format=memory_format).stride()
         expected = torch.stack([images[x % 2, :, 3:8, x:x + w] for x in range(8)])
         if dtype == torch.uint8:
             expected = expected.float() / 255
@@ -154,17 +162,21 @@ def test_copy_path_every_alignment(backend, dtype, layout, generator):
 @pytest.mark.parametrize("mode", ["nearest", "bilinear", "bicubic"])
 def test_every_width_and_channel_count(backend, mode, generator):
     """Output widths 1..9 (groups of pixels cut at the row's end, scalar and vector stores)
-    and C = 1, 3, 5, 9 (channels loaded in chunks), against the reference."""
+    and C = 1, 3, 5, 9 (channels loaded in chunks), both output layouts, against the
+    reference."""
     for C in (1, 3, 5, 9):
         images = random_images(2, C, 17, 19, torch.float32, generator)
         boxes = random_boxes(3, 17, 19, generator)
         bi = torch.tensor([1, 0, 1])
         for w in range(1, 10):
-            out = run(backend, images, boxes, (3, w), batch_index=bi, mode=mode,
-                      mean=[0.25] * C, std=[0.5] * C)
-            expected = reference.crop_resize(images, boxes, (3, w), batch_index=bi, mode=mode,
-                                             mean=[0.25] * C, std=[0.5] * C)
-            assert_close_to_reference(out.cpu(), expected, torch.float32)
+            for memory_format in (torch.contiguous_format, torch.channels_last):
+                out = run(backend, images, boxes, (3, w), batch_index=bi, mode=mode,
+                          mean=[0.25] * C, std=[0.5] * C, memory_format=memory_format)
+                expected = reference.crop_resize(images, boxes, (3, w), batch_index=bi,
+                                                 mode=mode, mean=[0.25] * C, std=[0.5] * C,
+                                                 memory_format=memory_format)
+                assert out.stride() == expected.stride(), (out.stride(), memory_format)
+                assert_close_to_reference(out.cpu(), expected, torch.float32)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -357,6 +369,11 @@ def _opcheck_samples():
     u8 = torch.randint(0, 256, (2, 3, 12, 13), dtype=torch.uint8, generator=g).cuda()
     yield (u8, boxes.detach().float(), None, [4, 4], "bilinear", False, "border", None, None,
            torch.float16)
+    # written straight into channels_last: the fake kernel's strides must be the kernel's
+    yield (images.detach().clone().requires_grad_(), boxes.detach().clone().requires_grad_(),
+           bi, [5, 6], "bilinear", False, "border", None, [0.5], torch.float64, True)
+    yield (u8, boxes.detach().float(), None, [4, 7], "bicubic", False, "zeros", [0.4], [0.3],
+           torch.bfloat16, True)
 
 
 @pytest.mark.skipif(not backends.compiled_with_cuda(), reason="built without CUDA kernels")

@@ -64,6 +64,35 @@ def test_channels_last_gives_the_contiguous_answers(make, canvases):
     assert torch.allclose(a.logits, b.logits, atol=1e-5 * max(_logit_scale(a.logits), 1.0), rtol=0)
 
 
+def test_channels_last_patches_come_from_the_kernels_in_that_layout(canvases, monkeypatch):
+    """A channels_last model's glance and focus patches are written in channels_last by the crop
+    kernels themselves (the op is asked for the layout; nothing reorders them afterwards), and
+    hold the contiguous patches' values."""
+    import gfkernels
+
+    images = canvases.expand(-1, 3, -1, -1).contiguous()
+    model = _rgb_model(CHANNELS_LAST)
+    asked = []
+    real_call = gfkernels.ops.crop_resize.call
+
+    def spy(backend, op, needs_grad, *args):
+        asked.append(args[-1])  # the op's channels_last argument
+        return real_call(backend, op, needs_grad, *args)
+
+    monkeypatch.setattr(gfkernels.ops.crop_resize, "call", spy)
+    monkeypatch.setattr(torch.Tensor, "contiguous", lambda *a, **k: pytest.fail("a reorder"))
+    boxes = torch.tensor([[0.0, 0, 96, 96], [10, 20, 58, 68]]).repeat(12, 1)[:24]
+    glance, focus = model.patches.glance(images, boxes), model.patches.focus(images, boxes)
+    monkeypatch.undo()
+    assert asked == [True, True]
+    for patches in (glance, focus):
+        assert patches.stride() == torch.empty(patches.shape,
+                                               memory_format=torch.channels_last).stride()
+    model.patches.channels_last = False
+    assert torch.equal(glance, model.patches.glance(images, boxes))
+    assert torch.equal(focus, model.patches.focus(images, boxes))
+
+
 def test_bf16_stays_within_its_rounding_and_exits_on_float32(canvases):
     ref_model, bf_model = _model(), _model(BF16)
     ref, got = anytime_inference(ref_model, canvases), anytime_inference(bf_model, canvases)

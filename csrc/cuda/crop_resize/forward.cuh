@@ -9,8 +9,9 @@
 // involved) and stores. Integer boxes of the output's size (GFNet's focus crops) take a copy
 // path in the same kernel that computes no taps: a thread moves kPixels consecutive pixels of a
 // row, with vector loads and stores where the rows allow. Boxes are read in their own dtype and
-// strides and batch_index with its stride: the call launches nothing but the kernel (its launch
-// is launch_forward in ../crop_resize.cu, whose translation unit this header is part of).
+// strides and batch_index with its stride, and the output is written through its strides
+// (contiguous or channels_last, OutputLayout): the call launches nothing but the kernel (its
+// launch is launch_forward in ../crop_resize.cu, whose translation unit this header is part of).
 #pragma once
 
 #include <climits>
@@ -51,20 +52,21 @@ __device__ __forceinline__ bool aligned_for(const T* p) {
   return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * N) == 0;
 }
 
-// out[k] = v[k] * scale + shift for the n (<= N) pixels of a group, one vector store when the
-// whole group is there and aligned.
+// out[k * stride] = v[k] * scale + shift for the n (<= N) pixels of a group, one vector store
+// when the row is contiguous, the whole group is there and the address is aligned.
 template <int N, typename out_t, typename acc_t>
-__device__ __forceinline__ void store_pixels(out_t* __restrict__ dst, const acc_t (&v)[N], int n,
-                                             acc_t scale, acc_t shift) {
+__device__ __forceinline__ void store_pixels(out_t* __restrict__ dst, int stride,
+                                             const acc_t (&v)[N], int n, acc_t scale,
+                                             acc_t shift) {
   Pack<out_t, N> pack;
 #pragma unroll
   for (int k = 0; k < N; ++k) pack.v[k] = static_cast<out_t>(v[k] * scale + shift);
-  if (n == N && aligned_for<N>(dst)) {
+  if (stride == 1 && n == N && aligned_for<N>(dst)) {
     *reinterpret_cast<Pack<out_t, N>*>(dst) = pack;
   } else {
 #pragma unroll
     for (int k = 0; k < N; ++k) {
-      if (k < n) dst[k] = pack.v[k];
+      if (k < n) dst[k * stride] = pack.v[k];
     }
   }
 }
@@ -127,10 +129,17 @@ ImageLayout image_layout(const at::Tensor& images, int64_t h, int64_t w) {
           static_cast<int>(g.sC), static_cast<int>(g.sH), static_cast<int>(g.sW), g.sN};
 }
 
+// The strides of one box's output (C * h * w elements apart in both layouts): contiguous
+// (h * w, w, 1) or channels_last (1, w * C, C).
+struct OutputLayout {
+  int sC, sH, sW;
+};
+
 template <Mode MODE, typename in_t, typename out_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads, (ForwardShape<MODE, acc_t>::kMinBlocks))
     forward_kernel(const in_t* __restrict__ img, Boxes boxes, BatchIndex batch_index,
-                   out_t* __restrict__ out, ImageLayout g, int h, int w, int groups_per_row,
+                   out_t* __restrict__ out, ImageLayout g, OutputLayout o, int h, int w,
+                   int groups_per_row,
                    int blocks_per_box, Padding padding, bool align_corners,
                    const __grid_constant__ Affine<acc_t> affine) {
   constexpr int P = kPixels;
@@ -151,7 +160,7 @@ __global__ void __launch_bounds__(kThreads, (ForwardShape<MODE, acc_t>::kMinBloc
     const int i = group / groups_per_row;
     const int j0 = (group - i * groups_per_row) * P;
     const int n_pix = min(P, w - j0);
-    out_t* dst = box_out + (i * w + j0);
+    out_t* dst = box_out + (i * o.sH + j0 * o.sW);
     const in_t* src = image + ((static_cast<int>(box.y1) + i) * g.sH +
                                (static_cast<int>(box.x1) + j0) * g.sW);
     for (int c0 = 0; c0 < g.C; c0 += kChannelChunk) {
@@ -164,7 +173,7 @@ __global__ void __launch_bounds__(kThreads, (ForwardShape<MODE, acc_t>::kMinBloc
       for (int cc = 0; cc < kChannelChunk; ++cc) {
         const int c = c0 + cc;
         if (c < g.C) {
-          store_pixels<P>(dst + c * plane_out, v[cc], n_pix, affine.scale_of(c),
+          store_pixels<P>(dst + c * o.sC, o.sW, v[cc], n_pix, affine.scale_of(c),
                           affine.shift_of(c));
         }
       }
@@ -209,7 +218,7 @@ __global__ void __launch_bounds__(kThreads, (ForwardShape<MODE, acc_t>::kMinBloc
         row[k][a] = ty.index[a] * g.sH;
       }
     }
-    out_t* dst = box_out + (band * P + k0) * w + j;
+    out_t* dst = box_out + (band * P + k0) * o.sH + j * o.sW;
 #pragma unroll 1
     for (int c0 = 0; c0 < g.C; c0 += CH) {
       acc_t v[CH][G];
@@ -240,7 +249,7 @@ __global__ void __launch_bounds__(kThreads, (ForwardShape<MODE, acc_t>::kMinBloc
           const acc_t scale = affine.scale_of(c), shift = affine.shift_of(c);
 #pragma unroll
           for (int k = 0; k < G; ++k) {
-            if (k < n_group) dst[c * plane_out + k * w] = static_cast<out_t>(v[cc][k] * scale + shift);
+            if (k < n_group) dst[c * o.sC + k * o.sH] = static_cast<out_t>(v[cc][k] * scale + shift);
           }
         }
       }

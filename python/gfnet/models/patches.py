@@ -61,30 +61,32 @@ class Patches:
                  std: Sequence[float] | None = None,
                  out_dtype: torch.dtype | None = torch.float32):
         self.patch = patch
-        self._glance = kernels.crop(patch, mode=glance_mode, align_corners=glance_align_corners,
-                                    padding_mode="border", mean=mean, std=std, out_dtype=out_dtype)
-        self._focus = kernels.crop(patch, mode="bilinear", align_corners=False,
-                                   padding_mode="border", mean=mean, std=std, out_dtype=out_dtype)
+        def crops(memory_format: torch.memory_format) -> tuple:
+            common = dict(padding_mode="border", mean=mean, std=std, out_dtype=out_dtype,
+                          memory_format=memory_format)
+            return (kernels.crop(patch, mode=glance_mode, align_corners=glance_align_corners,
+                                 **common),
+                    kernels.crop(patch, mode="bilinear", align_corners=False, **common))
+
+        # (glance, focus) per layout, keyed by channels_last: the kernels write the patches
+        # straight into the layout the encoders take
+        self._crops = {False: crops(torch.contiguous_format), True: crops(torch.channels_last)}
         # the layout the encoders take their input in (GFNet.set_inference_format, the trainer's
-        # run.train_layout). The kernels write contiguous patches; a channels_last model reads
-        # them 10 % faster already reordered than reordering them itself (mobilenet_v3_large
-        # and resnet50 at 96 px on a CPU), and the reorder costs 0.04-0.3 % of the encoder.
-        # A bool, not a torch.memory_format: torch.save cannot pickle those (a saved whole model)
+        # run.train_layout): a channels_last model reads its patches 10 % faster already in
+        # channels_last than reordering them itself (mobilenet_v3_large and resnet50 at 96 px
+        # on a CPU). A bool, not a torch.memory_format: torch.save cannot pickle those.
         self.channels_last = False
 
     def glance(self, images: torch.Tensor, boxes: torch.Tensor,
                batch_index: torch.Tensor | None = None) -> torch.Tensor:
         """The whole images (``boxes``: their whole_image_boxes) resized to P x P."""
-        return self._layout(self._glance(images, boxes, batch_index))
+        return self._crops[self.channels_last][0](images, boxes, batch_index)
 
     def focus(self, images: torch.Tensor, boxes: torch.Tensor,
               batch_index: torch.Tensor | None = None) -> torch.Tensor:
         """The P x P patches of ``boxes``: exact copies of the pixels for focus_boxes, bilinear
         reads between them for continuous_focus_boxes (differentiable in the boxes)."""
-        return self._layout(self._focus(images, boxes.to(images.device), batch_index))
-
-    def _layout(self, patches: torch.Tensor) -> torch.Tensor:
-        return patches.contiguous(memory_format=torch.channels_last) if self.channels_last else patches
+        return self._crops[self.channels_last][1](images, boxes.to(images.device), batch_index)
 
 
 def glance_patches(images: torch.Tensor, patch: int, *, batch_index: torch.Tensor | None = None,
