@@ -179,3 +179,35 @@ def test_cpu_inference_tiles_a_large_batch_with_the_same_answers():
         enc(x)  # train mode (batch statistics): whole
     assert calls == [131, 131]
     assert build_backbone("resnet50", num_classes=10).cpu_tile_bytes is None  # compute-bound: never
+
+
+def test_encoder_heads_run_only_when_their_logits_are_asked():
+    """The encoders' own heads feed the training's auxiliary loss only: inference (every engine)
+    never runs them, the training loss runs each once per step, with the step's features."""
+    from gfnet.inference import anytime_inference, dynamic_inference, streaming_inference
+    from gfnet.train import stage_loss
+
+    from .conftest import tiny_overrides
+
+    torch.manual_seed(0)
+    cfg = build_config("digits", overrides=tiny_overrides())
+    model = build_model(cfg.model).eval()
+    calls = []
+    for encoder in (model.global_encoder, model.local_encoder):
+        encoder.head.register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    size = cfg.model.image_size
+    images = torch.randint(0, 256, (6, 1, size, size), dtype=torch.uint8)
+    anytime_inference(model, images)
+    dynamic_inference(model, images, [0.5] * (model.max_steps - 1))
+    list(streaming_inference(model, [images[:3], images[3:]], [0.5] * (model.max_steps - 1),
+                             pool_size=4))
+    assert calls == []
+    outs = model.rollout(images, policy="mean")
+    assert calls == []
+    direct = [o.encoder_head.head(o.encoder_head.features) for o in outs]
+    loss = stage_loss(outs, torch.zeros(6, dtype=torch.long), head_weight=1.0)
+    assert len(calls) == 2 * len(outs)  # the direct calls, then the loss's: one per step each
+    expected = sum(F.cross_entropy(o.logits, torch.zeros(6, dtype=torch.long)) +
+                   F.cross_entropy(d, torch.zeros(6, dtype=torch.long))
+                   for o, d in zip(outs, direct)) / len(outs)
+    torch.testing.assert_close(loss, expected)

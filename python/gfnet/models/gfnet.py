@@ -50,16 +50,35 @@ class GFState:
         return self.cls.shape[0]
 
 
+@dataclass(frozen=True)
+class EncoderHead:
+    """An encoder's own head and the features it would read, for its logits on demand. Only the
+    training's auxiliary loss reads them; inference never does, and computing them at every
+    step cost resnet50 a 2048 x 1000 product per image and step (about 1 % of a run)."""
+
+    head: nn.Module
+    features: torch.Tensor
+
+    def logits(self) -> torch.Tensor:
+        return self.head(self.features)
+
+
 @dataclass
 class StepOutput:
     logits: torch.Tensor  # (n, K) classifier output at this step
-    head_logits: torch.Tensor  # (n, K) the encoder's own head on this step's features
+    encoder_head: EncoderHead  # the encoder's own head on this step's features (head_logits)
     state: GFState  # state after this step
     action: torch.Tensor | None = None  # (n, 2) location used (focus steps)
     log_prob: torch.Tensor | None = None  # (n,) policy log-prob of action ("sample" mode)
     value: torch.Tensor | None = None  # (n,) critic value
     policy_input: torch.Tensor | None = None  # fmap the policy decided on (PPO memory)
     boxes: torch.Tensor | None = None  # (n, 4) the box cropped: the whole image (glance), the focus box
+
+    @property
+    def head_logits(self) -> torch.Tensor:
+        """(n, K) the encoder's own head on this step's features, computed when asked (in the
+        grad and autocast mode of the caller: the training's loss asks where it ran the step)."""
+        return self.encoder_head.logits()
 
 
 class GRUClassifier(nn.Module):
@@ -200,9 +219,9 @@ class GFNet(nn.Module):
         feat, fmap = self.global_encoder(x)
         cls0 = self.classifier.init_state(n, feat.device, feat.dtype)
         logits, cls = self._classify(feat, cls0, 0)
-        head_logits = self.global_encoder.head(feat)
         h0 = self.policy.init_hidden(n, feat.device, self.policy.actor.weight.dtype)
-        return StepOutput(logits, head_logits, GFState(cls, h0, fmap.detach(), 1), boxes=boxes)
+        return StepOutput(logits, EncoderHead(self.global_encoder.head, feat),
+                          GFState(cls, h0, fmap.detach(), 1), boxes=boxes)
 
     def focus_step(self, images: torch.Tensor, state: GFState, *, batch_index: torch.Tensor | None = None,
                    policy: str = "mean", action: torch.Tensor | None = None,
@@ -243,9 +262,9 @@ class GFNet(nn.Module):
         x = self.focus_input(images, action, batch_index, boxes=boxes)
         feat, fmap = self.local_encoder(x)
         logits, cls = self._classify(feat, state.cls, step)
-        head_logits = self.local_encoder.head(feat)
         new_state = GFState(cls, policy_h, fmap.detach(), step + 1)
-        return StepOutput(logits, head_logits, new_state, action, log_prob, value, state.fmap, boxes)
+        return StepOutput(logits, EncoderHead(self.local_encoder.head, feat), new_state, action,
+                          log_prob, value, state.fmap, boxes)
 
     def focus_step_groups(self, images: torch.Tensor, states: list[GFState], *,
                           batch_index: torch.Tensor) -> list[StepOutput]:
@@ -277,14 +296,14 @@ class GFNet(nn.Module):
         boxes = self.focus_boxes(images, action)
         x = self.focus_input(images, action, batch_index, boxes=boxes)
         feat, fmap = self.local_encoder(x)
-        head_logits = self.local_encoder.head(feat)
         fmap = fmap.detach()
         outs, start = [], 0
         for s, n in zip(states, sizes):
             rows = slice(start, start + n)
             start += n
             logits, cls = self._classify(feat[rows], s.cls, s.step)
-            outs.append(StepOutput(logits, head_logits[rows], GFState(cls, policy_h[rows], fmap[rows], s.step + 1),
+            head = EncoderHead(self.local_encoder.head, feat[rows])
+            outs.append(StepOutput(logits, head, GFState(cls, policy_h[rows], fmap[rows], s.step + 1),
                                    action[rows], None, value[rows], s.fmap, boxes[rows]))
         return outs
 
