@@ -446,6 +446,26 @@ def test_torch_compile_fullgraph(generator):
     torch.testing.assert_close(compiled(images, actions), glance_and_focus(images, actions))
 
 
+def test_torch_compile_channels_last_output(generator):
+    """Compiled, the channels_last crop keeps its layout (the fake kernel's strides) and
+    values, and a convolution reads it as the eager one does."""
+    images = random_images(4, 3, 32, 32, torch.uint8, generator)
+    boxes = random_boxes(4, 32, 32, generator)
+    conv = torch.nn.Conv2d(3, 5, 3).to(memory_format=torch.channels_last)
+
+    def crop_and_convolve(images, boxes):
+        patches = gfkernels.crop_resize(images, boxes, 12, mean=[0.5], std=[0.25],
+                                        memory_format=torch.channels_last)
+        return patches, conv(patches)
+
+    compiled = torch.compile(crop_and_convolve, fullgraph=True)
+    (patches, out), (expected, expected_out) = compiled(images, boxes), crop_and_convolve(
+        images, boxes)
+    assert patches.stride() == expected.stride() == channels_last_strides(expected.shape)
+    torch.testing.assert_close(patches, expected, rtol=0, atol=0)
+    torch.testing.assert_close(out, expected_out)
+
+
 def test_torch_compile_backward(generator):
     images = random_images(2, 3, 16, 16, torch.float32, generator).requires_grad_()
     boxes = gradcheck_boxes(16, 16, generator, n=2).float().requires_grad_()
