@@ -143,8 +143,10 @@ def run_demo(cfg: Config, out: str | Path, *, images: int = 8, passes: int = 3,
     if not (gf_cfg.model.init_from or gf_cfg.model.pretrained):
         gf_cfg.model.init_from = str(baseline)
     step(2, f"train GFNet ({cfg.preset}), encoders from {gf_cfg.model.init_from or 'pretrained weights'}: "
-         + ("warm-up, policy (PPO), fine-tune" if gf_cfg.optim.policy_training == "ppo"
-            else "warm-up, then policy, encoders and classifier end to end (differentiable)")
+         + {"ppo": "warm-up, policy (PPO), fine-tune",
+            "mixture": "warm-up, policy (by gradient through candidate glimpses), fine-tune",
+            "differentiable": "warm-up, then policy, encoders and classifier end to end (differentiable)",
+            }[gf_cfg.optim.policy_training]
          + f" -> {out}")
     train(gf_cfg, out, gfnet_stages(gf_cfg), resume=True, force=force)  # finished stages are skipped
     finished = _finished_report(out)

@@ -22,7 +22,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_INTERPOLATIONS = ("bilinear", "bicubic")
 # data.auto_augment: torchvision's RandAugment or TrivialAugmentWide, or none
 AUTO_AUGMENTS = ("none", "randaugment", "trivialaugment")
-POLICY_TRAININGS = ("ppo", "differentiable")  # optim.policy_training: how the policy learns
+POLICY_TRAININGS = ("ppo", "differentiable", "mixture")  # optim.policy_training: how the policy learns
 
 
 def image_hw(size: int | Sequence[int], name: str = "image size") -> tuple[int, int]:
@@ -148,9 +148,16 @@ class OptimConfig:
     # How the policy learns where to look. "ppo": the paper's recipe, stage 2 by reinforcement
     # learning, then the fine-tune (stage 3). "differentiable": no stage 2; stage 3 trains the
     # policy with the encoders and classifier by backpropagating the classification losses
-    # through the bilinear focus crop into the patch locations (docs/TRAINING.md).
+    # through the bilinear focus crop into the patch locations (docs/TRAINING.md). "mixture":
+    # stage 2 trains the policy by gradient through a soft choice among candidate glimpses (the
+    # features of a grid of patches, mixed by learned weights), then the fine-tune.
     policy_training: str = "ppo"
-    lr_policy: float = 1e-3  # "differentiable": the policy's learning rate in stage 3 (Adam)
+    # "differentiable": the policy's learning rate in stage 3; "mixture": in stage 2 (Adam)
+    lr_policy: float = 1e-3
+    mixture_grid: int = 3  # "mixture": the candidate locations, a G x G grid over [0, 1]^2
+    mixture_epochs: int = 2  # "mixture": stage 2's epochs (optim.epochs_stage2 is PPO's)
+    # "mixture": weight of the actor's regression onto the candidates' expected location
+    mixture_action_weight: float = 10.0
     # "differentiable": stage 3's loss also averages in a rollout at uniformly random locations,
     # so the local encoder and classifier keep learning from everywhere, not only from where
     # the young policy looks
@@ -292,6 +299,13 @@ class Config:
                               f"not {o.policy_training!r}")
         if not o.lr_policy > 0:
             raise ConfigError(f"optim.lr_policy must be > 0, not {o.lr_policy!r}")
+        if o.mixture_grid < 2:
+            raise ConfigError(f"optim.mixture_grid must be >= 2 (a G x G grid of candidates), "
+                              f"not {o.mixture_grid!r}")
+        if o.mixture_epochs < 0:
+            raise ConfigError("optim.mixture_epochs must be >= 0")
+        if not o.mixture_action_weight > 0:
+            raise ConfigError(f"optim.mixture_action_weight must be > 0, not {o.mixture_action_weight!r}")
         return self
 
 

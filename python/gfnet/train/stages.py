@@ -21,6 +21,9 @@ focus crop into the patch locations (crop_resize's box gradients), beside a roll
 locations (``optim.random_focus_loss``):
        loss = (loss of stage 1 at the policy's exact locations + the same at random ones) / 2
 
+With "mixture" stage 2 trains the policy by gradient through a soft choice among candidate
+glimpses (:class:`MixturePolicyStage`), then stage 3 fine-tunes as in the paper's recipe.
+
 A new kind of stage is a subclass of :class:`Stage` (or :class:`ClassifierStage` when it trains
 a classifier on a loss its runner returns) added to a trainer's ``stage_kinds``.
 """
@@ -40,7 +43,7 @@ from torch import nn
 from .. import checkpoint as ckpt
 from ..config import Config
 from ..errors import ConfigError
-from ..models import GFNet
+from ..models import GFNet, GFState
 from .distributed import all_reduce_sum
 from .ppo import PolicyEvaluator, RolloutMemory, ppo_update, true_class_prob
 
@@ -129,6 +132,11 @@ class Stage:
     def runner(self, trainer: Trainer) -> nn.Module:
         """The module DDP wraps."""
         raise NotImplementedError
+
+    def make_modules(self, trainer: Trainer) -> nn.Module | None:
+        """Modules the stage trains besides the model's (Trainer.stage_modules keeps them and
+        saves them in the stage's checkpoint); None: only the model's."""
+        return None
 
     def find_unused_parameters(self, cfg: Config) -> bool:
         return False
@@ -396,11 +404,125 @@ class PolicyStage(Stage):
                 "images_per_s": float(stats[4]) / max(dt, 1e-9), "train_time_s": round(dt, 2)}
 
 
-# GFNet's stages per optim.policy_training: the paper's (PPO) and the differentiable recipe
+def grid_locations(grid: int, device=None) -> torch.Tensor:
+    """The G x G candidate locations (G*G, 2) of the mixture stage: actions spread evenly over
+    [0, 1]^2, the first coordinate the row (as the policy's actions)."""
+    axis = torch.linspace(0.0, 1.0, grid, device=device)
+    return torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
+
+
+class CandidateScorer(nn.Module):
+    """Scores the K candidate locations of one focus step from the state the policy reads there
+    (the previous step's feature map): a training-only module of the mixture stage."""
+
+    def __init__(self, fmap_shape: tuple[int, int, int], candidates: int, *, channels: int = 8,
+                 hidden: int = 256):
+        super().__init__()
+        c, h, w = fmap_shape
+        self.net = nn.Sequential(nn.Conv2d(c, channels, 1), nn.ReLU(inplace=True), nn.Flatten(),
+                                 nn.Linear(channels * h * w, hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, candidates))
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.net(fmap)
+
+
+class _MixturePolicyLoss(nn.Module):
+    """The mixture stage's loss for a batch, and the logits of the policy's rollout.
+
+    At focus step t the local encoder's features of the patches at all K grid locations are
+    computed (no gradient: the encoders and classifier are frozen), mixed with the weights
+    softmax(scorer_t(state)), and classified from the step's classifier state. The gradient of
+    that loss wrt the weights compares the candidates by what each one's features do to the
+    loss (to first order), so the scorer learns which candidate to look at in one backward pass,
+    where the gradient of a crop's position only sees the pixels at its edges. The policy's
+    actor is regressed onto the weights' expected location (its trunk learns from that too),
+    and the rollout advances at the actor's mean, as inference will look."""
+
+    def __init__(self, model: GFNet, scorers: nn.ModuleList, grid: int, action_weight: float):
+        super().__init__()
+        self.model = model
+        self.scorers = scorers
+        self.grid = grid
+        self.action_weight = action_weight
+
+    def candidate_features(self, images: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
+        """(n, K, D): the local encoder's features of the patch at every candidate location."""
+        n, k = images.shape[0], locations.shape[0]
+        rows = torch.arange(n, device=images.device).repeat_interleave(k)
+        actions = locations.repeat(n, 1)
+        patches = self.model.focus_input(images, actions, rows)
+        return self.model.local_encoder(patches)[0].reshape(n, k, -1)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor):
+        model = self.model
+        locations = grid_locations(self.grid, images.device)
+        with torch.no_grad():
+            out = model.glance_step(images)
+        logits, state, h = [out.logits], out.state, out.state.policy_h
+        loss = 0.0
+        for t in range(1, model.max_steps):
+            fmap = _at_least_float32(state.fmap)
+            with torch.autocast(images.device.type, enabled=False):  # the policy: float32
+                mean, _, h = model.policy(fmap, h)
+                weights = torch.softmax(self.scorers[t - 1](fmap), dim=1)
+            with torch.no_grad():
+                features = self.candidate_features(images, locations)
+            mixed = (weights[:, :, None] * _at_least_float32(features)).sum(1)
+            mix_logits, _ = model._classify(mixed, state.cls, t)
+            target = weights.detach() @ locations.to(weights.dtype)
+            regression = F.mse_loss(mean, target, reduction="none").sum(1).mean()
+            loss = loss + F.cross_entropy(_at_least_float32(mix_logits), labels) + self.action_weight * regression
+            with torch.no_grad():
+                out = model.focus_step(images, state, policy="given", action=mean.detach())
+            logits.append(out.logits)
+            state = GFState(out.state.cls, h, out.state.fmap, out.state.step)
+        return loss / (model.max_steps - 1), logits
+
+
+class MixturePolicyStage(ClassifierStage):
+    """The mixture recipe's stage 2: the policy learns where to look by gradient through a soft
+    choice among candidate glimpses (_MixturePolicyLoss); everything else frozen, as in PPO's
+    stage 2. Adam at ``optim.lr_policy`` for the policy and the candidate scorers."""
+
+    number, label = 2, "stage 2"
+    title = "stage 2 (policy, by gradient through candidate glimpses)"
+
+    def epochs(self, cfg):
+        return cfg.optim.mixture_epochs
+
+    def trained_parts(self, cfg: Config) -> tuple[str, ...]:
+        return ("policy",)
+
+    def set_trainable(self, trainer):
+        set_trainable(trainer.model, self.trained_parts(trainer.cfg))
+
+    def make_modules(self, trainer):
+        model = trainer.model
+        k = trainer.cfg.optim.mixture_grid ** 2
+        return nn.ModuleList(CandidateScorer(model.fmap_shape, k) for _ in range(model.max_steps - 1))
+
+    def runner(self, trainer):
+        o = trainer.cfg.optim
+        return _MixturePolicyLoss(trainer.model, trainer.stage_modules(self.number), o.mixture_grid,
+                                  o.mixture_action_weight)
+
+    def find_unused_parameters(self, cfg):
+        return True  # the policy's critic (PPO's value network) gets no gradient here
+
+    def optimizer(self, trainer):
+        params = (trainer.model.param_groups()["policy"]
+                  + list(trainer.stage_modules(self.number).parameters()))
+        return torch.optim.Adam([{"params": params, "lr": trainer.cfg.optim.lr_policy, "name": "policy"}])
+
+
+# GFNet's stages per optim.policy_training: the paper's (PPO), the differentiable recipe and
+# the mixture recipe
 GFNET_STAGES: tuple[Stage, ...] = (WarmUpStage(), PolicyStage(), FineTuneStage())
 RECIPES: dict[str, tuple[Stage, ...]] = {
     "ppo": GFNET_STAGES,
     "differentiable": (WarmUpStage(), EndToEndStage()),
+    "mixture": (WarmUpStage(), MixturePolicyStage(), FineTuneStage()),
 }
 
 
@@ -414,7 +536,7 @@ def gfnet_stage_kinds(cfg: Config) -> tuple[Stage, ...]:
 
 
 def gfnet_stages(cfg: Config) -> list[int]:
-    """Their numbers: [1, 2, 3] (PPO) or [1, 3] (differentiable)."""
+    """Their numbers: [1, 2, 3] (PPO, mixture) or [1, 3] (differentiable)."""
     return [kind.number for kind in gfnet_stage_kinds(cfg)]
 
 

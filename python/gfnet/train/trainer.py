@@ -86,6 +86,7 @@ class Trainer:
         # class heads of the stage that started from model.init_from left fresh there (other
         # classes): trained in that stage even inside a frozen part; kept in its checkpoints
         self.fresh_heads: list[str] = []
+        self._stage_modules: dict[int, nn.Module | None] = {}
 
     # ------------------------------------------------------------------ what a subclass changes
     # (the static baseline, train/baseline.py, trains another model through the same loop with
@@ -116,6 +117,15 @@ class Trainer:
 
     def stage_epochs(self, stage: int) -> int:
         return self.stage(stage).epochs(self.cfg)
+
+    def stage_modules(self, stage: int) -> nn.Module | None:
+        """The training-only modules of ``stage`` (Stage.make_modules; e.g. the mixture stage's
+        candidate scorers), made once on this trainer's device: saved in the stage's checkpoint
+        beside the model and loaded on resume, never part of the model."""
+        if stage not in self._stage_modules:
+            made = self.stage(stage).make_modules(self)
+            self._stage_modules[stage] = made.to(self.device) if made is not None else None
+        return self._stage_modules[stage]
 
     def num_outputs(self) -> int:
         """How many logits the runner returns per batch (GFNet: one per step)."""
@@ -237,12 +247,14 @@ class Trainer:
     def _save(self, stage: int, epoch: int, epochs: int, done: bool, opt, sched, scaler,
               extra: dict[str, Any]) -> None:
         rng = self._rng_state()  # collective: every rank takes part
+        modules = self.stage_modules(stage)
         if self.dist.is_main:
             obj = {
                 "format": ckpt.FORMAT, "kind": self.checkpoint_kind, "stage": stage, "epoch": epoch,
                 "epochs": epochs, "done": done, "world_size": self.dist.world_size, "config": self.cfg.to_dict(),
                 "class_names": self.class_names,
                 "model": self.model.state_dict(),
+                "stage_modules": modules.state_dict() if modules is not None else None,
                 "optimizer": opt.state_dict() if opt is not None else None,
                 "scheduler": sched.state_dict() if sched is not None else None,
                 "scaler": scaler.state_dict() if scaler is not None else None,
@@ -380,6 +392,12 @@ class Trainer:
         if ck is not None:
             path = self.stage_path(stage)
             ckpt.load_model_state(self.model, ck["model"], path)
+            modules = self.stage_modules(stage)
+            if modules is not None:
+                if ck.get("stage_modules") is None:
+                    raise CheckpointError(f"checkpoint {str(path)!r} has no state of the stage's own "
+                                          f"modules ({type(modules).__name__}) to resume from")
+                modules.load_state_dict(ck["stage_modules"])
             try:
                 if ck.get("optimizer") is not None:
                     opt.load_state_dict(ck["optimizer"])

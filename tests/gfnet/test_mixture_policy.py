@@ -1,0 +1,174 @@
+"""The mixture policy training (optim.policy_training = "mixture"): stage 2 learns where to look
+by gradient through a soft choice among the features of candidate glimpses, then PPO's fine-tune.
+
+- the loss's gradient wrt the mixture weights is what finite differences of it give (float64),
+  reaches the scorers and the policy (actor and trunk, not the critic), leaves the frozen parts
+  untouched, and is the same on every CPU backend of the crops;
+- the recipe trains a tiny config, resumes bit-exactly after a kill (its scorers are saved in
+  the stage's checkpoint), and the demo writes a full report from it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import torch
+
+import gfkernels
+from gfnet.config import build_config
+from gfnet.errors import ConfigError
+from gfnet.models import build_model
+from gfnet.models.patches import Patches
+from gfnet.train import gfnet_stages, trained_parts
+from gfnet.train.stages import CandidateScorer, MixturePolicyStage, _MixturePolicyLoss, grid_locations
+
+from .conftest import tiny_overrides
+from .test_demo import _demo
+from .test_resume_ddp import _model, _train
+
+CPU_BACKENDS = ("reference", "cpp", "triton")
+
+
+def _runner(backend: str = "cpp", dtype=torch.float32, grid: int = 2):
+    cfg = build_config("digits", overrides=tiny_overrides(**{
+        "model.image_size": 40, "model.patch_size": 16, "model.width": 4,
+        "optim.policy_training": "mixture", "optim.mixture_grid": grid}))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, backend).to(dtype)
+    model.eval()
+    m = cfg.model
+    # patches in the model's dtype (the model crops to float32), so that finite differences
+    # resolve the gradient in float64
+    model.patches = Patches(model.kernels, m.patch_size, glance_mode=m.glance_mode,
+                            glance_align_corners=m.glance_align_corners, mean=m.mean, std=m.std,
+                            out_dtype=dtype)
+    for name, part in model.param_groups().items():
+        for p in part:
+            p.requires_grad_(name == "policy")
+    scorers = torch.nn.ModuleList(CandidateScorer(model.fmap_shape, grid * grid)
+                                  for _ in range(model.max_steps - 1)).to(dtype)
+    return cfg, _MixturePolicyLoss(model, scorers, grid, cfg.optim.mixture_action_weight)
+
+
+def _batch(n=3):
+    g = torch.Generator().manual_seed(1)
+    return (torch.randint(0, 256, (n, 1, 40, 40), dtype=torch.uint8, generator=g),
+            torch.randint(0, 10, (n,), generator=g))
+
+
+def test_grid_locations_cover_the_square_row_first():
+    locs = grid_locations(3)
+    assert locs.shape == (9, 2) and locs[0].tolist() == [0.0, 0.0] and locs[-1].tolist() == [1.0, 1.0]
+    assert locs[1].tolist() == [0.0, 0.5] and locs[3].tolist() == [0.5, 0.0]  # (row, column)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_gradient_reaches_the_scorers_and_the_policy(backend):
+    if backend not in gfkernels.backends.available_names(torch.device("cpu")):
+        pytest.skip(f"backend {backend!r} is not available here")
+    _, runner = _runner(backend)
+    images, labels = _batch()
+    loss, logits = runner(images, labels)
+    assert len(logits) == runner.model.max_steps and loss.dim() == 0
+    loss.backward()
+    model = runner.model
+    for name in ("actor", "gru", "encoder"):
+        grads = [p.grad for p in getattr(model.policy, name).parameters()]
+        assert all(g is not None and g.abs().sum() > 0 for g in grads), name
+    assert all(p.grad is None for p in model.policy.critic.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in runner.scorers.parameters())
+    for name in ("global_encoder", "local_encoder", "classifier"):
+        assert all(p.grad is None for p in model.param_groups()[name]), name
+
+
+def test_the_loss_and_gradients_are_the_same_on_every_backend():
+    """The candidates are whole-pixel patches (exact copies): every backend crops the same."""
+    results = []
+    for backend in CPU_BACKENDS:
+        if backend not in gfkernels.backends.available_names(torch.device("cpu")):
+            continue
+        _, runner = _runner(backend)
+        images, labels = _batch()
+        loss, _ = runner(images, labels)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in runner.scorers.parameters()]))
+    assert len(results) >= 2
+    for loss, grads in results[1:]:
+        torch.testing.assert_close(loss, results[0][0])
+        for g, g0 in zip(grads, results[0][1]):
+            torch.testing.assert_close(g, g0)
+
+
+def test_the_weights_gradient_matches_finite_differences():
+    """float64: d loss / d (the last scorer layer's bias) against central differences, of the
+    mixture's classification loss (the actor's regression target is a constant of the gradient
+    by design, so its weight is 0 here)."""
+    _, runner = _runner(dtype=torch.float64)
+    runner.action_weight = 0.0
+    images, labels = _batch()
+    bias = runner.scorers[0].net[-1].bias
+    loss, _ = runner(images, labels)
+    (grad,) = torch.autograd.grad(loss, bias)
+    eps = 1e-6
+    for k in range(bias.numel()):
+        with torch.no_grad():
+            bias[k] += eps
+            up = runner(images, labels)[0]
+            bias[k] -= 2 * eps
+            down = runner(images, labels)[0]
+            bias[k] += eps
+        assert abs(float((up - down) / (2 * eps)) - float(grad[k])) < 1e-6 * max(1.0, abs(float(grad[k])))
+
+
+def test_the_recipe_and_its_options():
+    cfg = build_config("digits", overrides=["optim.policy_training=mixture"])
+    assert gfnet_stages(cfg) == [1, 2, 3]
+    assert trained_parts(cfg, 2) == ("policy",)
+    assert MixturePolicyStage().epochs(cfg) == cfg.optim.mixture_epochs == 2
+    for bad, message in (("optim.mixture_grid=1", "mixture_grid must be >= 2"),
+                         ("optim.mixture_epochs=-1", "mixture_epochs must be >= 0"),
+                         ("optim.mixture_action_weight=0", "mixture_action_weight must be > 0")):
+        with pytest.raises(ConfigError, match=message):
+            build_config("digits", overrides=[bad]).validate()
+
+
+def test_mixture_recipe_trains_and_resumes_exactly_after_a_kill(tmp_path):
+    sets = {"optim.epochs_stage1": 1, "optim.mixture_epochs": 2, "optim.epochs_stage3": 1,
+            "optim.policy_training": "mixture", "run.deterministic": "true", "data.train_samples": 24}
+    ref = _train(tmp_path / "ref", **sets)
+    assert ref.returncode == 0, ref.stderr
+    start, end = _model(tmp_path / "ref" / "stage1.pt"), _model(tmp_path / "ref" / "stage2.pt")
+    policy = [k for k in end if k.startswith("policy.actor.") or k.startswith("policy.gru.")]
+    assert policy and all(not torch.equal(start[k], end[k]) for k in policy)  # the policy learned
+    assert all(torch.equal(start[k], end[k]) for k in end if not k.startswith("policy."))  # frozen
+    rows = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"]) for r in rows] == [(1, 1), (2, 1), (2, 2), (3, 1)]
+    assert rows[1]["stage_title"] == MixturePolicyStage.title
+    scorers = torch.load(tmp_path / "ref" / "stage2.pt", weights_only=False)["stage_modules"]
+    assert scorers and all(k.split(".")[0] in ("0", "1") for k in scorers)  # one per focus step
+    # killed after stage 2's first epoch, then resumed: the same weights as the run never killed
+    killed = _train(tmp_path / "run", callbacks=["--kill-after", "2:1"], **sets)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = _train(tmp_path / "run", "--resume", **sets)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch 1/2" in resumed.stderr
+    for name in ("stage2.pt", "stage3.pt"):
+        done, again = _model(tmp_path / "ref" / name), _model(tmp_path / "run" / name)
+        for k in done:
+            assert torch.equal(done[k], again[k]), (name, k)
+
+
+def test_demo_of_the_mixture_recipe_writes_a_full_report(tmp_path):
+    out = tmp_path / "run"
+    proc = _demo(out, "--set", "optim.policy_training=mixture")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "by gradient through candidate glimpses" in proc.stdout + proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["claims"]) and report["budgets"] and report["speedup_vs_baseline"] > 0
+    import gfnet
+
+    predictor = gfnet.load(out / "stage3.pt")
+    images = torch.randint(0, 255, (2, 1, 128, 128), dtype=torch.uint8)
+    assert len(predictor(list(images))) == 2
