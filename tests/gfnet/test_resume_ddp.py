@@ -64,13 +64,16 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert len(lines) == 6  # 2 epochs x 3 stages, none repeated
 
 
-@pytest.mark.parametrize("policy_training,stages", [("ppo", (1, 2, 3)), ("differentiable", (1, 3))])
+@pytest.mark.parametrize("policy_training,stages", [("ppo", (1, 2, 3)), ("differentiable", (1, 3)),
+                                                    ("mixture", (1, 2, 3))])
 def test_torchrun_two_ranks_identical_parameters(tmp_path, policy_training, stages):
-    """Both recipes: PPO's stage 2, and the differentiable stage 3 that trains the policy
-    through the crop (with its critic unused: DDP's find_unused_parameters)."""
+    """Every recipe: PPO's stage 2, the differentiable stage 3 that trains the policy through
+    the crop, and the mixture's stage 2 with its training-only scorers (the critic unused in
+    both: DDP's find_unused_parameters)."""
     proc = _train(tmp_path / "ddp", callbacks=["--dump-params", str(tmp_path / "dump")], launcher=TORCHRUN_2,
                   **{"optim.epochs_stage1": 1, "optim.epochs_stage2": 1, "optim.epochs_stage3": 1,
-                     "optim.policy_training": policy_training, "data.train_samples": 32,
+                     "optim.mixture_epochs": 1, "optim.policy_training": policy_training,
+                     "data.train_samples": 32,
                      "run.max_train_batches": 2})
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = torch.load(tmp_path / "dump" / "rank0.pt", weights_only=True)
