@@ -28,6 +28,21 @@ def _demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
 
 
+def demo_of_recipe(out: Path, policy_training: str, announced: str) -> dict:
+    """The demo with ``optim.policy_training``: it says ``announced``, writes a full report
+    (claims, budgets, throughput), and gfnet.load predicts with its model. Returns the report."""
+    import gfnet
+
+    proc = _demo(out, "--set", f"optim.policy_training={policy_training}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert announced in proc.stdout + proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["claims"]) and report["budgets"] and report["speedup_vs_baseline"] > 0
+    predictor = gfnet.load(out / "stage3.pt")
+    assert len(predictor(list(torch.randint(0, 255, (2, 1, 128, 128), dtype=torch.uint8)))) == 2
+    return report
+
+
 def _is_png(path: Path) -> bool:
     return path.is_file() and path.read_bytes()[:8] == PNG
 

@@ -25,7 +25,7 @@ from gfnet.train import EndToEndStage, gfnet_stages, trained_parts
 from gfnet.train.stages import _RolloutLoss
 
 from .conftest import tiny_overrides
-from .test_demo import _demo
+from .test_demo import demo_of_recipe
 from .test_resume_ddp import _model, _train
 
 CPU_BACKENDS = ("reference", "cpp", "triton")  # the backends with box gradients that run on CPU tensors
@@ -145,18 +145,9 @@ def test_demo_of_the_differentiable_recipe_writes_a_full_report(tmp_path):
     """Evaluation, budgets, FLOPs, the dynamic engine, the report and gfnet.load take the model
     as they take a PPO-trained one."""
     out = tmp_path / "run"
-    proc = _demo(out, "--set", "optim.policy_training=differentiable")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "end to end (differentiable)" in proc.stdout + proc.stderr
-    report = json.loads((out / "report.json").read_text())
-    assert set(report["claims"]) and report["budgets"] and report["speedup_vs_baseline"] > 0
+    demo_of_recipe(out, "differentiable", "end to end (differentiable)")
     assert not (out / "stage2.pt").exists()
     assert "stage 3 (end to end)" in (out / "report.md").read_text()
-    import gfnet
-
-    predictor = gfnet.load(out / "stage3.pt")
-    images = torch.randint(0, 255, (2, 1, 128, 128), dtype=torch.uint8)
-    assert len(predictor(list(images))) == 2
     # the diagnostic of the location gradient (bench/focus_gradient.py) reads such a run
     from bench.focus_gradient import OFFSETS, main
 

@@ -430,9 +430,10 @@ class CandidateScorer(nn.Module):
 class _MixturePolicyLoss(nn.Module):
     """The mixture stage's loss for a batch, and the logits of the policy's rollout.
 
-    At focus step t the local encoder's features of the patches at all K grid locations are
-    computed (no gradient: the encoders and classifier are frozen), mixed with the weights
-    softmax(scorer_t(state)), and classified from the step's classifier state. The gradient of
+    At focus step t the local encoder's features of the patches at all K grid locations
+    (computed once per batch, without gradient: the encoders and classifier are frozen) are
+    mixed with the weights softmax(scorer_t(state)) and classified from the step's classifier
+    state. The gradient of
     that loss wrt the weights compares the candidates by what each one's features do to the
     loss (to first order), so the scorer learns which candidate to look at in one backward pass,
     where the gradient of a crop's position only sees the pixels at its edges. The policy's
@@ -459,6 +460,9 @@ class _MixturePolicyLoss(nn.Module):
         locations = grid_locations(self.grid, images.device)
         with torch.no_grad():
             out = model.glance_step(images)
+            # the same at every focus step: the encoders are frozen and a candidate's patch
+            # depends only on the image and its location
+            features = _at_least_float32(self.candidate_features(images, locations))
         logits, state, h = [out.logits], out.state, out.state.policy_h
         loss = 0.0
         for t in range(1, model.max_steps):
@@ -466,9 +470,7 @@ class _MixturePolicyLoss(nn.Module):
             with torch.autocast(images.device.type, enabled=False):  # the policy: float32
                 mean, _, h = model.policy(fmap, h)
                 weights = torch.softmax(self.scorers[t - 1](fmap), dim=1)
-            with torch.no_grad():
-                features = self.candidate_features(images, locations)
-            mixed = (weights[:, :, None] * _at_least_float32(features)).sum(1)
+            mixed = (weights[:, :, None] * features).sum(1)
             mix_logits, _ = model._classify(mixed, state.cls, t)
             target = weights.detach() @ locations.to(weights.dtype)
             regression = F.mse_loss(mean, target, reduction="none").sum(1).mean()
