@@ -129,9 +129,10 @@ def test_the_recipe_and_its_options():
     assert MixturePolicyStage().epochs(cfg) == cfg.optim.mixture_epochs == 2
     for bad, message in (("optim.mixture_grid=1", "mixture_grid must be >= 2"),
                          ("optim.mixture_epochs=-1", "mixture_epochs must be >= 0"),
-                         ("optim.mixture_action_weight=0", "mixture_action_weight must be > 0")):
+                         ("optim.mixture_action_weight=0", "mixture_action_weight must be > 0"),
+                         ("model.max_steps=1", "model.max_steps must be >= 2")):
         with pytest.raises(ConfigError, match=message):
-            build_config("digits", overrides=[bad]).validate()
+            build_config("digits", overrides=["optim.policy_training=mixture", bad]).validate()
 
 
 def test_mixture_recipe_trains_and_resumes_exactly_after_a_kill(tmp_path):

@@ -304,6 +304,9 @@ class Config:
                               f"not {o.mixture_grid!r}")
         if o.mixture_epochs < 0:
             raise ConfigError("optim.mixture_epochs must be >= 0")
+        if o.policy_training == "mixture" and self.model.max_steps < 2:
+            raise ConfigError("optim.policy_training=mixture learns where the focus steps look: "
+                              f"model.max_steps must be >= 2, not {self.model.max_steps}")
         if not o.mixture_action_weight > 0:
             raise ConfigError(f"optim.mixture_action_weight must be > 0, not {o.mixture_action_weight!r}")
         return self
