@@ -23,7 +23,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from . import reference
+from . import contract, reference
 
 try:  # the compiled core registers torch.ops.gfkernels.* when imported
     from . import _C
@@ -225,7 +225,7 @@ _REFERENCE_OPS = types.SimpleNamespace(
     mean, std, out_dtype, channels_last=False: reference.crop_resize(
         images, boxes, size, batch_index=batch_index, mode=mode, align_corners=align_corners,
         padding_mode=padding_mode, mean=mean, std=std, out_dtype=out_dtype,
-        memory_format=torch.channels_last if channels_last else torch.contiguous_format),
+        memory_format=contract.crop_output_format(channels_last)),
     early_exit=reference.early_exit,
     gather_rows=reference.gather_rows,
 )

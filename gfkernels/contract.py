@@ -27,6 +27,13 @@ from typing import Optional, Sequence
 
 import torch
 
+def crop_output_format(channels_last: bool) -> torch.memory_format:
+    """crop_resize's output layout from its schema's ``channels_last`` flag (the C++ kernels'
+    ``output_format``, csrc/ops/crop_resize.h): one mapping for the API, the fake kernel, the
+    reference and Triton."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 # crop_resize refuses an output of more than this many elements (C * h * w) per box, on every
 # backend: the GPU kernels index pixels in 32 bits (with room for a tile), and on the CPU an
 # output this size is already 8 GiB of float32 per box, far past any GFNet use. The C++ ops

@@ -174,7 +174,7 @@ class CropOptions:
 
     @property
     def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.channels_last else torch.contiguous_format
+        return contract.crop_output_format(self.channels_last)
 
     def __repr__(self) -> str:
         return (f"CropOptions(size={self.size}, mode={self.mode!r}, align_corners="
@@ -297,9 +297,8 @@ def fake_crop_resize(images, boxes, batch_index, size, mode, align_corners, padd
     concrete = all(isinstance(s, int) for s in size)  # not symbolic sizes under torch.compile
     check_args(images, boxes, batch_index, mode, align_corners, padding_mode, mean, std,
                out_dtype, tuple(size) if concrete else None)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
     return torch.empty((boxes.shape[0], images.shape[1], size[0], size[1]), dtype=out_dtype,
-                       device=images.device, memory_format=layout)
+                       device=images.device, memory_format=contract.crop_output_format(channels_last))
 
 
 def fake_backward_images(grad, boxes, batch_index, image_size, image_dtype, mode,

@@ -159,7 +159,7 @@ def _forward_impl(images: torch.Tensor, boxes: torch.Tensor, batch_index: Option
         contract.check_finite_boxes("crop_resize", boxes)
         if batch_index is not None and N > 0:  # N = 0: _check_images_exist says so below
             check_index_values(batch_index, N, "crop_resize", "batch_index")
-    layout = torch.channels_last if channels_last else torch.contiguous_format
+    layout = contract.crop_output_format(channels_last)
     if B * C * h * w == 0:
         return torch.empty((B, C, h, w), dtype=out_dtype, device=images.device,
                            memory_format=layout)

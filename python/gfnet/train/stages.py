@@ -343,17 +343,21 @@ class EndToEndStage(_GFNetClassifierStage):
         return JointOptimizer(super().optimizer(trainer), policy)
 
 
-class PolicyStage(Stage):
-    """PPO on the actor-critic; everything else frozen. No schedule: Adam at ``ppo.lr``."""
-
-    number, label = 2, "stage 2"
-    title = "stage 2 (policy)"
+class _PolicyOnly:
+    """A stage 2 that trains the policy alone, everything else frozen (in eval mode)."""
 
     def trained_parts(self, cfg: Config) -> tuple[str, ...]:
         return ("policy",)
 
     def set_trainable(self, trainer):
         set_trainable(trainer.model, self.trained_parts(trainer.cfg))
+
+
+class PolicyStage(_PolicyOnly, Stage):
+    """PPO on the actor-critic; everything else frozen. No schedule: Adam at ``ppo.lr``."""
+
+    number, label = 2, "stage 2"
+    title = "stage 2 (policy)"
 
     def runner(self, trainer):
         return PolicyEvaluator(trainer.model.policy)
@@ -433,10 +437,9 @@ class _MixturePolicyLoss(nn.Module):
     At focus step t the local encoder's features of the patches at all K grid locations
     (computed once per batch, without gradient: the encoders and classifier are frozen) are
     mixed with the weights softmax(scorer_t(state)) and classified from the step's classifier
-    state. The gradient of
-    that loss wrt the weights compares the candidates by what each one's features do to the
-    loss (to first order), so the scorer learns which candidate to look at in one backward pass,
-    where the gradient of a crop's position only sees the pixels at its edges. The policy's
+    state. The gradient of that loss wrt the weights compares the candidates by what each one's
+    features do to the loss (to first order), so the scorer learns which candidate to look at in
+    one backward pass, where the gradient of a crop's position only sees the pixels at its edges. The policy's
     actor is regressed onto the weights' expected location (its trunk learns from that too),
     and the rollout advances at the actor's mean, as inference will look."""
 
@@ -482,7 +485,7 @@ class _MixturePolicyLoss(nn.Module):
         return loss / (model.max_steps - 1), logits
 
 
-class MixturePolicyStage(ClassifierStage):
+class MixturePolicyStage(_PolicyOnly, ClassifierStage):
     """The mixture recipe's stage 2: the policy learns where to look by gradient through a soft
     choice among candidate glimpses (_MixturePolicyLoss); everything else frozen, as in PPO's
     stage 2. Adam at ``optim.lr_policy`` for the policy and the candidate scorers."""
@@ -492,12 +495,6 @@ class MixturePolicyStage(ClassifierStage):
 
     def epochs(self, cfg):
         return cfg.optim.mixture_epochs
-
-    def trained_parts(self, cfg: Config) -> tuple[str, ...]:
-        return ("policy",)
-
-    def set_trainable(self, trainer):
-        set_trainable(trainer.model, self.trained_parts(trainer.cfg))
 
     def make_modules(self, trainer):
         model = trainer.model
