@@ -22,7 +22,7 @@ from gfnet.errors import ConfigError
 from gfnet.models import build_model
 from gfnet.models.patches import Patches
 from gfnet.train import gfnet_stages, trained_parts
-from gfnet.train.stages import CandidateScorer, MixturePolicyStage, _MixturePolicyLoss, grid_locations
+from gfnet.train.stages import MixturePolicyStage, _MixturePolicyLoss, candidate_scorers, grid_locations
 
 from .conftest import tiny_overrides
 from .test_demo import demo_of_recipe
@@ -31,10 +31,10 @@ from .test_resume_ddp import _model, _train
 CPU_BACKENDS = ("reference", "cpp", "triton")
 
 
-def _runner(backend: str = "cpp", dtype=torch.float32, grid: int = 2):
+def _runner(backend: str = "cpp", dtype=torch.float32, grid: int = 2, refine: float = 0.2):
     cfg = build_config("digits", overrides=tiny_overrides(**{
-        "model.image_size": 40, "model.patch_size": 16, "model.width": 4,
-        "optim.policy_training": "mixture", "optim.mixture_grid": grid}))
+        "model.image_size": 40, "model.patch_size": 16, "model.width": 4, "model.max_steps": 3,
+        "optim.policy_training": "mixture", "optim.mixture_grid": grid, "optim.mixture_refine": refine}))
     torch.manual_seed(0)
     model = build_model(cfg.model, backend).to(dtype)
     model.eval()
@@ -47,9 +47,8 @@ def _runner(backend: str = "cpp", dtype=torch.float32, grid: int = 2):
     for name, part in model.param_groups().items():
         for p in part:
             p.requires_grad_(name == "policy")
-    scorers = torch.nn.ModuleList(CandidateScorer(model.fmap_shape, grid * grid)
-                                  for _ in range(model.max_steps - 1)).to(dtype)
-    return cfg, _MixturePolicyLoss(model, scorers, grid, cfg.optim.mixture_action_weight)
+    scorers = candidate_scorers(model, grid, refine).to(dtype)
+    return cfg, _MixturePolicyLoss(model, scorers, grid, cfg.optim.mixture_action_weight, refine)
 
 
 def _batch(n=3):
@@ -62,6 +61,41 @@ def test_grid_locations_cover_the_square_row_first():
     locs = grid_locations(3)
     assert locs.shape == (9, 2) and locs[0].tolist() == [0.0, 0.0] and locs[-1].tolist() == [1.0, 1.0]
     assert locs[1].tolist() == [0.0, 0.5] and locs[3].tolist() == [0.5, 0.0]  # (row, column)
+
+
+def test_refinement_candidates_surround_the_previous_location():
+    """From the second focus step on, 9 candidates spaced ``refine`` apart around the previous
+    location (clamped to the image), after the grid's; their features are the local encoder's
+    of the patches there."""
+    _, runner = _runner(refine=0.2)
+    assert [s.net[-1].out_features for s in runner.scorers] == [4, 4 + 9]
+    previous = torch.tensor([[0.5, 0.5], [0.1, 0.95]], dtype=torch.float32)
+    near = runner.near_locations(previous)
+    assert near.shape == (2, 9, 2)
+    rows, cols = torch.meshgrid(torch.tensor([0.3, 0.5, 0.7]), torch.tensor([0.3, 0.5, 0.7]), indexing="ij")
+    torch.testing.assert_close(near[0], torch.stack([rows, cols], -1).reshape(9, 2))
+    assert near[1, 0].tolist() == pytest.approx([0.0, 0.75]) and near[1, 8].tolist() == pytest.approx([0.3, 1.0])
+    images, _ = _batch(2)
+    with torch.no_grad():
+        features = runner.candidate_features(images, near)
+        one = runner.model.local_encoder(runner.model.focus_input(images[1:], near[1, 5:6]))[0]
+    assert features.shape[:2] == (2, 9)
+    torch.testing.assert_close(features[1, 5], one[0])
+    assert _runner(refine=0.0)[1].scorers[1].net[-1].out_features == 4  # the grid only
+
+
+def test_candidates_encoded_in_chunks_are_the_same():
+    """A large batch's n * K candidate patches go through the encoder a chunk at a time (an
+    uneven last chunk here): the features and the loss are those of one call."""
+    _, runner = _runner()
+    images, labels = _batch(3)
+    near = runner.near_locations(torch.rand(3, 2, generator=torch.Generator().manual_seed(2)))
+    with torch.no_grad():
+        whole = runner.candidate_features(images, near)
+        whole_loss = runner(images, labels)[0]
+        runner.chunk = 5  # 27 patches: 5 + 5 + ... + 2
+        torch.testing.assert_close(runner.candidate_features(images, near), whole)
+        torch.testing.assert_close(runner(images, labels)[0], whole_loss)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -102,24 +136,27 @@ def test_the_loss_and_gradients_are_the_same_on_every_backend():
 
 
 def test_the_weights_gradient_matches_finite_differences():
-    """float64: d loss / d (the last scorer layer's bias) against central differences, of the
-    mixture's classification loss (the actor's regression target is a constant of the gradient
-    by design, so its weight is 0 here)."""
+    """float64: d loss / d (each scorer's last bias: the grid's candidates, and at the second
+    focus step the refinement ones too) against central differences, of the mixture's
+    classification loss (the actor's regression target is a constant of the gradient by design,
+    so its weight is 0 here)."""
     _, runner = _runner(dtype=torch.float64)
     runner.action_weight = 0.0
     images, labels = _batch()
-    bias = runner.scorers[0].net[-1].bias
-    loss, _ = runner(images, labels)
-    (grad,) = torch.autograd.grad(loss, bias)
-    eps = 1e-6
-    for k in range(bias.numel()):
-        with torch.no_grad():
-            bias[k] += eps
-            up = runner(images, labels)[0]
-            bias[k] -= 2 * eps
-            down = runner(images, labels)[0]
-            bias[k] += eps
-        assert abs(float((up - down) / (2 * eps)) - float(grad[k])) < 1e-6 * max(1.0, abs(float(grad[k])))
+    for scorer in runner.scorers:
+        bias = scorer.net[-1].bias
+        loss, _ = runner(images, labels)
+        (grad,) = torch.autograd.grad(loss, bias)
+        assert grad.abs().sum() > 0
+        eps = 1e-6
+        for k in range(bias.numel()):
+            with torch.no_grad():
+                bias[k] += eps
+                up = runner(images, labels)[0]
+                bias[k] -= 2 * eps
+                down = runner(images, labels)[0]
+                bias[k] += eps
+            assert abs(float((up - down) / (2 * eps)) - float(grad[k])) < 1e-6 * max(1.0, abs(float(grad[k])))
 
 
 def test_the_recipe_and_its_options():
@@ -130,6 +167,8 @@ def test_the_recipe_and_its_options():
     for bad, message in (("optim.mixture_grid=1", "mixture_grid must be >= 2"),
                          ("optim.mixture_epochs=-1", "mixture_epochs must be >= 0"),
                          ("optim.mixture_action_weight=0", "mixture_action_weight must be > 0"),
+                         ("optim.mixture_refine=-0.1", "mixture_refine must be in"),
+                         ("optim.mixture_refine=0.6", "mixture_refine must be in"),
                          ("model.max_steps=1", "model.max_steps must be >= 2")):
         with pytest.raises(ConfigError, match=message):
             build_config("digits", overrides=["optim.policy_training=mixture", bad]).validate()

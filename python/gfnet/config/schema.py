@@ -158,6 +158,9 @@ class OptimConfig:
     mixture_epochs: int = 2  # "mixture": stage 2's epochs (optim.epochs_stage2 is PPO's)
     # "mixture": weight of the actor's regression onto the candidates' expected location
     mixture_action_weight: float = 10.0
+    # "mixture": from the second focus step on, also candidates around the previous step's
+    # location: a 3 x 3 set spaced this far apart in action units (0: the grid only)
+    mixture_refine: float = 0.125
     # "differentiable": stage 3's loss also averages in a rollout at uniformly random locations,
     # so the local encoder and classifier keep learning from everywhere, not only from where
     # the young policy looks
@@ -307,6 +310,8 @@ class Config:
         if o.policy_training == "mixture" and self.model.max_steps < 2:
             raise ConfigError("optim.policy_training=mixture learns where the focus steps look: "
                               f"model.max_steps must be >= 2, not {self.model.max_steps}")
+        if not 0.0 <= o.mixture_refine <= 0.5:
+            raise ConfigError(f"optim.mixture_refine must be in [0, 0.5] (action units), not {o.mixture_refine!r}")
         if not o.mixture_action_weight > 0:
             raise ConfigError(f"optim.mixture_action_weight must be > 0, not {o.mixture_action_weight!r}")
         return self

@@ -30,6 +30,7 @@ a classifier on a loss its runner returns) added to a trainer's ``stage_kinds``.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Iterable
@@ -44,6 +45,7 @@ from .. import checkpoint as ckpt
 from ..config import Config
 from ..errors import ConfigError
 from ..models import GFNet, GFState
+from ..models.folding import fold_batch_norms
 from .distributed import all_reduce_sum
 from .ppo import PolicyEvaluator, RolloutMemory, ppo_update, true_class_prob
 
@@ -439,43 +441,75 @@ class _MixturePolicyLoss(nn.Module):
     mixed with the weights softmax(scorer_t(state)) and classified from the step's classifier
     state. The gradient of that loss wrt the weights compares the candidates by what each one's
     features do to the loss (to first order), so the scorer learns which candidate to look at in
-    one backward pass, where the gradient of a crop's position only sees the pixels at its edges. The policy's
-    actor is regressed onto the weights' expected location (its trunk learns from that too),
-    and the rollout advances at the actor's mean, as inference will look."""
+    one backward pass, where the gradient of a crop's position only sees the pixels at its edges.
+    From the second focus step on, ``refine`` > 0 adds a 3 x 3 set of candidates that far apart
+    around the previous step's location (a second look that re-centres on what the first found,
+    which the coarse grid cannot offer). The policy's actor is regressed onto the weights'
+    expected location (its trunk learns from that too), and the rollout advances at the actor's
+    mean, as inference will look."""
 
-    def __init__(self, model: GFNet, scorers: nn.ModuleList, grid: int, action_weight: float):
+    def __init__(self, model: GFNet, scorers: nn.ModuleList, grid: int, action_weight: float,
+                 refine: float = 0.0, chunk: int = 1024):
         super().__init__()
         self.model = model
         self.scorers = scorers
         self.grid = grid
         self.action_weight = action_weight
+        self.refine = refine
+        self.chunk = chunk
+        # The stage keeps the local encoder frozen (eval mode), so the candidates may run through
+        # a copy in the inference layout: batch norm folded, channels_last, 1.3x faster on the
+        # digits' 288 candidates a batch on 2 CPU cores; the features move by rounding only.
+        encoder = copy.deepcopy(model.local_encoder)
+        if not encoder.training:
+            fold_batch_norms(encoder)
+            encoder.to(memory_format=torch.channels_last)
+        self.candidate_encoder = encoder
 
     def candidate_features(self, images: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
-        """(n, K, D): the local encoder's features of the patch at every candidate location."""
-        n, k = images.shape[0], locations.shape[0]
+        """(n, K, D): the local encoder's features of the patches at ``locations``, (K, 2) the
+        same for every image or (n, K, 2) per image; cropped and encoded ``chunk`` patches at a
+        time (n * K patches at once would hold n * K of the encoder's activations)."""
+        n = images.shape[0]
+        locations = locations.expand(n, -1, -1) if locations.dim() == 2 else locations
+        k = locations.shape[1]
         rows = torch.arange(n, device=images.device).repeat_interleave(k)
-        actions = locations.repeat(n, 1)
-        patches = self.model.focus_input(images, actions, rows)
-        return self.model.local_encoder(patches)[0].reshape(n, k, -1)
+        actions = locations.reshape(-1, 2)
+        features = [_at_least_float32(self.candidate_encoder(
+                        self.model.focus_input(images, actions[i:i + self.chunk], rows[i:i + self.chunk]))[0])
+                    for i in range(0, n * k, self.chunk)]
+        return torch.cat(features).reshape(n, k, -1)
+
+    def near_locations(self, previous: torch.Tensor) -> torch.Tensor:
+        """(n, 9, 2): the refinement candidates around each image's previous focus location."""
+        return (previous[:, None, :] + self.refine * _REFINE_OFFSETS.to(previous)).clamp(0.0, 1.0)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor):
         model = self.model
-        locations = grid_locations(self.grid, images.device)
+        n = images.shape[0]
+        grid = grid_locations(self.grid, images.device).expand(n, -1, -1)
         with torch.no_grad():
             out = model.glance_step(images)
             # the same at every focus step: the encoders are frozen and a candidate's patch
             # depends only on the image and its location
-            features = _at_least_float32(self.candidate_features(images, locations))
+            grid_features = self.candidate_features(images, grid)
         logits, state, h = [out.logits], out.state, out.state.policy_h
         loss = 0.0
         for t in range(1, model.max_steps):
+            locations, features = grid, grid_features
+            if t > 1 and self.refine > 0:
+                near = self.near_locations(out.action)
+                with torch.no_grad():
+                    near_features = self.candidate_features(images, near)
+                locations = torch.cat([grid, near], 1)
+                features = torch.cat([grid_features, near_features], 1)
             fmap = _at_least_float32(state.fmap)
             with torch.autocast(images.device.type, enabled=False):  # the policy: float32
                 mean, _, h = model.policy(fmap, h)
                 weights = torch.softmax(self.scorers[t - 1](fmap), dim=1)
             mixed = (weights[:, :, None] * features).sum(1)
             mix_logits, _ = model._classify(mixed, state.cls, t)
-            target = weights.detach() @ locations.to(weights.dtype)
+            target = (weights.detach()[:, :, None] * locations.to(weights.dtype)).sum(1)
             regression = F.mse_loss(mean, target, reduction="none").sum(1).mean()
             loss = loss + F.cross_entropy(_at_least_float32(mix_logits), labels) + self.action_weight * regression
             with torch.no_grad():
@@ -483,6 +517,18 @@ class _MixturePolicyLoss(nn.Module):
             logits.append(out.logits)
             state = GFState(out.state.cls, h, out.state.fmap, out.state.step)
         return loss / (model.max_steps - 1), logits
+
+
+# the refinement candidates' offsets from the previous location, in units of optim.mixture_refine
+_REFINE_OFFSETS = grid_locations(3) * 2.0 - 1.0
+
+
+def candidate_scorers(model: GFNet, grid: int, refine: float) -> nn.ModuleList:
+    """The mixture stage's scorers, one per focus step: G * G candidates, and from the second
+    focus step on 9 more around the previous location if ``refine`` > 0."""
+    near = len(_REFINE_OFFSETS) if refine > 0 else 0
+    return nn.ModuleList(CandidateScorer(model.fmap_shape, grid * grid + (near if t > 1 else 0))
+                         for t in range(1, model.max_steps))
 
 
 class MixturePolicyStage(_PolicyOnly, ClassifierStage):
@@ -497,14 +543,12 @@ class MixturePolicyStage(_PolicyOnly, ClassifierStage):
         return cfg.optim.mixture_epochs
 
     def make_modules(self, trainer):
-        model = trainer.model
-        k = trainer.cfg.optim.mixture_grid ** 2
-        return nn.ModuleList(CandidateScorer(model.fmap_shape, k) for _ in range(model.max_steps - 1))
+        return candidate_scorers(trainer.model, trainer.cfg.optim.mixture_grid, trainer.cfg.optim.mixture_refine)
 
     def runner(self, trainer):
         o = trainer.cfg.optim
         return _MixturePolicyLoss(trainer.model, trainer.stage_modules(self.number), o.mixture_grid,
-                                  o.mixture_action_weight)
+                                  o.mixture_action_weight, o.mixture_refine)
 
     def find_unused_parameters(self, cfg):
         return True  # the policy's critic (PPO's value network) gets no gradient here
