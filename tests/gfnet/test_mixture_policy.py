@@ -64,24 +64,44 @@ def test_grid_locations_cover_the_square_row_first():
 
 
 def test_refinement_candidates_surround_the_previous_location():
-    """From the second focus step on, 9 candidates spaced ``refine`` apart around the previous
-    location (clamped to the image), after the grid's; their features are the local encoder's
-    of the patches there."""
+    """From the second focus step on, 5 candidates after the grid's: the previous location and
+    ``refine`` up, down, left and right of it (clamped to the image); their features are the
+    local encoder's of the patches there (the previous location's are the previous step's own)."""
     _, runner = _runner(refine=0.2)
-    assert [s.net[-1].out_features for s in runner.scorers] == [4, 4 + 9]
+    assert [s.net[-1].out_features for s in runner.scorers] == [4, 4 + 5]
     previous = torch.tensor([[0.5, 0.5], [0.1, 0.95]], dtype=torch.float32)
     near = runner.near_locations(previous)
-    assert near.shape == (2, 9, 2)
-    rows, cols = torch.meshgrid(torch.tensor([0.3, 0.5, 0.7]), torch.tensor([0.3, 0.5, 0.7]), indexing="ij")
-    torch.testing.assert_close(near[0], torch.stack([rows, cols], -1).reshape(9, 2))
-    assert near[1, 0].tolist() == pytest.approx([0.0, 0.75]) and near[1, 8].tolist() == pytest.approx([0.3, 1.0])
+    expected = [[[0.5, 0.5], [0.3, 0.5], [0.7, 0.5], [0.5, 0.3], [0.5, 0.7]],
+                [[0.1, 0.95], [0.0, 0.95], [0.3, 0.95], [0.1, 0.75], [0.1, 1.0]]]
+    torch.testing.assert_close(near, torch.tensor(expected))
     images, _ = _batch(2)
+    model = runner.model
     with torch.no_grad():
         features = runner.candidate_features(images, near)
-        one = runner.model.local_encoder(runner.model.focus_input(images[1:], near[1, 5:6]))[0]
-    assert features.shape[:2] == (2, 9)
-    torch.testing.assert_close(features[1, 5], one[0])
+        one = model.local_encoder(model.focus_input(images[1:], near[1, 2:3]))[0]
+        step = model.focus_step(images, model.glance_step(images).state, policy="given", action=previous)
+    assert features.shape[:2] == (2, 5)
+    torch.testing.assert_close(features[1, 2], one[0])
+    torch.testing.assert_close(features[:, 0], step.encoder_head.features)
     assert _runner(refine=0.0)[1].scorers[1].net[-1].out_features == 4  # the grid only
+
+
+def test_candidates_run_through_a_folded_copy_of_the_frozen_encoder():
+    """The stage's local encoder is frozen: the candidates go through a copy with its batch norms
+    folded, in channels_last, whose features are the encoder's to rounding; an encoder that
+    learns is used as it is (a copy would go stale)."""
+    _, runner = _runner()
+    model = runner.model
+    copy = runner.candidate_encoder
+    assert copy is not model.local_encoder
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in copy.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.local_encoder.modules())
+    images, _ = _batch(2)
+    patches = model.focus_input(images, torch.rand(2, 2, generator=torch.Generator().manual_seed(3)))
+    with torch.no_grad():
+        torch.testing.assert_close(copy(patches)[0], model.local_encoder(patches)[0], rtol=1e-5, atol=1e-5)
+    model.local_encoder.requires_grad_(True)
+    assert _MixturePolicyLoss(model, runner.scorers, 2, 1.0).candidate_encoder is model.local_encoder
 
 
 def test_candidates_encoded_in_chunks_are_the_same():

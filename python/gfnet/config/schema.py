@@ -158,8 +158,8 @@ class OptimConfig:
     mixture_epochs: int = 2  # "mixture": stage 2's epochs (optim.epochs_stage2 is PPO's)
     # "mixture": weight of the actor's regression onto the candidates' expected location
     mixture_action_weight: float = 10.0
-    # "mixture": from the second focus step on, also candidates around the previous step's
-    # location: a 3 x 3 set spaced this far apart in action units (0: the grid only)
+    # "mixture": from the second focus step on, also the previous step's location and the
+    # candidates this far up, down, left and right of it, in action units (0: the grid only)
     mixture_refine: float = 0.125
     # "differentiable": stage 3's loss also averages in a rollout at uniformly random locations,
     # so the local encoder and classifier keep learning from everywhere, not only from where
