@@ -11,6 +11,7 @@ by gradient through a soft choice among the features of candidate glimpses, then
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 
 import pytest
@@ -211,6 +212,10 @@ def test_mixture_recipe_trains_and_resumes_exactly_after_a_kill(tmp_path):
     # killed after stage 2's first epoch, then resumed: the same weights as the run never killed
     killed = _train(tmp_path / "run", callbacks=["--kill-after", "2:1"], **sets)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
+    # the scorers of other options (here without refinement candidates) cannot resume them
+    shutil.copytree(tmp_path / "run", tmp_path / "other")
+    other = _train(tmp_path / "other", "--resume", "--force", **sets, **{"optim.mixture_refine": 0.0})
+    assert other.returncode != 0 and "other shapes than this config makes" in other.stderr, other.stderr
     resumed = _train(tmp_path / "run", "--resume", **sets)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after epoch 1/2" in resumed.stderr

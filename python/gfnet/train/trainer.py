@@ -397,7 +397,12 @@ class Trainer:
                 if ck.get("stage_modules") is None:
                     raise CheckpointError(f"checkpoint {str(path)!r} has no state of the stage's own "
                                           f"modules ({type(modules).__name__}) to resume from")
-                modules.load_state_dict(ck["stage_modules"])
+                try:
+                    modules.load_state_dict(ck["stage_modules"])
+                except RuntimeError as e:  # other shapes: made with other options of the stage
+                    raise CheckpointError(f"checkpoint {str(path)!r} holds the stage's own modules in "
+                                          f"other shapes than this config makes (were the stage's "
+                                          f"options changed since it was written?): {e}") from None
             try:
                 if ck.get("optimizer") is not None:
                     opt.load_state_dict(ck["optimizer"])
