@@ -481,7 +481,8 @@ class _MixturePolicyLoss(nn.Module):
     def candidate_features(self, images: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
         """(n, K, D): the local encoder's features of the patches at ``locations`` (n, K, 2);
         cropped and encoded ``chunk`` patches at a time (n * K patches at once would hold n * K
-        rows of each of the encoder's activations)."""
+        rows of each of the encoder's activations: a bound for memory on any device; on the CPU
+        a backbone with ``cpu_tile_bytes`` also tiles each such call for its caches)."""
         n, k = locations.shape[:2]
         rows = torch.arange(n, device=images.device).repeat_interleave(k)
         actions = locations.reshape(-1, 2)
