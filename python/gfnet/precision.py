@@ -38,6 +38,15 @@ def cpu_has_native_bf16() -> bool:
     return any(bool(check()) for check in checks if check is not None)
 
 
+def has_native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` multiplies bf16 in hardware: a CPU with AVX-512 BF16 or AMX, a GPU
+    that supports bf16."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return cpu_has_native_bf16()
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
 def check_precision(precision: str, device: torch.device | str, what: str = "precision") -> str:
     """``precision`` if ``device`` can run it; ConfigError naming ``what`` otherwise."""
     if precision not in PRECISIONS:
@@ -108,4 +117,4 @@ class InferenceFormat:
 FP32 = InferenceFormat()
 
 __all__ = ["AUTOCAST_DTYPES", "FP32", "LAYOUTS", "PRECISIONS", "InferenceFormat", "check_precision",
-           "cpu_has_native_bf16", "precision_note"]
+           "cpu_has_native_bf16", "has_native_bf16", "precision_note"]

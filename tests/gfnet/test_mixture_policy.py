@@ -23,7 +23,8 @@ from gfnet.errors import ConfigError
 from gfnet.models import build_model
 from gfnet.models.patches import Patches
 from gfnet.train import gfnet_stages, trained_parts
-from gfnet.train.stages import MixturePolicyStage, _MixturePolicyLoss, candidate_scorers, grid_locations
+from gfnet.train.stages import (MixturePolicyStage, _MixturePolicyLoss, candidate_precision, candidate_scorers,
+                                grid_locations)
 
 from .conftest import tiny_overrides
 from .test_demo import demo_of_recipe
@@ -32,7 +33,7 @@ from .test_resume_ddp import _model, _train
 CPU_BACKENDS = ("reference", "cpp", "triton")
 
 
-def _runner(backend: str = "cpp", dtype=torch.float32, grid: int = 2, refine: float = 0.2):
+def _runner(backend: str = "cpp", dtype=torch.float32, grid: int = 2, refine: float = 0.2, precision: str = "fp32"):
     cfg = build_config("digits", overrides=tiny_overrides(**{
         "model.image_size": 40, "model.patch_size": 16, "model.width": 4, "model.max_steps": 3,
         "optim.policy_training": "mixture", "optim.mixture_grid": grid, "optim.mixture_refine": refine}))
@@ -49,7 +50,8 @@ def _runner(backend: str = "cpp", dtype=torch.float32, grid: int = 2, refine: fl
         for p in part:
             p.requires_grad_(name == "policy")
     scorers = candidate_scorers(model, grid, refine).to(dtype)
-    return cfg, _MixturePolicyLoss(model, scorers, grid, cfg.optim.mixture_action_weight, refine)
+    return cfg, _MixturePolicyLoss(model, scorers, grid, cfg.optim.mixture_action_weight, refine,
+                                   precision=precision)
 
 
 def _batch(n=3):
@@ -103,6 +105,37 @@ def test_candidates_run_through_a_folded_copy_of_the_frozen_encoder():
         torch.testing.assert_close(copy(patches)[0], model.local_encoder(patches)[0], rtol=1e-5, atol=1e-5)
     model.local_encoder.requires_grad_(True)
     assert _MixturePolicyLoss(model, runner.scorers, 2, 1.0).candidate_encoder is model.local_encoder
+
+
+def test_candidates_in_bf16_are_the_encoders_features_to_bf16_rounding():
+    """precision "bf16": the candidates' copy holds bf16 weights and encodes bf16 patches; the
+    features come back in float32, equal to the encoder's to bf16's rounding (8 bits of
+    mantissa through a few layers), and the loss's gradient still reaches the scorers."""
+    _, runner = _runner(precision="bf16")
+    assert all(p.dtype == torch.bfloat16 for p in runner.candidate_encoder.parameters())
+    assert all(p.dtype == torch.float32 for p in runner.model.local_encoder.parameters())
+    images, labels = _batch(3)
+    grid = grid_locations(2).expand(3, -1, -1)
+    exact = _runner()[1]
+    with torch.no_grad():
+        features, reference = runner.candidate_features(images, grid), exact.candidate_features(images, grid)
+    assert features.dtype == torch.float32
+    assert float((features - reference).norm() / reference.norm()) < 2e-2
+    assert not torch.equal(features, reference)  # it did run in bf16
+    loss, _ = runner(images, labels)
+    torch.testing.assert_close(loss, exact(images, labels)[0], rtol=2e-2, atol=0)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in runner.scorers.parameters())
+
+
+def test_candidate_precision_auto_is_bf16_where_the_hardware_has_it(monkeypatch):
+    import gfnet.train.stages as stages
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(stages, "has_native_bf16", lambda device, native=native: native)
+        assert candidate_precision("auto", "cpu") == expected
+        assert candidate_precision("fp32", "cpu") == "fp32" and candidate_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ConfigError, match="optim.mixture_precision 'fp16' runs on a GPU only"):
+        candidate_precision("fp16", "cpu")
 
 
 def test_candidates_encoded_in_chunks_are_the_same():
@@ -185,11 +218,13 @@ def test_the_recipe_and_its_options():
     assert gfnet_stages(cfg) == [1, 2, 3]
     assert trained_parts(cfg, 2) == ("policy",)
     assert MixturePolicyStage().epochs(cfg) == cfg.optim.mixture_epochs == 2
+    assert cfg.optim.mixture_precision == "auto"
     for bad, message in (("optim.mixture_grid=1", "mixture_grid must be >= 2"),
                          ("optim.mixture_epochs=-1", "mixture_epochs must be >= 0"),
                          ("optim.mixture_action_weight=0", "mixture_action_weight must be > 0"),
                          ("optim.mixture_refine=-0.1", "mixture_refine must be in"),
                          ("optim.mixture_refine=0.6", "mixture_refine must be in"),
+                         ("optim.mixture_precision=fp16", "mixture_precision must be one of auto, fp32, bf16"),
                          ("model.max_steps=1", "model.max_steps must be >= 2")):
         with pytest.raises(ConfigError, match=message):
             build_config("digits", overrides=["optim.policy_training=mixture", bad]).validate()

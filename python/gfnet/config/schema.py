@@ -14,6 +14,7 @@ from ..errors import ConfigError
 
 # the inference formats (gfnet.precision: what each means and does)
 PRECISIONS = ("fp32", "bf16", "fp16")
+MIXTURE_PRECISIONS = ("auto", "fp32", "bf16")  # optim.mixture_precision
 LAYOUTS = ("auto", "channels_last", "contiguous")
 TRAIN_LAYOUTS = LAYOUTS[1:]  # training takes a layout as given: no "auto"
 
@@ -161,6 +162,10 @@ class OptimConfig:
     # "mixture": from the second focus step on, also the previous step's location and the
     # candidates this far up, down, left and right of it, in action units (0: the grid only)
     mixture_refine: float = 0.125
+    # "mixture": the arithmetic of the candidates' encoding (the frozen local encoder's copy):
+    # "auto" is bf16 where the device multiplies bf16 in hardware (a CPU with AVX-512 BF16 or
+    # AMX, a GPU with bf16), else fp32; "fp32" or "bf16" force one
+    mixture_precision: str = "auto"
     # "differentiable": stage 3's loss also averages in a rollout at uniformly random locations,
     # so the local encoder and classifier keep learning from everywhere, not only from where
     # the young policy looks
@@ -312,6 +317,9 @@ class Config:
                               f"model.max_steps must be >= 2, not {self.model.max_steps}")
         if not 0.0 <= o.mixture_refine <= 0.5:
             raise ConfigError(f"optim.mixture_refine must be in [0, 0.5] (action units), not {o.mixture_refine!r}")
+        if o.mixture_precision not in MIXTURE_PRECISIONS:
+            raise ConfigError(f"optim.mixture_precision must be one of {', '.join(MIXTURE_PRECISIONS)}, "
+                              f"not {o.mixture_precision!r}")
         if not o.mixture_action_weight > 0:
             raise ConfigError(f"optim.mixture_action_weight must be > 0, not {o.mixture_action_weight!r}")
         return self
