@@ -217,10 +217,13 @@ def test_the_recipe_and_its_options():
     cfg = build_config("digits", overrides=["optim.policy_training=mixture"])
     assert gfnet_stages(cfg) == [1, 2, 3]
     assert trained_parts(cfg, 2) == ("policy",)
-    assert MixturePolicyStage().epochs(cfg) == cfg.optim.mixture_epochs == 2
-    assert cfg.optim.mixture_precision == "auto"
+    assert MixturePolicyStage().epochs(cfg) == cfg.optim.mixture_epochs == 1
+    assert MixturePolicyStage().batch_size(cfg) == cfg.optim.mixture_batch_size == 16  # the preset's
+    assert cfg.optim.mixture_lr == 2e-3 and cfg.optim.mixture_precision == "auto"
     for bad, message in (("optim.mixture_grid=1", "mixture_grid must be >= 2"),
                          ("optim.mixture_epochs=-1", "mixture_epochs must be >= 0"),
+                         ("optim.mixture_batch_size=-1", "mixture_batch_size must be >= 0"),
+                         ("optim.mixture_lr=0", "mixture_lr must be > 0"),
                          ("optim.mixture_action_weight=0", "mixture_action_weight must be > 0"),
                          ("optim.mixture_refine=-0.1", "mixture_refine must be in"),
                          ("optim.mixture_refine=0.6", "mixture_refine must be in"),
@@ -230,9 +233,29 @@ def test_the_recipe_and_its_options():
             build_config("digits", overrides=["optim.policy_training=mixture", bad]).validate()
 
 
+def test_stage_2_learns_in_batches_of_its_own_size(tiny_cfg, tmp_path, monkeypatch):
+    from gfnet.train import Trainer
+
+    cfg = tiny_cfg(**{"optim.policy_training": "mixture", "optim.mixture_batch_size": 4,
+                      "optim.epochs_stage1": 1, "optim.mixture_epochs": 1, "model.max_steps": 3})
+    assert MixturePolicyStage().batch_size(cfg) == 4 and cfg.optim.batch_size == 8
+    trainer = Trainer(cfg, tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    seen = []
+    forward = _MixturePolicyLoss.forward
+    monkeypatch.setattr(_MixturePolicyLoss, "forward", lambda self, x, y: seen.append(len(x)) or forward(self, x, y))
+    trainer.train_stage(1, None)
+    trainer.train_stage(2, None)
+    assert seen == [4, 4, 4, 4]  # 16 training images in batches of 4, where stage 1 took 8
+    ck = torch.load(tmp_path / "run" / "stage2.pt", weights_only=False)
+    assert ck["scheduler"]["last_epoch"] == 4  # the schedule counts the stage's own steps
+    assert ck["optimizer"]["param_groups"][0]["initial_lr"] == cfg.optim.mixture_lr
+
+
 def test_mixture_recipe_trains_and_resumes_exactly_after_a_kill(tmp_path):
-    sets = {"optim.epochs_stage1": 1, "optim.mixture_epochs": 2, "optim.epochs_stage3": 1,
-            "optim.policy_training": "mixture", "run.deterministic": "true", "data.train_samples": 24}
+    sets = {"optim.epochs_stage1": 1, "optim.mixture_epochs": 2, "optim.mixture_batch_size": 4,
+            "optim.epochs_stage3": 1, "optim.policy_training": "mixture", "run.deterministic": "true",
+            "data.train_samples": 24}
     ref = _train(tmp_path / "ref", **sets)
     assert ref.returncode == 0, ref.stderr
     start, end = _model(tmp_path / "ref" / "stage1.pt"), _model(tmp_path / "ref" / "stage2.pt")

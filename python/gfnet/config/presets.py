@@ -162,7 +162,7 @@ def _digits() -> Config:
     # PPO samples (image files are taken whole: eval_crop_fraction 1.0 above).
     apply_dict(cfg, dict(
         model=dict(classifier_shared_head=False, glance_from_head=False, policy_conv_bias=True),
-        optim=dict(stage3_actions="mean"),
+        optim=dict(stage3_actions="mean", mixture_batch_size=16),
         ppo=dict(clamp_actions=False),
     ))
     return cfg
@@ -193,7 +193,7 @@ def _small() -> Config:
                    lr_backbone=0.05,
                    lr_classifier_stage1=0.1, lr_classifier_stage3=0.05, weight_decay=5e-5,
                    head_loss_weight=1.0, freeze_global_stage3=True, schedule_unit="step",
-                   stage3_actions="mean"),
+                   stage3_actions="mean", mixture_batch_size=16),
         ppo=dict(lr=1e-3, clamp_actions=False),
     ))
     return cfg

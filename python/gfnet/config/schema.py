@@ -153,10 +153,15 @@ class OptimConfig:
     # stage 2 trains the policy by gradient through a soft choice among candidate glimpses (the
     # features of a grid of patches, mixed by learned weights), then the fine-tune.
     policy_training: str = "ppo"
-    # "differentiable": the policy's learning rate in stage 3; "mixture": in stage 2 (Adam)
+    # "differentiable": the policy's learning rate in stage 3 (Adam; "mixture": mixture_lr)
     lr_policy: float = 1e-3
     mixture_grid: int = 3  # "mixture": the candidate locations, a G x G grid over [0, 1]^2
-    mixture_epochs: int = 2  # "mixture": stage 2's epochs (optim.epochs_stage2 is PPO's)
+    mixture_epochs: int = 1  # "mixture": stage 2's epochs (optim.epochs_stage2 is PPO's)
+    # "mixture": stage 2's batch (0: optim.batch_size). The stage's cost is per image (the
+    # candidates), what the policy learns is per update: a smaller batch learns as much from
+    # fewer images
+    mixture_batch_size: int = 0
+    mixture_lr: float = 2e-3  # "mixture": stage 2's learning rate (Adam: policy and scorers)
     # "mixture": weight of the actor's regression onto the candidates' expected location
     mixture_action_weight: float = 10.0
     # "mixture": from the second focus step on, also the previous step's location and the
@@ -312,6 +317,11 @@ class Config:
                               f"not {o.mixture_grid!r}")
         if o.mixture_epochs < 0:
             raise ConfigError("optim.mixture_epochs must be >= 0")
+        if not o.mixture_lr > 0:
+            raise ConfigError(f"optim.mixture_lr must be > 0, not {o.mixture_lr!r}")
+        if o.mixture_batch_size < 0:
+            raise ConfigError(f"optim.mixture_batch_size must be >= 0 (0: optim.batch_size), "
+                              f"not {o.mixture_batch_size!r}")
         if o.policy_training == "mixture" and self.model.max_steps < 2:
             raise ConfigError("optim.policy_training=mixture learns where the focus steps look: "
                               f"model.max_steps must be >= 2, not {self.model.max_steps}")
