@@ -572,7 +572,7 @@ class MixturePolicyStage(_PolicyOnly, ClassifierStage):
         return cfg.optim.mixture_epochs
 
     def batch_size(self, cfg):
-        return cfg.optim.mixture_batch_size or cfg.optim.batch_size
+        return cfg.optim.mixture_batch_size or super().batch_size(cfg)
 
     def make_modules(self, trainer):
         return candidate_scorers(trainer.model, trainer.cfg.optim.mixture_grid, trainer.cfg.optim.mixture_refine)

@@ -158,16 +158,16 @@ class Trainer:
     def _per_rank_batch(self, bs: int) -> int:
         return max(1, bs // self.dist.world_size)
 
-    def train_loader(self, epoch: int, batch_size: int | None = None) -> DataLoader:
-        """The training data of ``epoch`` in batches of ``batch_size`` (None: optim.batch_size;
-        a stage may take its own, Stage.batch_size), split over the ranks."""
+    def train_loader(self, epoch: int, batch_size: int) -> DataLoader:
+        """The training data of ``epoch`` in batches of ``batch_size`` (all ranks together: the
+        stage's, Stage.batch_size), split over the ranks."""
         ds = self.datasets["train"]
         if hasattr(ds, "set_epoch"):
             ds.set_epoch(epoch)
         sampler = DistributedSampler(ds, num_replicas=self.dist.world_size, rank=self.dist.rank,
                                      shuffle=True, seed=self.cfg.run.seed, drop_last=True)
         sampler.set_epoch(epoch)
-        bs = self._per_rank_batch(batch_size or self.cfg.optim.batch_size)
+        bs = self._per_rank_batch(batch_size)
         return DataLoader(ds, batch_size=bs, sampler=sampler, num_workers=self.cfg.data.num_workers,
                           drop_last=len(sampler) >= bs, pin_memory=self.device.type == "cuda")
 
