@@ -33,9 +33,10 @@ from .test_resume_ddp import _model, _train
 CPU_BACKENDS = ("reference", "cpp", "triton")
 
 
-def _runner(backend: str = "cpp", dtype=torch.float32, grid: int = 2, refine: float = 0.2, precision: str = "fp32"):
+def _runner(backend: str = "cpp", dtype=torch.float32, grid: int = 2, refine: float = 0.2, precision: str = "fp32",
+            lookahead: float = 0.0, steps: int = 3):
     cfg = build_config("digits", overrides=tiny_overrides(**{
-        "model.image_size": 40, "model.patch_size": 16, "model.width": 4, "model.max_steps": 3,
+        "model.image_size": 40, "model.patch_size": 16, "model.width": 4, "model.max_steps": steps,
         "optim.policy_training": "mixture", "optim.mixture_grid": grid, "optim.mixture_refine": refine}))
     torch.manual_seed(0)
     model = build_model(cfg.model, backend).to(dtype)
@@ -51,7 +52,7 @@ def _runner(backend: str = "cpp", dtype=torch.float32, grid: int = 2, refine: fl
             p.requires_grad_(name == "policy")
     scorers = candidate_scorers(model, grid, refine).to(dtype)
     return cfg, _MixturePolicyLoss(model, scorers, grid, cfg.optim.mixture_action_weight, refine,
-                                   precision=precision)
+                                   precision=precision, lookahead=lookahead)
 
 
 def _batch(n=3):
@@ -80,10 +81,10 @@ def test_refinement_candidates_surround_the_previous_location():
     images, _ = _batch(2)
     model = runner.model
     with torch.no_grad():
-        features = runner.candidate_features(images, near)
+        features, fmaps = runner.candidate_features(images, near)
         one = model.local_encoder(model.focus_input(images[1:], near[1, 2:3]))[0]
         step = model.focus_step(images, model.glance_step(images).state, policy="given", action=previous)
-    assert features.shape[:2] == (2, 5)
+    assert features.shape[:2] == (2, 5) and fmaps is None  # feature maps only for the look-ahead
     torch.testing.assert_close(features[1, 2], one[0])
     torch.testing.assert_close(features[:, 0], step.encoder_head.features)
     assert _runner(refine=0.0)[1].scorers[1].net[-1].out_features == 4  # the grid only
@@ -118,7 +119,7 @@ def test_candidates_in_bf16_are_the_encoders_features_to_bf16_rounding():
     grid = grid_locations(2).expand(3, -1, -1)
     exact = _runner()[1]
     with torch.no_grad():
-        features, reference = runner.candidate_features(images, grid), exact.candidate_features(images, grid)
+        features, reference = runner.candidate_features(images, grid)[0], exact.candidate_features(images, grid)[0]
     assert features.dtype == torch.float32
     assert float((features - reference).norm() / reference.norm()) < 2e-2
     assert not torch.equal(features, reference)  # it did run in bf16
@@ -140,8 +141,9 @@ def test_candidate_precision_auto_is_bf16_where_the_hardware_has_it(monkeypatch)
 
 def test_candidates_encoded_in_chunks_are_the_same():
     """A large batch's n * K candidate patches go through the encoder a chunk at a time (an
-    uneven last chunk here): the features and the loss are those of one call."""
-    _, runner = _runner()
+    uneven last chunk here): the features, their feature maps and the loss are those of one
+    call."""
+    _, runner = _runner(lookahead=1.0)
     images, labels = _batch(3)
     near = runner.near_locations(torch.rand(3, 2, generator=torch.Generator().manual_seed(2)))
     with torch.no_grad():
@@ -213,6 +215,81 @@ def test_the_weights_gradient_matches_finite_differences():
             assert abs(float((up - down) / (2 * eps)) - float(grad[k])) < 1e-6 * max(1.0, abs(float(grad[k])))
 
 
+def _value_by_hand(model, scorer, images, labels, state, locations, grid, relook):
+    """next_step_value from the model's own steps: for each candidate location, the focus step
+    there, then the next step at each option (the grid's locations, and the same location again
+    when ``relook``), weighed by the next scorer's softmax over those options."""
+    values = []
+    for k in range(locations.shape[1]):
+        after = model.focus_step(images, state, policy="given", action=locations[:, k])
+        options = [grid[:, j] for j in range(grid.shape[1])] + ([locations[:, k]] if relook else [])
+        losses = torch.stack([torch.nn.functional.cross_entropy(
+            model.focus_step(images, after.state, policy="given", action=a).logits, labels, reduction="none")
+            for a in options], 1)
+        weights = torch.softmax(scorer(after.state.fmap)[:, :len(options)], 1)
+        values.append((weights * losses).sum(1))
+    return torch.stack(values, 1)
+
+
+@pytest.mark.parametrize("refine", [0.2, 0.0])
+def test_the_look_ahead_values_each_candidate_by_the_next_steps_expected_loss(refine):
+    """float64, 4 steps: each candidate of a focus step is valued by the loss the next step
+    expects after it, as the model's own steps give it (the classifier's state after the
+    candidate, the next scorer reading its feature map, over the grid and, with refinement
+    candidates, a second look at it); at the first focus step from the grid's features, at the
+    second from the refinement candidates' too (the previous location's feature map being the
+    previous step's own)."""
+    _, runner = _runner(dtype=torch.float64, refine=refine, lookahead=1.0, steps=4)
+    model = runner.model
+    images, labels = _batch()
+    n = images.shape[0]
+    grid = grid_locations(2).to(torch.float64).expand(n, -1, -1)
+    with torch.no_grad():
+        glance = model.glance_step(images)
+        features, fmaps = runner.candidate_features(images, grid)
+        value = runner.next_step_value(1, features, fmaps, glance.state.cls, features, labels)
+        expected = _value_by_hand(model, runner.scorers[1], images, labels, glance.state, grid, grid, refine > 0)
+        torch.testing.assert_close(value, expected, rtol=1e-9, atol=1e-12)
+        # the second focus step's candidates: the grid, then the previous location and its neighbours
+        previous = torch.full((n, 2), 0.4, dtype=torch.float64)
+        first = model.focus_step(images, glance.state, policy="given", action=previous)
+        locations = torch.cat([grid, runner.near_locations(first.action)], 1) if refine > 0 else grid
+        features, fmaps = runner.candidate_features(images, locations)
+        value = runner.next_step_value(2, features, fmaps, first.state.cls, features[:, :4], labels)
+        expected = _value_by_hand(model, runner.scorers[2], images, labels, first.state, locations, grid, refine > 0)
+        torch.testing.assert_close(value, expected, rtol=1e-9, atol=1e-12)
+    assert value.shape == (n, locations.shape[1])
+
+
+def test_the_look_ahead_adds_its_weighted_value_and_teaches_the_steps_own_scorer():
+    """The loss with the look-ahead is the loss without it plus, for every focus step with a
+    next one, the weight times the candidates' values under the step's weights (averaged over
+    the focus steps as the rest of the loss is); its gradient reaches that step's scorer, not the
+    next one's (the value is a constant of the gradient: the next step learns from its own loss)."""
+    _, plain = _runner(dtype=torch.float64)
+    _, ahead = _runner(dtype=torch.float64, lookahead=2.5)
+    ahead.scorers.load_state_dict(plain.scorers.state_dict())
+    model = ahead.model
+    images, labels = _batch()
+    n = images.shape[0]
+    grid = grid_locations(2).to(torch.float64).expand(n, -1, -1)
+    with torch.no_grad():
+        glance = model.glance_step(images)
+        features, fmaps = ahead.candidate_features(images, grid)
+        value = ahead.next_step_value(1, features, fmaps, glance.state.cls, features, labels)
+        weights = torch.softmax(ahead.scorers[0](glance.state.fmap), 1)
+    base, _ = plain(images, labels)
+    loss, _ = ahead(images, labels)
+    steps = model.max_steps - 1
+    torch.testing.assert_close(loss - base, 2.5 * (weights * value).sum(1).mean() / steps, rtol=1e-10, atol=1e-12)
+    base.backward()
+    loss.backward()
+    for a, b in zip(ahead.scorers[1].parameters(), plain.scorers[1].parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-14)
+    assert any(not torch.allclose(a.grad, b.grad) for a, b in zip(ahead.scorers[0].parameters(),
+                                                                  plain.scorers[0].parameters()))
+
+
 def test_the_recipe_and_its_options():
     cfg = build_config("digits", overrides=["optim.policy_training=mixture"])
     assert gfnet_stages(cfg) == [1, 2, 3]
@@ -220,11 +297,13 @@ def test_the_recipe_and_its_options():
     assert MixturePolicyStage().epochs(cfg) == cfg.optim.mixture_epochs == 1
     assert MixturePolicyStage().batch_size(cfg) == cfg.optim.mixture_batch_size == 16  # the preset's
     assert cfg.optim.mixture_lr == 2e-3 and cfg.optim.mixture_precision == "auto"
+    assert cfg.optim.mixture_lookahead == 3.0
     for bad, message in (("optim.mixture_grid=1", "mixture_grid must be >= 2"),
                          ("optim.mixture_epochs=-1", "mixture_epochs must be >= 0"),
                          ("optim.mixture_batch_size=-1", "mixture_batch_size must be >= 0"),
                          ("optim.mixture_lr=0", "mixture_lr must be > 0"),
                          ("optim.mixture_action_weight=0", "mixture_action_weight must be > 0"),
+                         ("optim.mixture_lookahead=-1", "mixture_lookahead must be >= 0"),
                          ("optim.mixture_refine=-0.1", "mixture_refine must be in"),
                          ("optim.mixture_refine=0.6", "mixture_refine must be in"),
                          ("optim.mixture_precision=fp16", "mixture_precision must be one of auto, fp32, bf16"),

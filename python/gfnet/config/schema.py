@@ -171,6 +171,10 @@ class OptimConfig:
     # "auto" is bf16 where the device multiplies bf16 in hardware (a CPU with AVX-512 BF16 or
     # AMX, a GPU with bf16), else fp32; "fp32" or "bf16" force one
     mixture_precision: str = "auto"
+    # "mixture": weight of the look-ahead, each focus step's candidates also valued by the loss
+    # the next step expects after them (its scorer's choice among the grid and a second look),
+    # as PPO's return credits an action with the next step's reward (0: off)
+    mixture_lookahead: float = 3.0
     # "differentiable": stage 3's loss also averages in a rollout at uniformly random locations,
     # so the local encoder and classifier keep learning from everywhere, not only from where
     # the young policy looks
@@ -330,6 +334,8 @@ class Config:
         if o.mixture_precision not in MIXTURE_PRECISIONS:
             raise ConfigError(f"optim.mixture_precision must be one of {', '.join(MIXTURE_PRECISIONS)}, "
                               f"not {o.mixture_precision!r}")
+        if not o.mixture_lookahead >= 0:
+            raise ConfigError(f"optim.mixture_lookahead must be >= 0 (0: off), not {o.mixture_lookahead!r}")
         if not o.mixture_action_weight > 0:
             raise ConfigError(f"optim.mixture_action_weight must be > 0, not {o.mixture_action_weight!r}")
         return self

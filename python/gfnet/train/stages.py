@@ -469,12 +469,18 @@ class _MixturePolicyLoss(nn.Module):
     and ``refine`` up, down, left and right of it (a second look that re-centres on what the first
     found, which the coarse grid cannot offer). The policy's actor is regressed onto the weights'
     expected location (its trunk learns from that too), and the rollout advances at the actor's
-    mean, as inference will look."""
+    mean, as inference will look.
+
+    ``lookahead`` > 0 chooses each focus step's look with the next one in mind, as PPO's discounted
+    return does: every candidate of a step that has a next one is also valued by the next step's
+    expected loss after it (next_step_value), and the weights' expected value joins the loss with
+    this weight."""
 
     def __init__(self, model: GFNet, scorers: nn.ModuleList, grid: int, action_weight: float,
-                 refine: float = 0.0, chunk: int = 1024, precision: str = "fp32"):
+                 refine: float = 0.0, chunk: int = 1024, precision: str = "fp32", lookahead: float = 0.0):
         super().__init__()
         self.model = model
+        self.lookahead = lookahead
         self.scorers = scorers
         self.grid = grid
         self.action_weight = action_weight
@@ -496,23 +502,58 @@ class _MixturePolicyLoss(nn.Module):
                 encoder.to(fmt.dtype)
         self.candidate_encoder = encoder
 
-    def candidate_features(self, images: torch.Tensor, locations: torch.Tensor) -> torch.Tensor:
-        """(n, K, D): the local encoder's features of the patches at ``locations`` (n, K, 2);
-        cropped and encoded ``chunk`` patches at a time (n * K patches at once would hold n * K
-        rows of each of the encoder's activations: a bound for memory on any device; on the CPU
-        a backbone with ``cpu_tile_bytes`` also tiles each such call for its caches)."""
+    def candidate_features(self, images: torch.Tensor, locations: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The local encoder's features (n, K, D) of the patches at ``locations`` (n, K, 2), and
+        with the look-ahead their feature maps (n, K, C, h, w; else None), what the next step's
+        scorer reads after each; cropped and encoded ``chunk`` patches at a time (n * K patches
+        at once would hold n * K rows of each of the encoder's activations: a bound for memory
+        on any device; on the CPU a backbone with ``cpu_tile_bytes`` also tiles each such call
+        for its caches)."""
         n, k = locations.shape[:2]
         rows = torch.arange(n, device=images.device).repeat_interleave(k)
         actions = locations.reshape(-1, 2)
-        features = [_at_least_float32(self.candidate_encoder(self.model.focus_input(
-                        images, actions[i:i + self.chunk], rows[i:i + self.chunk]).to(self.candidate_dtype))[0])
-                    for i in range(0, n * k, self.chunk)]
-        return torch.cat(features).reshape(n, k, -1)
+        features, fmaps = [], []
+        for i in range(0, n * k, self.chunk):
+            feat, fmap = self.candidate_encoder(self.model.focus_input(
+                images, actions[i:i + self.chunk], rows[i:i + self.chunk]).to(self.candidate_dtype))
+            features.append(_at_least_float32(feat))
+            if self.lookahead > 0:
+                fmaps.append(_at_least_float32(fmap).contiguous())
+        fmaps = torch.cat(fmaps).reshape(n, k, *fmaps[0].shape[1:]) if fmaps else None
+        return torch.cat(features).reshape(n, k, -1), fmaps
 
     def near_locations(self, previous: torch.Tensor) -> torch.Tensor:
         """(n, 5, 2): the refinement candidates of each image: its previous focus location, then
         ``refine`` up, down, left and right of it (clamped to the image)."""
         return (previous[:, None, :] + self.refine * _REFINE_OFFSETS.to(previous)).clamp(0.0, 1.0)
+
+    def next_step_value(self, t: int, features: torch.Tensor, fmaps: torch.Tensor, cls: torch.Tensor,
+                        grid_features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(n, K): each candidate of focus step ``t`` (its features (n, K, D) and feature maps
+        (n, K, C, h, w)) valued by the loss step t + 1 expects after it: the classifier's state
+        once the candidate is seen, then the next step's scorer, reading the candidate's feature
+        map, weighing the next step's grid candidates and, with ``refine``, a second look at the
+        candidate itself (its own features; the refinement patches around it are left out, as
+        they would cost encoder passes), each by its loss. Classifier and scorer passes only,
+        on features already encoded. The value of the next step's policy as it stands (the
+        scorer's weights, not the lowest loss, which with the label at hand nearly every
+        candidate reaches): one step of PPO's discounted return, computed for every candidate
+        instead of sampled."""
+        model = self.model
+        n, k, d = features.shape
+        g = grid_features.shape[1]
+        _, cls_after = model._classify(features.reshape(n * k, d), cls.repeat_interleave(k, 0), t)
+        options = grid_features[:, None].expand(n, k, g, d)
+        if self.refine > 0:  # the next scorer's candidate g is "the previous location"
+            options = torch.cat([options, features[:, :, None]], 2)
+        j = options.shape[2]
+        with torch.autocast(features.device.type, enabled=False):
+            scores = self.scorers[t](fmaps.reshape(n * k, *fmaps.shape[2:])).reshape(n, k, -1)[..., :j]
+        next_logits, _ = model._classify(options.reshape(n * k * j, d), cls_after.repeat_interleave(j, 0), t + 1)
+        losses = F.cross_entropy(_at_least_float32(next_logits), labels.repeat_interleave(k * j),
+                                 reduction="none").reshape(n, k, j)
+        return (torch.softmax(scores, 2) * losses).sum(2)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor):
         model = self.model
@@ -522,17 +563,20 @@ class _MixturePolicyLoss(nn.Module):
             out = model.glance_step(images)
             # the same at every focus step: the encoders are frozen and a candidate's patch
             # depends only on the image and its location
-            grid_features = self.candidate_features(images, grid)
+            grid_features, grid_fmaps = self.candidate_features(images, grid)
         logits, state, h = [out.logits], out.state, out.state.policy_h
         loss = 0.0
         for t in range(1, model.max_steps):
-            locations, features = grid, grid_features
+            locations, features, fmaps = grid, grid_features, grid_fmaps
             if t > 1 and self.refine > 0:
                 near = self.near_locations(out.action)
                 with torch.no_grad():
-                    # the previous location's features are the previous step's own
+                    # the previous location's features and feature map are the previous step's own
+                    near_features, near_fmaps = self.candidate_features(images, near[:, 1:])
                     near_features = torch.cat([_at_least_float32(out.encoder_head.features)[:, None],
-                                               self.candidate_features(images, near[:, 1:])], 1)
+                                               near_features], 1)
+                    if near_fmaps is not None:
+                        fmaps = torch.cat([grid_fmaps, _at_least_float32(state.fmap)[:, None], near_fmaps], 1)
                 locations = torch.cat([grid, near], 1)
                 features = torch.cat([grid_features, near_features], 1)
             fmap = _at_least_float32(state.fmap)
@@ -544,6 +588,10 @@ class _MixturePolicyLoss(nn.Module):
             target = (weights.detach()[:, :, None] * locations.to(weights.dtype)).sum(1)
             regression = F.mse_loss(mean, target, reduction="none").sum(1).mean()
             loss = loss + F.cross_entropy(_at_least_float32(mix_logits), labels) + self.action_weight * regression
+            if self.lookahead > 0 and t + 1 < model.max_steps:
+                with torch.no_grad():
+                    value = self.next_step_value(t, features, fmaps, state.cls, grid_features, labels)
+                loss = loss + self.lookahead * (weights * value).sum(1).mean()
             with torch.no_grad():
                 out = model.focus_step(images, state, policy="given", action=mean.detach())
             logits.append(out.logits)
@@ -581,7 +629,8 @@ class MixturePolicyStage(_PolicyOnly, ClassifierStage):
         o = trainer.cfg.optim
         return _MixturePolicyLoss(trainer.model, trainer.stage_modules(self.number), o.mixture_grid,
                                   o.mixture_action_weight, o.mixture_refine,
-                                  precision=candidate_precision(o.mixture_precision, trainer.device))
+                                  precision=candidate_precision(o.mixture_precision, trainer.device),
+                                  lookahead=o.mixture_lookahead)
 
     def find_unused_parameters(self, cfg):
         return True  # the policy's critic (PPO's value network) gets no gradient here
