@@ -231,6 +231,18 @@ def _value_by_hand(model, scorer, images, labels, state, locations, grid, relook
     return torch.stack(values, 1)
 
 
+def _first_focus_step_value(runner, images, labels):
+    """The glance step, the 2 x 2 grid, and next_step_value of the first focus step's
+    candidates (the grid) from the runner's own candidate encoding."""
+    n = images.shape[0]
+    grid = grid_locations(2).to(torch.float64).expand(n, -1, -1)
+    with torch.no_grad():
+        glance = runner.model.glance_step(images)
+        features, fmaps = runner.candidate_features(images, grid)
+        value = runner.next_step_value(1, features, fmaps, glance.state.cls, features, labels)
+    return glance, grid, value
+
+
 @pytest.mark.parametrize("refine", [0.2, 0.0])
 def test_the_look_ahead_values_each_candidate_by_the_next_steps_expected_loss(refine):
     """float64, 4 steps: each candidate of a focus step is valued by the loss the next step
@@ -243,11 +255,8 @@ def test_the_look_ahead_values_each_candidate_by_the_next_steps_expected_loss(re
     model = runner.model
     images, labels = _batch()
     n = images.shape[0]
-    grid = grid_locations(2).to(torch.float64).expand(n, -1, -1)
+    glance, grid, value = _first_focus_step_value(runner, images, labels)
     with torch.no_grad():
-        glance = model.glance_step(images)
-        features, fmaps = runner.candidate_features(images, grid)
-        value = runner.next_step_value(1, features, fmaps, glance.state.cls, features, labels)
         expected = _value_by_hand(model, runner.scorers[1], images, labels, glance.state, grid, grid, refine > 0)
         torch.testing.assert_close(value, expected, rtol=1e-9, atol=1e-12)
         # the second focus step's candidates: the grid, then the previous location and its neighbours
@@ -269,18 +278,13 @@ def test_the_look_ahead_adds_its_weighted_value_and_teaches_the_steps_own_scorer
     _, plain = _runner(dtype=torch.float64)
     _, ahead = _runner(dtype=torch.float64, lookahead=2.5)
     ahead.scorers.load_state_dict(plain.scorers.state_dict())
-    model = ahead.model
     images, labels = _batch()
-    n = images.shape[0]
-    grid = grid_locations(2).to(torch.float64).expand(n, -1, -1)
+    glance, _, value = _first_focus_step_value(ahead, images, labels)
     with torch.no_grad():
-        glance = model.glance_step(images)
-        features, fmaps = ahead.candidate_features(images, grid)
-        value = ahead.next_step_value(1, features, fmaps, glance.state.cls, features, labels)
         weights = torch.softmax(ahead.scorers[0](glance.state.fmap), 1)
     base, _ = plain(images, labels)
     loss, _ = ahead(images, labels)
-    steps = model.max_steps - 1
+    steps = ahead.model.max_steps - 1
     torch.testing.assert_close(loss - base, 2.5 * (weights * value).sum(1).mean() / steps, rtol=1e-10, atol=1e-12)
     base.backward()
     loss.backward()
