@@ -84,7 +84,7 @@ def test_refinement_candidates_surround_the_previous_location():
         features, fmaps = runner.candidate_features(images, near)
         one = model.local_encoder(model.focus_input(images[1:], near[1, 2:3]))[0]
         step = model.focus_step(images, model.glance_step(images).state, policy="given", action=previous)
-    assert features.shape[:2] == (2, 5) and fmaps is None  # feature maps only for the look-ahead
+    assert features.shape[:2] == (2, 5) and fmaps is None  # feature maps only when asked for
     torch.testing.assert_close(features[1, 2], one[0])
     torch.testing.assert_close(features[:, 0], step.encoder_head.features)
     assert _runner(refine=0.0)[1].scorers[1].net[-1].out_features == 4  # the grid only
@@ -147,10 +147,10 @@ def test_candidates_encoded_in_chunks_are_the_same():
     images, labels = _batch(3)
     near = runner.near_locations(torch.rand(3, 2, generator=torch.Generator().manual_seed(2)))
     with torch.no_grad():
-        whole = runner.candidate_features(images, near)
+        whole = runner.candidate_features(images, near, feature_maps=True)
         whole_loss = runner(images, labels)[0]
         runner.chunk = 5  # 27 patches: 5 + 5 + ... + 2
-        torch.testing.assert_close(runner.candidate_features(images, near), whole)
+        torch.testing.assert_close(runner.candidate_features(images, near, feature_maps=True), whole)
         torch.testing.assert_close(runner(images, labels)[0], whole_loss)
 
 
@@ -238,7 +238,7 @@ def _first_focus_step_value(runner, images, labels):
     grid = grid_locations(2).to(torch.float64).expand(n, -1, -1)
     with torch.no_grad():
         glance = runner.model.glance_step(images)
-        features, fmaps = runner.candidate_features(images, grid)
+        features, fmaps = runner.candidate_features(images, grid, feature_maps=True)
         value = runner.next_step_value(1, features, fmaps, glance.state.cls, features, labels)
     return glance, grid, value
 
@@ -263,7 +263,7 @@ def test_the_look_ahead_values_each_candidate_by_the_next_steps_expected_loss(re
         previous = torch.full((n, 2), 0.4, dtype=torch.float64)
         first = model.focus_step(images, glance.state, policy="given", action=previous)
         locations = torch.cat([grid, runner.near_locations(first.action)], 1) if refine > 0 else grid
-        features, fmaps = runner.candidate_features(images, locations)
+        features, fmaps = runner.candidate_features(images, locations, feature_maps=True)
         value = runner.next_step_value(2, features, fmaps, first.state.cls, features[:, :4], labels)
         expected = _value_by_hand(model, runner.scorers[2], images, labels, first.state, locations, grid, refine > 0)
         torch.testing.assert_close(value, expected, rtol=1e-9, atol=1e-12)
@@ -285,6 +285,8 @@ def test_the_look_ahead_adds_its_weighted_value_and_teaches_the_steps_own_scorer
     base, _ = plain(images, labels)
     loss, _ = ahead(images, labels)
     steps = ahead.model.max_steps - 1
+    # the first focus step looks ahead, the last has no next step; without the weight none does
+    assert ahead.looks_ahead(1) and not ahead.looks_ahead(steps) and not plain.looks_ahead(1)
     torch.testing.assert_close(loss - base, 2.5 * (weights * value).sum(1).mean() / steps, rtol=1e-10, atol=1e-12)
     base.backward()
     loss.backward()

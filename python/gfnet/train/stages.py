@@ -502,11 +502,16 @@ class _MixturePolicyLoss(nn.Module):
                 encoder.to(fmt.dtype)
         self.candidate_encoder = encoder
 
-    def candidate_features(self, images: torch.Tensor, locations: torch.Tensor
+    def looks_ahead(self, t: int) -> bool:
+        """Whether focus step ``t``'s candidates are also valued by the next step (a next step
+        exists and the look-ahead is on)."""
+        return self.lookahead > 0 and t + 1 < self.model.max_steps
+
+    def candidate_features(self, images: torch.Tensor, locations: torch.Tensor, feature_maps: bool = False
                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The local encoder's features (n, K, D) of the patches at ``locations`` (n, K, 2), and
-        with the look-ahead their feature maps (n, K, C, h, w; else None), what the next step's
-        scorer reads after each; cropped and encoded ``chunk`` patches at a time (n * K patches
+        if ``feature_maps`` their feature maps (n, K, C, h, w; else None), what the next step's
+        scorer reads after each in the look-ahead; cropped and encoded ``chunk`` patches at a time (n * K patches
         at once would hold n * K rows of each of the encoder's activations: a bound for memory
         on any device; on the CPU a backbone with ``cpu_tile_bytes`` also tiles each such call
         for its caches)."""
@@ -518,7 +523,7 @@ class _MixturePolicyLoss(nn.Module):
             feat, fmap = self.candidate_encoder(self.model.focus_input(
                 images, actions[i:i + self.chunk], rows[i:i + self.chunk]).to(self.candidate_dtype))
             features.append(_at_least_float32(feat))
-            if self.lookahead > 0:
+            if feature_maps:
                 fmaps.append(_at_least_float32(fmap).contiguous())
         fmaps = torch.cat(fmaps).reshape(n, k, *fmaps[0].shape[1:]) if fmaps else None
         return torch.cat(features).reshape(n, k, -1), fmaps
@@ -563,7 +568,7 @@ class _MixturePolicyLoss(nn.Module):
             out = model.glance_step(images)
             # the same at every focus step: the encoders are frozen and a candidate's patch
             # depends only on the image and its location
-            grid_features, grid_fmaps = self.candidate_features(images, grid)
+            grid_features, grid_fmaps = self.candidate_features(images, grid, self.looks_ahead(1))
         logits, state, h = [out.logits], out.state, out.state.policy_h
         loss = 0.0
         for t in range(1, model.max_steps):
@@ -572,10 +577,10 @@ class _MixturePolicyLoss(nn.Module):
                 near = self.near_locations(out.action)
                 with torch.no_grad():
                     # the previous location's features and feature map are the previous step's own
-                    near_features, near_fmaps = self.candidate_features(images, near[:, 1:])
+                    near_features, near_fmaps = self.candidate_features(images, near[:, 1:], self.looks_ahead(t))
                     near_features = torch.cat([_at_least_float32(out.encoder_head.features)[:, None],
                                                near_features], 1)
-                    if near_fmaps is not None:
+                    if self.looks_ahead(t):
                         fmaps = torch.cat([grid_fmaps, _at_least_float32(state.fmap)[:, None], near_fmaps], 1)
                 locations = torch.cat([grid, near], 1)
                 features = torch.cat([grid_features, near_features], 1)
@@ -588,7 +593,7 @@ class _MixturePolicyLoss(nn.Module):
             target = (weights.detach()[:, :, None] * locations.to(weights.dtype)).sum(1)
             regression = F.mse_loss(mean, target, reduction="none").sum(1).mean()
             loss = loss + F.cross_entropy(_at_least_float32(mix_logits), labels) + self.action_weight * regression
-            if self.lookahead > 0 and t + 1 < model.max_steps:
+            if self.looks_ahead(t):
                 with torch.no_grad():
                     value = self.next_step_value(t, features, fmaps, state.cls, grid_features, labels)
                 loss = loss + self.lookahead * (weights * value).sum(1).mean()
